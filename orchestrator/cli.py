@@ -1,0 +1,94 @@
+"""`orchestrator sweep SPACE.yaml ...`: parse, validate (nothing starts on bad input), run, print the front."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from orchestrator.config import ConfigError, SweepConfig, load_config, parse_set
+
+if TYPE_CHECKING:
+    from orchestrator.sweep import SweepProgress, SweepResult
+
+FRONT_COLUMNS = [
+    "trial_id", "accuracy", "size_mb", "latency_ms", "compression_ratio", "accuracy_retained",
+    "layers", "width", "sparsity", "bits", "optimizer",
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sweep = sub.add_parser("sweep", help="run a compression sweep from a search-space YAML")
+    sweep.add_argument("space", help="search-space YAML, e.g. search_spaces/quickstart.yaml")
+    sweep.add_argument("--trials", type=int, help="number of trials (overrides `trials`)")
+    sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
+    sweep.add_argument("--storage", help="directory for teachers, artifacts and Ray results (default: ./orchestrator_runs)")
+    sweep.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    sweep.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
+        help="override any YAML key, e.g. --set distill.steps=100 --set 'params.bits={choices: [4, 8]}'",
+    )
+    sweep.add_argument("--ray-logs", action="store_true", help="show Ray workers' own log lines")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> SweepConfig:
+    overrides = dict(parse_set(item) for item in args.sets)
+    for key in ("trials", "tracking_uri", "storage", "address"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    return load_config(args.space, overrides=overrides, set_source="--set")
+
+
+def _print_progress(p: SweepProgress) -> None:
+    if p.status == "COMPLETED":
+        m = p.metrics
+        what = f"accuracy {m['accuracy']:.4f}  size {m['size_mb']:.4f} MB  latency {m['latency_ms']:.3f} ms"
+    else:
+        what = "FAILED (see its MLflow run's `error` tag)"
+    print(
+        f"[{p.done}/{p.total}] trial {p.trial_id}: {what}  | running {p.running}, failed {p.failed}, front {p.front_size}",
+        flush=True,
+    )
+
+
+def _print_result(result: SweepResult) -> None:
+    import pandas as pd
+
+    front = result.pareto
+    columns = [c for c in FRONT_COLUMNS if c in front.columns]
+    print(f"\nPareto front: {len(front)} of {len(result.trials)} trials "
+          f"(teacher: accuracy {result.teacher.accuracy:.4f}, {result.teacher.size_bytes / 1e6:.3f} MB, "
+          f"{result.teacher.latency_ms:.3f} ms)")
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        print(front[columns].to_string(index=False))
+    print(f"\nwall time {result.wall_seconds:.0f} s, orchestration overhead {result.overhead:.0%}")
+    print(f"MLflow run {result.run_id}. Open it with:\n  mlflow ui --backend-store-uri {result.tracking_uri}\n"
+          f"  then http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = _config(args)
+    except ConfigError as e:
+        print(f"orchestrator: error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from orchestrator.sweep import Sweep
+
+    print(f"sweep {cfg.name}: {cfg.trials} trials, sampler {cfg.sampler}, up to {cfg.max_concurrent_trials} at once; "
+          f"storage {cfg.storage_path}", flush=True)
+    result = Sweep(cfg).run(progress=_print_progress, ray_logs=args.ray_logs)
+    _print_result(result)
+    failed = int((result.trials["status"] != "COMPLETED").sum())
+    return 1 if failed == len(result.trials) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

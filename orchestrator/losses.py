@@ -1,0 +1,83 @@
+"""The distillation loss L = L_soft + λ·L_hard + β·L_hidden (DESIGN.md), pure torch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)), averaged over positions.
+
+    Args:
+        student_logits: (..., V) logits of the student.
+        teacher_logits: (..., V) logits of the teacher, same shape.
+        temperature: T > 0; T² keeps gradient magnitudes comparable across temperatures (Hinton et al. 2015).
+    """
+    V = student_logits.shape[-1]
+    log_p_s = F.log_softmax(student_logits.reshape(-1, V) / temperature, dim=-1)  # (N, V)
+    log_p_t = F.log_softmax(teacher_logits.reshape(-1, V) / temperature, dim=-1)  # (N, V)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)  # (N,) KL per position
+    return temperature**2 * kl.mean()
+
+
+def hard_loss(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the student against the true next symbol; (..., V) logits, (...) targets."""
+    V = student_logits.shape[-1]
+    return F.cross_entropy(student_logits.reshape(-1, V), targets.reshape(-1))
+
+
+def layer_map(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """Evenly spaced (student i, teacher j) pairs; the last student layer meets the last teacher layer.
+
+    >>> layer_map(2, 4)
+    [(0, 1), (1, 3)]
+    """
+    return [(i, round((i + 1) * teacher_layers / student_layers) - 1) for i in range(student_layers)]
+
+
+class HiddenProjection(nn.Module):
+    """P in L_hidden: one learned linear map per mapped layer pair, identity when widths match."""
+
+    def __init__(self, pairs: Sequence[tuple[int, int]], student_width: int, teacher_width: int) -> None:
+        super().__init__()
+        self.pairs = list(pairs)
+        same = student_width == teacher_width
+        self.maps = nn.ModuleList(
+            nn.Identity() if same else nn.Linear(student_width, teacher_width, bias=False) for _ in self.pairs
+        )
+
+    def forward(self, student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Mean over pairs of MSE(P·h_s, h_t); states are (B, T, width) per layer."""
+        losses = [
+            F.mse_loss(proj(student_states[i]), teacher_states[j])
+            for proj, (i, j) in zip(self.maps, self.pairs, strict=True)
+        ]
+        return torch.stack(losses).mean()
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    temperature: float  # T > 0
+    lam: float  # λ ≥ 0, weight of the hard-label term
+    beta: float  # β ≥ 0, weight of the hidden-state term; 0 is plain logit distillation
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    weights: LossWeights,
+    *,
+    hidden: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """L = L_soft + λ·L_hard + β·L_hidden; `hidden` is L_hidden, already computed (None when β = 0)."""
+    loss = soft_loss(student_logits, teacher_logits, weights.temperature)
+    loss = loss + weights.lam * hard_loss(student_logits, targets)
+    if hidden is not None:
+        loss = loss + weights.beta * hidden
+    return loss

@@ -1,0 +1,175 @@
+"""The packed artifact: what `size_mb` measures and what `load_model` rebuilds the model from.
+
+Layout: ``MAGIC | u32 manifest length | manifest JSON | blobs``. The manifest holds the model's
+architecture and task metadata (e.g. the vocabulary) and, per tensor, how it is stored:
+
+- ``float32`` / ``float16``: raw little-endian values (16 bits: the `bits = 16` setting);
+- ``quant``: b-bit level indices packed densely (eight 3-bit values in three bytes), plus the per-row
+  float32 minimum and step;
+- any of these with ``mask``: a packed bitmask (1 bit per weight) and values for kept entries only.
+
+Reloading applies the same `dequantize` as the in-memory model, so outputs are bit-identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from orchestrator.stages.quantize import QuantizedTensor, dequantize
+from orchestrator.tasks.gpt import GPT, GPTConfig
+
+MAGIC = b"ORCHPK01"
+FORMAT = "orchestrator.packed/1"
+# architecture name -> (config class, module class); the manifest names one of these.
+ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {"gpt": (GPTConfig, GPT)}
+
+
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """Pack unsigned integers < 2^bits densely, `bits` bits each, little-endian bit order."""
+    v = np.ascontiguousarray(values, dtype=np.uint8).reshape(-1, 1)
+    planes = np.unpackbits(v, axis=1, bitorder="little")[:, :bits]  # (n, bits)
+    return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_bits(buf: bytes, bits: int, count: int) -> np.ndarray:
+    """Inverse of `pack_bits` for `count` values."""
+    planes = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), bitorder="little")[: count * bits]
+    planes = np.pad(planes.reshape(count, bits), ((0, 0), (0, 8 - bits)))
+    return np.packbits(planes, axis=1, bitorder="little").reshape(count)
+
+
+def _architecture_of(model: nn.Module) -> str:
+    for name, (_, cls) in ARCHITECTURES.items():
+        if type(model) is cls:
+            return name
+    raise TypeError(f"cannot export a {type(model).__name__}: known architectures are {sorted(ARCHITECTURES)}")
+
+
+def export(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    bits: int,
+    masks: dict[str, torch.Tensor] | None = None,
+    quantized: dict[str, QuantizedTensor] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> int:
+    """Write `model` in packed form to `path` (atomically) and return the file's size in bytes.
+
+    Args:
+        model: the compressed model as it runs (pruned entries zero, weights already quantized).
+        bits: the quantization setting: 2..8 (then `quantized` holds the integer form), 16 or 32.
+        masks: keep-masks from pruning, by parameter name.
+        quantized: integer weights from `quantize_`, by parameter name.
+        meta: JSON-able task metadata stored with the model (e.g. ``{"vocab": "..."}``).
+    """
+    masks, quantized = masks or {}, quantized or {}
+    arch = _architecture_of(model)
+    blobs: list[bytes] = []
+    offset = 0
+
+    def add(data: bytes) -> list[int]:
+        nonlocal offset
+        blobs.append(data)
+        ref = [offset, len(data)]
+        offset += len(data)
+        return ref
+
+    entries = []
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu()
+        entry: dict[str, Any] = {"name": name, "shape": list(t.shape)}
+        mask = masks.get(name)
+        if mask is not None:
+            entry["mask"] = add(np.packbits(mask.numpy().reshape(-1), bitorder="little").tobytes())
+        if name in quantized:
+            qt = quantized[name]
+            q = qt.q.numpy().reshape(-1)
+            if mask is not None:
+                q = q[mask.numpy().reshape(-1)]
+            entry.update(
+                encoding="quant",
+                bits=qt.bits,
+                values=add(pack_bits(q, qt.bits)),
+                lo=add(qt.lo.numpy().astype("<f4").tobytes()),
+                step=add(qt.step.numpy().astype("<f4").tobytes()),
+            )
+        else:
+            is_matrix = t.dim() == 2
+            dtype = "<f2" if bits == 16 and is_matrix else "<f4"
+            values = t.numpy().reshape(-1)
+            if mask is not None:
+                values = values[mask.numpy().reshape(-1)]
+            entry.update(encoding="float16" if dtype == "<f2" else "float32", values=add(values.astype(dtype).tobytes()))
+        entries.append(entry)
+
+    manifest = {
+        "format": FORMAT,
+        "architecture": arch,
+        "config": dataclasses.asdict(model.cfg),
+        "meta": meta or {},
+        "tensors": entries,
+    }
+    head = json.dumps(manifest, separators=(",", ":")).encode()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(MAGIC + struct.pack("<I", len(head)) + head)
+        for blob in blobs:
+            f.write(blob)
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def load_artifact(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the compressed model stored by `export`; returns (model in eval mode, task metadata)."""
+    data = Path(path).read_bytes()
+    if data[: len(MAGIC)] != MAGIC:
+        raise ValueError(f"{path}: not an orchestrator packed artifact (bad magic bytes)")
+    (n,) = struct.unpack_from("<I", data, len(MAGIC))
+    start = len(MAGIC) + 4
+    manifest = json.loads(data[start : start + n])
+    blobs = memoryview(data)[start + n :]
+    config_cls, model_cls = ARCHITECTURES[manifest["architecture"]]
+    model = model_cls(config_cls(**manifest["config"]))
+
+    def blob(ref: list[int]) -> bytes:
+        return bytes(blobs[ref[0] : ref[0] + ref[1]])
+
+    state = {}
+    for e in manifest["tensors"]:
+        shape, numel = e["shape"], int(np.prod(e["shape"], dtype=np.int64))
+        mask = None
+        if "mask" in e:
+            bits_ = np.unpackbits(np.frombuffer(blob(e["mask"]), dtype=np.uint8), bitorder="little")[:numel]
+            mask = torch.from_numpy(bits_.astype(bool)).view(shape)
+        kept = numel if mask is None else int(mask.sum())
+        if e["encoding"] == "quant":
+            q_kept = unpack_bits(blob(e["values"]), e["bits"], kept)
+            q = np.zeros(numel, dtype=np.uint8)
+            q[mask.numpy().reshape(-1) if mask is not None else slice(None)] = q_kept
+            qt = QuantizedTensor(
+                q=torch.from_numpy(q).view(shape),
+                lo=torch.from_numpy(np.frombuffer(blob(e["lo"]), dtype="<f4").copy()),
+                step=torch.from_numpy(np.frombuffer(blob(e["step"]), dtype="<f4").copy()),
+                bits=e["bits"],
+            )
+            state[e["name"]] = dequantize(qt, mask)
+        else:
+            dtype = "<f2" if e["encoding"] == "float16" else "<f4"
+            values = np.frombuffer(blob(e["values"]), dtype=dtype).astype(np.float32)
+            full = np.zeros(numel, dtype=np.float32)
+            full[mask.numpy().reshape(-1) if mask is not None else slice(None)] = values
+            state[e["name"]] = torch.from_numpy(full).view(shape)
+    model.load_state_dict(state)
+    return model.eval(), manifest["meta"]

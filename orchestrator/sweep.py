@@ -1,0 +1,300 @@
+"""A sweep: the only place that builds a Ray Tune `Tuner`.
+
+run(): Ray up -> data and teacher (cached in storage) -> MLflow parent run -> Tuner(OptunaSearch) over
+`trial.tune_trial` -> trials table and Pareto front -> MLflow artifacts -> `SweepResult`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS
+from torch import nn
+
+from orchestrator import cache
+from orchestrator.config import PARAM_NAMES, SweepConfig, load_config
+from orchestrator.pareto import pareto_mask
+from orchestrator.space import OBJECTIVES
+from orchestrator.stages.export import load_artifact
+from orchestrator.tasks.char_lm import CharData, build_data, load_corpus
+from orchestrator.trial import TeacherInfo, TrialContext, build_teacher
+
+log = logging.getLogger("orchestrator")
+
+
+@dataclass(frozen=True)
+class SweepProgress:
+    """What the sweep says after each trial ends (the CLI prints it)."""
+
+    done: int  # trials ended, completed or failed
+    total: int
+    running: int
+    failed: int
+    front_size: int  # completed trials on the current Pareto front
+    trial_id: str  # the trial that just ended
+    status: str  # "COMPLETED" or "ERROR"
+    metrics: dict[str, Any]  # its reported metrics (empty when it failed)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """A finished sweep: every trial and the front as DataFrames, and the models behind them."""
+
+    config: SweepConfig
+    trials: pd.DataFrame  # one row per trial: trial_id, status, run_id, params, metrics, artifact, error, pareto
+    teacher: TeacherInfo
+    run_id: str  # the MLflow parent run
+    experiment_id: str
+    tracking_uri: str
+    wall_seconds: float
+    overhead: float  # share of the sweep's CPU-slot time not spent inside a stage
+
+    @property
+    def pareto(self) -> pd.DataFrame:
+        """The completed trials no other trial dominates, smallest first."""
+        return self.trials[self.trials["pareto"]].sort_values("size_mb").reset_index(drop=True)
+
+    def load_model(self, trial_id: str) -> nn.Module:
+        """Reload a trial's compressed model from its exported artifact (the vocabulary is `model.vocab`)."""
+        rows = self.trials[self.trials["trial_id"] == trial_id]
+        if rows.empty or not isinstance(rows.iloc[0]["artifact"], str):
+            raise KeyError(f"no completed trial {trial_id!r} in this sweep; known: {list(self.trials['trial_id'])}")
+        return load_model(rows.iloc[0]["artifact"])
+
+
+def load_model(path: str | os.PathLike[str]) -> nn.Module:
+    """Rebuild a compressed model from an exported artifact (`model.orc`); `model.vocab` holds its vocabulary."""
+    model, meta = load_artifact(path)
+    model.vocab = meta.get("vocab")
+    return model
+
+
+class Sweep:
+    """A multi-objective compression sweep over a validated `SweepConfig`.
+
+    Example (the search space's own defaults, two trials):
+        >>> sweep = Sweep.from_yaml("search_spaces/smoke.yaml", trials=2)
+        >>> sweep.config.trials
+        2
+    """
+
+    def __init__(self, config: SweepConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> "Sweep":
+        """Load and validate a search space; overrides are keys (``trials=4``), dotted keys
+        (``**{"distill.steps": 50}``) or nested dicts (``distill={"steps": 50}``)."""
+        return cls(load_config(path, overrides=overrides))
+
+    def run(self, *, progress: Callable[[SweepProgress], None] | None = None, ray_logs: bool = False) -> SweepResult:
+        """Run every trial and return the result; blocks until the sweep ends.
+
+        Args:
+            progress: called after each trial ends.
+            ray_logs: forward Ray workers' own log lines to this process (noisy; for debugging).
+        """
+        import ray
+
+        cfg = self.config
+        started = time.perf_counter()
+        own_ray = not ray.is_initialized()
+        if own_ray:
+            env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180"}
+            for k, v in env.items():
+                os.environ.setdefault(k, v)
+            ray.init(
+                address=cfg.address,
+                num_cpus=cfg.resources.local_cpus if cfg.address is None else None,
+                include_dashboard=False,
+                log_to_driver=ray_logs,
+                runtime_env={"env_vars": env},
+            )
+        try:
+            return _run(cfg, started, progress)
+        finally:
+            if own_ray:
+                ray.shutdown()
+
+
+def _prepare_data(cfg: SweepConfig) -> tuple[CharData, str, str]:
+    text = load_corpus(cfg.task.corpus)
+    if cfg.task.chars is not None:
+        text = text[: cfg.task.chars]
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    data = build_data(text)
+    entry, _ = cache.get_or_build(cfg.storage_path / "data", key, lambda d: data.save(d / "data.pt"))
+    return data, str(entry / "data.pt"), key
+
+
+def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], None] | None) -> SweepResult:
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.space import DefineByRun, make_sampler
+    from orchestrator.tracking import SweepTracker, TrialRunsCallback
+    from orchestrator.trial import tune_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial INFO lines would drown the progress
+    storage = cfg.storage_path
+    sweep_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    sweep_dir = storage / "sweeps" / sweep_id
+    sweep_dir.mkdir(parents=True)
+
+    data, data_path, data_key = _prepare_data(cfg)
+    setup_seconds = time.perf_counter() - started
+    t = time.perf_counter()
+    log.info("teacher: %d layers x %d wide, %d steps ...", cfg.teacher.layers, cfg.teacher.width, cfg.teacher.steps)
+    teacher = build_teacher(cfg, data, data_path, data_key)
+    teacher_seconds = time.perf_counter() - t
+    log.info(
+        "teacher %s (%s): test accuracy %.4f, %.3f MB, %.3f ms",
+        teacher.key, "cache hit, reused" if teacher.cache_hit else "trained now", teacher.accuracy,
+        teacher.size_bytes / 1e6, teacher.latency_ms,
+    )
+
+    tracker = SweepTracker(cfg.resolved_tracking_uri, cfg.experiment or cfg.name)
+    parent = tracker.start(
+        run_name=sweep_id,
+        params=cfg.to_dict(),
+        tags={"sweep_id": sweep_id, "teacher_key": teacher.key, "teacher_cache_hit": str(teacher.cache_hit).lower(),
+              "storage": str(storage)},
+    )
+    tracker.log_metrics(parent, {
+        "teacher_accuracy": teacher.accuracy, "teacher_perplexity": teacher.perplexity,
+        "teacher_size_mb": teacher.size_bytes / 1e6, "teacher_latency_ms": teacher.latency_ms,
+        "teacher_params": teacher.params,
+    })
+    monitor = _Monitor(cfg.trials, progress)
+    status = "FAILED"
+    try:
+        searcher = OptunaSearch(
+            space=DefineByRun(cfg.params),
+            metric=list(OBJECTIVES),
+            mode=list(OBJECTIVES.values()),
+            sampler=make_sampler(cfg.sampler, seed=cfg.seed),
+        )
+        ctx = TrialContext(config=cfg, data_path=data_path, teacher=teacher, sweep_dir=str(sweep_dir))
+        trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), {"cpu": cfg.resources.trial_cpus})
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, num_samples=cfg.trials, max_concurrent_trials=cfg.max_concurrent_trials
+            ),
+            run_config=tune.RunConfig(
+                name=sweep_id,
+                storage_path=str(storage / "tune"),
+                callbacks=[TrialRunsCallback(tracker), monitor],
+                verbose=0,
+            ),
+        )
+        tune_started = time.perf_counter()
+        tuner.fit()
+        tune_seconds = time.perf_counter() - tune_started
+
+        trials = monitor.table(tracker.child_ids)
+        for run_id in trials.loc[trials["pareto"], "run_id"]:
+            tracker.set_tags(run_id, {"pareto": "true"})
+        paths = _front_files(trials, sweep_dir)
+        for path in paths:
+            tracker.log_artifact(parent, path)
+        wall = time.perf_counter() - started
+        # CPU-slot time: setup and the teacher use one slot; the trials `slots` at once.
+        slots = min(cfg.max_concurrent_trials, cfg.trials)
+        capacity = wall - tune_seconds + tune_seconds * slots
+        stage_seconds = (0.0 if teacher.cache_hit else teacher.train_seconds) + float(
+            trials.get("time_stages_s", pd.Series(dtype=float)).fillna(0).sum()
+        )
+        overhead = 1 - stage_seconds / capacity
+        tracker.log_metrics(parent, {
+            "trials_completed": int((trials["status"] == "COMPLETED").sum()),
+            "trials_failed": int((trials["status"] != "COMPLETED").sum()),
+            "front_size": int(trials["pareto"].sum()),
+            "wall_seconds": wall,
+            "setup_seconds": setup_seconds,
+            "teacher_seconds": teacher_seconds,
+            "stage_seconds": stage_seconds,
+            "orchestration_overhead": overhead,
+        })
+        status = "FINISHED"
+        return SweepResult(
+            config=cfg, trials=trials, teacher=teacher, run_id=parent, experiment_id=tracker.experiment_id,
+            tracking_uri=cfg.resolved_tracking_uri, wall_seconds=wall, overhead=overhead,
+        )
+    finally:
+        tracker.end(parent, status)
+
+
+def _front_files(trials: pd.DataFrame, sweep_dir: Path) -> list[Path]:
+    from orchestrator.plots import write_front_files
+
+    return write_front_files(trials, sweep_dir)
+
+
+def front_of(trials: pd.DataFrame) -> pd.Series:
+    """Boolean Series: completed trials that no completed trial dominates on the objectives."""
+    done = (trials["status"] == "COMPLETED").to_numpy()
+    mask = np.zeros(len(trials), dtype=bool)
+    if done.any():
+        values = trials.loc[done, list(OBJECTIVES)].to_numpy(dtype=float)
+        mask[done] = pareto_mask(values, list(OBJECTIVES.values()))
+    return pd.Series(mask, index=trials.index)
+
+
+class _Monitor(Callback):
+    """Tune callback: records every trial's config, metrics and outcome, and reports progress."""
+
+    def __init__(self, total: int, progress: Callable[[SweepProgress], None] | None) -> None:
+        self.total = total
+        self.progress = progress
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.running: set[str] = set()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.add(trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trial, "COMPLETED", trial.last_result or {}, None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = trial.get_error()
+        self._ended(trial, "ERROR", {}, " ".join(str(error).split())[-2000:] if error else "trial failed")
+
+    def _ended(self, trial: Any, status: str, result: dict[str, Any], error: str | None) -> None:
+        self.running.discard(trial.trial_id)
+        metrics = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k not in ("done", "trial_id")}
+        params = {name: trial.config.get(name) for name in PARAM_NAMES}
+        self.rows[trial.trial_id] = {"trial_id": trial.trial_id, "status": status, **params, **metrics, "error": error}
+        if self.progress is not None:
+            table = self.table({})
+            self.progress(SweepProgress(
+                done=len(self.rows), total=self.total, running=len(self.running),
+                failed=int((table["status"] != "COMPLETED").sum()), front_size=int(table["pareto"].sum()),
+                trial_id=trial.trial_id, status=status, metrics=metrics,
+            ))
+
+    def table(self, run_ids: dict[str, str]) -> pd.DataFrame:
+        trials = pd.DataFrame(list(self.rows.values()))
+        if trials.empty:
+            trials = pd.DataFrame(columns=["trial_id", "status", *PARAM_NAMES, *OBJECTIVES, "artifact", "error"])
+        for column in (*OBJECTIVES, "artifact"):
+            if column not in trials:
+                trials[column] = np.nan if column != "artifact" else None
+        trials.insert(2, "run_id", trials["trial_id"].map(run_ids))
+        trials["pareto"] = front_of(trials)
+        return trials
+
+
+__all__ = ["Sweep", "SweepResult", "SweepProgress", "load_model", "front_of"]

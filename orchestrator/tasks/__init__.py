@@ -1,0 +1,1 @@
+"""Tasks: where the data, the model family and the held-out score come from."""
