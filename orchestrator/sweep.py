@@ -32,6 +32,11 @@ from orchestrator.trial import TeacherInfo, TrialContext, build_teacher
 
 log = logging.getLogger("orchestrator")
 
+# Ray Train settings for every process of a Ray the sweep starts (pass them too when you start your own):
+# a faster health-check poll saves ~2 s per trial; worker start-up on a loaded 2-core machine can near the
+# 60 s default timeout.
+RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180"}
+
 
 @dataclass(frozen=True)
 class SweepProgress:
@@ -111,15 +116,14 @@ class Sweep:
         started = time.perf_counter()
         own_ray = not ray.is_initialized()
         if own_ray:
-            env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180"}
-            for k, v in env.items():
+            for k, v in RAY_ENV.items():
                 os.environ.setdefault(k, v)
             ray.init(
                 address=cfg.address,
                 num_cpus=cfg.resources.local_cpus if cfg.address is None else None,
                 include_dashboard=False,
                 log_to_driver=ray_logs,
-                runtime_env={"env_vars": env},
+                runtime_env={"env_vars": RAY_ENV},
             )
         try:
             return _run(cfg, started, progress)

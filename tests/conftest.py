@@ -1,0 +1,21 @@
+"""One Ray instance for the whole test session (started only if a test asks for it)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from orchestrator.sweep import RAY_ENV
+
+    os.environ.update(RAY_ENV)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -1,0 +1,51 @@
+"""Bad input through the real console entry point: one line on stderr, exit 2, nothing started or written."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def _run(tmp_path, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", "sweep", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "yaml_text,args,expect",
+    [
+        ("params: {bogus: 1}", [], "`params.bogus` is not a searchable parameter"),
+        ("trials: many", [], "`trials` must be an integer, got 'many'"),
+        ("params: {sparsity: 1.0}", [], "`params.sparsity` must be a number in [0, 1), got 1.0"),
+        ("params: {bits: 12}", [], "`params.bits` must be one of 2..8, 16 or 32, got 12"),
+        ("params: {temperature: -2}", [], "`params.temperature` must be a number > 0, got -2.0"),
+        ("params: {lambda: -0.1}", [], "`params.lambda` must be a number >= 0, got -0.1"),
+        ("params: {beta: -3}", [], "`params.beta` must be a number >= 0, got -3.0"),
+        ("params: {bits: [4,", [], "not readable as YAML"),
+        ("trials: 2", ["--set", "params.sparsity=1.5"], "--set params.sparsity: `params.sparsity` must be a number in [0, 1)"),
+        ("trials: 2", ["--set", "distill.stepz=3"], "--set distill.stepz: `distill.stepz` is not a known key"),
+        ("trials: 2", ["--trials", "0"], "`trials` must be an integer >= 1, got 0"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, yaml_text, args, expect):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml_text)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = _run(tmp_path, str(space), *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("orchestrator: error: "), proc.stderr
+    assert expect in lines[0]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no mlflow.db, no storage
+
+
+def test_missing_file(tmp_path):
+    proc = _run(tmp_path, "nope.yaml")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "orchestrator: error: nope.yaml: no such file; pass the path of a search-space YAML (see search_spaces/)"
+    assert list(tmp_path.iterdir()) == []

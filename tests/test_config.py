@@ -1,0 +1,94 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.config import PARAM_NAMES, Choice, ConfigError, Fixed, Range, load_config, parse_set
+
+SPACES = sorted((Path(__file__).parents[1] / "search_spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_shipped_search_spaces_validate_and_round_trip(path, tmp_path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    assert set(cfg.params) == set(PARAM_NAMES)
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert load_config(again) == cfg
+
+
+def test_plain_values_are_fixed_and_dicts_are_searched(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(
+        "params:\n  bits: 4\n  sparsity: {low: 0.0, high: 0.5, step: 0.1}\n  optimizer: {choices: [adam, sgd]}\n"
+        "  lr: {low: 1e-4, high: 1e-2, log: true}\n  width: {low: 32, high: 64, step: 32}\n"
+    )
+    cfg = load_config(p)
+    assert cfg.params["bits"] == Fixed(4)
+    assert cfg.params["sparsity"] == Range(0.0, 0.5, step=0.1)
+    assert cfg.params["optimizer"] == Choice(("adam", "sgd"))
+    assert cfg.params["lr"] == Range(1e-4, 1e-2, log=True)  # '1e-4' is a string in YAML 1.1; taken as a number
+    assert cfg.params["width"] == Range(32, 64, step=32, integer=True)
+    assert cfg.params["beta"] == Fixed(0.0)  # defaults fill what the YAML leaves out
+
+
+def test_overrides_take_dotted_keys_and_nested_dicts():
+    cfg = load_config(None, overrides={"trials": 2, "distill": {"steps": 7}, "params.bits": {"choices": [4, 8]}})
+    assert (cfg.trials, cfg.distill.steps, cfg.params["bits"]) == (2, 7, Choice((4, 8)))
+    assert parse_set("params.bits={choices: [2, 4]}") == ("params.bits", {"choices": [2, 4]})
+    assert parse_set("distill.steps=100") == ("distill.steps", 100)
+
+
+@pytest.mark.parametrize(
+    "yaml_text,message",
+    [
+        ("trialz: 3", "`trialz` is not a known key"),
+        ("distill: {stepz: 3}", "`distill.stepz` is not a known key"),
+        ("params: {sparsity: 1.2}", "`params.sparsity` must be a number in [0, 1), got 1.2"),
+        ("params: {sparsity: {low: 0.1, high: 1.0}}", "`params.sparsity.high` must be a number in [0, 1), got 1.0"),
+        ("params: {sparsity: -0.1}", "`params.sparsity` must be a number in [0, 1)"),
+        ("params: {bits: 9}", "`params.bits` must be one of 2..8, 16 or 32, got 9"),
+        ("params: {bits: {choices: [4, 1]}}", "`params.bits.choices` must be one of 2..8, 16 or 32, got 1"),
+        ("params: {bits: {low: 2, high: 16}}", "`params.bits` as a range must lie within 2..8"),
+        ("params: {temperature: 0}", "`params.temperature` must be a number > 0, got 0.0"),
+        ("params: {lambda: -1}", "`params.lambda` must be a number >= 0, got -1.0"),
+        ("params: {beta: {low: -0.5, high: 1}}", "`params.beta.low` must be a number >= 0, got -0.5"),
+        ("params: {optimizer: lamb}", "`params.optimizer` must be one of adamw, adam, rmsprop, sgd, adagrad"),
+        ("params: {layers: 1.5}", "`params.layers` must be an integer, got 1.5"),
+        ("params: {width: 30, heads: 4}", "`params.width` = 30 is not divisible by `params.heads` = 4"),
+        ("params: {dropout: 0.1}", "`params.dropout` is not a searchable parameter"),
+        ("params: {lr: {low: 1e-2, high: 1e-4}}", "`params.lr.low` (0.01) must be <= `params.lr.high` (0.0001)"),
+        ("trials: three", "`trials` must be an integer, got 'three'"),
+        ("trials: 0", "`trials` must be an integer >= 1, got 0"),
+        ("sampler: grid", "`sampler` must be one of tpe, nsga2, random, got 'grid'"),
+        ("resources: {use_gpu: maybe}", "`resources.use_gpu` must be true or false"),
+        ("- a\n- b", "the top level must be a mapping"),
+    ],
+)
+def test_bad_values_name_the_file_the_key_and_the_value(tmp_path, yaml_text, message):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml_text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value).startswith(f"{p}: ")
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_override_errors_name_the_override(tmp_path):
+    p = tmp_path / "ok.yaml"
+    p.write_text("trials: 2")
+    with pytest.raises(ConfigError, match=r"^--set params.sparsity: `params.sparsity` must be"):
+        load_config(p, overrides={"params.sparsity": 1.5}, set_source="--set")
+    with pytest.raises(ConfigError, match=r"^--set distill.stepz: `distill.stepz` is not a known key"):
+        load_config(p, overrides={"distill.stepz": 1}, set_source="--set")
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("params: {bits: [4,\n")
+    with pytest.raises(ConfigError, match="not readable as YAML"):
+        load_config(bad)

@@ -1,0 +1,42 @@
+import numpy as np
+import optuna
+import pytest
+
+from orchestrator.pareto import pareto_mask
+
+SENSES = ["max", "min", "min"]
+
+
+def _brute_force(v, senses):
+    sign = np.array([-1 if s == "max" else 1 for s in senses])
+    c = v * sign
+    out = []
+    for i in range(len(c)):
+        dominated = any(np.all(c[j] <= c[i]) and np.any(c[j] < c[i]) for j in range(len(c)) if j != i)
+        out.append(not dominated)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matches_brute_force_on_random_points(seed):
+    rng = np.random.default_rng(seed)
+    v = rng.random((40, 3)).round(1)  # rounding makes ties and duplicates
+    np.testing.assert_array_equal(pareto_mask(v, SENSES), _brute_force(v, SENSES))
+
+
+def test_matches_optuna_best_trials():
+    rng = np.random.default_rng(7)
+    v = rng.random((30, 3))
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for row in v:
+        study.add_trial(optuna.trial.create_trial(values=list(row), params={}, distributions={}))
+    expected = sorted(t.number for t in study.best_trials)
+    assert sorted(np.flatnonzero(pareto_mask(v, SENSES)).tolist()) == expected
+
+
+def test_duplicates_both_stay_and_bad_shapes_are_refused():
+    assert pareto_mask(np.array([[1.0, 1.0], [1.0, 1.0]]), ["max", "min"]).all()
+    with pytest.raises(ValueError, match="values must be"):
+        pareto_mask(np.zeros((3, 2)), SENSES)
+    with pytest.raises(ValueError, match="NaN"):
+        pareto_mask(np.array([[np.nan, 1.0, 1.0]]), SENSES)
