@@ -1,0 +1,60 @@
+"""Distillation through a real Ray Train V2 TorchTrainer (gloo DDP on CPU)."""
+
+import pytest
+import torch
+
+from orchestrator.losses import LossWeights
+from orchestrator.measure import score_lm
+from orchestrator.stages.distill import DistillJob, lr_factor, make_optimizer, run_distill
+from orchestrator.tasks.char_lm import CharData, build_data, build_model, load_corpus
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "data.pt"
+    build_data(load_corpus("kjv")[:100_000]).save(path)
+    return str(path)
+
+
+def _job(data_path, **kw):
+    data = CharData.load(data_path)
+    base = dict(
+        data_path=data_path, teacher_path=None,
+        model=dict(vocab_size=len(data.vocab), context=16, layers=1, width=16, heads=2),
+        steps=30, batch_size=8, warmup=2, lr=3e-3, optimizer="adamw", seed=0, weights=None, val_tokens=512, threads=1,
+    )
+    return DistillJob(**{**base, **kw})
+
+
+@pytest.mark.slow
+def test_ddp_distillation_with_two_workers_learns_and_returns_rank0_model(ray_session, data_path, tmp_path):
+    teacher = run_distill(_job(data_path, steps=40), name="t", storage_path=str(tmp_path), num_workers=1,
+                          use_gpu=False, cpus_per_worker=0.5)
+    torch.save({"config": _job(data_path).model, "state_dict": teacher.state_dict}, tmp_path / "teacher.pt")
+    job = _job(data_path, teacher_path=str(tmp_path / "teacher.pt"), model={**_job(data_path).model, "width": 8},
+               weights=LossWeights(temperature=2.0, lam=0.5, beta=1.0))
+    result = run_distill(job, name="s", storage_path=str(tmp_path), num_workers=2, use_gpu=False, cpus_per_worker=0.5)
+    data = CharData.load(data_path)
+    student = build_model(len(data.vocab), 16, layers=1, width=8, heads=2)
+    student.load_state_dict(result.state_dict)  # the projection is not part of the student
+    untrained = build_model(len(data.vocab), 16, layers=1, width=8, heads=2)
+    after = score_lm(student, data.val, context=16, max_positions=512)
+    before = score_lm(untrained, data.val, context=16, max_positions=512)
+    assert after.perplexity < before.perplexity
+    assert result.val_accuracy == pytest.approx(after.accuracy)
+    assert 0 < result.train_seconds < result.fit_seconds
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "rmsprop", "sgd", "adagrad"])
+def test_every_optimizer_builds(name):
+    opt = make_optimizer(name, [torch.nn.Parameter(torch.zeros(2))], 0.1)
+    assert opt.param_groups[0]["lr"] == 0.1
+    if name == "sgd":
+        assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.9
+
+
+def test_lr_schedule_warms_up_then_decays_to_a_tenth():
+    assert lr_factor(0, warmup=10, steps=100) == pytest.approx(0.1)
+    assert lr_factor(9, warmup=10, steps=100) == pytest.approx(1.0)
+    assert lr_factor(10, warmup=10, steps=100) == pytest.approx(1.0)
+    assert lr_factor(100, warmup=10, steps=100) == pytest.approx(0.1)

@@ -1,0 +1,103 @@
+"""search_spaces/smoke.yaml end to end through real Ray Tune + Train, Optuna and a SQLite MLflow store."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator import Sweep, cli, load_model
+from orchestrator.measure import score_lm
+from orchestrator.pareto import pareto_mask
+from orchestrator.tasks.char_lm import CharData
+
+SMOKE = Path(__file__).parents[1] / "search_spaces" / "smoke.yaml"
+METRICS = ["accuracy", "perplexity", "size_mb", "latency_ms", "latency_p95_ms", "params", "compression_ratio", "accuracy_retained"]
+PARAMS = ["beta", "lambda", "temperature", "sparsity", "bits", "optimizer", "lr", "layers", "width", "heads"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_session, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    result = Sweep.from_yaml(SMOKE, storage=str(root / "runs"), tracking_uri=uri).run()
+    return result, root, uri
+
+
+def test_every_trial_completes_with_measured_metrics(sweep):
+    result, _, _ = sweep
+    assert len(result.trials) == 3
+    assert (result.trials["status"] == "COMPLETED").all(), result.trials["error"].tolist()
+    for m in METRICS:
+        assert result.trials[m].notna().all() and (result.trials[m] > 0).all(), m
+    assert result.teacher.cache_hit is False
+
+
+def test_mlflow_holds_a_parent_and_one_child_per_trial(sweep):
+    result, _, uri = sweep
+    client = MlflowClient(uri)
+    runs = client.search_runs([result.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("orchestrator.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.run_id]
+    assert [p.info.run_id for p in parents] == [result.run_id]
+    assert parents[0].info.status == "FINISHED"
+    assert sorted(c.data.tags["trial_id"] for c in children) == sorted(result.trials["trial_id"])
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert set(METRICS) <= set(child.data.metrics)
+        assert set(PARAMS) <= set(child.data.params)
+        row = result.trials.set_index("trial_id").loc[child.data.tags["trial_id"]]
+        assert child.data.metrics["accuracy"] == pytest.approx(row["accuracy"])
+        assert child.data.params["bits"] == str(row["bits"])
+        assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["model.orc"]
+    parent_files = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"pareto.csv", "pareto.html", "pareto.png"} <= parent_files
+    assert parents[0].data.metrics["trials_completed"] == 3
+    tagged = {c.data.tags["trial_id"] for c in children if c.data.tags.get("pareto") == "true"}
+    assert tagged == set(result.pareto["trial_id"])
+
+
+def test_front_is_non_empty_and_no_trial_dominates_it(sweep):
+    result, _, _ = sweep
+    front = result.pareto
+    assert len(front) >= 1
+    everyone = result.trials[["accuracy", "size_mb", "latency_ms"]].to_numpy()
+    for point in front[["accuracy", "size_mb", "latency_ms"]].to_numpy():
+        better_eq = (everyone[:, 0] >= point[0]) & (everyone[:, 1] <= point[1]) & (everyone[:, 2] <= point[2])
+        strictly = (everyone[:, 0] > point[0]) | (everyone[:, 1] < point[1]) | (everyone[:, 2] < point[2])
+        assert not (better_eq & strictly).any()
+    expected = pareto_mask(everyone, ["max", "min", "min"])
+    assert result.trials["pareto"].tolist() == expected.tolist()
+
+
+def test_reloaded_artifacts_reproduce_logged_accuracy_and_size(sweep):
+    result, root, _ = sweep
+    data = CharData.load(next((root / "runs" / "data").glob("*/data.pt")))
+    cfg = result.config
+    for row in result.trials.itertuples():
+        path = Path(row.artifact)
+        assert path.stat().st_size == pytest.approx(row.size_mb * 1e6, abs=0.5)
+        model = result.load_model(row.trial_id)
+        assert model.vocab == data.vocab
+        score = score_lm(model, data.test, context=cfg.task.context, max_positions=cfg.task.eval_tokens)
+        assert score.accuracy == row.accuracy
+        assert load_model(path).vocab == data.vocab
+
+
+def test_second_sweep_reuses_the_teacher_through_the_cli(sweep, capsys):
+    result, root, uri = sweep
+    code = cli.main([
+        "sweep", str(SMOKE), "--trials", "1", "--storage", str(root / "runs"), "--tracking-uri", uri,
+        "--set", "params.bits=4",
+    ])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "[1/1] trial" in out and "Pareto front: 1 of 1 trials" in out and "mlflow ui --backend-store-uri" in out
+    client = MlflowClient(uri)
+    parents = client.search_runs([result.experiment_id], "tags.`orchestrator.role` = 'sweep'", order_by=["start_time DESC"])
+    assert len(parents) == 2
+    assert parents[0].data.tags["teacher_cache_hit"] == "true"
+    assert parents[0].data.tags["teacher_key"] == parents[1].data.tags["teacher_key"]
+    assert np.isclose(parents[0].data.metrics["teacher_accuracy"], result.teacher.accuracy)
