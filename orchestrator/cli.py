@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"storage {cfg.storage_path}", flush=True)
     result = Sweep(cfg).run(progress=_print_progress, ray_logs=args.ray_logs)
     _print_result(result)
+    if result.interrupted:
+        print(f"interrupted: {len(result.trials)} of {cfg.trials} trials ran", file=sys.stderr)
+        return 130
     failed = int((result.trials["status"] != "COMPLETED").sum())
     return 1 if failed == len(result.trials) else 0
 

@@ -115,6 +115,7 @@ class TeacherConfig:
     steps: int = _check(lambda v: v >= 1, "an integer >= 1", 1000)  # trained once, then cached by config hash
     batch_size: int = _check(lambda v: v >= 1, "an integer >= 1", 32)
     lr: float = _check(lambda v: v > 0, "a number > 0", 1e-3)
+    cpus_per_worker: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)  # it trains alone, before the trials: it may take more (null: resources.cpus_per_worker)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class ResourcesConfig:
     num_workers: int = _check(lambda v: v >= 1, "an integer >= 1", 1)  # DDP workers per distillation
     use_gpu: bool = False  # nccl on GPUs, else gloo on CPUs
     cpus_per_worker: float = _check(lambda v: v > 0, "a number > 0", 1.0)  # also the worker's torch threads
-    trial_cpus: float = _check(lambda v: v > 0, "a number > 0", 0.25)  # the Tune driver mostly waits on its workers
+    trial_cpus: float = _check(lambda v: v >= 0, "a number >= 0", 0.0)  # the Tune driver mostly waits on its workers; 0 leaves every CPU to them
     local_cpus: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # logical CPUs of a local Ray (null: all)
 
 

@@ -35,6 +35,7 @@ log = logging.getLogger("orchestrator")
 # Ray Train settings for every process of a Ray the sweep starts (pass them too when you start your own):
 # a faster health-check poll saves ~2 s per trial; worker start-up on a loaded 2-core machine can near the
 # 60 s default timeout.
+TRIAL_MEMORY_BYTES = 512 * 1024**2  # logical memory each trial's driver reserves in Ray
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180"}
 
 
@@ -64,6 +65,7 @@ class SweepResult:
     tracking_uri: str
     wall_seconds: float
     overhead: float  # share of the sweep's CPU-slot time not spent inside a stage
+    interrupted: bool  # stopped (Ctrl-C) before every trial ran
 
     @property
     def pareto(self) -> pd.DataFrame:
@@ -191,7 +193,10 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
             sampler=make_sampler(cfg.sampler, seed=cfg.seed),
         )
         ctx = TrialContext(config=cfg, data_path=data_path, teacher=teacher, sweep_dir=str(sweep_dir))
-        trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), {"cpu": cfg.resources.trial_cpus})
+        # The driver reserves memory (it loads models) and `trial_cpus`; with 0 CPUs two trials on a 2-CPU
+        # machine can each hold a 1-CPU worker instead of queueing behind each other's driver.
+        driver = {"cpu": cfg.resources.trial_cpus, "memory": TRIAL_MEMORY_BYTES}
+        trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), driver)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -207,8 +212,11 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         tune_started = time.perf_counter()
         tuner.fit()
         tune_seconds = time.perf_counter() - tune_started
-
         trials = monitor.table(tracker.child_ids)
+        interrupted = len(trials) < cfg.trials  # Tune returns early on Ctrl-C instead of raising
+        if interrupted:
+            log.warning("sweep interrupted after %d of %d trials; the front below covers those", len(trials), cfg.trials)
+
         for run_id in trials.loc[trials["pareto"], "run_id"]:
             tracker.set_tags(run_id, {"pareto": "true"})
         paths = _front_files(trials, sweep_dir)
@@ -232,10 +240,10 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
             "stage_seconds": stage_seconds,
             "orchestration_overhead": overhead,
         })
-        status = "FINISHED"
+        status = "KILLED" if interrupted else "FINISHED"
         return SweepResult(
             config=cfg, trials=trials, teacher=teacher, run_id=parent, experiment_id=tracker.experiment_id,
-            tracking_uri=cfg.resolved_tracking_uri, wall_seconds=wall, overhead=overhead,
+            tracking_uri=cfg.resolved_tracking_uri, wall_seconds=wall, overhead=overhead, interrupted=interrupted,
         )
     finally:
         tracker.end(parent, status)

@@ -107,18 +107,21 @@ def build_teacher(cfg: SweepConfig, data: CharData, data_path: str, data_key: st
     """Train the teacher once per storage (keyed by its config, data and seed) and measure it."""
     t = cfg.teacher
     model_cfg = {"vocab_size": len(data.vocab), "context": cfg.task.context, "layers": t.layers, "width": t.width, "heads": t.heads}
-    key = cache.content_key("teacher", dataclasses.asdict(t), model_cfg, data_key, cfg.seed)
+    # What determines the teacher's weights: its recipe, data, seed and DDP world size (not its thread count).
+    recipe = {k: v for k, v in dataclasses.asdict(t).items() if k != "cpus_per_worker"}
+    key = cache.content_key("teacher", recipe, model_cfg, data_key, cfg.seed, cfg.resources.num_workers)
 
     def build(tmp: Path) -> None:
+        r = cfg.resources
+        cpus = t.cpus_per_worker or r.cpus_per_worker
         job = DistillJob(
             data_path=data_path, teacher_path=None, model=model_cfg, steps=t.steps, batch_size=t.batch_size,
             warmup=min(100, t.steps // 10), lr=t.lr, optimizer="adamw", seed=cfg.seed, weights=None,
-            val_tokens=cfg.distill.val_tokens, threads=max(1, int(cfg.resources.cpus_per_worker)),
+            val_tokens=cfg.distill.val_tokens, threads=max(1, int(cpus)),
         )
-        r = cfg.resources
         result = run_distill(
             job, name=f"teacher-{key}", storage_path=str(cfg.storage_path / "train"),
-            num_workers=r.num_workers, use_gpu=r.use_gpu, cpus_per_worker=r.cpus_per_worker,
+            num_workers=r.num_workers, use_gpu=r.use_gpu, cpus_per_worker=cpus,
         )
         torch.save({"config": model_cfg, "state_dict": result.state_dict}, tmp / "teacher.pt")
         teacher = load_teacher(tmp / "teacher.pt")
