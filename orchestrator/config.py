@@ -481,7 +481,17 @@ def param_values(spec: ParamSpec) -> list[Any] | None:
     return None
 
 
+_TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "databricks", "postgresql", "mysql", "mssql")
+
+
 def _cross_checks(cfg: SweepConfig, source: str) -> None:
+    if cfg.tracking_uri is not None and cfg.tracking_uri.split("://", 1)[0].split("+", 1)[0] not in _TRACKING_SCHEMES:
+        raise ConfigError(
+            f"{source}: `tracking_uri` must be an MLflow URI such as sqlite:///mlflow.db or http://127.0.0.1:5000, "
+            f"got {cfg.tracking_uri!r}"
+        )
+    if cfg.storage_path.exists() and not cfg.storage_path.is_dir():
+        raise ConfigError(f"{source}: `storage` {cfg.storage!r} is a file; give a directory (it is created if missing)")
     widths, heads = param_values(cfg.params["width"]), param_values(cfg.params["heads"])
     assert widths is not None and heads is not None  # integer params always enumerate
     bad = [(w, h) for w, h in itertools.product(widths, heads) if w % h]

@@ -22,6 +22,8 @@ def write_front_files(trials: pd.DataFrame, out_dir: Path) -> list[Path]:
     front = done[done["pareto"]].sort_values("size_mb")
     csv = out_dir / "pareto.csv"
     front.to_csv(csv, index=False)
+    if done.empty:  # nothing to plot; the empty table still says so
+        return [csv]
 
     done["on front"] = done["pareto"].map({True: "front", False: "dominated"})
     hover = [c for c in done.columns if c not in ("artifact", "on front")]

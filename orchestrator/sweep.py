@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -149,6 +148,7 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
+    from orchestrator.plots import write_front_files
     from orchestrator.space import DefineByRun, make_sampler
     from orchestrator.tracking import SweepTracker, TrialRunsCallback
     from orchestrator.trial import tune_trial
@@ -157,7 +157,6 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
     storage = cfg.storage_path
     sweep_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     sweep_dir = storage / "sweeps" / sweep_id
-    sweep_dir.mkdir(parents=True)
 
     data, data_path, data_key = _prepare_data(cfg)
     setup_seconds = time.perf_counter() - started
@@ -200,7 +199,8 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=searcher, num_samples=cfg.trials, max_concurrent_trials=cfg.max_concurrent_trials
+                search_alg=searcher, num_samples=cfg.trials, max_concurrent_trials=cfg.max_concurrent_trials,
+                reuse_actors=True,  # a trial's driver process (torch imported, teacher files warm) serves the next
             ),
             run_config=tune.RunConfig(
                 name=sweep_id,
@@ -219,8 +219,7 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
 
         for run_id in trials.loc[trials["pareto"], "run_id"]:
             tracker.set_tags(run_id, {"pareto": "true"})
-        paths = _front_files(trials, sweep_dir)
-        for path in paths:
+        for path in write_front_files(trials, sweep_dir):
             tracker.log_artifact(parent, path)
         wall = time.perf_counter() - started
         # CPU-slot time: setup and the teacher use one slot; the trials `slots` at once.
@@ -247,12 +246,6 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         )
     finally:
         tracker.end(parent, status)
-
-
-def _front_files(trials: pd.DataFrame, sweep_dir: Path) -> list[Path]:
-    from orchestrator.plots import write_front_files
-
-    return write_front_files(trials, sweep_dir)
 
 
 def front_of(trials: pd.DataFrame) -> pd.Series:

@@ -29,6 +29,8 @@ def _run(tmp_path, *args):
         ("trials: 2", ["--set", "params.sparsity=1.5"], "--set params.sparsity: `params.sparsity` must be a number in [0, 1)"),
         ("trials: 2", ["--set", "distill.stepz=3"], "--set distill.stepz: `distill.stepz` is not a known key"),
         ("trials: 2", ["--trials", "0"], "`trials` must be an integer >= 1, got 0"),
+        ("trials: 2", ["--tracking-uri", "nonsense"], "`tracking_uri` must be an MLflow URI"),
+        ("trials: 2", ["--storage", "space.yaml"], "`storage` 'space.yaml' is a file"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, yaml_text, args, expect):

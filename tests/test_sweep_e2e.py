@@ -101,3 +101,22 @@ def test_second_sweep_reuses_the_teacher_through_the_cli(sweep, capsys):
     assert parents[0].data.tags["teacher_cache_hit"] == "true"
     assert parents[0].data.tags["teacher_key"] == parents[1].data.tags["teacher_key"]
     assert np.isclose(parents[0].data.metrics["teacher_accuracy"], result.teacher.accuracy)
+
+
+def test_a_failing_trial_is_recorded_and_explained(sweep):
+    result, root, uri = sweep
+    failing = Sweep.from_yaml(
+        SMOKE, trials=1, storage=str(root / "runs"), tracking_uri=uri, experiment="failures",
+        **{"params.optimizer": "sgd", "params.lr": 1.0e6, "params.sparsity": 0.0},
+    ).run()
+    row = failing.trials.iloc[0]
+    assert row["status"] == "ERROR"
+    assert "training diverged" in row["error"]
+    assert failing.pareto.empty
+    client = MlflowClient(uri)
+    child = client.get_run(row["run_id"])
+    assert child.info.status == "FAILED"
+    assert "training diverged" in child.data.tags["error"]
+    parent = client.get_run(failing.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials_failed"] == 1
