@@ -245,7 +245,7 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
             tracking_uri=cfg.resolved_tracking_uri, wall_seconds=wall, overhead=overhead, interrupted=interrupted,
         )
     finally:
-        tracker.end(parent, status)
+        tracker.end_sweep(status)
 
 
 def front_of(trials: pd.DataFrame) -> pd.Series:

@@ -57,10 +57,12 @@ class SweepTracker:
             self.experiment_id = found.experiment_id
         self.parent_id: str | None = None
         self.child_ids: dict[str, str] = {}  # Tune trial id -> MLflow run id
+        self._open: set[str] = set()  # runs started and not yet ended
 
     def start(self, *, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={"orchestrator.role": "sweep", **tags})
         self.parent_id = run.info.run_id
+        self._open.add(self.parent_id)
         self.log_params(self.parent_id, params)
         return self.parent_id
 
@@ -90,11 +92,21 @@ class SweepTracker:
             tags={"mlflow.parentRunId": self.parent_id, "orchestrator.role": "trial", "trial_id": trial_id},
         )
         self.child_ids[trial_id] = run.info.run_id
+        self._open.add(run.info.run_id)
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
     def end(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status)
+        self._open.discard(run_id)
+
+    def end_sweep(self, status: str) -> None:
+        """End the parent run, and as KILLED any trial run still open (a sweep stopped mid-trial)."""
+        for run_id in sorted(self._open - {self.parent_id}):
+            self.set_tags(run_id, {"error": "the sweep stopped before this trial finished"})
+            self.end(run_id, "KILLED")
+        if self.parent_id is not None:
+            self.end(self.parent_id, status)
 
     def experiment_url_hint(self) -> str:
         """The command that opens this experiment in the MLflow UI."""
