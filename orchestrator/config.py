@@ -132,6 +132,7 @@ class ResourcesConfig:
     use_gpu: bool = False  # nccl on GPUs, else gloo on CPUs
     cpus_per_worker: float = _check(lambda v: v > 0, "a number > 0", 1.0)  # also the worker's torch threads
     trial_cpus: float = _check(lambda v: v >= 0, "a number >= 0", 0.0)  # the Tune driver mostly waits on its workers; 0 leaves every CPU to them
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # where a trial's DDP workers go; STRICT_SPREAD: one per node
     local_cpus: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # logical CPUs of a local Ray (null: all)
 
 

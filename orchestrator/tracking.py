@@ -128,6 +128,9 @@ class TrialRunsCallback(Callback):
         result = trial.last_result or {}
         # what the trial measured; Tune's own bookkeeping (timestamps, pids, iterations) stays out
         self.tracker.log_metrics(run_id, {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS})
+        hits = {f"cache_hit.{k[len('cache_hit_'):]}": str(bool(v)).lower() for k, v in result.items() if k.startswith("cache_hit_")}
+        if hits:
+            self.tracker.set_tags(run_id, hits)
         if result.get("artifact"):
             self.tracker.log_artifact(run_id, result["artifact"])
             self.tracker.set_tags(run_id, {"artifact": result["artifact"]})

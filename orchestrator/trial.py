@@ -22,7 +22,7 @@ from orchestrator import cache
 from orchestrator.config import SweepConfig
 from orchestrator.losses import LossWeights
 from orchestrator.measure import count_params, measure_latency, score_lm
-from orchestrator.stages.distill import DistillJob, load_teacher, run_distill
+from orchestrator.stages.distill import DistillJob, DistillResult, load_teacher, run_distill
 from orchestrator.stages.export import export
 from orchestrator.stages.prune import prune_
 from orchestrator.stages.quantize import quantize_
@@ -103,26 +103,34 @@ def _measure(
     return out
 
 
+def _model_cfg(cfg: SweepConfig, vocab_size: int, *, layers: int, width: int, heads: int) -> dict[str, int]:
+    return {"vocab_size": vocab_size, "context": cfg.task.context, "layers": layers, "width": width, "heads": heads}
+
+
+def _train(cfg: SweepConfig, job: DistillJob, *, name: str, cpus_per_worker: float) -> DistillResult:
+    r = cfg.resources
+    return run_distill(
+        job, name=name, storage_path=str(cfg.storage_path / "train"), num_workers=r.num_workers,
+        use_gpu=r.use_gpu, cpus_per_worker=cpus_per_worker, placement_strategy=r.placement_strategy,
+    )
+
+
 def build_teacher(cfg: SweepConfig, data: CharData, data_path: str, data_key: str) -> TeacherInfo:
     """Train the teacher once per storage (keyed by its config, data and seed) and measure it."""
     t = cfg.teacher
-    model_cfg = {"vocab_size": len(data.vocab), "context": cfg.task.context, "layers": t.layers, "width": t.width, "heads": t.heads}
+    model_cfg = _model_cfg(cfg, len(data.vocab), layers=t.layers, width=t.width, heads=t.heads)
     # What determines the teacher's weights: its recipe, data, seed and DDP world size (not its thread count).
     recipe = {k: v for k, v in dataclasses.asdict(t).items() if k != "cpus_per_worker"}
     key = cache.content_key("teacher", recipe, model_cfg, data_key, cfg.seed, cfg.resources.num_workers)
 
     def build(tmp: Path) -> None:
-        r = cfg.resources
-        cpus = t.cpus_per_worker or r.cpus_per_worker
+        cpus = t.cpus_per_worker or cfg.resources.cpus_per_worker
         job = DistillJob(
             data_path=data_path, teacher_path=None, model=model_cfg, steps=t.steps, batch_size=t.batch_size,
             warmup=min(100, t.steps // 10), lr=t.lr, optimizer="adamw", seed=cfg.seed, weights=None,
             val_tokens=cfg.distill.val_tokens, threads=max(1, int(cpus)),
         )
-        result = run_distill(
-            job, name=f"teacher-{key}", storage_path=str(cfg.storage_path / "train"),
-            num_workers=r.num_workers, use_gpu=r.use_gpu, cpus_per_worker=cpus,
-        )
+        result = _train(cfg, job, name=f"teacher-{key}", cpus_per_worker=cpus)
         torch.save({"config": model_cfg, "state_dict": result.state_dict}, tmp / "teacher.pt")
         teacher = load_teacher(tmp / "teacher.pt")
         size = export(teacher, tmp / ARTIFACT, bits=32, meta={"vocab": data.vocab})
@@ -139,31 +147,46 @@ def build_teacher(cfg: SweepConfig, data: CharData, data_path: str, data_key: st
     )
 
 
-def run_pipeline(params: TrialParams, ctx: TrialContext, *, trial_id: str) -> dict[str, Any]:
-    """Distill, prune, quantize, export and measure one student; returns its metrics (all measured)."""
-    cfg, p = ctx.config, params
-    data = CharData.load(ctx.data_path)
-    model_cfg = {"vocab_size": len(data.vocab), "context": cfg.task.context, "layers": p.layers, "width": p.width, "heads": p.heads}
-    timings: dict[str, float] = {}
+def distill_student(cfg: SweepConfig, p: TrialParams, ctx: TrialContext, vocab_size: int, *, trial_id: str) -> tuple[Path, bool]:
+    """The distilled (float) student for `p`, trained now or reused: a later trial that differs only in
+    post-training parameters (sparsity, bits) gets the earlier trial's student without starting Ray Train.
 
-    t = time.perf_counter()
+    Returns (cache entry holding student.pt and distill.json, hit).
+    """
     job = DistillJob(
-        data_path=ctx.data_path, teacher_path=ctx.teacher.path, model=model_cfg, steps=cfg.distill.steps,
+        data_path=ctx.data_path, teacher_path=ctx.teacher.path,
+        model=_model_cfg(cfg, vocab_size, layers=p.layers, width=p.width, heads=p.heads), steps=cfg.distill.steps,
         batch_size=cfg.distill.batch_size, warmup=cfg.distill.warmup, lr=p.lr, optimizer=p.optimizer,
         seed=cfg.seed, weights=LossWeights(temperature=p.temperature, lam=p.lam, beta=p.beta),
         val_tokens=cfg.distill.val_tokens, threads=max(1, int(cfg.resources.cpus_per_worker)),
     )
-    r = cfg.resources
-    distilled = run_distill(
-        job, name=f"distill-{trial_id}", storage_path=str(cfg.storage_path / "train"),
-        num_workers=r.num_workers, use_gpu=r.use_gpu, cpus_per_worker=r.cpus_per_worker,
-    )
-    timings["time_distill_s"] = distilled.train_seconds
+    # Everything that determines the student: the teacher (its key covers the data), the job, the world size.
+    recipe = {k: v for k, v in dataclasses.asdict(job).items() if k not in ("data_path", "teacher_path", "threads")}
+    key = cache.content_key("student", ctx.teacher.key, recipe, cfg.resources.num_workers)
+
+    def build(tmp: Path) -> None:
+        result = _train(cfg, job, name=f"distill-{trial_id}", cpus_per_worker=cfg.resources.cpus_per_worker)
+        torch.save({"config": job.model, "state_dict": result.state_dict}, tmp / "student.pt")
+        info = {"train_seconds": result.train_seconds, "val_accuracy": result.val_accuracy, "val_loss": result.val_loss}
+        (tmp / "distill.json").write_text(json.dumps(info))
+
+    return cache.get_or_build(cfg.storage_path / "students", key, build)
+
+
+def run_pipeline(params: TrialParams, ctx: TrialContext, *, trial_id: str) -> dict[str, Any]:
+    """Distill, prune, quantize, export and measure one student; returns its metrics (all measured)."""
+    cfg, p = ctx.config, params
+    data = CharData.load(ctx.data_path)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    entry, hit = distill_student(cfg, p, ctx, len(data.vocab), trial_id=trial_id)
+    distilled = json.loads((entry / "distill.json").read_text())
+    timings["time_distill_s"] = 0.0 if hit else distilled["train_seconds"]
     timings["time_distill_fit_s"] = time.perf_counter() - t  # includes Ray Train worker start-up
 
-    torch.manual_seed(cfg.seed)
     student = build_model(len(data.vocab), cfg.task.context, layers=p.layers, width=p.width, heads=p.heads)
-    student.load_state_dict(distilled.state_dict)
+    student.load_state_dict(torch.load(entry / "student.pt", weights_only=True)["state_dict"])
 
     t = time.perf_counter()
     masks = prune_(student, p.sparsity)
@@ -186,8 +209,9 @@ def run_pipeline(params: TrialParams, ctx: TrialContext, *, trial_id: str) -> di
     metrics.update(
         compression_ratio=ctx.teacher.size_bytes / size,
         accuracy_retained=metrics["accuracy"] / ctx.teacher.accuracy,
-        val_accuracy=distilled.val_accuracy,
-        val_loss=distilled.val_loss,
+        val_accuracy=distilled["val_accuracy"],
+        val_loss=distilled["val_loss"],
+        cache_hit_distill=float(hit),
         **timings,
     )
     metrics["time_stages_s"] = sum(v for k, v in timings.items() if k != "time_distill_fit_s")

@@ -120,3 +120,18 @@ def test_a_failing_trial_is_recorded_and_explained(sweep):
     parent = client.get_run(failing.run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["trials_failed"] == 1
+
+
+def test_a_trial_that_differs_only_after_distillation_reuses_the_student(sweep):
+    result, root, uri = sweep
+    fixed = {"params.width": 16, "params.beta": 0.3, "params.lambda": 0.5, "params.temperature": 2.0,
+             "params.optimizer": "adamw", "params.lr": 0.005, "params.bits": {"choices": [3, 8]}}
+    reused = Sweep.from_yaml(SMOKE, trials=2, storage=str(root / "runs"), tracking_uri=uri, experiment="reuse", **fixed).run()
+    t = reused.trials.sort_values("cache_hit_distill")
+    assert (t["status"] == "COMPLETED").all()
+    assert t["cache_hit_distill"].tolist() == [0.0, 1.0]
+    first, second = t.iloc[0], t.iloc[1]
+    assert second["val_accuracy"] == first["val_accuracy"]  # the same float student
+    assert second["time_distill_s"] == 0 and second["time_distill_fit_s"] < 5 < first["time_distill_fit_s"]
+    tags = MlflowClient(uri).get_run(second["run_id"]).data.tags
+    assert tags["cache_hit.distill"] == "true"

@@ -163,6 +163,7 @@ def run_distill(
     num_workers: int,
     use_gpu: bool,
     cpus_per_worker: float,
+    placement_strategy: str = "PACK",
 ) -> DistillResult:
     """Train with `num_workers` DDP workers and return the rank-0 model (blocking).
 
@@ -182,6 +183,7 @@ def run_distill(
             num_workers=num_workers,
             use_gpu=use_gpu,
             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            placement_strategy=placement_strategy,
         ),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path),
     )
