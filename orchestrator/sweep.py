@@ -27,6 +27,7 @@ from orchestrator.pareto import pareto_mask
 from orchestrator.space import OBJECTIVES
 from orchestrator.stages.export import load_artifact
 from orchestrator.tasks.char_lm import CharData, build_data, load_corpus
+from orchestrator.tracking import trial_error
 from orchestrator.trial import TeacherInfo, TrialContext, build_teacher
 
 log = logging.getLogger("orchestrator")
@@ -274,8 +275,7 @@ class _Monitor(Callback):
         self._ended(trial, "COMPLETED", trial.last_result or {}, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = trial.get_error()
-        self._ended(trial, "ERROR", {}, " ".join(str(error).split())[-2000:] if error else "trial failed")
+        self._ended(trial, "ERROR", {}, trial_error(trial)[0])
 
     def _ended(self, trial: Any, status: str, result: dict[str, Any], error: str | None) -> None:
         self.running.discard(trial.trial_id)

@@ -113,6 +113,21 @@ class SweepTracker:
         return f"mlflow ui --backend-store-uri {self.tracking_uri}  # then open http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs"
 
 
+def trial_error(trial: Any) -> tuple[str, str | None]:
+    """(the error's one-line summary, the path of Tune's full error file) for a failed Tune trial.
+
+    The summary is the last ``SomeError: message`` line of the traceback: for a Ray Train failure that is
+    the worker's own exception, not the wrappers around it.
+    """
+    path = trial.error_file  # written locally before Tune calls on_trial_error (get_error() reads storage)
+    if not path or not Path(path).exists():
+        return "trial failed (Tune recorded no error file)", None
+    text = Path(path).read_text(errors="replace")
+    causes = re.findall(r"^(\w+(?:\.\w+)*(?:Error|Exception)\b:? .*)$", text, re.M)
+    summary = causes[-1] if causes else " ".join(text.split())[-500:]
+    return summary.strip()[:5000], path
+
+
 class TrialRunsCallback(Callback):
     """Ray Tune callback (runs in the sweep's process): a child run per trial, its params, metrics, status."""
 
@@ -140,10 +155,11 @@ class TrialRunsCallback(Callback):
         run_id = self.tracker.child_ids.get(trial.trial_id)
         if run_id is None:
             return
-        error = trial.get_error()
-        message = " ".join(str(error).split())[-5000:] if error else "trial failed"
-        self.tracker.set_tags(run_id, {"error": message})
+        summary, path = trial_error(trial)
+        self.tracker.set_tags(run_id, {"error": summary})
+        if path:
+            self.tracker.log_artifact(run_id, path)  # the whole traceback, worker side included
         self.tracker.end(run_id, "FAILED")
 
 
-__all__ = ["SweepTracker", "TrialRunsCallback", "flatten"]
+__all__ = ["SweepTracker", "TrialRunsCallback", "flatten", "trial_error"]

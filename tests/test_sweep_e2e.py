@@ -116,7 +116,8 @@ def test_a_failing_trial_is_recorded_and_explained(sweep):
     client = MlflowClient(uri)
     child = client.get_run(row["run_id"])
     assert child.info.status == "FAILED"
-    assert "training diverged" in child.data.tags["error"]
+    assert child.data.tags["error"].startswith("FloatingPointError: training diverged")
+    assert [a.path for a in client.list_artifacts(row["run_id"])] == ["error.txt"]
     parent = client.get_run(failing.run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["trials_failed"] == 1
