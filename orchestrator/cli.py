@@ -52,7 +52,8 @@ def _print_progress(p: SweepProgress) -> None:
     else:
         what = "FAILED (see its MLflow run's `error` tag)"
     print(
-        f"[{p.done}/{p.total}] trial {p.trial_id}: {what}  | running {p.running}, failed {p.failed}, front {p.front_size}",
+        f"[{p.done}/{p.total}] trial {p.trial_id}: {what}  | running {p.running}, failed {p.failed}, "
+        f"front {p.front_size}, hypervolume {p.hypervolume:.4f}",
         flush=True,
     )
 

@@ -30,3 +30,35 @@ def pareto_mask(values: np.ndarray, senses: Sequence[Sense]) -> np.ndarray:
     no_worse = (cost[:, None, :] <= cost[None, :, :]).all(-1)  # [j, i]: j no worse than i everywhere
     better = (cost[:, None, :] < cost[None, :, :]).any(-1)  # [j, i]: j strictly better somewhere
     return ~(no_worse & better).any(0)
+
+
+def hypervolume(values: np.ndarray, senses: Sequence[Sense], reference: Sequence[float]) -> float:
+    """Volume of objective space that `values` (n, k) dominate, bounded by the `reference` point.
+
+    Exact, by slicing along the last objective (O(n^k); a sweep's front is small). Points no better than
+    the reference in some objective add nothing.
+
+    Example:
+        >>> hypervolume(np.array([[0.5, 1.0], [0.8, 2.0]]), ["max", "min"], [0.0, 4.0])
+        2.1
+    """
+    v = np.asarray(values, dtype=float).reshape(-1, len(senses))
+    sign = np.array([-1.0 if s == "max" else 1.0 for s in senses])
+    cost, ref = v * sign, np.asarray(reference, dtype=float) * sign
+    cost = cost[(cost < ref).all(1)]
+    if len(cost) == 0:
+        return 0.0
+    return float(_hv_min(cost[pareto_mask(cost, ["min"] * len(senses))], ref))
+
+
+def _hv_min(points: np.ndarray, ref: np.ndarray) -> float:
+    if points.shape[1] == 1:
+        return float(ref[0] - points[:, 0].min())
+    order = np.argsort(points[:, -1])
+    pts = points[order]
+    total = 0.0
+    for i in range(len(pts)):
+        upper = pts[i + 1, -1] if i + 1 < len(pts) else ref[-1]
+        if upper > pts[i, -1]:  # the slab in which the first i+1 points are active
+            total += (upper - pts[i, -1]) * _hv_min(pts[: i + 1, :-1], ref[:-1])
+    return total

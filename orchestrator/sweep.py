@@ -23,7 +23,7 @@ from torch import nn
 
 from orchestrator import cache
 from orchestrator.config import PARAM_NAMES, SweepConfig, load_config
-from orchestrator.pareto import pareto_mask
+from orchestrator.pareto import hypervolume, pareto_mask
 from orchestrator.space import OBJECTIVES
 from orchestrator.stages.export import load_artifact
 from orchestrator.tasks.char_lm import CharData, build_data, load_corpus
@@ -48,6 +48,7 @@ class SweepProgress:
     running: int
     failed: int
     front_size: int  # completed trials on the current Pareto front
+    hypervolume: float  # of the current front, as a fraction of the teacher's box (see `normalized_hypervolume`)
     trial_id: str  # the trial that just ended
     status: str  # "COMPLETED" or "ERROR"
     metrics: dict[str, Any]  # its reported metrics (empty when it failed)
@@ -66,6 +67,7 @@ class SweepResult:
     wall_seconds: float
     overhead: float  # share of the sweep's CPU-slot time not spent inside a stage
     interrupted: bool  # stopped (Ctrl-C) before every trial ran
+    hypervolume: float  # of the final front, normalized as in `normalized_hypervolume`
 
     @property
     def pareto(self) -> pd.DataFrame:
@@ -183,14 +185,22 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         "teacher_size_mb": teacher.size_bytes / 1e6, "teacher_latency_ms": teacher.latency_ms,
         "teacher_params": teacher.params,
     })
-    monitor = _Monitor(cfg.trials, progress)
+    monitor = _Monitor(
+        cfg.trials, progress, teacher=teacher,
+        log_hypervolume=lambda hv, n: tracker.log_metrics(parent, {"hypervolume": hv}, step=n),
+    )
     status = "FAILED"
     try:
+        sweep_dir.mkdir(parents=True)
+        # The study lives next to the sweep, so Optuna's own tools can read it:
+        # optuna.load_study(study_name=<sweep id>, storage="sqlite:///<sweep dir>/optuna.db")
         searcher = OptunaSearch(
             space=DefineByRun(cfg.params),
             metric=list(OBJECTIVES),
             mode=list(OBJECTIVES.values()),
             sampler=make_sampler(cfg.sampler, seed=cfg.seed),
+            storage=optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'optuna.db'}"),
+            study_name=sweep_id,
         )
         ctx = TrialContext(config=cfg, data_path=data_path, teacher=teacher, sweep_dir=str(sweep_dir))
         # The driver reserves memory (it loads models) and `trial_cpus`; with 0 CPUs two trials on a 2-CPU
@@ -244,6 +254,7 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         return SweepResult(
             config=cfg, trials=trials, teacher=teacher, run_id=parent, experiment_id=tracker.experiment_id,
             tracking_uri=cfg.resolved_tracking_uri, wall_seconds=wall, overhead=overhead, interrupted=interrupted,
+            hypervolume=normalized_hypervolume(trials, teacher),
         )
     finally:
         tracker.end_sweep(status)
@@ -259,12 +270,28 @@ def front_of(trials: pd.DataFrame) -> pd.Series:
     return pd.Series(mask, index=trials.index)
 
 
-class _Monitor(Callback):
-    """Tune callback: records every trial's config, metrics and outcome, and reports progress."""
+def normalized_hypervolume(trials: pd.DataFrame, teacher: TeacherInfo) -> float:
+    """Hypervolume of the completed trials with the teacher as reference point (accuracy 0, the teacher's
+    size and latency), divided by the box accuracy in [0, 1] x size in [0, teacher's] x latency in
+    [0, teacher's]: 0 when nothing beats the teacher's size and latency, 1 is unreachable."""
+    done = trials[trials["status"] == "COMPLETED"]
+    size_mb, latency = teacher.size_bytes / 1e6, teacher.latency_ms
+    volume = hypervolume(done[list(OBJECTIVES)].to_numpy(dtype=float), list(OBJECTIVES.values()), [0.0, size_mb, latency])
+    return volume / (size_mb * latency)
 
-    def __init__(self, total: int, progress: Callable[[SweepProgress], None] | None) -> None:
+
+class _Monitor(Callback):
+    """Tune callback: records every trial's config, metrics and outcome, logs the front's hypervolume to
+    the parent run after each trial, and reports progress."""
+
+    def __init__(
+        self, total: int, progress: Callable[[SweepProgress], None] | None, *, teacher: TeacherInfo,
+        log_hypervolume: Callable[[float, int], None],
+    ) -> None:
         self.total = total
         self.progress = progress
+        self.teacher = teacher
+        self.log_hypervolume = log_hypervolume
         self.rows: dict[str, dict[str, Any]] = {}
         self.running: set[str] = set()
 
@@ -282,12 +309,14 @@ class _Monitor(Callback):
         metrics = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k not in ("done", "trial_id")}
         params = {name: trial.config.get(name) for name in PARAM_NAMES}
         self.rows[trial.trial_id] = {"trial_id": trial.trial_id, "status": status, **params, **metrics, "error": error}
+        table = self.table({})
+        hv = normalized_hypervolume(table, self.teacher)
+        self.log_hypervolume(hv, len(self.rows))
         if self.progress is not None:
-            table = self.table({})
             self.progress(SweepProgress(
                 done=len(self.rows), total=self.total, running=len(self.running),
                 failed=int((table["status"] != "COMPLETED").sum()), front_size=int(table["pareto"].sum()),
-                trial_id=trial.trial_id, status=status, metrics=metrics,
+                hypervolume=hv, trial_id=trial.trial_id, status=status, metrics=metrics,
             ))
 
     def table(self, run_ids: dict[str, str]) -> pd.DataFrame:
@@ -302,4 +331,4 @@ class _Monitor(Callback):
         return trials
 
 
-__all__ = ["Sweep", "SweepResult", "SweepProgress", "load_model", "front_of"]
+__all__ = ["Sweep", "SweepResult", "SweepProgress", "load_model", "front_of", "normalized_hypervolume"]

@@ -40,3 +40,29 @@ def test_duplicates_both_stay_and_bad_shapes_are_refused():
         pareto_mask(np.zeros((3, 2)), SENSES)
     with pytest.raises(ValueError, match="NaN"):
         pareto_mask(np.array([[np.nan, 1.0, 1.0]]), SENSES)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("k", [2, 3])
+def test_hypervolume_matches_optuna_on_random_points(seed, k):
+    from optuna._hypervolume import compute_hypervolume
+
+    from orchestrator.pareto import hypervolume
+
+    rng = np.random.default_rng(seed)
+    v = rng.random((25, k))
+    senses = (["max", "min", "min"])[:k]
+    ref = np.array([0.1, 0.9, 0.95][:k])
+    sign = np.array([-1.0 if s == "max" else 1.0 for s in senses])
+    cost, ref_cost = v * sign, ref * sign
+    inside = cost[(cost < ref_cost).all(1)]
+    expected = compute_hypervolume(inside, ref_cost) if len(inside) else 0.0
+    assert hypervolume(v, senses, ref) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_hypervolume_of_one_box_and_of_nothing():
+    from orchestrator.pareto import hypervolume
+
+    assert hypervolume(np.array([[0.5, 1.0, 2.0]]), SENSES, [0.0, 3.0, 4.0]) == pytest.approx(0.5 * 2 * 2)
+    assert hypervolume(np.array([[0.5, 5.0, 2.0]]), SENSES, [0.0, 3.0, 4.0]) == 0.0
+    assert hypervolume(np.empty((0, 3)), SENSES, [0.0, 3.0, 4.0]) == 0.0

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -57,6 +58,34 @@ def test_mlflow_holds_a_parent_and_one_child_per_trial(sweep):
     assert parents[0].data.metrics["trials_completed"] == 3
     tagged = {c.data.tags["trial_id"] for c in children if c.data.tags.get("pareto") == "true"}
     assert tagged == set(result.pareto["trial_id"])
+
+
+def test_the_optuna_study_is_stored_next_to_the_sweep(sweep):
+    result, root, _ = sweep
+    sweep_id = MlflowClient(result.tracking_uri).get_run(result.run_id).data.tags["sweep_id"]
+    db = root / "runs" / "sweeps" / sweep_id / "optuna.db"
+    study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{db}")
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == 3
+    assert sorted(t.values[0] for t in finished) == sorted(result.trials["accuracy"])
+    front = {tuple(t.values) for t in study.best_trials}
+    assert front == {tuple(v) for v in result.pareto[["accuracy", "size_mb", "latency_ms"]].to_numpy()}
+
+
+def test_hypervolume_is_logged_after_every_trial_and_matches_optuna(sweep):
+    from optuna._hypervolume import compute_hypervolume
+
+    result, _, uri = sweep
+    history = MlflowClient(uri).get_metric_history(result.run_id, "hypervolume")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    values = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert values == sorted(values)  # a front's hypervolume never shrinks
+    size, latency = result.teacher.size_bytes / 1e6, result.teacher.latency_ms
+    pts = result.trials[["accuracy", "size_mb", "latency_ms"]].to_numpy() * [-1, 1, 1]
+    ref = np.array([0.0, size, latency])
+    inside = pts[(pts < ref).all(1)]
+    expected = compute_hypervolume(inside, ref) / (size * latency) if len(inside) else 0.0
+    assert values[-1] == pytest.approx(expected) == pytest.approx(result.hypervolume)
 
 
 def test_front_is_non_empty_and_no_trial_dominates_it(sweep):
