@@ -68,6 +68,13 @@ def _print_result(result: SweepResult) -> None:
           f"{result.teacher.latency_ms:.3f} ms)")
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(front[columns].to_string(index=False))
+    pick = result.recommend()
+    if pick is not None:
+        print(f"recommended (knee of the front): trial {pick['trial_id']}, accuracy {pick['accuracy']:.4f}, "
+              f"{pick['size_mb']:.4f} MB, {pick['latency_ms']:.3f} ms")
+    infeasible = int(((result.trials["status"] == "COMPLETED") & ~result.trials["feasible"]).sum())
+    if infeasible:
+        print(f"{infeasible} completed trials miss the sweep's constraints and are left off the front")
     print(f"\nwall time {result.wall_seconds:.0f} s, orchestration overhead {result.overhead:.0%}")
     print(f"MLflow run {result.run_id}. Open it with:\n  mlflow ui --backend-store-uri {result.tracking_uri}\n"
           f"  then http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs")

@@ -144,6 +144,16 @@ class MeasureConfig:
 
 
 @dataclass(frozen=True)
+class ConstraintsConfig:
+    """Limits a usable model must meet: trials outside them are kept and shown but never on the front,
+    and the TPE / NSGA-II samplers are told, so they steer toward the feasible region."""
+
+    max_size_mb: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)
+    max_latency_ms: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)
+    min_accuracy: float | None = _check(lambda v: v is None or 0 <= v <= 1, "null or a number in [0, 1]", None)
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     name: str = "sweep"  # MLflow parent run name (default: the YAML file's stem)
     seed: int = 0  # sampler seed and every trial's torch seed
@@ -159,6 +169,7 @@ class SweepConfig:
     distill: DistillConfig = DistillConfig()
     resources: ResourcesConfig = ResourcesConfig()
     measure: MeasureConfig = MeasureConfig()
+    constraints: ConstraintsConfig = ConstraintsConfig()
     params: Mapping[str, ParamSpec] = field(default_factory=dict)  # every name in PARAM_NAMES, filled by defaults
 
     @property
@@ -312,6 +323,7 @@ _SECTIONS = {
     "distill": DistillConfig,
     "resources": ResourcesConfig,
     "measure": MeasureConfig,
+    "constraints": ConstraintsConfig,
 }
 
 

@@ -32,6 +32,24 @@ def pareto_mask(values: np.ndarray, senses: Sequence[Sense]) -> np.ndarray:
     return ~(no_worse & better).any(0)
 
 
+def knee_point(values: np.ndarray, senses: Sequence[Sense]) -> int:
+    """Index of the row closest to the ideal point once every objective is scaled to [0, 1] over the rows
+    (0 = best seen, 1 = worst seen): the balanced compromise of a front.
+
+    Example:
+        >>> knee_point(np.array([[0.9, 10.0], [0.85, 2.0], [0.3, 1.0]]), ["max", "min"])
+        1
+    """
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        raise ValueError("no points to choose from")
+    sign = np.array([-1.0 if s == "max" else 1.0 for s in senses])
+    cost = v * sign
+    span = cost.max(0) - cost.min(0)
+    scaled = (cost - cost.min(0)) / np.where(span > 0, span, 1.0)
+    return int(np.argmin(np.linalg.norm(scaled, axis=1)))
+
+
 def hypervolume(values: np.ndarray, senses: Sequence[Sense], reference: Sequence[float]) -> float:
     """Volume of objective space that `values` (n, k) dominate, bounded by the `reference` point.
 

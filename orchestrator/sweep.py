@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
+from ray.tune.search.optuna import OptunaSearch
 from torch import nn
 
 from orchestrator import cache
-from orchestrator.config import PARAM_NAMES, SweepConfig, load_config
-from orchestrator.pareto import hypervolume, pareto_mask
-from orchestrator.space import OBJECTIVES
+from orchestrator.config import PARAM_NAMES, ConstraintsConfig, SweepConfig, load_config
+from orchestrator.pareto import hypervolume, knee_point, pareto_mask
+from orchestrator.space import OBJECTIVES, OBJECTIVES_ATTR, ObjectiveConstraints
 from orchestrator.stages.export import load_artifact
 from orchestrator.tasks.char_lm import CharData, build_data, load_corpus
 from orchestrator.tracking import trial_error
@@ -73,6 +74,23 @@ class SweepResult:
     def pareto(self) -> pd.DataFrame:
         """The completed trials no other trial dominates, smallest first."""
         return self.trials[self.trials["pareto"]].sort_values("size_mb").reset_index(drop=True)
+
+    def recommend(
+        self, *, max_size_mb: float | None = None, max_latency_ms: float | None = None, min_accuracy: float | None = None
+    ) -> pd.Series | None:
+        """The front point to pick: the knee of the front points that meet these limits (on top of the
+        sweep's own `constraints`), or None when no front point meets them.
+
+        With no limits that bind, it is the knee of the whole front: the point nearest the ideal once each
+        objective is scaled to [0, 1] over the front.
+        """
+        front = self.pareto
+        limits = ObjectiveConstraints(ConstraintsConfig(max_size_mb, max_latency_ms, min_accuracy))
+        ok = [limits.feasible(r.accuracy, r.size_mb, r.latency_ms) for r in front.itertuples()]
+        candidates = front[ok] if len(front) else front
+        if candidates.empty:
+            return None
+        return candidates.iloc[knee_point(candidates[list(OBJECTIVES)].to_numpy(dtype=float), list(OBJECTIVES.values()))]
 
     def load_model(self, trial_id: str) -> nn.Module:
         """Reload a trial's compressed model from its exported artifact (the vocabulary is `model.vocab`)."""
@@ -149,7 +167,6 @@ def _prepare_data(cfg: SweepConfig) -> tuple[CharData, str, str]:
 def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], None] | None) -> SweepResult:
     import optuna
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
     from orchestrator.plots import write_front_files
     from orchestrator.space import DefineByRun, make_sampler
@@ -186,7 +203,7 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         "teacher_params": teacher.params,
     })
     monitor = _Monitor(
-        cfg.trials, progress, teacher=teacher,
+        cfg.trials, progress, teacher=teacher, constraints=cfg.constraints,
         log_hypervolume=lambda hv, n: tracker.log_metrics(parent, {"hypervolume": hv}, step=n),
     )
     status = "FAILED"
@@ -194,11 +211,11 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         sweep_dir.mkdir(parents=True)
         # The study lives next to the sweep, so Optuna's own tools can read it:
         # optuna.load_study(study_name=<sweep id>, storage="sqlite:///<sweep dir>/optuna.db")
-        searcher = OptunaSearch(
+        searcher = _ConstrainedOptunaSearch(
             space=DefineByRun(cfg.params),
             metric=list(OBJECTIVES),
             mode=list(OBJECTIVES.values()),
-            sampler=make_sampler(cfg.sampler, seed=cfg.seed),
+            sampler=make_sampler(cfg.sampler, seed=cfg.seed, constraints=cfg.constraints),
             storage=optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'optuna.db'}"),
             study_name=sweep_id,
         )
@@ -230,6 +247,8 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
 
         for run_id in trials.loc[trials["pareto"], "run_id"]:
             tracker.set_tags(run_id, {"pareto": "true"})
+        for run_id in trials.loc[(trials["status"] == "COMPLETED") & ~trials["feasible"], "run_id"]:
+            tracker.set_tags(run_id, {"feasible": "false"})
         for path in write_front_files(trials, sweep_dir):
             tracker.log_artifact(parent, path)
         wall = time.perf_counter() - started
@@ -251,18 +270,23 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
             "orchestration_overhead": overhead,
         })
         status = "KILLED" if interrupted else "FINISHED"
-        return SweepResult(
+        result = SweepResult(
             config=cfg, trials=trials, teacher=teacher, run_id=parent, experiment_id=tracker.experiment_id,
             tracking_uri=cfg.resolved_tracking_uri, wall_seconds=wall, overhead=overhead, interrupted=interrupted,
             hypervolume=normalized_hypervolume(trials, teacher),
         )
+        pick = result.recommend()
+        if pick is not None:
+            tracker.set_tags(pick["run_id"], {"recommended": "true"})
+            tracker.set_tags(parent, {"recommended_trial": pick["trial_id"]})
+        return result
     finally:
         tracker.end_sweep(status)
 
 
 def front_of(trials: pd.DataFrame) -> pd.Series:
-    """Boolean Series: completed trials that no completed trial dominates on the objectives."""
-    done = (trials["status"] == "COMPLETED").to_numpy()
+    """Boolean Series: feasible completed trials that no other feasible completed trial dominates."""
+    done = ((trials["status"] == "COMPLETED") & trials["feasible"]).to_numpy()
     mask = np.zeros(len(trials), dtype=bool)
     if done.any():
         values = trials.loc[done, list(OBJECTIVES)].to_numpy(dtype=float)
@@ -274,10 +298,21 @@ def normalized_hypervolume(trials: pd.DataFrame, teacher: TeacherInfo) -> float:
     """Hypervolume of the completed trials with the teacher as reference point (accuracy 0, the teacher's
     size and latency), divided by the box accuracy in [0, 1] x size in [0, teacher's] x latency in
     [0, teacher's]: 0 when nothing beats the teacher's size and latency, 1 is unreachable."""
-    done = trials[trials["status"] == "COMPLETED"]
+    done = trials[(trials["status"] == "COMPLETED") & trials["feasible"]]
     size_mb, latency = teacher.size_bytes / 1e6, teacher.latency_ms
     volume = hypervolume(done[list(OBJECTIVES)].to_numpy(dtype=float), list(OBJECTIVES.values()), [0.0, size_mb, latency])
     return volume / (size_mb * latency)
+
+
+class _ConstrainedOptunaSearch(OptunaSearch):
+    """OptunaSearch that hands the sampler's `constraints_func` the objective values: it stores them on the
+    Optuna trial (user attribute `objectives`) just before telling the study."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if result and ot_trial is not None and all(m in result for m in self.metric):
+            ot_trial.set_user_attr(OBJECTIVES_ATTR, [float(result[m]) for m in self.metric])
+        super().on_trial_complete(trial_id, result, error)
 
 
 class _Monitor(Callback):
@@ -286,9 +321,10 @@ class _Monitor(Callback):
 
     def __init__(
         self, total: int, progress: Callable[[SweepProgress], None] | None, *, teacher: TeacherInfo,
-        log_hypervolume: Callable[[float, int], None],
+        constraints: ConstraintsConfig, log_hypervolume: Callable[[float, int], None],
     ) -> None:
         self.total = total
+        self.constraints = ObjectiveConstraints(constraints)
         self.progress = progress
         self.teacher = teacher
         self.log_hypervolume = log_hypervolume
@@ -327,6 +363,11 @@ class _Monitor(Callback):
             if column not in trials:
                 trials[column] = np.nan if column != "artifact" else None
         trials.insert(2, "run_id", trials["trial_id"].map(run_ids))
+        done = trials["status"] == "COMPLETED"
+        trials["feasible"] = [
+            bool(d) and self.constraints.feasible(a, s, l)
+            for d, a, s, l in zip(done, trials["accuracy"], trials["size_mb"], trials["latency_ms"])
+        ]
         trials["pareto"] = front_of(trials)
         return trials
 

@@ -66,3 +66,13 @@ def test_hypervolume_of_one_box_and_of_nothing():
     assert hypervolume(np.array([[0.5, 1.0, 2.0]]), SENSES, [0.0, 3.0, 4.0]) == pytest.approx(0.5 * 2 * 2)
     assert hypervolume(np.array([[0.5, 5.0, 2.0]]), SENSES, [0.0, 3.0, 4.0]) == 0.0
     assert hypervolume(np.empty((0, 3)), SENSES, [0.0, 3.0, 4.0]) == 0.0
+
+
+def test_knee_point_is_the_balanced_compromise():
+    from orchestrator.pareto import knee_point
+
+    front = np.array([[0.30, 0.02, 1.0], [0.34, 0.04, 1.1], [0.35, 0.40, 3.0], [0.10, 0.01, 0.9]])
+    assert knee_point(front, SENSES) == 1
+    assert knee_point(front[:1], SENSES) == 0
+    with pytest.raises(ValueError):
+        knee_point(np.empty((0, 3)), SENSES)

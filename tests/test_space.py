@@ -1,4 +1,5 @@
 import optuna
+import pytest
 
 from orchestrator.config import load_config
 from orchestrator.space import OBJECTIVES, DefineByRun, make_sampler
@@ -36,3 +37,23 @@ def test_same_seed_same_sequence_and_different_seed_differs():
 
 def test_objectives_are_accuracy_size_and_latency():
     assert OBJECTIVES == {"accuracy": "max", "size_mb": "min", "latency_ms": "min"}
+
+
+def test_constraints_are_computed_from_objective_values_and_reach_the_sampler():
+    from orchestrator.config import ConstraintsConfig
+    from orchestrator.space import ObjectiveConstraints
+
+    limits = ConstraintsConfig(max_size_mb=0.05, max_latency_ms=None, min_accuracy=0.3)
+    c = ObjectiveConstraints(limits)
+    assert c.violations(0.25, 0.07, 9.0) == [pytest.approx(0.02), pytest.approx(0.05)]
+    assert c.feasible(0.31, 0.05, 9.0) and not c.feasible(0.31, 0.051, 9.0)
+    assert not ObjectiveConstraints(ConstraintsConfig())
+    for name in ("tpe", "nsga2"):
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=make_sampler(name, seed=0, constraints=limits))
+        trial = study.ask()
+        trial.set_user_attr("objectives", [0.25, 0.07, 1.0])  # what the sweep's searcher does before tell
+        study.tell(trial, [0.25, 0.07, 1.0])
+        assert study.trials[0].system_attrs["constraints"] == pytest.approx([0.02, 0.05])
+        bare = study.ask()
+        study.tell(bare, [0.5, 0.01, 1.0])
+        assert study.trials[1].system_attrs["constraints"] == (1.0, 1.0)  # no recorded values: infeasible

@@ -58,6 +58,9 @@ def test_mlflow_holds_a_parent_and_one_child_per_trial(sweep):
     assert parents[0].data.metrics["trials_completed"] == 3
     tagged = {c.data.tags["trial_id"] for c in children if c.data.tags.get("pareto") == "true"}
     assert tagged == set(result.pareto["trial_id"])
+    recommended = [c.data.tags["trial_id"] for c in children if c.data.tags.get("recommended") == "true"]
+    assert recommended == [result.recommend()["trial_id"]] == [parents[0].data.tags["recommended_trial"]]
+    assert recommended[0] in tagged
 
 
 def test_the_optuna_study_is_stored_next_to_the_sweep(sweep):
@@ -165,3 +168,21 @@ def test_a_trial_that_differs_only_after_distillation_reuses_the_student(sweep):
     assert second["time_distill_s"] == 0 and second["time_distill_fit_s"] < 5 < first["time_distill_fit_s"]
     tags = MlflowClient(uri).get_run(second["run_id"]).data.tags
     assert tags["cache_hit.distill"] == "true"
+
+
+def test_constraints_keep_infeasible_trials_off_the_front_and_reach_the_sampler(sweep):
+    result, root, uri = sweep
+    constrained = Sweep.from_yaml(
+        SMOKE, trials=2, storage=str(root / "runs"), tracking_uri=uri, experiment="constrained", sampler="tpe",
+        constraints={"min_accuracy": 0.99},
+    ).run()
+    t = constrained.trials
+    assert (t["status"] == "COMPLETED").all() and not t["feasible"].any()
+    assert constrained.pareto.empty and constrained.recommend() is None and constrained.hypervolume == 0
+    client = MlflowClient(uri)
+    assert all(client.get_run(r).data.tags.get("feasible") == "false" for r in t["run_id"])
+    sweep_id = client.get_run(constrained.run_id).data.tags["sweep_id"]
+    study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{root / 'runs' / 'sweeps' / sweep_id / 'optuna.db'}")
+    told = {round(t.values[0], 9): t.system_attrs["constraints"] for t in study.trials}
+    for acc in t["accuracy"]:
+        assert told[round(acc, 9)] == pytest.approx([0.99 - acc])

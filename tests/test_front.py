@@ -1,0 +1,41 @@
+"""The sweep's trials table: feasibility, the front over feasible trials, the recommendation."""
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.config import ConstraintsConfig
+from orchestrator.space import ObjectiveConstraints
+from orchestrator.sweep import SweepResult, front_of
+
+
+def _trials(limits):
+    t = pd.DataFrame({
+        "trial_id": ["a", "b", "c", "d", "e"],
+        "status": ["COMPLETED", "COMPLETED", "COMPLETED", "ERROR", "COMPLETED"],
+        "accuracy": [0.50, 0.40, 0.30, np.nan, 0.20],
+        "size_mb": [0.10, 0.05, 0.04, np.nan, 0.045],
+        "latency_ms": [1.0, 1.0, 1.0, np.nan, 1.0],
+        "run_id": ["r1", "r2", "r3", "r4", "r5"],
+    })
+    c = ObjectiveConstraints(limits)
+    t["feasible"] = [s == "COMPLETED" and c.feasible(a, m, l) for s, a, m, l in zip(t.status, t.accuracy, t.size_mb, t.latency_ms)]
+    t["pareto"] = front_of(t)
+    return t
+
+
+def test_infeasible_trials_never_reach_the_front_even_when_they_dominate():
+    free = _trials(ConstraintsConfig())
+    assert free["pareto"].tolist() == [True, True, True, False, False]  # e is dominated by c
+    capped = _trials(ConstraintsConfig(max_size_mb=0.06))
+    assert capped["feasible"].tolist() == [False, True, True, False, True]
+    assert capped["pareto"].tolist() == [False, True, True, False, False]
+
+
+def test_recommend_takes_the_knee_of_the_front_points_within_the_limits():
+    t = _trials(ConstraintsConfig())
+    result = SweepResult(config=None, trials=t, teacher=None, run_id="p", experiment_id="1", tracking_uri="x",
+                         wall_seconds=1.0, overhead=0.0, interrupted=False, hypervolume=0.0)
+    assert result.recommend()["trial_id"] == "b"
+    assert result.recommend(min_accuracy=0.45)["trial_id"] == "a"
+    assert result.recommend(max_size_mb=0.045)["trial_id"] == "c"
+    assert result.recommend(min_accuracy=0.9) is None
