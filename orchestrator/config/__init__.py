@@ -1,0 +1,29 @@
+"""Configuration: `schema` says what a sweep is made of, `load` turns YAML into it and checks everything."""
+
+from orchestrator.config.load import load_config, param_values, parse_set
+from orchestrator.config.schema import (
+    OPTIMIZERS,
+    PARAM_NAMES,
+    Choice,
+    ConfigError,
+    ConstraintsConfig,
+    Fixed,
+    ParamSpec,
+    Range,
+    SweepConfig,
+)
+
+__all__ = [
+    "OPTIMIZERS",
+    "PARAM_NAMES",
+    "Choice",
+    "ConfigError",
+    "ConstraintsConfig",
+    "Fixed",
+    "ParamSpec",
+    "Range",
+    "SweepConfig",
+    "load_config",
+    "param_values",
+    "parse_set",
+]
