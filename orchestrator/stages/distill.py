@@ -109,9 +109,10 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(job.seed)  # same init on every rank (DDP also broadcasts rank 0's)
     student = build_model(cfg.vocab_size, cfg.context, layers=cfg.layers, width=cfg.width, heads=cfg.heads)
     teacher = load_teacher(job.teacher_path, device) if job.teacher_path else None
-    weights = job.weights or LossWeights(temperature=1.0, lam=1.0, beta=0.0)
+    if (teacher is None) != (job.weights is None):
+        raise ValueError("a DistillJob needs loss weights exactly when it has a teacher")
     projection = None
-    if teacher is not None and weights.beta > 0:
+    if job.weights is not None and job.weights.beta > 0:
         pairs = layer_map(cfg.layers, teacher.cfg.layers)
         projection = HiddenProjection(pairs, cfg.width, teacher.cfg.width)
     model = ray.train.torch.prepare_model(_Distillee(student, projection))
@@ -132,7 +133,7 @@ def train_loop(config: dict[str, Any]) -> None:
             with torch.no_grad():
                 t_logits, t_states = teacher(x, hidden=projection is not None)  # (B, T, V)
             hidden = projection(states, t_states) if projection is not None else None
-            loss = distillation_loss(logits, t_logits, y, weights, hidden=hidden)
+            loss = distillation_loss(logits, t_logits, y, job.weights, hidden=hidden)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training diverged: loss {loss.item()} at lr {job.lr} (lower `lr`)")
         optimizer.zero_grad(set_to_none=True)
