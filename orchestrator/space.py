@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,9 +49,6 @@ class ObjectiveConstraints:
     def __init__(self, limits: ConstraintsConfig) -> None:
         self.limits = limits
 
-    def __bool__(self) -> bool:
-        return any(v is not None for v in (self.limits.max_size_mb, self.limits.max_latency_ms, self.limits.min_accuracy))
-
     def violations(self, accuracy: float, size_mb: float, latency_ms: float) -> list[float]:
         c, out = self.limits, []
         if c.max_size_mb is not None:
@@ -73,8 +71,8 @@ class ObjectiveConstraints:
 
 def make_sampler(name: str, *, seed: int, constraints: ConstraintsConfig | None = None) -> optuna.samplers.BaseSampler:
     """`tpe` (multi-objective TPE), `nsga2` or `random`, seeded; TPE and NSGA-II get the constraints."""
-    func = ObjectiveConstraints(constraints) if constraints is not None else None
-    func = func if func else None
+    limited = constraints is not None and any(v is not None for v in dataclasses.astuple(constraints))
+    func = ObjectiveConstraints(constraints) if limited else None
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, constraints_func=func)
     if name == "nsga2":

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from ray.tune import Callback
-from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.search.optuna import OptunaSearch
 from torch import nn
 
@@ -28,7 +27,7 @@ from orchestrator.pareto import hypervolume, knee_point, pareto_mask
 from orchestrator.space import OBJECTIVES, OBJECTIVES_ATTR, ObjectiveConstraints
 from orchestrator.stages.export import load_artifact
 from orchestrator.tasks.char_lm import CharData, build_data, load_corpus
-from orchestrator.tracking import trial_error
+from orchestrator.tracking import reported_metrics, trial_error
 from orchestrator.trial import TeacherInfo, TrialContext, build_teacher
 
 log = logging.getLogger("orchestrator")
@@ -87,7 +86,7 @@ class SweepResult:
         front = self.pareto
         limits = ObjectiveConstraints(ConstraintsConfig(max_size_mb, max_latency_ms, min_accuracy))
         ok = [limits.feasible(r.accuracy, r.size_mb, r.latency_ms) for r in front.itertuples()]
-        candidates = front[ok] if len(front) else front
+        candidates = front[pd.Series(ok, index=front.index, dtype=bool)]
         if candidates.empty:
             return None
         return candidates.iloc[knee_point(candidates[list(OBJECTIVES)].to_numpy(dtype=float), list(OBJECTIVES.values()))]
@@ -159,9 +158,8 @@ def _prepare_data(cfg: SweepConfig) -> tuple[CharData, str, str]:
     if cfg.task.chars is not None:
         text = text[: cfg.task.chars]
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
-    data = build_data(text)
-    entry, _ = cache.get_or_build(cfg.storage_path / "data", key, lambda d: data.save(d / "data.pt"))
-    return data, str(entry / "data.pt"), key
+    entry, _ = cache.get_or_build(cfg.storage_path / "data", key, lambda d: build_data(text).save(d / "data.pt"))
+    return CharData.load(entry / "data.pt"), str(entry / "data.pt"), key
 
 
 def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], None] | None) -> SweepResult:
@@ -286,7 +284,7 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
 
 def front_of(trials: pd.DataFrame) -> pd.Series:
     """Boolean Series: feasible completed trials that no other feasible completed trial dominates."""
-    done = ((trials["status"] == "COMPLETED") & trials["feasible"]).to_numpy()
+    done = trials["feasible"].to_numpy(dtype=bool)  # feasible implies completed
     mask = np.zeros(len(trials), dtype=bool)
     if done.any():
         values = trials.loc[done, list(OBJECTIVES)].to_numpy(dtype=float)
@@ -298,7 +296,7 @@ def normalized_hypervolume(trials: pd.DataFrame, teacher: TeacherInfo) -> float:
     """Hypervolume of the completed trials with the teacher as reference point (accuracy 0, the teacher's
     size and latency), divided by the box accuracy in [0, 1] x size in [0, teacher's] x latency in
     [0, teacher's]: 0 when nothing beats the teacher's size and latency, 1 is unreachable."""
-    done = trials[(trials["status"] == "COMPLETED") & trials["feasible"]]
+    done = trials[trials["feasible"]]
     size_mb, latency = teacher.size_bytes / 1e6, teacher.latency_ms
     volume = hypervolume(done[list(OBJECTIVES)].to_numpy(dtype=float), list(OBJECTIVES.values()), [0.0, size_mb, latency])
     return volume / (size_mb * latency)
@@ -342,7 +340,7 @@ class _Monitor(Callback):
 
     def _ended(self, trial: Any, status: str, result: dict[str, Any], error: str | None) -> None:
         self.running.discard(trial.trial_id)
-        metrics = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k not in ("done", "trial_id")}
+        metrics = reported_metrics(result)
         params = {name: trial.config.get(name) for name in PARAM_NAMES}
         self.rows[trial.trial_id] = {"trial_id": trial.trial_id, "status": status, **params, **metrics, "error": error}
         table = self.table({})
@@ -364,10 +362,10 @@ class _Monitor(Callback):
                 trials[column] = np.nan if column != "artifact" else None
         trials.insert(2, "run_id", trials["trial_id"].map(run_ids))
         done = trials["status"] == "COMPLETED"
-        trials["feasible"] = [
+        trials["feasible"] = pd.Series([
             bool(d) and self.constraints.feasible(a, s, l)
             for d, a, s, l in zip(done, trials["accuracy"], trials["size_mb"], trials["latency_ms"])
-        ]
+        ], index=trials.index, dtype=bool)
         trials["pareto"] = front_of(trials)
         return trials
 

@@ -128,6 +128,11 @@ def trial_error(trial: Any) -> tuple[str, str | None]:
     return summary.strip()[:5000], path
 
 
+def reported_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What a trial reported, without Tune's own bookkeeping (timestamps, pids, iterations, done flag)."""
+    return {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k not in ("done", "trial_id")}
+
+
 class TrialRunsCallback(Callback):
     """Ray Tune callback (runs in the sweep's process): a child run per trial, its params, metrics, status."""
 
@@ -141,8 +146,7 @@ class TrialRunsCallback(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.tracker.child_ids[trial.trial_id]
         result = trial.last_result or {}
-        # what the trial measured; Tune's own bookkeeping (timestamps, pids, iterations) stays out
-        self.tracker.log_metrics(run_id, {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS})
+        self.tracker.log_metrics(run_id, reported_metrics(result))
         hits = {f"cache_hit.{k[len('cache_hit_'):]}": str(bool(v)).lower() for k, v in result.items() if k.startswith("cache_hit_")}
         if hits:
             self.tracker.set_tags(run_id, hits)
@@ -162,4 +166,4 @@ class TrialRunsCallback(Callback):
         self.tracker.end(run_id, "FAILED")
 
 
-__all__ = ["SweepTracker", "TrialRunsCallback", "flatten", "trial_error"]
+__all__ = ["SweepTracker", "TrialRunsCallback", "flatten", "reported_metrics", "trial_error"]

@@ -39,3 +39,16 @@ def test_recommend_takes_the_knee_of_the_front_points_within_the_limits():
     assert result.recommend(min_accuracy=0.45)["trial_id"] == "a"
     assert result.recommend(max_size_mb=0.045)["trial_id"] == "c"
     assert result.recommend(min_accuracy=0.9) is None
+
+
+def test_a_sweep_with_no_finished_trial_has_an_empty_front_and_no_recommendation():
+    from orchestrator.sweep import _Monitor, normalized_hypervolume
+    from orchestrator.trial import TeacherInfo
+
+    teacher = TeacherInfo("k", "p", False, 0.5, 5.0, 1_000_000, 2.0, 10, 1.0)
+    table = _Monitor(3, None, teacher=teacher, constraints=ConstraintsConfig(), log_hypervolume=lambda *a: None).table({})
+    assert table.empty and table["feasible"].dtype == bool
+    assert normalized_hypervolume(table, teacher) == 0.0
+    result = SweepResult(config=None, trials=table, teacher=teacher, run_id="p", experiment_id="1", tracking_uri="x",
+                         wall_seconds=1.0, overhead=0.0, interrupted=True, hypervolume=0.0)
+    assert result.pareto.empty and result.recommend() is None

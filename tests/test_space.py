@@ -47,7 +47,7 @@ def test_constraints_are_computed_from_objective_values_and_reach_the_sampler():
     c = ObjectiveConstraints(limits)
     assert c.violations(0.25, 0.07, 9.0) == [pytest.approx(0.02), pytest.approx(0.05)]
     assert c.feasible(0.31, 0.05, 9.0) and not c.feasible(0.31, 0.051, 9.0)
-    assert not ObjectiveConstraints(ConstraintsConfig())
+    assert ObjectiveConstraints(ConstraintsConfig()).violations(0.0, 9.0, 9.0) == []
     for name in ("tpe", "nsga2"):
         study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=make_sampler(name, seed=0, constraints=limits))
         trial = study.ask()
