@@ -30,11 +30,14 @@ def main() -> None:
             args.space, storage=f"{tmp}/runs", tracking_uri=f"sqlite:///{tmp}/mlflow.db"
         ).run()
         wall = time.perf_counter() - started
+        from mlflow.tracking import MlflowClient
+
+        phases = MlflowClient(result.tracking_uri).get_run(result.run_id).data.metrics
 
     t = result.trials
     done = t[t["status"] == "COMPLETED"]
     startup = (done["time_distill_fit_s"] - done["time_distill_s"]).mean()
-    stage_total = result.teacher.train_seconds + done["time_stages_s"].sum()
+    stage_total = result.teacher.build_seconds + done["time_stages_s"].sum()
     figures = {
         "space": args.space,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
@@ -43,12 +46,16 @@ def main() -> None:
         "completed": len(done),
         "max_concurrent_trials": result.config.max_concurrent_trials,
         "wall_s": round(wall, 1),
+        "setup_s": round(phases["setup_seconds"], 1),
+        "teacher_phase_s": round(phases["teacher_seconds"], 1),
+        "trials_phase_s": round(phases["trials_seconds"], 1),
         "teacher_train_s": round(result.teacher.train_seconds, 1),
         "stage_s_total": round(stage_total, 1),
         "mean_trial_stage_s": round(done["time_stages_s"].mean(), 1),
         "mean_distill_train_s": round(done["time_distill_s"].mean(), 1),
         "mean_worker_startup_s": round(startup, 1),
-        "overhead_slot_time": round(result.overhead, 3),
+        "orchestration_overhead": round(result.overhead, 3),
+        "tail_idle_slot_s": round(phases["tail_idle_seconds"], 1),
         "teacher_accuracy": round(result.teacher.accuracy, 4),
         "teacher_size_mb": round(result.teacher.size_bytes / 1e6, 3),
         "front_size": int(t["pareto"].sum()),

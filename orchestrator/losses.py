@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +22,27 @@ def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     log_p_s = F.log_softmax(student_logits.reshape(-1, V) / temperature, dim=-1)  # (N, V)
     log_p_t = F.log_softmax(teacher_logits.reshape(-1, V) / temperature, dim=-1)  # (N, V)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)  # (N,) KL per position
+    return temperature**2 * kl.mean()
+
+
+def soft_loss_topk(
+    student_logits: torch.Tensor, teacher_topk: torch.Tensor, indices: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """`soft_loss` against a teacher that kept only its k largest logits per position.
+
+    The teacher's distribution is the softmax of its k logits (/T); the student's log-probabilities are
+    its full softmax (/T) read at the same k vocabulary ids. T² · Σ_k p_t (log p_t − log p_s), averaged
+    over positions; ≥ 0, and equal to `soft_loss` when k is the whole vocabulary.
+
+    Args:
+        student_logits: (..., V).
+        teacher_topk: (..., k) the teacher's kept logits.
+        indices: (..., k) their vocabulary ids.
+    """
+    V, k = student_logits.shape[-1], teacher_topk.shape[-1]
+    log_p_s = F.log_softmax(student_logits.reshape(-1, V) / temperature, dim=-1).gather(-1, indices.reshape(-1, k))
+    log_p_t = F.log_softmax(teacher_topk.reshape(-1, k) / temperature, dim=-1)  # (N, k)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
     return temperature**2 * kl.mean()
 
 
@@ -51,8 +72,10 @@ class HiddenProjection(nn.Module):
             nn.Identity() if same else nn.Linear(student_width, teacher_width, bias=False) for _ in self.pairs
         )
 
-    def forward(self, student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Mean over pairs of MSE(P·h_s, h_t); states are (B, T, width) per layer."""
+    def forward(
+        self, student_states: Sequence[torch.Tensor], teacher_states: Sequence[torch.Tensor] | Mapping[int, torch.Tensor]
+    ) -> torch.Tensor:
+        """Mean over pairs of MSE(P·h_s, h_t); states are (B, T, width) per layer (teacher's by layer index)."""
         losses = [
             F.mse_loss(proj(student_states[i]), teacher_states[j])
             for proj, (i, j) in zip(self.maps, self.pairs, strict=True)
@@ -74,9 +97,14 @@ def distillation_loss(
     weights: LossWeights,
     *,
     hidden: torch.Tensor | None = None,
+    teacher_indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L = L_soft + λ·L_hard + β·L_hidden; `hidden` is L_hidden, already computed (None when β = 0)."""
-    loss = soft_loss(student_logits, teacher_logits, weights.temperature)
+    """L = L_soft + λ·L_hard + β·L_hidden; `hidden` is L_hidden, already computed (None when β = 0).
+    With `teacher_indices` (..., k), `teacher_logits` are the teacher's top-k logits at those ids."""
+    if teacher_indices is None:
+        loss = soft_loss(student_logits, teacher_logits, weights.temperature)
+    else:
+        loss = soft_loss_topk(student_logits, teacher_logits, teacher_indices, weights.temperature)
     loss = loss + weights.lam * hard_loss(student_logits, targets)
     if hidden is not None:
         loss = loss + weights.beta * hidden

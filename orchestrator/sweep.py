@@ -7,8 +7,10 @@ run(): Ray up -> data and teacher (cached in storage) -> MLflow parent run -> Tu
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -28,7 +30,7 @@ from orchestrator.space import OBJECTIVES, OBJECTIVES_ATTR, ObjectiveConstraints
 from orchestrator.stages.export import load_artifact
 from orchestrator.tasks.char_lm import CharData, build_data, load_corpus
 from orchestrator.tracking import reported_metrics, trial_error
-from orchestrator.trial import TeacherInfo, TrialContext, build_teacher
+from orchestrator.trial import TeacherInfo, TrialContext, build_teacher, build_teacher_outputs
 
 log = logging.getLogger("orchestrator")
 
@@ -135,6 +137,7 @@ class Sweep:
 
         cfg = self.config
         started = time.perf_counter()
+        threading.Thread(target=_import_later_modules, name="orchestrator-imports", daemon=True).start()
         own_ray = not ray.is_initialized()
         if own_ray:
             for k, v in RAY_ENV.items():
@@ -151,6 +154,16 @@ class Sweep:
         finally:
             if own_ray:
                 ray.shutdown()
+
+
+def _import_later_modules() -> None:
+    """Import what the sweep needs only later (MLflow's SQL store, the plotting libraries: seconds of
+    imports) while this process waits on Ray's start-up and the teacher, not after."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    for name in ("matplotlib.pyplot", "plotly.express", "mlflow.store.tracking.sqlalchemy_store"):
+        importlib.import_module(name)
 
 
 def _prepare_data(cfg: SweepConfig) -> tuple[CharData, str, str]:
@@ -181,24 +194,36 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
     t = time.perf_counter()
     log.info("teacher: %d layers x %d wide, %d steps ...", cfg.teacher.layers, cfg.teacher.width, cfg.teacher.steps)
     teacher = build_teacher(cfg, data, data_path, data_key)
-    teacher_seconds = time.perf_counter() - t
     log.info(
         "teacher %s (%s): test accuracy %.4f, %.3f MB, %.3f ms",
         teacher.key, "cache hit, reused" if teacher.cache_hit else "trained now", teacher.accuracy,
         teacher.size_bytes / 1e6, teacher.latency_ms,
     )
 
+    outputs = None
+    if cfg.distill.teacher_outputs == "cached":
+        outputs = build_teacher_outputs(cfg, teacher, data)
+        log.info(
+            "teacher outputs %s (%s): %d windows, %.1f MB, %.1f s of teacher time%s",
+            outputs.key, "cache hit, reused" if outputs.cache_hit else "computed now", cfg.distill.cache_blocks,
+            outputs.size_bytes / 1e6, outputs.seconds, " (saved)" if outputs.cache_hit else "",
+        )
+    teacher_seconds = time.perf_counter() - t
+
     tracker = SweepTracker(cfg.resolved_tracking_uri, cfg.experiment or cfg.name)
     parent = tracker.start(
         run_name=sweep_id,
         params=cfg.to_dict(),
         tags={"sweep_id": sweep_id, "teacher_key": teacher.key, "teacher_cache_hit": str(teacher.cache_hit).lower(),
-              "storage": str(storage)},
+              "storage": str(storage),
+              **({"teacher_outputs_key": outputs.key, "teacher_outputs_cache_hit": str(outputs.cache_hit).lower()}
+                 if outputs else {})},
     )
     tracker.log_metrics(parent, {
         "teacher_accuracy": teacher.accuracy, "teacher_perplexity": teacher.perplexity,
         "teacher_size_mb": teacher.size_bytes / 1e6, "teacher_latency_ms": teacher.latency_ms,
         "teacher_params": teacher.params,
+        **({"teacher_outputs_mb": outputs.size_bytes / 1e6, "teacher_outputs_seconds": outputs.seconds} if outputs else {}),
     })
     monitor = _Monitor(
         cfg.trials, progress, teacher=teacher, constraints=cfg.constraints,
@@ -217,11 +242,9 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
             storage=optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'optuna.db'}"),
             study_name=sweep_id,
         )
-        ctx = TrialContext(config=cfg, data_path=data_path, teacher=teacher, sweep_dir=str(sweep_dir))
-        # The driver reserves memory (it loads models) and `trial_cpus`; with 0 CPUs two trials on a 2-CPU
-        # machine can each hold a 1-CPU worker instead of queueing behind each other's driver.
-        driver = {"cpu": cfg.resources.trial_cpus, "memory": TRIAL_MEMORY_BYTES}
-        trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), driver)
+        ctx = TrialContext(config=cfg, data_path=data_path, teacher=teacher, teacher_outputs=outputs,
+                           sweep_dir=str(sweep_dir))
+        trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), trial_resources(cfg))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -237,7 +260,8 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         )
         tune_started = time.perf_counter()
         tuner.fit()
-        tune_seconds = time.perf_counter() - tune_started
+        tune_stopped = time.perf_counter()
+        tune_seconds = tune_stopped - tune_started
         trials = monitor.table(tracker.child_ids)
         interrupted = len(trials) < cfg.trials  # Tune returns early on Ctrl-C instead of raising
         if interrupted:
@@ -250,10 +274,16 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         for path in write_front_files(trials, sweep_dir):
             tracker.log_artifact(parent, path)
         wall = time.perf_counter() - started
-        # CPU-slot time: setup and the teacher use one slot; the trials `slots` at once.
+        # Slot time: setup and the teacher phase use one slot; the trial phase up to `max_concurrent_trials`,
+        # each only while a trial remained that could use it (a slot idle because the search had no trial
+        # left for it, as in the last trial of a sweep, is `tail_idle_seconds`, not orchestration).
         slots = min(cfg.max_concurrent_trials, cfg.trials)
-        capacity = wall - tune_seconds + tune_seconds * slots
-        stage_seconds = (0.0 if teacher.cache_hit else teacher.train_seconds) + float(
+        ends = monitor.end_times + [tune_stopped] * len(monitor.running)  # unfinished (interrupted) trials
+        busy = work_slot_seconds(ends, tune_started, tune_stopped, slots)
+        capacity = wall - tune_seconds + busy
+        stage_seconds = (0.0 if teacher.cache_hit else teacher.build_seconds) + (
+            outputs.seconds if outputs and not outputs.cache_hit else 0.0
+        ) + float(
             trials.get("time_stages_s", pd.Series(dtype=float)).fillna(0).sum()
         )
         overhead = 1 - stage_seconds / capacity
@@ -264,8 +294,10 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
             "wall_seconds": wall,
             "setup_seconds": setup_seconds,
             "teacher_seconds": teacher_seconds,
+            "trials_seconds": tune_seconds,
             "stage_seconds": stage_seconds,
             "orchestration_overhead": overhead,
+            "tail_idle_seconds": tune_seconds * slots - busy,
         })
         status = "KILLED" if interrupted else "FINISHED"
         result = SweepResult(
@@ -280,6 +312,34 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         return result
     finally:
         tracker.end_sweep(status)
+
+
+def work_slot_seconds(end_times: list[float], start: float, stop: float, slots: int) -> float:
+    """Slot-seconds of a trial phase from `start` to `stop` in which a slot had work: while n of the
+    trials had not ended, min(slots, n) slots count. `end_times` holds one end time per trial.
+
+    >>> work_slot_seconds([10.0, 25.0], 0.0, 25.0, 2)  # two trials side by side, the second ends last
+    35.0
+    """
+    total, t, remaining = 0.0, start, len(end_times)
+    for end in sorted(end_times):
+        total += (end - t) * min(slots, remaining)
+        t, remaining = end, remaining - 1
+    return total
+
+
+def trial_resources(cfg: SweepConfig) -> dict[str, float]:
+    """What one trial's driver reserves in Ray.
+
+    It always reserves memory (it loads models). When distillation runs in the trial's own process it holds
+    that worker's CPUs (and GPU); when it only waits on a Ray Train worker group it holds `trial_cpus`,
+    0 by default, so that two trials on a 2-CPU machine can each hold a 1-CPU worker instead of queueing
+    behind each other's driver.
+    """
+    r = cfg.resources
+    if not cfg.distill_in_trial:
+        return {"cpu": r.trial_cpus, "memory": TRIAL_MEMORY_BYTES}
+    return {"cpu": max(r.trial_cpus, r.cpus_per_worker), "gpu": 1 if r.use_gpu else 0, "memory": TRIAL_MEMORY_BYTES}
 
 
 def front_of(trials: pd.DataFrame) -> pd.Series:
@@ -328,6 +388,7 @@ class _Monitor(Callback):
         self.log_hypervolume = log_hypervolume
         self.rows: dict[str, dict[str, Any]] = {}
         self.running: set[str] = set()
+        self.end_times: list[float] = []  # perf_counter() when each trial ended
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)
@@ -340,6 +401,7 @@ class _Monitor(Callback):
 
     def _ended(self, trial: Any, status: str, result: dict[str, Any], error: str | None) -> None:
         self.running.discard(trial.trial_id)
+        self.end_times.append(time.perf_counter())
         metrics = reported_metrics(result)
         params = {name: trial.config.get(name) for name in PARAM_NAMES}
         self.rows[trial.trial_id] = {"trial_id": trial.trial_id, "status": status, **params, **metrics, "error": error}

@@ -19,13 +19,14 @@ import torch
 from torch import nn
 
 from orchestrator import cache
-from orchestrator.config import SweepConfig
+from orchestrator.config import Fixed, SweepConfig
 from orchestrator.losses import LossWeights
 from orchestrator.measure import count_params, measure_latency, score_lm
 from orchestrator.stages.distill import DistillJob, DistillResult, load_teacher, run_distill
 from orchestrator.stages.export import export
 from orchestrator.stages.prune import prune_
 from orchestrator.stages.quantize import quantize_
+from orchestrator.stages.teacher_outputs import compute_teacher_outputs
 from orchestrator.tasks.char_lm import CharData, build_model
 
 ARTIFACT = "model.orc"
@@ -42,6 +43,16 @@ class TeacherInfo:
     latency_ms: float
     params: int
     train_seconds: float  # time inside its training loop when it was built
+    build_seconds: float  # time inside its stages then: training loop, export and measurement
+
+
+@dataclass(frozen=True)
+class TeacherOutputsInfo:
+    key: str  # content hash of the teacher, the pool of windows and what is kept: its cache entry
+    path: str  # `TeacherOutputs` file in storage
+    cache_hit: bool  # reused from an earlier sweep
+    seconds: float  # time the teacher took to produce them when they were built
+    size_bytes: int
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class TrialContext:
     config: SweepConfig
     data_path: str
     teacher: TeacherInfo
+    teacher_outputs: TeacherOutputsInfo | None  # None: distillation runs the teacher live (`distill.teacher_outputs`)
     sweep_dir: str  # <storage>/sweeps/<sweep id>
 
 
@@ -76,7 +88,7 @@ class TrialParams:
         return cls(**values)
 
 
-def _measure(
+def measure_model(
     model: nn.Module, size: int, data: CharData, cfg: SweepConfig, *, reference: nn.Module | None
 ) -> dict[str, float]:
     """Held-out accuracy/perplexity, artifact size and batch-1 latency of a model as it runs."""
@@ -107,12 +119,26 @@ def _model_cfg(cfg: SweepConfig, vocab_size: int, *, layers: int, width: int, he
     return {"vocab_size": vocab_size, "context": cfg.task.context, "layers": layers, "width": width, "heads": heads}
 
 
-def _train(cfg: SweepConfig, job: DistillJob, *, name: str, cpus_per_worker: float) -> DistillResult:
+def _train(cfg: SweepConfig, job: DistillJob, *, name: str, cpus_per_worker: float, in_process: bool) -> DistillResult:
     r = cfg.resources
     return run_distill(
         job, name=name, storage_path=str(cfg.storage_path / "train"), num_workers=r.num_workers,
         use_gpu=r.use_gpu, cpus_per_worker=cpus_per_worker, placement_strategy=r.placement_strategy,
+        in_process=in_process,
     )
+
+
+def _train_in_task(cfg: SweepConfig, job: DistillJob, *, cpus: float) -> DistillResult:
+    """`run_distill` in-process, inside a Ray task that reserves the worker's resources (the sweep's own
+    process holds none): what `launcher: in_trial` means for the teacher, trained before any trial."""
+    import ray
+
+    gpus = 1 if cfg.resources.use_gpu else 0
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_distill)
+    return ray.get(task.remote(
+        job, name="teacher", storage_path=str(cfg.storage_path / "train"), num_workers=1,
+        use_gpu=cfg.resources.use_gpu, cpus_per_worker=cpus, in_process=True,
+    ))
 
 
 def build_teacher(cfg: SweepConfig, data: CharData, data_path: str, data_key: str) -> TeacherInfo:
@@ -126,16 +152,21 @@ def build_teacher(cfg: SweepConfig, data: CharData, data_path: str, data_key: st
     def build(tmp: Path) -> None:
         cpus = t.cpus_per_worker or cfg.resources.cpus_per_worker
         job = DistillJob(
-            data_path=data_path, teacher_path=None, model=model_cfg, steps=t.steps, batch_size=t.batch_size,
+            data_path=data_path, teacher_path=None, teacher_outputs_path=None, model=model_cfg, steps=t.steps, batch_size=t.batch_size,
             warmup=min(100, t.steps // 10), lr=t.lr, optimizer="adamw", seed=cfg.seed, weights=None,
             val_tokens=cfg.distill.val_tokens, threads=max(1, int(cpus)),
         )
-        result = _train(cfg, job, name=f"teacher-{key}", cpus_per_worker=cpus)
+        if cfg.distill_in_trial:  # one worker: a Ray task holding its CPUs (and GPU) runs the loop itself
+            result = _train_in_task(cfg, job, cpus=cpus)
+        else:
+            result = _train(cfg, job, name=f"teacher-{key}", cpus_per_worker=cpus, in_process=False)
         torch.save({"config": model_cfg, "state_dict": result.state_dict}, tmp / "teacher.pt")
         teacher = load_teacher(tmp / "teacher.pt")
+        t0 = time.perf_counter()
         size = export(teacher, tmp / ARTIFACT, bits=32, meta={"vocab": data.vocab})
-        metrics = _measure(teacher, size, data, cfg, reference=None)
+        metrics = measure_model(teacher, size, data, cfg, reference=None)
         metrics["train_seconds"] = result.train_seconds
+        metrics["build_seconds"] = result.train_seconds + time.perf_counter() - t0
         (tmp / "teacher.json").write_text(json.dumps(metrics, indent=1))
 
     entry, hit = cache.get_or_build(cfg.storage_path / "teachers", key, build)
@@ -143,29 +174,66 @@ def build_teacher(cfg: SweepConfig, data: CharData, data_path: str, data_key: st
     return TeacherInfo(
         key=key, path=str(entry / "teacher.pt"), cache_hit=hit, accuracy=m["accuracy"], perplexity=m["perplexity"],
         size_bytes=int(m["size_bytes"]), latency_ms=m["latency_ms"], params=int(m["params"]),
-        train_seconds=m["train_seconds"],
+        train_seconds=m["train_seconds"], build_seconds=m.get("build_seconds", m["train_seconds"]),
     )
+
+
+def build_teacher_outputs(cfg: SweepConfig, teacher: TeacherInfo, data: CharData) -> TeacherOutputsInfo:
+    """Run the teacher once over a pool of training windows and keep its outputs for every trial.
+
+    Hidden states are kept only when some trial can weigh them (`params.beta` not fixed at 0).
+    """
+    d = cfg.distill
+    hidden = cfg.params["beta"] != Fixed(0.0)
+    top_k = d.top_k if d.top_k is not None and d.top_k < len(data.vocab) else None  # k >= V: all logits
+    key = cache.content_key("teacher_outputs", teacher.key, d.cache_blocks, cfg.seed, hidden, top_k)
+    seconds = 0.0
+
+    def build(tmp: Path) -> None:
+        nonlocal seconds
+        t, threads = time.perf_counter(), torch.get_num_threads()
+        torch.set_num_threads(max(1, int(cfg.teacher.cpus_per_worker or cfg.resources.cpus_per_worker)))
+        try:
+            outputs = compute_teacher_outputs(
+                load_teacher(teacher.path), data.train, blocks=d.cache_blocks, seed=cfg.seed, hidden=hidden, top_k=top_k
+            )
+        finally:
+            torch.set_num_threads(threads)
+        seconds = time.perf_counter() - t
+        outputs.save(tmp / "teacher_outputs.pt")
+        (tmp / "teacher_outputs.json").write_text(json.dumps({"seconds": seconds}))
+
+    entry, hit = cache.get_or_build(cfg.storage_path / "teacher_outputs", key, build)
+    path = entry / "teacher_outputs.pt"
+    seconds = json.loads((entry / "teacher_outputs.json").read_text())["seconds"]
+    return TeacherOutputsInfo(key=key, path=str(path), cache_hit=hit, seconds=seconds, size_bytes=path.stat().st_size)
 
 
 def distill_student(cfg: SweepConfig, p: TrialParams, ctx: TrialContext, vocab_size: int, *, trial_id: str) -> tuple[Path, bool]:
     """The distilled (float) student for `p`, trained now or reused: a later trial that differs only in
-    post-training parameters (sparsity, bits) gets the earlier trial's student without starting Ray Train.
+    post-training parameters (sparsity, bits) gets the earlier trial's student without training.
 
     Returns (cache entry holding student.pt and distill.json, hit).
     """
+    outputs = ctx.teacher_outputs
     job = DistillJob(
-        data_path=ctx.data_path, teacher_path=ctx.teacher.path,
+        data_path=ctx.data_path, teacher_path=None if outputs else ctx.teacher.path,
+        teacher_outputs_path=outputs.path if outputs else None,
         model=_model_cfg(cfg, vocab_size, layers=p.layers, width=p.width, heads=p.heads), steps=cfg.distill.steps,
         batch_size=cfg.distill.batch_size, warmup=cfg.distill.warmup, lr=p.lr, optimizer=p.optimizer,
         seed=cfg.seed, weights=LossWeights(temperature=p.temperature, lam=p.lam, beta=p.beta),
         val_tokens=cfg.distill.val_tokens, threads=max(1, int(cfg.resources.cpus_per_worker)),
     )
-    # Everything that determines the student: the teacher (its key covers the data), the job, the world size.
-    recipe = {k: v for k, v in dataclasses.asdict(job).items() if k not in ("data_path", "teacher_path", "threads")}
-    key = cache.content_key("student", ctx.teacher.key, recipe, cfg.resources.num_workers)
+    # Everything that determines the student: what it learns from (the teacher, or its cached outputs; both
+    # keys cover the data), the job, the world size. Not where it runs: both launchers train alike.
+    recipe = {k: v for k, v in dataclasses.asdict(job).items()
+              if k not in ("data_path", "teacher_path", "teacher_outputs_path", "threads")}
+    source = outputs.key if outputs else ctx.teacher.key
+    key = cache.content_key("student", source, recipe, cfg.resources.num_workers)
 
     def build(tmp: Path) -> None:
-        result = _train(cfg, job, name=f"distill-{trial_id}", cpus_per_worker=cfg.resources.cpus_per_worker)
+        result = _train(cfg, job, name=f"distill-{trial_id}", cpus_per_worker=cfg.resources.cpus_per_worker,
+                        in_process=cfg.distill_in_trial)
         torch.save({"config": job.model, "state_dict": result.state_dict}, tmp / "student.pt")
         info = {"train_seconds": result.train_seconds, "val_accuracy": result.val_accuracy, "val_loss": result.val_loss}
         (tmp / "distill.json").write_text(json.dumps(info))
@@ -203,7 +271,7 @@ def run_pipeline(params: TrialParams, ctx: TrialContext, *, trial_id: str) -> di
 
     t = time.perf_counter()
     teacher = load_teacher(ctx.teacher.path)
-    metrics = _measure(student, size, data, cfg, reference=teacher)
+    metrics = measure_model(student, size, data, cfg, reference=teacher)
     timings["time_measure_s"] = time.perf_counter() - t
 
     metrics.update(
@@ -211,9 +279,12 @@ def run_pipeline(params: TrialParams, ctx: TrialContext, *, trial_id: str) -> di
         accuracy_retained=metrics["accuracy"] / ctx.teacher.accuracy,
         val_accuracy=distilled["val_accuracy"],
         val_loss=distilled["val_loss"],
+        cache_hit_teacher=float(ctx.teacher.cache_hit),
         cache_hit_distill=float(hit),
         **timings,
     )
+    if ctx.teacher_outputs is not None:
+        metrics["cache_hit_teacher_outputs"] = float(ctx.teacher_outputs.cache_hit)
     metrics["time_stages_s"] = sum(v for k, v in timings.items() if k != "time_distill_fit_s")
     return {**metrics, "artifact": str(artifact)}
 

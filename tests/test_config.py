@@ -33,6 +33,12 @@ def test_plain_values_are_fixed_and_dicts_are_searched(tmp_path):
     assert cfg.params["beta"] == Fixed(0.0)  # defaults fill what the YAML leaves out
 
 
+def test_distillation_runs_in_the_trial_exactly_when_it_has_one_worker_or_is_told_to():
+    assert load_config(None).distill_in_trial
+    assert not load_config(None, overrides={"resources.num_workers": 2}).distill_in_trial
+    assert not load_config(None, overrides={"resources.launcher": "ray_train"}).distill_in_trial
+
+
 def test_overrides_take_dotted_keys_and_nested_dicts():
     cfg = load_config(None, overrides={"trials": 2, "distill": {"steps": 7}, "params.bits": {"choices": [4, 8]}})
     assert (cfg.trials, cfg.distill.steps, cfg.params["bits"]) == (2, 7, Choice((4, 8)))
@@ -63,6 +69,10 @@ def test_overrides_take_dotted_keys_and_nested_dicts():
         ("trials: 0", "`trials` must be an integer >= 1, got 0"),
         ("sampler: grid", "`sampler` must be one of tpe, nsga2, random, got 'grid'"),
         ("resources: {use_gpu: maybe}", "`resources.use_gpu` must be true or false"),
+        ("resources: {launcher: in_trial, num_workers: 2}", "`resources.launcher` in_trial runs one worker, but `resources.num_workers` is 2"),
+        ("resources: {launcher: slurm}", "`resources.launcher` must be one of auto, ray_train, in_trial, got 'slurm'"),
+        ("distill: {teacher_outputs: sometimes}", "`distill.teacher_outputs` must be one of cached, live"),
+        ("distill: {top_k: 0}", "`distill.top_k` must be null or an integer >= 1, got 0"),
         ("- a\n- b", "the top level must be a mapping"),
     ],
 )

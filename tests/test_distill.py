@@ -1,4 +1,4 @@
-"""Distillation through a real Ray Train V2 TorchTrainer (gloo DDP on CPU)."""
+"""Distillation through a real Ray Train V2 TorchTrainer (gloo DDP on CPU), and in the caller's process."""
 
 import pytest
 import torch
@@ -6,6 +6,7 @@ import torch
 from orchestrator.losses import LossWeights
 from orchestrator.measure import score_lm
 from orchestrator.stages.distill import DistillJob, lr_factor, make_optimizer, run_distill
+from orchestrator.stages.teacher_outputs import compute_teacher_outputs
 from orchestrator.tasks.char_lm import CharData, build_data, build_model, load_corpus
 
 
@@ -19,7 +20,7 @@ def data_path(tmp_path_factory):
 def _job(data_path, **kw):
     data = CharData.load(data_path)
     base = dict(
-        data_path=data_path, teacher_path=None,
+        data_path=data_path, teacher_path=None, teacher_outputs_path=None,
         model=dict(vocab_size=len(data.vocab), context=16, layers=1, width=16, heads=2),
         steps=30, batch_size=8, warmup=2, lr=3e-3, optimizer="adamw", seed=0, weights=None, val_tokens=512, threads=1,
     )
@@ -43,6 +44,75 @@ def test_ddp_distillation_with_two_workers_learns_and_returns_rank0_model(ray_se
     assert after.perplexity < before.perplexity
     assert result.val_accuracy == pytest.approx(after.accuracy)
     assert 0 < result.train_seconds < result.fit_seconds
+
+
+@pytest.fixture(scope="module")
+def teacher_path(data_path, tmp_path_factory):
+    """A small teacher trained in this process (in-process `fit`: no Ray)."""
+    tmp = tmp_path_factory.mktemp("teacher")
+    result = run_distill(_job(data_path, steps=60), name="t", storage_path=str(tmp), num_workers=1, use_gpu=False,
+                         cpus_per_worker=1, in_process=True)
+    torch.save({"config": _job(data_path).model, "state_dict": result.state_dict}, tmp / "teacher.pt")
+    return str(tmp / "teacher.pt")
+
+
+def _student_job(data_path, **kw):
+    return _job(data_path, model={**_job(data_path).model, "width": 8},
+                weights=LossWeights(temperature=2.0, lam=0.5, beta=1.0), **kw)
+
+
+def _perplexities(data_path, state_dict):
+    data = CharData.load(data_path)
+    student = build_model(len(data.vocab), 16, layers=1, width=8, heads=2)
+    student.load_state_dict(state_dict)
+    untrained = build_model(len(data.vocab), 16, layers=1, width=8, heads=2)
+    return (score_lm(student, data.val, context=16, max_positions=512).perplexity,
+            score_lm(untrained, data.val, context=16, max_positions=512).perplexity)
+
+
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_distillation_from_cached_teacher_outputs_learns_in_process(data_path, teacher_path, tmp_path, top_k):
+    from orchestrator.stages.distill import load_teacher
+
+    outputs = compute_teacher_outputs(load_teacher(teacher_path), CharData.load(data_path).train, blocks=64, seed=0,
+                                      hidden=True, top_k=top_k)
+    outputs.save(tmp_path / "outputs.pt")
+    job = _student_job(data_path, teacher_outputs_path=str(tmp_path / "outputs.pt"))
+    result = run_distill(job, name="s", storage_path=str(tmp_path), num_workers=1, use_gpu=False,
+                         cpus_per_worker=1, in_process=True)
+    after, before = _perplexities(data_path, result.state_dict)
+    assert after < before
+
+
+def test_cached_outputs_without_hidden_states_refuse_beta(data_path, teacher_path, tmp_path):
+    from orchestrator.stages.distill import load_teacher
+
+    outputs = compute_teacher_outputs(load_teacher(teacher_path), CharData.load(data_path).train, blocks=8, seed=0,
+                                      hidden=False, top_k=None)
+    outputs.save(tmp_path / "outputs.pt")
+    job = _student_job(data_path, teacher_outputs_path=str(tmp_path / "outputs.pt"))
+    with pytest.raises(ValueError, match="hidden states"):
+        run_distill(job, name="s", storage_path=str(tmp_path), num_workers=1, use_gpu=False, cpus_per_worker=1,
+                    in_process=True)
+
+
+def test_in_process_distillation_takes_one_worker(data_path, tmp_path):
+    with pytest.raises(ValueError, match="num_workers=2"):
+        run_distill(_job(data_path), name="s", storage_path=str(tmp_path), num_workers=2, use_gpu=False,
+                    cpus_per_worker=1, in_process=True)
+
+
+@pytest.mark.slow
+def test_one_ray_train_worker_and_in_process_train_the_same_weights(ray_session, data_path, teacher_path, tmp_path):
+    """The student cache does not key on the launcher: both must train identically."""
+    job = _student_job(data_path, teacher_path=teacher_path)
+    kw = dict(storage_path=str(tmp_path), num_workers=1, use_gpu=False, cpus_per_worker=1)
+    on_ray = run_distill(job, name="s", **kw)
+    local = run_distill(job, name="s-local", in_process=True, **kw)
+    assert on_ray.state_dict.keys() == local.state_dict.keys()
+    for k, v in on_ray.state_dict.items():
+        assert torch.equal(v, local.state_dict[k]), k
+    assert on_ray.val_accuracy == local.val_accuracy
 
 
 @pytest.mark.parametrize("name", ["adamw", "adam", "rmsprop", "sgd", "adagrad"])

@@ -5,7 +5,7 @@ import pandas as pd
 
 from orchestrator.config import ConstraintsConfig
 from orchestrator.space import ObjectiveConstraints
-from orchestrator.sweep import SweepResult, front_of
+from orchestrator.sweep import SweepResult, front_of, work_slot_seconds
 
 
 def _trials(limits):
@@ -45,10 +45,20 @@ def test_a_sweep_with_no_finished_trial_has_an_empty_front_and_no_recommendation
     from orchestrator.sweep import _Monitor, normalized_hypervolume
     from orchestrator.trial import TeacherInfo
 
-    teacher = TeacherInfo("k", "p", False, 0.5, 5.0, 1_000_000, 2.0, 10, 1.0)
+    teacher = TeacherInfo("k", "p", False, 0.5, 5.0, 1_000_000, 2.0, 10, 1.0, 1.5)
     table = _Monitor(3, None, teacher=teacher, constraints=ConstraintsConfig(), log_hypervolume=lambda *a: None).table({})
     assert table.empty and table["feasible"].dtype == bool
     assert normalized_hypervolume(table, teacher) == 0.0
     result = SweepResult(config=None, trials=table, teacher=teacher, run_id="p", experiment_id="1", tracking_uri="x",
                          wall_seconds=1.0, overhead=0.0, interrupted=True, hypervolume=0.0)
     assert result.pareto.empty and result.recommend() is None
+
+
+def test_slot_time_counts_a_slot_only_while_a_trial_remains_for_it():
+    # one slot: the whole phase
+    assert work_slot_seconds([3.0, 7.0], 0.0, 7.0, 1) == 7.0
+    # two slots, three trials ending at 4, 6, 10: both slots count until 6, then one (nothing left for the other)
+    assert work_slot_seconds([6.0, 4.0, 10.0], 0.0, 10.0, 2) == 2 * 6.0 + 4.0
+    # more slots than trials: only as many slots as trials
+    assert work_slot_seconds([5.0, 5.0], 0.0, 5.0, 4) == 10.0
+    assert work_slot_seconds([], 0.0, 5.0, 2) == 0.0

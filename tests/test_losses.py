@@ -1,8 +1,18 @@
+import math
+
 import pytest
 import torch
 from torch.nn import functional as F
 
-from orchestrator.losses import HiddenProjection, LossWeights, distillation_loss, hard_loss, layer_map, soft_loss
+from orchestrator.losses import (
+    HiddenProjection,
+    LossWeights,
+    distillation_loss,
+    hard_loss,
+    layer_map,
+    soft_loss,
+    soft_loss_topk,
+)
 
 
 @pytest.mark.parametrize("T", [0.5, 1.0, 2.0, 8.0])
@@ -17,6 +27,24 @@ def test_soft_loss_is_zero_for_identical_logits_and_positive_otherwise():
     z = torch.randn(4, 7)
     assert soft_loss(z, z, 2.0).abs() < 1e-6
     assert soft_loss(z, z.flip(-1), 2.0) > 0
+
+
+@pytest.mark.parametrize("T", [1.0, 3.0])
+def test_top_k_soft_loss_against_a_direct_formula(T):
+    g = torch.Generator().manual_seed(2)
+    zs, zt = torch.randn(6, 13, generator=g), torch.randn(6, 13, generator=g)
+    top, idx = zt.topk(4, dim=-1)
+    expected = 0.0
+    for n in range(6):  # position by position: teacher renormalised over its k ids, student's full softmax
+        p_t = [math.exp(top[n, i] / T) for i in range(4)]
+        p_t = [p / sum(p_t) for p in p_t]
+        z = sum(math.exp(zs[n, v] / T) for v in range(13))
+        expected += sum(p_t[i] * (math.log(p_t[i]) - math.log(math.exp(zs[n, idx[n, i]] / T) / z)) for i in range(4))
+    assert soft_loss_topk(zs, top, idx, T).item() == pytest.approx(T**2 * expected / 6, rel=1e-5)
+    full_top, full_idx = zt.topk(13, dim=-1)
+    torch.testing.assert_close(soft_loss_topk(zs, full_top, full_idx, T), soft_loss(zs, zt, T))
+    w = LossWeights(temperature=T, lam=0.0, beta=0.0)
+    torch.testing.assert_close(distillation_loss(zs, top, idx[:, 0], w, teacher_indices=idx), soft_loss_topk(zs, top, idx, T))
 
 
 def test_distillation_loss_weights_each_term():

@@ -346,6 +346,11 @@ def _cross_checks(cfg: SweepConfig, source: str) -> None:
             f"{source}: `params.width` = {w} is not divisible by `params.heads` = {h}; "
             "choose widths that are multiples of every heads value"
         )
+    if cfg.resources.launcher == "in_trial" and cfg.resources.num_workers != 1:
+        raise ConfigError(
+            f"{source}: `resources.launcher` in_trial runs one worker, but `resources.num_workers` is "
+            f"{cfg.resources.num_workers}; use launcher ray_train (or auto) for DDP"
+        )
     if cfg.teacher.width % cfg.teacher.heads:
         raise ConfigError(
             f"{source}: `teacher.width` ({cfg.teacher.width}) must be divisible by `teacher.heads` ({cfg.teacher.heads})"

@@ -104,6 +104,9 @@ class DistillConfig:
     batch_size: int = _check(lambda v: v >= 1, "an integer >= 1", 32)  # sequences per step per worker
     warmup: int = _check(lambda v: v >= 0, "an integer >= 0", 20)  # linear LR warm-up steps, then cosine decay
     val_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 8192)  # validation positions scored after training
+    teacher_outputs: Literal["cached", "live"] = "cached"  # cached: the teacher runs once per sweep over a pool of training windows; live: every step
+    cache_blocks: int = _check(lambda v: v >= 1, "an integer >= 1", 2048)  # windows in that pool (students sample batches from it)
+    top_k: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # keep the teacher's k largest logits per position (null: all; for large vocabularies)
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,9 @@ class ResourcesConfig:
     num_workers: int = _check(lambda v: v >= 1, "an integer >= 1", 1)  # DDP workers per distillation
     use_gpu: bool = False  # nccl on GPUs, else gloo on CPUs
     cpus_per_worker: float = _check(lambda v: v > 0, "a number > 0", 1.0)  # also the worker's torch threads
-    trial_cpus: float = _check(lambda v: v >= 0, "a number >= 0", 0.0)  # the Tune driver mostly waits on its workers; 0 leaves every CPU to them
+    trial_cpus: float = _check(lambda v: v >= 0, "a number >= 0", 0.0)  # the Tune driver, when it only waits on its Ray Train workers; 0 leaves every CPU to them (in_trial: at least cpus_per_worker)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # where a trial's DDP workers go; STRICT_SPREAD: one per node
+    launcher: Literal["auto", "ray_train", "in_trial"] = "auto"  # where distillation runs: a Ray Train worker group, or the trial's own process (one worker; no start-up cost); auto: in_trial when num_workers is 1
     local_cpus: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # logical CPUs of a local Ray (null: all)
 
 
@@ -151,6 +155,12 @@ class SweepConfig:
     measure: MeasureConfig = MeasureConfig()
     constraints: ConstraintsConfig = ConstraintsConfig()
     params: Mapping[str, ParamSpec] = field(default_factory=dict)  # every name in PARAM_NAMES, filled by defaults
+
+    @property
+    def distill_in_trial(self) -> bool:
+        """Distillation runs in the Tune trial's process rather than on a Ray Train worker group."""
+        r = self.resources
+        return r.launcher == "in_trial" or (r.launcher == "auto" and r.num_workers == 1)
 
     @property
     def storage_path(self) -> Path:

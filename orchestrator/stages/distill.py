@@ -1,8 +1,10 @@
-"""Distillation (and teacher training) as a Ray Train V2 `TorchTrainer`: DDP over N workers.
+"""Distillation (and teacher training): DDP over N Ray Train V2 workers, or in the trial's own process.
 
-`train_loop` runs on every worker and is all a worker runs. `run_distill` is called by a driver (a Tune
-trial, or the sweep when it builds the teacher); it passes a small plain config and gets the student back
-through a Ray Train checkpoint. Big things (data, teacher weights) travel by path in the sweep's storage.
+`fit` is the training loop. With several workers (or `launcher: ray_train`) it runs on every worker of a
+`TorchTrainer` (`train_loop` is what a worker runs) and the student comes back through a Ray Train
+checkpoint; with one worker it runs inside the Tune trial's process, which already holds the resources,
+and no worker group is started. `run_distill` picks the path. Big things (data, teacher weights, cached
+teacher outputs) travel by path in the sweep's storage.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -20,6 +23,7 @@ from torch import nn
 
 from orchestrator.losses import HiddenProjection, LossWeights, distillation_loss, hard_loss, layer_map
 from orchestrator.measure import score_lm
+from orchestrator.stages.teacher_outputs import TeacherOutputs
 from orchestrator.tasks.char_lm import CharData, build_model, sample_batch
 from orchestrator.tasks.gpt import GPT, GPTConfig
 
@@ -29,7 +33,9 @@ class DistillJob:
     """Everything a worker needs, small and picklable."""
 
     data_path: str  # CharData in storage
-    teacher_path: str | None  # teacher checkpoint; None trains from labels alone (how the teacher is built)
+    teacher_path: str | None  # teacher checkpoint, run live every step
+    teacher_outputs_path: str | None  # or its outputs, computed once per sweep (`TeacherOutputs`); with
+    # neither, the model trains from labels alone (how the teacher itself is built)
     model: dict[str, int]  # GPTConfig of the model being trained
     steps: int
     batch_size: int  # per worker
@@ -46,7 +52,7 @@ class DistillJob:
 class DistillResult:
     state_dict: dict[str, torch.Tensor]  # the trained model's weights, on CPU
     train_seconds: float  # time inside the training loop on rank 0 (excludes worker start-up)
-    fit_seconds: float  # wall time of TorchTrainer.fit(), start-up included
+    fit_seconds: float  # wall time of the whole stage, worker start-up included
     val_accuracy: float
     val_loss: float  # validation cross-entropy, nats per symbol
 
@@ -92,30 +98,61 @@ def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> GPT:
     return model.eval().requires_grad_(False)
 
 
-def train_loop(config: dict[str, Any]) -> None:
-    """The per-worker loop: the only code that runs on Ray Train workers."""
-    import ray.train
-    import ray.train.torch
+class _LocalSession:
+    """`fit` in the calling process: world size 1, no process group."""
 
+    rank = 0
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+
+class _RayTrainSession:
+    """`fit` on a Ray Train worker: DDP through `ray.train.torch.prepare_model`."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        self.rank = ray.train.get_context().get_world_rank()
+        self.device = ray.train.torch.get_device()
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+
+def fit(job: DistillJob, session: _LocalSession | _RayTrainSession) -> tuple[dict[str, float], GPT]:
+    """Train `job.model` and score it on validation; returns (metrics, the trained model on CPU)."""
     t0 = time.perf_counter()
-    job = DistillJob(**{**config, "weights": LossWeights(**config["weights"]) if config["weights"] else None})
     torch.set_num_threads(job.threads)
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    device = ray.train.torch.get_device()
+    device, rank = session.device, session.rank
     data = CharData.load(job.data_path)
     cfg = GPTConfig(**job.model)
 
     torch.manual_seed(job.seed)  # same init on every rank (DDP also broadcasts rank 0's)
     student = build_model(cfg.vocab_size, cfg.context, layers=cfg.layers, width=cfg.width, heads=cfg.heads)
+    if job.teacher_path and job.teacher_outputs_path:
+        raise ValueError("a DistillJob takes a live teacher or cached teacher outputs, not both")
     teacher = load_teacher(job.teacher_path, device) if job.teacher_path else None
-    if (teacher is None) != (job.weights is None):
+    cached = TeacherOutputs.load(job.teacher_outputs_path) if job.teacher_outputs_path else None
+    if (teacher is None and cached is None) != (job.weights is None):
         raise ValueError("a DistillJob needs loss weights exactly when it has a teacher")
-    projection = None
+    projection, pairs = None, []
     if job.weights is not None and job.weights.beta > 0:
-        pairs = layer_map(cfg.layers, teacher.cfg.layers)
-        projection = HiddenProjection(pairs, cfg.width, teacher.cfg.width)
-    model = ray.train.torch.prepare_model(_Distillee(student, projection))
+        if teacher is not None:
+            t_layers, t_width = teacher.cfg.layers, teacher.cfg.width
+        elif cached.hidden is not None:
+            t_layers, t_width = cached.teacher_layers, cached.hidden.shape[-1]
+        else:
+            raise ValueError("beta > 0 needs teacher hidden states, and these cached teacher outputs hold none")
+        pairs = layer_map(cfg.layers, t_layers)
+        projection = HiddenProjection(pairs, cfg.width, t_width)
+    model = session.prepare(_Distillee(student, projection))
     optimizer = make_optimizer(job.optimizer, model.parameters(), job.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup=job.warmup, steps=job.steps)
@@ -123,17 +160,14 @@ def train_loop(config: dict[str, Any]) -> None:
     gen = torch.Generator().manual_seed(job.seed * 1_000_003 + rank)  # each rank its own data stream
 
     model.train()
-    for _ in range(job.steps):
-        x, y = sample_batch(data.train, job.batch_size, cfg.context, gen)
-        x, y = x.to(device), y.to(device)
+    for x, y, signal in _batches(job, data, gen, device, teacher, cached, sorted({j for _, j in pairs})):
         logits, states = model(x)  # (B, T, V), per-layer (B, T, C)
-        if teacher is None:
+        if signal is None:
             loss = hard_loss(logits, y)
         else:
-            with torch.no_grad():
-                t_logits, t_states = teacher(x, hidden=projection is not None)  # (B, T, V)
+            t_logits, t_indices, t_states = signal
             hidden = projection(states, t_states) if projection is not None else None
-            loss = distillation_loss(logits, t_logits, y, job.weights, hidden=hidden)
+            loss = distillation_loss(logits, t_logits, y, job.weights, hidden=hidden, teacher_indices=t_indices)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training diverged: loss {loss.item()} at lr {job.lr} (lower `lr`)")
         optimizer.zero_grad(set_to_none=True)
@@ -147,9 +181,46 @@ def train_loop(config: dict[str, Any]) -> None:
         "val_accuracy": val.accuracy,
         "val_loss": math.log(val.perplexity),
     }
-    if rank == 0:
+    return metrics, student.cpu()
+
+
+Signal = tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]  # teacher logits, their ids (top-k), states by layer
+
+
+def _batches(
+    job: DistillJob, data: CharData, gen: torch.Generator, device: torch.device, teacher: GPT | None,
+    cached: TeacherOutputs | None, hidden_layers: list[int],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, Signal | None]]:
+    """`job.steps` batches on `device`: inputs (B, T), targets (B, T), and what the teacher says about them
+    (None with no teacher): read from its cached outputs, or from a live forward pass."""
+    context = job.model["context"]
+    for _ in range(job.steps):
+        if cached is not None:
+            x, y, logits, indices, states = cached.batch(job.batch_size, gen, hidden_layers=hidden_layers)
+            signal = (logits.to(device), None if indices is None else indices.to(device),
+                      {j: h.to(device) for j, h in zip(hidden_layers, states)})
+            yield x.to(device), y.to(device), signal
+            continue
+        x, y = sample_batch(data.train, job.batch_size, context, gen)
+        x, y = x.to(device), y.to(device)
+        if teacher is None:
+            yield x, y, None
+            continue
+        with torch.no_grad():
+            logits, states = teacher(x, hidden=bool(hidden_layers))  # (B, T, V), per-layer (B, T, C)
+        yield x, y, (logits, None, dict(enumerate(states)))
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """What each Ray Train worker runs: `fit`, then rank 0 reports the model as a checkpoint."""
+    import ray.train
+
+    job = DistillJob(**{**config, "weights": LossWeights(**config["weights"]) if config["weights"] else None})
+    session = _RayTrainSession()
+    metrics, student = fit(job, session)
+    if session.rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
-            state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
+            state = {k: v.detach() for k, v in student.state_dict().items()}
             torch.save({"config": job.model, "state_dict": state}, Path(tmp) / "model.pt")
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
@@ -165,20 +236,45 @@ def run_distill(
     use_gpu: bool,
     cpus_per_worker: float,
     placement_strategy: str = "PACK",
+    in_process: bool = False,
 ) -> DistillResult:
     """Train with `num_workers` DDP workers and return the rank-0 model (blocking).
 
     Args:
         name: the Ray Train run name; derived from the trial id so that a restarted trial resumes.
         storage_path: where Ray Train keeps the run and its checkpoint (shared on a cluster).
+        in_process: run `fit` right here instead (one worker only): the caller's process must hold the
+            resources, as a Tune trial does. Saves starting a worker group (seconds per trial).
     """
+    t = time.perf_counter()
+    if in_process:
+        if num_workers != 1:
+            raise ValueError(f"in-process distillation runs one worker, not num_workers={num_workers}")
+        device = torch.device("cuda" if use_gpu else "cpu")
+        metrics, student = fit(job, _LocalSession(device))
+        state = {k: v.detach() for k, v in student.state_dict().items()}
+    else:
+        metrics, state = _fit_with_ray_train(job, name, storage_path, num_workers, use_gpu, cpus_per_worker,
+                                             placement_strategy)
+    return DistillResult(
+        state_dict=state,
+        train_seconds=float(metrics["train_seconds"]),
+        fit_seconds=time.perf_counter() - t,
+        val_accuracy=float(metrics["val_accuracy"]),
+        val_loss=float(metrics["val_loss"]),
+    )
+
+
+def _fit_with_ray_train(
+    job: DistillJob, name: str, storage_path: str, num_workers: int, use_gpu: bool, cpus_per_worker: float,
+    placement_strategy: str,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    config = dataclasses.asdict(job)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=config,
+        train_loop_config=dataclasses.asdict(job),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers,
@@ -188,17 +284,9 @@ def run_distill(
         ),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path),
     )
-    t = time.perf_counter()
     result = trainer.fit()
-    fit_seconds = time.perf_counter() - t
     if result.checkpoint is None:
         raise RuntimeError(f"distillation run {name} reported no checkpoint")
     with result.checkpoint.as_directory() as d:
         blob = torch.load(Path(d) / "model.pt", weights_only=True)
-    return DistillResult(
-        state_dict=blob["state_dict"],
-        train_seconds=float(result.metrics["train_seconds"]),
-        fit_seconds=fit_seconds,
-        val_accuracy=float(result.metrics["val_accuracy"]),
-        val_loss=float(result.metrics["val_loss"]),
-    )
+    return result.metrics, blob["state_dict"]

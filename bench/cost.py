@@ -1,0 +1,208 @@
+"""What a sweep costs: this product against the plain Optuna loop a user would write (issue 6).
+
+    python bench/cost.py [--space bench/cost.yaml] [--out bench/results/cost.json]
+
+Same search space, sampler, seed and number of trials for both:
+  (a) do-it-yourself: one process, no Ray, `optuna.Study.optimize`; every trial distils from scratch with the
+      teacher run live in every step, then prunes, quantizes, exports and measures (torch uses every core);
+  (b) this product: `Sweep.run()` (Ray Tune trials side by side, teacher outputs computed once, students
+      reused across trials that differ only in sparsity/bits).
+Both use the same teacher (trained once, before the clock starts) and the same stage and measurement code,
+so the difference is orchestration. Also measured: one distillation with the teacher live vs from cached
+outputs. Prints the figures and writes them as JSON. Not a test: the machine's load moves these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+
+import orchestrator
+from orchestrator.config import SweepConfig
+from orchestrator.losses import LossWeights
+from orchestrator.pareto import hypervolume
+from orchestrator.space import OBJECTIVES, DefineByRun, make_sampler
+from orchestrator.stages.distill import DistillJob, load_teacher, run_distill
+from orchestrator.stages.export import export
+from orchestrator.stages.prune import prune_
+from orchestrator.stages.quantize import quantize_
+from orchestrator.stages.teacher_outputs import compute_teacher_outputs
+from orchestrator.tasks.char_lm import CharData, build_model
+from orchestrator.trial import TeacherInfo, TrialParams, measure_model
+
+
+def normalized_hv(points: list[tuple[float, float, float]], teacher: TeacherInfo) -> float:
+    """Hypervolume with the teacher as reference (accuracy 0, its size and latency), as the product logs it."""
+    if not points:
+        return 0.0
+    size, latency = teacher.size_bytes / 1e6, teacher.latency_ms
+    return hypervolume(np.array(points), list(OBJECTIVES.values()), [0.0, size, latency]) / (size * latency)
+
+
+def curve(events: list[tuple[float, tuple[float, float, float]]], teacher: TeacherInfo) -> list[tuple[float, float]]:
+    """[(seconds since start, hypervolume of the trials ended by then)] in order of ending."""
+    out, points = [], []
+    for t, p in sorted(events):
+        points.append(p)
+        out.append((t, normalized_hv(points, teacher)))
+    return out
+
+
+def time_to(target: float, hv_curve: list[tuple[float, float]]) -> float | None:
+    return next((t for t, hv in hv_curve if hv >= target), None)
+
+
+def prepare_teacher(cfg: SweepConfig) -> tuple[TeacherInfo, str]:
+    """Train (or reuse) the sweep's teacher in its storage, exactly as a sweep does, before any clock starts."""
+    import ray
+
+    from orchestrator.sweep import RAY_ENV, _prepare_data
+    from orchestrator.trial import build_teacher
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
+    try:
+        _, data_path, data_key = _prepare_data(cfg)
+        return build_teacher(cfg, CharData.load(data_path), data_path, data_key), data_path
+    finally:
+        ray.shutdown()
+
+
+def diy(cfg: SweepConfig, teacher: TeacherInfo, data_path: str, workdir: Path) -> list[tuple[float, tuple]]:
+    """(a): the loop a user writes with Optuna alone."""
+    data = CharData.load(data_path)
+    threads = os.cpu_count() or 1
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
+                                sampler=make_sampler(cfg.sampler, seed=cfg.seed, constraints=cfg.constraints))
+    space = DefineByRun(cfg.params)
+    events: list[tuple[float, tuple]] = []
+    started = time.perf_counter()
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        fixed = space(trial)
+        p = TrialParams.from_config({**trial.params, **fixed})
+        model_cfg = {"vocab_size": len(data.vocab), "context": cfg.task.context, "layers": p.layers,
+                     "width": p.width, "heads": p.heads}
+        job = DistillJob(
+            data_path=data_path, teacher_path=teacher.path, teacher_outputs_path=None, model=model_cfg,
+            steps=cfg.distill.steps, batch_size=cfg.distill.batch_size, warmup=cfg.distill.warmup, lr=p.lr,
+            optimizer=p.optimizer, seed=cfg.seed, weights=LossWeights(p.temperature, p.lam, p.beta),
+            val_tokens=cfg.distill.val_tokens, threads=threads,
+        )
+        result = run_distill(job, name="diy", storage_path=str(workdir), num_workers=1, use_gpu=False,
+                             cpus_per_worker=threads, in_process=True)
+        student = build_model(len(data.vocab), cfg.task.context, layers=p.layers, width=p.width, heads=p.heads)
+        student.load_state_dict(result.state_dict)
+        masks = prune_(student, p.sparsity)
+        quantized = quantize_(student, p.bits, masks)
+        size = export(student, workdir / f"{trial.number}.orc", bits=p.bits, masks=masks, quantized=quantized,
+                      meta={"vocab": data.vocab})
+        m = measure_model(student, size, data, cfg, reference=load_teacher(teacher.path))
+        values = (m["accuracy"], m["size_mb"], m["latency_ms"])
+        events.append((time.perf_counter() - started, values))
+        return values
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=cfg.trials)
+    return events
+
+
+def product(cfg: SweepConfig, workdir: Path) -> tuple[list[tuple[float, tuple]], "orchestrator.SweepResult", float]:
+    """(b): this product, from the storage where the teacher already is."""
+    events: list[tuple[float, tuple]] = []
+    started = time.perf_counter()
+
+    def progress(p: orchestrator.SweepProgress) -> None:
+        if p.status == "COMPLETED":
+            events.append((time.perf_counter() - started, tuple(p.metrics[k] for k in OBJECTIVES)))
+
+    result = orchestrator.Sweep(cfg).run(progress=progress)
+    return events, result, time.perf_counter() - started
+
+
+def teacher_output_saving(cfg: SweepConfig, teacher: TeacherInfo, data_path: str, workdir: Path) -> dict:
+    """One student (2 x 64, beta 0.5) distilled with the teacher live, then from cached outputs; one thread."""
+    data = CharData.load(data_path)
+    t = time.perf_counter()
+    with_hidden = compute_teacher_outputs(load_teacher(teacher.path), data.train, blocks=cfg.distill.cache_blocks,
+                                          seed=cfg.seed, hidden=True, top_k=None)
+    build_s = time.perf_counter() - t
+    with_hidden.save(workdir / "outputs.pt")
+    model_cfg = {"vocab_size": len(data.vocab), "context": cfg.task.context, "layers": 2, "width": 64, "heads": 2}
+    base = dict(data_path=data_path, model=model_cfg, steps=cfg.distill.steps, batch_size=cfg.distill.batch_size,
+                warmup=cfg.distill.warmup, lr=3e-3, optimizer="adamw", seed=cfg.seed,
+                weights=LossWeights(2.0, 0.5, 0.5), val_tokens=cfg.distill.val_tokens, threads=1)
+    out = {"cache_build_s": round(build_s, 2), "cache_mb": round((workdir / "outputs.pt").stat().st_size / 1e6, 1),
+           "cache_blocks": cfg.distill.cache_blocks}
+    for name, job in {
+        "live": DistillJob(teacher_path=teacher.path, teacher_outputs_path=None, **base),
+        "cached": DistillJob(teacher_path=None, teacher_outputs_path=str(workdir / "outputs.pt"), **base),
+    }.items():
+        r = run_distill(job, name=name, storage_path=str(workdir), num_workers=1, use_gpu=False, cpus_per_worker=1,
+                        in_process=True)
+        out[f"{name}_train_s"] = round(r.train_seconds, 2)
+        out[f"{name}_val_accuracy"] = round(r.val_accuracy, 4)
+    out["speedup"] = round(out["live_train_s"] / out["cached_train_s"], 2)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default="bench/cost.yaml")
+    parser.add_argument("--out", default="bench/results/cost.json")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = orchestrator.load_config(args.space, overrides={"storage": f"{tmp}/runs",
+                                                               "tracking_uri": f"sqlite:///{tmp}/mlflow.db"})
+        teacher, data_path = prepare_teacher(cfg)
+        (Path(tmp) / "diy").mkdir()
+        (Path(tmp) / "saving").mkdir()
+
+        t = time.perf_counter()
+        diy_events = diy(cfg, teacher, data_path, Path(tmp) / "diy")
+        diy_wall = time.perf_counter() - t
+        ours_events, result, ours_wall = product(cfg, Path(tmp))
+        saving = teacher_output_saving(cfg, teacher, data_path, Path(tmp) / "saving")
+
+    diy_curve, ours_curve = curve(diy_events, teacher), curve(ours_events, teacher)
+    target = 0.95 * diy_curve[-1][1]
+    done = result.trials[result.trials["status"] == "COMPLETED"]
+    figures = {
+        "space": args.space,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "date": time.strftime("%Y-%m-%d"),
+        "trials": cfg.trials,
+        "diy_wall_s": round(diy_wall, 1),
+        "product_wall_s": round(ours_wall, 1),
+        "wall_ratio": round(diy_wall / ours_wall, 2),
+        "diy_hypervolume": round(diy_curve[-1][1], 4),
+        "product_hypervolume": round(ours_curve[-1][1], 4) if ours_curve else 0.0,
+        "diy_s_to_95pct_of_diy_hv": round(time_to(target, diy_curve), 1),
+        "product_s_to_95pct_of_diy_hv": (lambda s: round(s, 1) if s is not None else None)(time_to(target, ours_curve)),
+        "product_overhead": round(result.overhead, 3),
+        "product_distillations": int((done["cache_hit_distill"] == 0).sum()),
+        "product_students_reused": int((done["cache_hit_distill"] == 1).sum()),
+        "teacher_outputs": saving,
+        "diy_curve": [[round(t, 1), round(hv, 4)] for t, hv in diy_curve],
+        "product_curve": [[round(t, 1), round(hv, 4)] for t, hv in ours_curve],
+        "torch_threads_diy": os.cpu_count(),
+    }
+    for k, v in figures.items():
+        if not k.endswith("_curve"):
+            print(f"{k:>30}: {v}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(figures, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
