@@ -2,11 +2,13 @@
 
     python bench/cost.py [--space bench/cost.yaml] [--out bench/results/cost.json]
 
-Same search space, sampler, seed and number of trials for both:
+Same search space, sampler, seed and number of trials for all:
   (a) do-it-yourself: one process, no Ray, `optuna.Study.optimize`; every trial distils from scratch with the
       teacher run live in every step, then prunes, quantizes, exports and measures (torch uses every core);
   (b) this product: `Sweep.run()` (Ray Tune trials side by side, teacher outputs computed once, students
-      reused across trials that differ only in sparsity/bits).
+      reused across trials that differ only in sparsity/bits);
+  (c) this product one trial at a time: the savings of reuse alone, and latencies measured on a quiet machine
+      as in (a) (in (b) each trial's latency is timed while the other trial trains on the other core).
 Both use the same teacher (trained once, before the clock starts) and the same stage and measurement code,
 so the difference is orchestration. Also measured: one distillation with the teacher live vs from cached
 outputs. Prints the figures and writes them as JSON. Not a test: the machine's load moves these numbers.
@@ -18,13 +20,13 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import optuna
-import torch
 
 import orchestrator
 from orchestrator.config import SweepConfig
@@ -38,6 +40,25 @@ from orchestrator.stages.quantize import quantize_
 from orchestrator.stages.teacher_outputs import compute_teacher_outputs
 from orchestrator.tasks.char_lm import CharData, build_model
 from orchestrator.trial import TeacherInfo, TrialParams, measure_model
+
+
+ROW_METRICS = ("accuracy", "size_mb", "latency_ms", "latency_vs_teacher")
+CONFIG = ("layers", "width", "beta", "sparsity", "bits")
+
+
+def matched(a: list[dict], b: list[dict]) -> dict:
+    """Trials of `a` and `b` with the same config: how their accuracy and latency compare."""
+    index = {tuple(r[k] for k in CONFIG): r for r in b}
+    pairs = [(r, index[tuple(r[k] for k in CONFIG)]) for r in a if tuple(r[k] for k in CONFIG) in index]
+    if not pairs:
+        return {"pairs": 0}
+    return {
+        "pairs": len(pairs),
+        "max_abs_accuracy_diff": round(max(abs(x["accuracy"] - y["accuracy"]) for x, y in pairs), 4),
+        "median_latency_ratio": round(float(np.median([y["latency_ms"] / x["latency_ms"] for x, y in pairs])), 3),
+        "median_latency_vs_teacher_ratio": round(float(np.median(
+            [y["latency_vs_teacher"] / x["latency_vs_teacher"] for x, y in pairs])), 3),
+    }
 
 
 def normalized_hv(points: list[tuple[float, float, float]], teacher: TeacherInfo) -> float:
@@ -76,14 +97,15 @@ def prepare_teacher(cfg: SweepConfig) -> tuple[TeacherInfo, str]:
         ray.shutdown()
 
 
-def diy(cfg: SweepConfig, teacher: TeacherInfo, data_path: str, workdir: Path) -> list[tuple[float, tuple]]:
-    """(a): the loop a user writes with Optuna alone."""
+def diy(cfg: SweepConfig, teacher: TeacherInfo, data_path: str, workdir: Path) -> tuple[list[tuple[float, tuple]], list[dict]]:
+    """(a): the loop a user writes with Optuna alone. Returns (ending times and objectives, trial rows)."""
     data = CharData.load(data_path)
     threads = os.cpu_count() or 1
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
-                                sampler=make_sampler(cfg.sampler, seed=cfg.seed, constraints=cfg.constraints))
+                                sampler=make_sampler(cfg.sampler, seed=cfg.seed, params=cfg.params))
     space = DefineByRun(cfg.params)
     events: list[tuple[float, tuple]] = []
+    rows: list[dict] = []
     started = time.perf_counter()
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
@@ -108,15 +130,16 @@ def diy(cfg: SweepConfig, teacher: TeacherInfo, data_path: str, workdir: Path) -
         m = measure_model(student, size, data, cfg, reference=load_teacher(teacher.path))
         values = (m["accuracy"], m["size_mb"], m["latency_ms"])
         events.append((time.perf_counter() - started, values))
+        rows.append({**trial.params, **fixed, **{k: m[k] for k in ROW_METRICS}})
         return values
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(objective, n_trials=cfg.trials)
-    return events
+    return events, rows
 
 
-def product(cfg: SweepConfig, workdir: Path) -> tuple[list[tuple[float, tuple]], "orchestrator.SweepResult", float]:
-    """(b): this product, from the storage where the teacher already is."""
+def product(cfg: SweepConfig) -> tuple[list[tuple[float, tuple]], "orchestrator.SweepResult", float]:
+    """(b) and (c): this product, from a storage where the teacher already is."""
     events: list[tuple[float, tuple]] = []
     started = time.perf_counter()
 
@@ -168,14 +191,32 @@ def main() -> None:
         (Path(tmp) / "saving").mkdir()
 
         t = time.perf_counter()
-        diy_events = diy(cfg, teacher, data_path, Path(tmp) / "diy")
+        diy_events, diy_rows = diy(cfg, teacher, data_path, Path(tmp) / "diy")
         diy_wall = time.perf_counter() - t
-        ours_events, result, ours_wall = product(cfg, Path(tmp))
+        ours_events, result, ours_wall = product(cfg)
+        # (c) in a fresh storage holding only the teacher: nothing of (b) is reused
+        serial_cfg = orchestrator.load_config(args.space, overrides={
+            "storage": f"{tmp}/serial", "tracking_uri": f"sqlite:///{tmp}/mlflow.db", "max_concurrent_trials": 1})
+        shutil.copytree(Path(tmp) / "runs" / "teachers", Path(tmp) / "serial" / "teachers")
+        shutil.copytree(Path(tmp) / "runs" / "data", Path(tmp) / "serial" / "data")
+        serial_events, serial, serial_wall = product(serial_cfg)
         saving = teacher_output_saving(cfg, teacher, data_path, Path(tmp) / "saving")
 
-    diy_curve, ours_curve = curve(diy_events, teacher), curve(ours_events, teacher)
+    diy_curve, ours_curve, serial_curve = (curve(e, teacher) for e in (diy_events, ours_events, serial_events))
     target = 0.95 * diy_curve[-1][1]
     done = result.trials[result.trials["status"] == "COMPLETED"]
+
+    def rows_of(r: orchestrator.SweepResult) -> list[dict]:
+        t = r.trials[r.trials["status"] == "COMPLETED"]
+        return t[[*CONFIG, *ROW_METRICS]].to_dict(orient="records")
+
+    def hv_at(curve_: list[tuple[float, float]]) -> float:
+        return round(curve_[-1][1], 4) if curve_ else 0.0
+
+    def s_to(curve_: list[tuple[float, float]]) -> float | None:
+        s = time_to(target, curve_)
+        return round(s, 1) if s is not None else None
+
     figures = {
         "space": args.space,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
@@ -183,17 +224,25 @@ def main() -> None:
         "trials": cfg.trials,
         "diy_wall_s": round(diy_wall, 1),
         "product_wall_s": round(ours_wall, 1),
+        "product_serial_wall_s": round(serial_wall, 1),
         "wall_ratio": round(diy_wall / ours_wall, 2),
-        "diy_hypervolume": round(diy_curve[-1][1], 4),
-        "product_hypervolume": round(ours_curve[-1][1], 4) if ours_curve else 0.0,
-        "diy_s_to_95pct_of_diy_hv": round(time_to(target, diy_curve), 1),
-        "product_s_to_95pct_of_diy_hv": (lambda s: round(s, 1) if s is not None else None)(time_to(target, ours_curve)),
+        "wall_ratio_serial": round(diy_wall / serial_wall, 2),
+        "diy_hypervolume": hv_at(diy_curve),
+        "product_hypervolume": hv_at(ours_curve),
+        "product_serial_hypervolume": hv_at(serial_curve),
+        "diy_s_to_95pct_of_diy_hv": s_to(diy_curve),
+        "product_s_to_95pct_of_diy_hv": s_to(ours_curve),
+        "product_serial_s_to_95pct_of_diy_hv": s_to(serial_curve),
         "product_overhead": round(result.overhead, 3),
+        "product_serial_overhead": round(serial.overhead, 3),
+        "same_config_product_vs_diy": matched(diy_rows, rows_of(result)),
+        "same_config_serial_vs_diy": matched(diy_rows, rows_of(serial)),
         "product_distillations": int((done["cache_hit_distill"] == 0).sum()),
         "product_students_reused": int((done["cache_hit_distill"] == 1).sum()),
         "teacher_outputs": saving,
         "diy_curve": [[round(t, 1), round(hv, 4)] for t, hv in diy_curve],
         "product_curve": [[round(t, 1), round(hv, 4)] for t, hv in ours_curve],
+        "product_serial_curve": [[round(t, 1), round(hv, 4)] for t, hv in serial_curve],
         "torch_threads_diy": os.cpu_count(),
     }
     for k, v in figures.items():

@@ -46,13 +46,16 @@ def _config(args: argparse.Namespace) -> SweepConfig:
 
 
 def _print_progress(p: SweepProgress) -> None:
+    m = p.metrics
     if p.status == "COMPLETED":
-        m = p.metrics
         what = f"accuracy {m['accuracy']:.4f}  size {m['size_mb']:.4f} MB  latency {m['latency_ms']:.3f} ms"
+    elif p.status == "STOPPED":
+        what = f"stopped early at step {m['stopped_at_step']} ({m['stop_reason']})"
     else:
         what = "FAILED (see its MLflow run's `error` tag)"
+    stopped = f", stopped early {p.stopped}" if p.stopped else ""
     print(
-        f"[{p.done}/{p.total}] trial {p.trial_id}: {what}  | running {p.running}, failed {p.failed}, "
+        f"[{p.done}/{p.total}] trial {p.trial_id}: {what}  | running {p.running}, failed {p.failed}{stopped}, "
         f"front {p.front_size}, hypervolume {p.hypervolume:.4f}",
         flush=True,
     )
@@ -97,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.interrupted:
         print(f"interrupted: {len(result.trials)} of {cfg.trials} trials ran", file=sys.stderr)
         return 130
-    failed = int((result.trials["status"] != "COMPLETED").sum())
+    failed = int((result.trials["status"] == "ERROR").sum())
     return 1 if failed == len(result.trials) else 0
 
 

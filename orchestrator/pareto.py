@@ -32,6 +32,22 @@ def pareto_mask(values: np.ndarray, senses: Sequence[Sense]) -> np.ndarray:
     return ~(no_worse & better).any(0)
 
 
+def is_dominated(point: Sequence[float], others: np.ndarray, senses: Sequence[Sense]) -> bool:
+    """True when some row of `others` (n, k) is at least as good as `point` (k,) everywhere and strictly
+    better somewhere.
+
+    Example:
+        >>> is_dominated([0.5, 2.0], np.array([[0.6, 2.0]]), ["max", "min"])
+        True
+        >>> is_dominated([0.5, 1.0], np.array([[0.6, 2.0]]), ["max", "min"])
+        False
+    """
+    o = np.asarray(others, dtype=float).reshape(-1, len(senses))
+    sign = np.array([-1.0 if s == "max" else 1.0 for s in senses])
+    cost, mine = o * sign, np.asarray(point, dtype=float) * sign
+    return bool(((cost <= mine).all(-1) & (cost < mine).any(-1)).any())
+
+
 def knee_point(values: np.ndarray, senses: Sequence[Sense]) -> int:
     """Index of the row closest to the ideal point once every objective is scaled to [0, 1] over the rows
     (0 = best seen, 1 = worst seen): the balanced compromise of a front.

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import optuna
 
-from orchestrator.config import Choice, ConstraintsConfig, Fixed, ParamSpec
+from orchestrator.config import Choice, ConstraintsConfig, Fixed, ParamSpec, param_values
 
 # The objectives: names are user-facing (MLflow metrics, Tune results); senses for Optuna and the front.
 OBJECTIVES: dict[str, str] = {"accuracy": "max", "size_mb": "min", "latency_ms": "min"}
@@ -35,48 +34,53 @@ class DefineByRun:
         return fixed
 
 
-OBJECTIVES_ATTR = "objectives"  # Optuna user attribute holding a finished trial's objective values
-
-
 class ObjectiveConstraints:
-    """Optuna `constraints_func`: one value per set limit, <= 0 when met.
-
-    The limits bound objectives. Optuna calls this before the trial's values are stored, so it reads them
-    from the user attribute `objectives`, which the sweep's searcher sets just before it tells the study
-    (Ray's OptunaSearch forwards no constraint values). A class, so it pickles.
-    """
+    """The sweep's limits on the objectives: one violation value per set limit, <= 0 when met (Optuna's
+    convention). The sweep's searcher records them on each finished Optuna trial with
+    `Trial.set_constraint`, which TPE and NSGA-II read (Ray's OptunaSearch forwards no constraints)."""
 
     def __init__(self, limits: ConstraintsConfig) -> None:
         self.limits = limits
 
-    def violations(self, accuracy: float, size_mb: float, latency_ms: float) -> list[float]:
-        c, out = self.limits, []
+    def violations(self, accuracy: float, size_mb: float, latency_ms: float) -> dict[str, float]:
+        c, out = self.limits, {}
         if c.max_size_mb is not None:
-            out.append(size_mb - c.max_size_mb)
+            out["max_size_mb"] = size_mb - c.max_size_mb
         if c.max_latency_ms is not None:
-            out.append(latency_ms - c.max_latency_ms)
+            out["max_latency_ms"] = latency_ms - c.max_latency_ms
         if c.min_accuracy is not None:
-            out.append(c.min_accuracy - accuracy)
+            out["min_accuracy"] = c.min_accuracy - accuracy
         return out
 
     def feasible(self, accuracy: float, size_mb: float, latency_ms: float) -> bool:
-        return all(v <= 0 for v in self.violations(accuracy, size_mb, latency_ms))
-
-    def __call__(self, trial: optuna.trial.FrozenTrial) -> list[float]:
-        values = trial.user_attrs.get(OBJECTIVES_ATTR)
-        if values is None:  # a trial with no result counts as infeasible
-            return [1.0] * len(self.violations(0.0, 0.0, 0.0))
-        return self.violations(*values)
+        return all(v <= 0 for v in self.violations(accuracy, size_mb, latency_ms).values())
 
 
-def make_sampler(name: str, *, seed: int, constraints: ConstraintsConfig | None = None) -> optuna.samplers.BaseSampler:
-    """`tpe` (multi-objective TPE), `nsga2` or `random`, seeded; TPE and NSGA-II get the constraints."""
-    limited = constraints is not None and any(v is not None for v in dataclasses.astuple(constraints))
-    func = ObjectiveConstraints(constraints) if limited else None
+def make_sampler(
+    name: str, *, seed: int, params: Mapping[str, ParamSpec] | None = None, population_size: int | None = None
+) -> optuna.samplers.BaseSampler:
+    """A seeded sampler: `tpe` (multi-objective TPE), `nsga2` (`population_size` per generation), `random`,
+    or `grid` (every combination of the searched `params`, in a seeded order). TPE and NSGA-II steer by
+    the constraint values recorded on finished trials (`ObjectiveConstraints`); grid and random ignore them."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=func)
+        return optuna.samplers.TPESampler(seed=seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=func)
+        kw = {"population_size": population_size} if population_size is not None else {}
+        return optuna.samplers.NSGAIISampler(seed=seed, **kw)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        if params is None:
+            raise ValueError("a grid sampler needs the params it enumerates")
+        grid = {k: param_values(spec) for k, spec in params.items() if not isinstance(spec, Fixed)}
+        return _GridSampler(grid, seed=seed)
     raise ValueError(f"unknown sampler {name!r}")
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid, without its `study.stop()` once the grid is used up: that call is only legal inside
+    `study.optimize`, and here the study is driven by ask/tell (the sweep's `trials` bounds the run, and
+    the config refuses more trials than grid points)."""
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any, values: Any) -> None:
+        pass

@@ -6,6 +6,7 @@ run(): Ray up -> data and teacher (cached in storage) -> MLflow parent run -> Tu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import logging
@@ -13,7 +14,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +27,9 @@ from torch import nn
 from orchestrator import cache
 from orchestrator.config import PARAM_NAMES, ConstraintsConfig, SweepConfig, load_config
 from orchestrator.pareto import hypervolume, knee_point, pareto_mask
-from orchestrator.space import OBJECTIVES, OBJECTIVES_ATTR, ObjectiveConstraints
+from orchestrator.space import OBJECTIVES, ObjectiveConstraints
 from orchestrator.stages.export import load_artifact
+from orchestrator.stopping import write_front
 from orchestrator.tasks.char_lm import CharData, build_data, load_corpus
 from orchestrator.tracking import reported_metrics, trial_error
 from orchestrator.trial import TeacherInfo, TrialContext, build_teacher, build_teacher_outputs
@@ -50,10 +52,11 @@ class SweepProgress:
     running: int
     failed: int
     front_size: int  # completed trials on the current Pareto front
-    hypervolume: float  # of the current front, as a fraction of the teacher's box (see `normalized_hypervolume`)
+    hypervolume: float  # of the current front, as a fraction of the reference box (see `normalized_hypervolume`)
     trial_id: str  # the trial that just ended
-    status: str  # "COMPLETED" or "ERROR"
+    status: str  # "COMPLETED", "STOPPED" (early: it could not reach the front) or "ERROR"
     metrics: dict[str, Any]  # its reported metrics (empty when it failed)
+    stopped: int = 0  # trials stopped early so far
 
 
 @dataclass(frozen=True)
@@ -223,10 +226,13 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         "teacher_accuracy": teacher.accuracy, "teacher_perplexity": teacher.perplexity,
         "teacher_size_mb": teacher.size_bytes / 1e6, "teacher_latency_ms": teacher.latency_ms,
         "teacher_params": teacher.params,
+        **dict(zip(("hypervolume_ref_accuracy", "hypervolume_ref_size_mb", "hypervolume_ref_latency_ms"),
+                   reference_point(cfg, teacher))),
         **({"teacher_outputs_mb": outputs.size_bytes / 1e6, "teacher_outputs_seconds": outputs.seconds} if outputs else {}),
     })
     monitor = _Monitor(
-        cfg.trials, progress, teacher=teacher, constraints=cfg.constraints,
+        cfg.trials, progress, reference=reference_point(cfg, teacher), constraints=cfg.constraints,
+        front_dir=str(sweep_dir),
         log_hypervolume=lambda hv, n: tracker.log_metrics(parent, {"hypervolume": hv}, step=n),
     )
     status = "FAILED"
@@ -238,9 +244,12 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
             space=DefineByRun(cfg.params),
             metric=list(OBJECTIVES),
             mode=list(OBJECTIVES.values()),
-            sampler=make_sampler(cfg.sampler, seed=cfg.seed, constraints=cfg.constraints),
+            sampler=make_sampler(cfg.sampler, seed=cfg.seed if cfg.sampler_seed is None else cfg.sampler_seed,
+                                 params=cfg.params, population_size=cfg.population_size),
+            limits=ObjectiveConstraints(cfg.constraints),
             storage=optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'optuna.db'}"),
             study_name=sweep_id,
+            points_to_evaluate=[dict(p) for p in cfg.initial_points] or None,
         )
         ctx = TrialContext(config=cfg, data_path=data_path, teacher=teacher, teacher_outputs=outputs,
                            sweep_dir=str(sweep_dir))
@@ -259,7 +268,10 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
             ),
         )
         tune_started = time.perf_counter()
-        tuner.fit()
+        # Validation reports during distillation (and the result of a trial stopped early) hold no objectives,
+        # which Tune's strict metric check refuses; the searcher and the monitor handle them.
+        with _environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1" if cfg.early_stopping.enabled else None):
+            tuner.fit()
         tune_stopped = time.perf_counter()
         tune_seconds = tune_stopped - tune_started
         trials = monitor.table(tracker.child_ids)
@@ -289,7 +301,8 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         overhead = 1 - stage_seconds / capacity
         tracker.log_metrics(parent, {
             "trials_completed": int((trials["status"] == "COMPLETED").sum()),
-            "trials_failed": int((trials["status"] != "COMPLETED").sum()),
+            "trials_failed": int((trials["status"] == "ERROR").sum()),
+            "trials_stopped_early": int((trials["status"] == "STOPPED").sum()),
             "front_size": int(trials["pareto"].sum()),
             "wall_seconds": wall,
             "setup_seconds": setup_seconds,
@@ -303,7 +316,7 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         result = SweepResult(
             config=cfg, trials=trials, teacher=teacher, run_id=parent, experiment_id=tracker.experiment_id,
             tracking_uri=cfg.resolved_tracking_uri, wall_seconds=wall, overhead=overhead, interrupted=interrupted,
-            hypervolume=normalized_hypervolume(trials, teacher),
+            hypervolume=normalized_hypervolume(trials, reference_point(cfg, teacher)),
         )
         pick = result.recommend()
         if pick is not None:
@@ -312,6 +325,21 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         return result
     finally:
         tracker.end_sweep(status)
+
+
+@contextlib.contextmanager
+def _environ(**values: str | None) -> Iterator[None]:
+    """Set environment variables (None: leave as is) for the duration, then restore them."""
+    before = {k: os.environ.get(k) for k, v in values.items() if v is not None}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def work_slot_seconds(end_times: list[float], start: float, stop: float, slots: int) -> float:
@@ -352,39 +380,56 @@ def front_of(trials: pd.DataFrame) -> pd.Series:
     return pd.Series(mask, index=trials.index)
 
 
-def normalized_hypervolume(trials: pd.DataFrame, teacher: TeacherInfo) -> float:
-    """Hypervolume of the completed trials with the teacher as reference point (accuracy 0, the teacher's
-    size and latency), divided by the box accuracy in [0, 1] x size in [0, teacher's] x latency in
-    [0, teacher's]: 0 when nothing beats the teacher's size and latency, 1 is unreachable."""
+def reference_point(cfg: SweepConfig, teacher: TeacherInfo) -> tuple[float, float, float]:
+    """(accuracy, size_mb, latency_ms) the hypervolume is measured from: `reference_point` in the config,
+    the teacher's size and latency where it leaves them null."""
+    r = cfg.reference_point
+    return (r.accuracy, r.size_mb or teacher.size_bytes / 1e6, r.latency_ms or teacher.latency_ms)
+
+
+def normalized_hypervolume(trials: pd.DataFrame, reference: tuple[float, float, float]) -> float:
+    """Hypervolume of the feasible completed trials from `reference` (accuracy, size, latency), divided by
+    the box accuracy in [ref, 1] x size in [0, ref] x latency in [0, ref]: 0 when nothing beats the
+    reference on all three, 1 is unreachable."""
     done = trials[trials["feasible"]]
-    size_mb, latency = teacher.size_bytes / 1e6, teacher.latency_ms
-    volume = hypervolume(done[list(OBJECTIVES)].to_numpy(dtype=float), list(OBJECTIVES.values()), [0.0, size_mb, latency])
-    return volume / (size_mb * latency)
+    accuracy, size_mb, latency = reference
+    volume = hypervolume(done[list(OBJECTIVES)].to_numpy(dtype=float), list(OBJECTIVES.values()), list(reference))
+    return volume / ((1 - accuracy) * size_mb * latency)
 
 
 class _ConstrainedOptunaSearch(OptunaSearch):
-    """OptunaSearch that hands the sampler's `constraints_func` the objective values: it stores them on the
-    Optuna trial (user attribute `objectives`) just before telling the study."""
+    """OptunaSearch that records a finished trial's constraint values on its Optuna trial
+    (`Trial.set_constraint`, read by TPE and NSGA-II) just before telling the study, and tells a trial that
+    stopped early as PRUNED (Ray's OptunaSearch would tell it COMPLETE with no values, which Optuna refuses)."""
+
+    def __init__(self, *args: Any, limits: ObjectiveConstraints, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = limits
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if result and ot_trial is not None and all(m in result for m in self.metric):
-            ot_trial.set_user_attr(OBJECTIVES_ATTR, [float(result[m]) for m in self.metric])
+            for name, value in self._limits.violations(*(float(result[m]) for m in self.metric)).items():
+                ot_trial.set_constraint(name, value)
+        elif result and result.get("early_stopped"):
+            result = None  # no objective values: PRUNED
         super().on_trial_complete(trial_id, result, error)
 
 
 class _Monitor(Callback):
-    """Tune callback: records every trial's config, metrics and outcome, logs the front's hypervolume to
-    the parent run after each trial, and reports progress."""
+    """Tune callback: records every trial's config, metrics and outcome (COMPLETED, STOPPED early or
+    ERROR), logs the front's hypervolume to the parent run after each trial, writes the front where
+    trials that stop early read it (`front_dir`), and reports progress."""
 
     def __init__(
-        self, total: int, progress: Callable[[SweepProgress], None] | None, *, teacher: TeacherInfo,
-        constraints: ConstraintsConfig, log_hypervolume: Callable[[float, int], None],
+        self, total: int, progress: Callable[[SweepProgress], None] | None, *, reference: tuple[float, float, float],
+        constraints: ConstraintsConfig, log_hypervolume: Callable[[float, int], None], front_dir: str | None = None,
     ) -> None:
+        self.front_dir = front_dir
         self.total = total
         self.constraints = ObjectiveConstraints(constraints)
         self.progress = progress
-        self.teacher = teacher
+        self.reference = reference
         self.log_hypervolume = log_hypervolume
         self.rows: dict[str, dict[str, Any]] = {}
         self.running: set[str] = set()
@@ -394,7 +439,13 @@ class _Monitor(Callback):
         self.running.add(trial.trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended(trial, "COMPLETED", trial.last_result or {}, None)
+        result = trial.last_result or {}
+        if result.get("early_stopped"):
+            self._ended(trial, "STOPPED", result, None)
+        elif all(m in result for m in OBJECTIVES):
+            self._ended(trial, "COMPLETED", result, None)
+        else:  # cannot happen unless the trial function changes; never let it pass as a finished trial
+            self._ended(trial, "ERROR", result, f"the trial ended without reporting {', '.join(OBJECTIVES)}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended(trial, "ERROR", {}, trial_error(trial)[0])
@@ -406,13 +457,16 @@ class _Monitor(Callback):
         params = {name: trial.config.get(name) for name in PARAM_NAMES}
         self.rows[trial.trial_id] = {"trial_id": trial.trial_id, "status": status, **params, **metrics, "error": error}
         table = self.table({})
-        hv = normalized_hypervolume(table, self.teacher)
+        if self.front_dir is not None:
+            write_front(self.front_dir, table.loc[table["pareto"], list(OBJECTIVES)].to_numpy(dtype=float))
+        hv = normalized_hypervolume(table, self.reference)
         self.log_hypervolume(hv, len(self.rows))
         if self.progress is not None:
             self.progress(SweepProgress(
                 done=len(self.rows), total=self.total, running=len(self.running),
-                failed=int((table["status"] != "COMPLETED").sum()), front_size=int(table["pareto"].sum()),
+                failed=int((table["status"] == "ERROR").sum()), front_size=int(table["pareto"].sum()),
                 hypervolume=hv, trial_id=trial.trial_id, status=status, metrics=metrics,
+                stopped=int((table["status"] == "STOPPED").sum()),
             ))
 
     def table(self, run_ids: dict[str, str]) -> pd.DataFrame:
@@ -432,4 +486,4 @@ class _Monitor(Callback):
         return trials
 
 
-__all__ = ["Sweep", "SweepResult", "SweepProgress", "load_model", "front_of", "normalized_hypervolume"]
+__all__ = ["Sweep", "SweepResult", "SweepProgress", "load_model", "front_of", "normalized_hypervolume", "reference_point"]

@@ -138,18 +138,29 @@ class TrialRunsCallback(Callback):
 
     def __init__(self, tracker: SweepTracker) -> None:
         self.tracker = tracker
+        self._steps: dict[str, int] = {}  # trial id -> last distillation step it reported
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id not in self.tracker.child_ids:
             self.tracker.start_trial(trial.trial_id, trial.config)
 
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        """Validation accuracy reported during distillation (early stopping on): a curve over steps."""
+        run_id = self.tracker.child_ids.get(trial.trial_id)
+        if run_id is not None and "distill_step" in result:
+            self._steps[trial.trial_id] = int(result["distill_step"])
+            self.tracker.log_metrics(run_id, {"val_accuracy": result["val_accuracy"]}, step=self._steps[trial.trial_id])
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.tracker.child_ids[trial.trial_id]
         result = trial.last_result or {}
-        self.tracker.log_metrics(run_id, reported_metrics(result))
+        # at the last step reported, so that the final values are a metric's latest in MLflow
+        self.tracker.log_metrics(run_id, reported_metrics(result), step=self._steps.pop(trial.trial_id, 0))
         hits = {f"cache_hit.{k[len('cache_hit_'):]}": str(bool(v)).lower() for k, v in result.items() if k.startswith("cache_hit_")}
         if hits:
             self.tracker.set_tags(run_id, hits)
+        if result.get("early_stopped"):
+            self.tracker.set_tags(run_id, {"early_stopped": "true", "stop_reason": result["stop_reason"]})
         if result.get("artifact"):
             self.tracker.log_artifact(run_id, result["artifact"])
             self.tracker.set_tags(run_id, {"artifact": result["artifact"]})

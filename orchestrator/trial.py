@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,13 @@ from orchestrator import cache
 from orchestrator.config import Fixed, SweepConfig
 from orchestrator.losses import LossWeights
 from orchestrator.measure import count_params, measure_latency, score_lm
-from orchestrator.stages.distill import DistillJob, DistillResult, load_teacher, run_distill
+from orchestrator.space import ObjectiveConstraints
+from orchestrator.stages.distill import Check, DistillJob, DistillResult, load_teacher, run_distill
 from orchestrator.stages.export import export
 from orchestrator.stages.prune import prune_
 from orchestrator.stages.quantize import quantize_
 from orchestrator.stages.teacher_outputs import compute_teacher_outputs
+from orchestrator.stopping import EarlyStopped, read_front, stop_reason
 from orchestrator.tasks.char_lm import CharData, build_model
 
 ARTIFACT = "model.orc"
@@ -119,12 +121,14 @@ def _model_cfg(cfg: SweepConfig, vocab_size: int, *, layers: int, width: int, he
     return {"vocab_size": vocab_size, "context": cfg.task.context, "layers": layers, "width": width, "heads": heads}
 
 
-def _train(cfg: SweepConfig, job: DistillJob, *, name: str, cpus_per_worker: float, in_process: bool) -> DistillResult:
+def _train(
+    cfg: SweepConfig, job: DistillJob, *, name: str, cpus_per_worker: float, in_process: bool, check: Check | None = None
+) -> DistillResult:
     r = cfg.resources
     return run_distill(
         job, name=name, storage_path=str(cfg.storage_path / "train"), num_workers=r.num_workers,
         use_gpu=r.use_gpu, cpus_per_worker=cpus_per_worker, placement_strategy=r.placement_strategy,
-        in_process=in_process,
+        in_process=in_process, check=check,
     )
 
 
@@ -209,9 +213,12 @@ def build_teacher_outputs(cfg: SweepConfig, teacher: TeacherInfo, data: CharData
     return TeacherOutputsInfo(key=key, path=str(path), cache_hit=hit, seconds=seconds, size_bytes=path.stat().st_size)
 
 
-def distill_student(cfg: SweepConfig, p: TrialParams, ctx: TrialContext, vocab_size: int, *, trial_id: str) -> tuple[Path, bool]:
+def distill_student(
+    cfg: SweepConfig, p: TrialParams, ctx: TrialContext, vocab_size: int, *, trial_id: str, check: Check | None = None
+) -> tuple[Path, bool]:
     """The distilled (float) student for `p`, trained now or reused: a later trial that differs only in
     post-training parameters (sparsity, bits) gets the earlier trial's student without training.
+    A `check` that stops training (`EarlyStopped`) leaves no cache entry behind.
 
     Returns (cache entry holding student.pt and distill.json, hit).
     """
@@ -233,7 +240,7 @@ def distill_student(cfg: SweepConfig, p: TrialParams, ctx: TrialContext, vocab_s
 
     def build(tmp: Path) -> None:
         result = _train(cfg, job, name=f"distill-{trial_id}", cpus_per_worker=cfg.resources.cpus_per_worker,
-                        in_process=cfg.distill_in_trial)
+                        in_process=cfg.distill_in_trial, check=check)
         torch.save({"config": job.model, "state_dict": result.state_dict}, tmp / "student.pt")
         info = {"train_seconds": result.train_seconds, "val_accuracy": result.val_accuracy, "val_loss": result.val_loss}
         (tmp / "distill.json").write_text(json.dumps(info))
@@ -241,14 +248,75 @@ def distill_student(cfg: SweepConfig, p: TrialParams, ctx: TrialContext, vocab_s
     return cache.get_or_build(cfg.storage_path / "students", key, build)
 
 
-def run_pipeline(params: TrialParams, ctx: TrialContext, *, trial_id: str) -> dict[str, Any]:
-    """Distill, prune, quantize, export and measure one student; returns its metrics (all measured)."""
+def premeasure(cfg: SweepConfig, p: TrialParams, data: CharData, teacher: nn.Module, workdir: Path) -> dict[str, float]:
+    """Size and latency of `p`'s compressed student before it is trained: they depend on its shape,
+    sparsity and bits, not on its weights, so an untrained student of that shape, pruned, quantized and
+    exported the same way, measures them (size to within the choice between mask and index encodings)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(len(data.vocab), cfg.task.context, layers=p.layers, width=p.width, heads=p.heads)
+    masks = prune_(model, p.sparsity)
+    quantized = quantize_(model, p.bits, masks)
+    size = export(model, workdir / "untrained.orc", bits=p.bits, masks=masks, quantized=quantized, meta={"vocab": data.vocab})
+    example = data.test[: cfg.task.context].long()[None]
+    m = cfg.measure
+    lat = measure_latency(model, example, threads=m.threads, warmup=m.warmup, repeats=m.repeats, reference=teacher)
+    (workdir / "untrained.orc").unlink()
+    return {"pre_size_mb": size / 1e6, "pre_latency_ms": lat.p50_ms}
+
+
+def _early_stop_check(cfg: SweepConfig, ctx: TrialContext, pre: dict[str, float], report: Callable[[dict], None] | None) -> Check:
+    """Every `early_stopping.every` steps: report validation accuracy, then stop if the front makes the
+    student hopeless (`stopping.stop_reason`)."""
+    es = cfg.early_stopping
+    limits = ObjectiveConstraints(cfg.constraints)
+
+    def callback(step: int, val_accuracy: float) -> None:
+        if report is not None:
+            report({"distill_step": step, "val_accuracy": val_accuracy, **pre})
+        reason = stop_reason(val_accuracy, pre["pre_size_mb"], pre["pre_latency_ms"], margin=es.margin,
+                             front=read_front(ctx.sweep_dir), constraints=limits)
+        if reason is not None:
+            raise EarlyStopped(step, val_accuracy, reason)
+
+    return Check(every=es.every, val_tokens=es.val_tokens, callback=callback)
+
+
+def run_pipeline(
+    params: TrialParams, ctx: TrialContext, *, trial_id: str, report: Callable[[dict], None] | None = None
+) -> dict[str, Any]:
+    """Distill, prune, quantize, export and measure one student; returns its metrics (all measured).
+
+    With `early_stopping` on, size and latency are measured first and distillation may stop early: the
+    result then says `early_stopped` and why, and holds no test metrics. `report` receives the
+    intermediate validation results.
+    """
     cfg, p = ctx.config, params
     data = CharData.load(ctx.data_path)
     timings: dict[str, float] = {}
+    workdir = Path(ctx.sweep_dir) / "trials" / trial_id
+    workdir.mkdir(parents=True, exist_ok=True)
+    teacher = load_teacher(ctx.teacher.path)
+    common = {"cache_hit_teacher": float(ctx.teacher.cache_hit)}
+    if ctx.teacher_outputs is not None:
+        common["cache_hit_teacher_outputs"] = float(ctx.teacher_outputs.cache_hit)
+
+    check, pre = None, {}
+    if cfg.early_stopping.enabled:
+        t = time.perf_counter()
+        pre = premeasure(cfg, p, data, teacher, workdir)
+        timings["time_premeasure_s"] = time.perf_counter() - t
+        check = _early_stop_check(cfg, ctx, pre, report)
 
     t = time.perf_counter()
-    entry, hit = distill_student(cfg, p, ctx, len(data.vocab), trial_id=trial_id)
+    try:
+        entry, hit = distill_student(cfg, p, ctx, len(data.vocab), trial_id=trial_id, check=check)
+    except EarlyStopped as stop:
+        timings["time_distill_s"] = time.perf_counter() - t
+        return {
+            "early_stopped": 1.0, "stop_reason": stop.reason, "stopped_at_step": stop.step,
+            "val_accuracy": stop.val_accuracy, **pre, **common, "cache_hit_distill": 0.0, **timings,
+            "time_stages_s": sum(timings.values()),
+        }
     distilled = json.loads((entry / "distill.json").read_text())
     timings["time_distill_s"] = 0.0 if hit else distilled["train_seconds"]
     timings["time_distill_fit_s"] = time.perf_counter() - t  # includes Ray Train worker start-up
@@ -265,12 +333,11 @@ def run_pipeline(params: TrialParams, ctx: TrialContext, *, trial_id: str) -> di
     timings["time_quantize_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    artifact = Path(ctx.sweep_dir) / "trials" / trial_id / ARTIFACT
+    artifact = workdir / ARTIFACT
     size = export(student, artifact, bits=p.bits, masks=masks, quantized=quantized, meta={"vocab": data.vocab})
     timings["time_export_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    teacher = load_teacher(ctx.teacher.path)
     metrics = measure_model(student, size, data, cfg, reference=teacher)
     timings["time_measure_s"] = time.perf_counter() - t
 
@@ -279,12 +346,11 @@ def run_pipeline(params: TrialParams, ctx: TrialContext, *, trial_id: str) -> di
         accuracy_retained=metrics["accuracy"] / ctx.teacher.accuracy,
         val_accuracy=distilled["val_accuracy"],
         val_loss=distilled["val_loss"],
-        cache_hit_teacher=float(ctx.teacher.cache_hit),
         cache_hit_distill=float(hit),
+        **common,
+        **pre,
         **timings,
     )
-    if ctx.teacher_outputs is not None:
-        metrics["cache_hit_teacher_outputs"] = float(ctx.teacher_outputs.cache_hit)
     metrics["time_stages_s"] = sum(v for k, v in timings.items() if k != "time_distill_fit_s")
     return {**metrics, "artifact": str(artifact)}
 
@@ -294,4 +360,4 @@ def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     import ray.tune
 
     trial_id = ray.tune.get_context().get_trial_id()
-    ray.tune.report(run_pipeline(TrialParams.from_config(config), ctx, trial_id=trial_id))
+    ray.tune.report(run_pipeline(TrialParams.from_config(config), ctx, trial_id=trial_id, report=ray.tune.report))

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from orchestrator.config import ConstraintsConfig
 from orchestrator.space import ObjectiveConstraints
@@ -46,9 +47,10 @@ def test_a_sweep_with_no_finished_trial_has_an_empty_front_and_no_recommendation
     from orchestrator.trial import TeacherInfo
 
     teacher = TeacherInfo("k", "p", False, 0.5, 5.0, 1_000_000, 2.0, 10, 1.0, 1.5)
-    table = _Monitor(3, None, teacher=teacher, constraints=ConstraintsConfig(), log_hypervolume=lambda *a: None).table({})
+    table = _Monitor(3, None, reference=(0.0, 1.0, 2.0), constraints=ConstraintsConfig(),
+                     log_hypervolume=lambda *a: None).table({})
     assert table.empty and table["feasible"].dtype == bool
-    assert normalized_hypervolume(table, teacher) == 0.0
+    assert normalized_hypervolume(table, (0.0, 1.0, 2.0)) == 0.0
     result = SweepResult(config=None, trials=table, teacher=teacher, run_id="p", experiment_id="1", tracking_uri="x",
                          wall_seconds=1.0, overhead=0.0, interrupted=True, hypervolume=0.0)
     assert result.pareto.empty and result.recommend() is None
@@ -62,3 +64,18 @@ def test_slot_time_counts_a_slot_only_while_a_trial_remains_for_it():
     # more slots than trials: only as many slots as trials
     assert work_slot_seconds([5.0, 5.0], 0.0, 5.0, 4) == 10.0
     assert work_slot_seconds([], 0.0, 5.0, 2) == 0.0
+
+
+def test_normalized_hypervolume_uses_the_configured_reference_point_or_the_teachers():
+    from orchestrator.config import load_config
+    from orchestrator.sweep import normalized_hypervolume, reference_point
+    from orchestrator.trial import TeacherInfo
+
+    teacher = TeacherInfo("k", "p", False, 0.5, 5.0, 2_000_000, 4.0, 10, 1.0, 1.5)  # 2 MB, 4 ms
+    assert reference_point(load_config(None), teacher) == (0.0, 2.0, 4.0)
+    cfg = load_config(None, overrides={"reference_point": {"accuracy": 0.2, "size_mb": 1.0}})
+    assert reference_point(cfg, teacher) == (0.2, 1.0, 4.0)
+    table = pd.DataFrame({"accuracy": [0.6], "size_mb": [0.5], "latency_ms": [1.0], "feasible": [True]})
+    # one point: the box (0.6 - 0.2) x (1.0 - 0.5) x (4 - 1) over the whole box (1 - 0.2) x 1.0 x 4
+    assert normalized_hypervolume(table, (0.2, 1.0, 4.0)) == pytest.approx(0.4 * 0.5 * 3 / (0.8 * 1.0 * 4))
+    assert normalized_hypervolume(table.assign(feasible=False), (0.2, 1.0, 4.0)) == 0.0

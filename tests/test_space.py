@@ -45,15 +45,50 @@ def test_constraints_are_computed_from_objective_values_and_reach_the_sampler():
 
     limits = ConstraintsConfig(max_size_mb=0.05, max_latency_ms=None, min_accuracy=0.3)
     c = ObjectiveConstraints(limits)
-    assert c.violations(0.25, 0.07, 9.0) == [pytest.approx(0.02), pytest.approx(0.05)]
+    assert c.violations(0.25, 0.07, 9.0) == {"max_size_mb": pytest.approx(0.02), "min_accuracy": pytest.approx(0.05)}
     assert c.feasible(0.31, 0.05, 9.0) and not c.feasible(0.31, 0.051, 9.0)
-    assert ObjectiveConstraints(ConstraintsConfig()).violations(0.0, 9.0, 9.0) == []
-    for name in ("tpe", "nsga2"):
-        study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=make_sampler(name, seed=0, constraints=limits))
+    assert ObjectiveConstraints(ConstraintsConfig()).violations(0.0, 9.0, 9.0) == {}
+    # TPE steers by the values a trial records; an infeasible trial is never among its "good" trials
+    from optuna.samplers._tpe.sampler import _get_infeasible_trial_score
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=make_sampler("tpe", seed=0))
+    trial = study.ask()
+    for name, value in c.violations(0.25, 0.07, 1.0).items():  # what the sweep's searcher does before tell
+        trial.set_constraint(name, value)
+    study.tell(trial, [0.25, 0.07, 1.0])
+    assert study.trials[0].constraints == {"max_size_mb": pytest.approx(0.02), "min_accuracy": pytest.approx(0.05)}
+    assert _get_infeasible_trial_score(study.trials[0]) == pytest.approx(0.07)
+
+
+def _grid_cfg(**extra):
+    return load_config(None, overrides={
+        "sampler": "grid", "trials": 12, "params.bits": {"choices": [4, 8]}, "params.sparsity": {"low": 0.0, "high": 0.5, "step": 0.25},
+        "params.layers": {"low": 1, "high": 2}, **extra,
+    })
+
+
+def _run_grid(cfg, n):
+    space = DefineByRun(cfg.params)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
+                                sampler=make_sampler("grid", seed=cfg.seed, params=cfg.params))
+    out = []
+    for _ in range(n):
         trial = study.ask()
-        trial.set_user_attr("objectives", [0.25, 0.07, 1.0])  # what the sweep's searcher does before tell
-        study.tell(trial, [0.25, 0.07, 1.0])
-        assert study.trials[0].system_attrs["constraints"] == pytest.approx([0.02, 0.05])
-        bare = study.ask()
-        study.tell(bare, [0.5, 0.01, 1.0])
-        assert study.trials[1].system_attrs["constraints"] == (1.0, 1.0)  # no recorded values: infeasible
+        space(trial)
+        out.append((trial.params["bits"], trial.params["sparsity"], trial.params["layers"]))
+        study.tell(trial, [0.5, 1.0, 1.0])
+    return out
+
+
+def test_grid_visits_every_combination_once_in_a_seeded_order():
+    cfg = _grid_cfg()
+    points = _run_grid(cfg, 12)
+    assert sorted(points) == sorted((b, s, l) for b in (4, 8) for s in (0.0, 0.25, 0.5) for l in (1, 2))
+    assert _run_grid(cfg, 12) == points
+    assert _run_grid(_grid_cfg(seed=1), 12) != points
+
+
+def test_nsga2_takes_its_population_size():
+    sampler = make_sampler("nsga2", seed=0, population_size=8)
+    assert sampler._population_size == 8
+    assert make_sampler("nsga2", seed=0)._population_size == 50  # Optuna's default

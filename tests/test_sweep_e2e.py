@@ -191,6 +191,36 @@ def test_constraints_keep_infeasible_trials_off_the_front_and_reach_the_sampler(
     assert all(client.get_run(r).data.tags.get("feasible") == "false" for r in t["run_id"])
     sweep_id = client.get_run(constrained.run_id).data.tags["sweep_id"]
     study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{root / 'runs' / 'sweeps' / sweep_id / 'optuna.db'}")
-    told = {round(t.values[0], 9): t.system_attrs["constraints"] for t in study.trials}
+    told = {round(t.values[0], 9): t.constraints for t in study.trials}
     for acc in t["accuracy"]:
-        assert told[round(acc, 9)] == pytest.approx([0.99 - acc])
+        assert told[round(acc, 9)] == {"min_accuracy": pytest.approx(0.99 - acc)}
+
+
+def test_early_stopping_stops_a_planted_dominated_trial_and_not_a_smaller_one(sweep):
+    result, root, uri = sweep
+    planted = [
+        {"layers": 1, "width": 32, "lr": 1e-2},  # trains normally: the front
+        {"layers": 2, "width": 64, "lr": 1e-7},  # bigger, slower and learns nothing: dominated
+        {"layers": 1, "width": 8, "lr": 1e-7},  # learns nothing either, but smaller than the front: never dominated
+    ]
+    early = Sweep.from_yaml(
+        SMOKE, trials=3, storage=str(root / "runs"), tracking_uri=uri, experiment="early", max_concurrent_trials=1,
+        initial_points=planted, early_stopping={"enabled": True, "margin": 0.02, "every": 10},
+        **{"distill.steps": 40, "params.layers": {"choices": [1, 2]}, "params.width": {"choices": [8, 32, 64]},
+           "params.lr": {"choices": [1e-2, 1e-7]}, "params.bits": 32, "params.sparsity": 0.0, "params.beta": 0.0},
+    ).run()
+    t = early.trials.set_index(early.trials[["layers", "width"]].astype(str).agg("x".join, axis=1))
+    assert t.loc["1x32", "status"] == "COMPLETED" and t.loc["1x32", "pareto"]
+    assert t.loc["2x64", "status"] == "STOPPED", t[["status", "val_accuracy"]]
+    assert t.loc["2x64", "stopped_at_step"] == 10 and t.loc["2x64", "stop_reason"].startswith("dominated")
+    assert t.loc["2x64", "pre_size_mb"] > t.loc["1x32", "size_mb"]
+    assert t.loc["1x8", "status"] == "COMPLETED"  # its pre-measured size beats the front: it never stops
+    assert abs(t.loc["1x8", "pre_size_mb"] - t.loc["1x8", "size_mb"]) < 0.01 * t.loc["1x8", "size_mb"]
+    client = MlflowClient(uri)
+    run = client.get_run(t.loc["2x64", "run_id"])
+    assert run.data.tags["early_stopped"] == "true" and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(t.loc["1x8", "run_id"], "val_accuracy")][:3] == [10, 20, 30]
+    assert client.get_run(early.run_id).data.metrics["trials_stopped_early"] == 1
+    sweep_id = client.get_run(early.run_id).data.tags["sweep_id"]
+    study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{root / 'runs' / 'sweeps' / sweep_id / 'optuna.db'}")
+    assert sorted(s.state.name for s in study.trials) == ["COMPLETE", "COMPLETE", "PRUNED"]

@@ -7,9 +7,11 @@ from orchestrator.config.schema import (
     Choice,
     ConfigError,
     ConstraintsConfig,
+    EarlyStoppingConfig,
     Fixed,
     ParamSpec,
     Range,
+    ReferencePointConfig,
     SweepConfig,
 )
 
@@ -19,9 +21,11 @@ __all__ = [
     "Choice",
     "ConfigError",
     "ConstraintsConfig",
+    "EarlyStoppingConfig",
     "Fixed",
     "ParamSpec",
     "Range",
+    "ReferencePointConfig",
     "SweepConfig",
     "load_config",
     "param_values",

@@ -24,10 +24,12 @@ from orchestrator.config.schema import (
     ConfigError,
     ConstraintsConfig,
     DistillConfig,
+    EarlyStoppingConfig,
     Fixed,
     MeasureConfig,
     ParamSpec,
     Range,
+    ReferencePointConfig,
     ResourcesConfig,
     SweepConfig,
     TaskConfig,
@@ -156,21 +158,25 @@ _SECTIONS = {
     "resources": ResourcesConfig,
     "measure": MeasureConfig,
     "constraints": ConstraintsConfig,
+    "reference_point": ReferencePointConfig,
+    "early_stopping": EarlyStoppingConfig,
 }
 
 
 def _build_sweep(raw: dict[str, Any], source: str) -> SweepConfig:
     raw = dict(raw)
     params_raw = raw.pop("params", None) or {}
+    points_raw = raw.pop("initial_points", None) or []
     kwargs: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         section = raw.pop(name, None)
         kwargs[name] = _build(cls, section or {}, source, f"{name}.")
-    top = _build(SweepConfig, raw, source, "", exclude=set(_SECTIONS) | {"params"})
+    top = _build(SweepConfig, raw, source, "", exclude=set(_SECTIONS) | {"params", "initial_points"})
     if not isinstance(params_raw, dict):
         raise ConfigError(f"{source}: `params` must be a mapping of parameter names to values or ranges, got {params_raw!r}")
     params = _build_params(params_raw, source)
-    cfg = dataclasses.replace(top, params=params, **kwargs)
+    points = _build_points(points_raw, params, source)
+    cfg = dataclasses.replace(top, params=params, initial_points=points, **kwargs)
     _cross_checks(cfg, source)
     return cfg
 
@@ -314,8 +320,43 @@ def _build_spec(name: str, value: Any, source: str) -> ParamSpec:
     return Range(low, high, log=log, step=step, integer=rule.kind is int)
 
 
+def _build_points(raw: Any, params: Mapping[str, ParamSpec], source: str) -> tuple[dict[str, Any], ...]:
+    """`initial_points`: a list of {searched param: value}; each value must be one the param can take."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: `initial_points` must be a list of mappings from searched parameters to values, got {raw!r}")
+    points = []
+    for i, point in enumerate(raw):
+        where = f"initial_points[{i}]"
+        if not isinstance(point, dict) or not point:
+            raise ConfigError(f"{source}: `{where}` must be a mapping from searched parameters to values, got {point!r}")
+        clean = {}
+        for name, value in point.items():
+            spec = params.get(name)
+            if spec is None or isinstance(spec, Fixed):
+                searched = [n for n, s in params.items() if not isinstance(s, Fixed)]
+                raise ConfigError(f"{source}: `{where}.{name}` is not a searched parameter; searched: {', '.join(searched) or 'none'}")
+            if isinstance(value, (dict, list)):
+                raise ConfigError(f"{source}: `{where}.{name}` must be one value, got {value!r}")
+            try:
+                value = _build_spec(name, value, source).value  # type checks and coercion, as for a fixed param
+            except ConfigError as e:
+                raise ConfigError(str(e).replace(f"`params.{name}`", f"`{where}.{name}`")) from None
+            values = param_values(spec)
+            ok = value in values if values is not None else spec.low <= value <= spec.high
+            if not ok:
+                allowed = values if values is not None else f"{spec.low}..{spec.high}"
+                raise ConfigError(f"{source}: `{where}.{name}` = {value!r} is not a value `params.{name}` can take ({allowed})")
+            clean[name] = value
+        points.append(clean)
+    return tuple(points)
+
+
 def param_values(spec: ParamSpec) -> list[Any] | None:
-    """Every value `spec` can take, or None for a continuous range."""
+    """Every value `spec` can take, or None for a continuous range.
+
+    >>> param_values(Range(0.0, 0.5, step=0.2))
+    [0.0, 0.2, 0.4]
+    """
     if isinstance(spec, Fixed):
         return [spec.value]
     if isinstance(spec, Choice):
@@ -323,6 +364,9 @@ def param_values(spec: ParamSpec) -> list[Any] | None:
     if spec.integer:
         step = int(spec.step or 1)
         return list(range(int(spec.low), int(spec.high) + 1, step))
+    if spec.step is not None:  # Optuna's grid of a stepped float: low + k * step up to high
+        n = int(math.floor((spec.high - spec.low) / spec.step + 1e-9)) + 1
+        return [round(spec.low + k * spec.step, 12) for k in range(n)]
     return None
 
 
@@ -350,6 +394,23 @@ def _cross_checks(cfg: SweepConfig, source: str) -> None:
         raise ConfigError(
             f"{source}: `resources.launcher` in_trial runs one worker, but `resources.num_workers` is "
             f"{cfg.resources.num_workers}; use launcher ray_train (or auto) for DDP"
+        )
+    if cfg.population_size is not None and cfg.sampler != "nsga2":
+        raise ConfigError(f"{source}: `population_size` applies to sampler nsga2 only, but `sampler` is {cfg.sampler}; drop it or use nsga2")
+    if cfg.sampler == "grid":
+        continuous = [name for name, spec in cfg.params.items() if param_values(spec) is None]
+        if continuous:
+            raise ConfigError(
+                f"{source}: sampler grid needs every parameter discrete, but `params.{continuous[0]}` is a continuous "
+                "range; give it `choices` or a `step`"
+            )
+        size = math.prod(len(param_values(spec)) for spec in cfg.params.values())
+        if cfg.trials > size:
+            raise ConfigError(f"{source}: `trials` ({cfg.trials}) exceeds the grid's {size} points; set trials to {size} or fewer")
+    if cfg.early_stopping.enabled and not cfg.distill_in_trial:
+        raise ConfigError(
+            f"{source}: `early_stopping.enabled` needs distillation in the trial's process (`resources.num_workers` 1, "
+            "`resources.launcher` auto or in_trial); disable it for DDP sweeps"
         )
     if cfg.teacher.width % cfg.teacher.heads:
         raise ConfigError(

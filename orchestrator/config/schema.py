@@ -138,12 +138,36 @@ class ConstraintsConfig:
 
 
 @dataclass(frozen=True)
+class ReferencePointConfig:
+    """The hypervolume's reference point: the worst corner it measures from. Null size or latency: the
+    teacher's (a student must beat the teacher there to count at all)."""
+
+    accuracy: float = _check(lambda v: 0 <= v < 1, "a number in [0, 1)", 0.0)
+    size_mb: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)
+    latency_ms: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """Stop distilling a student that cannot reach the front: its size and latency are measured before
+    training (they depend on shape, sparsity and bits, not on the weights); every `every` steps its
+    validation accuracy plus `margin` is checked against the current front."""
+
+    enabled: bool = False
+    margin: float = _check(lambda v: 0 <= v <= 1, "a number in [0, 1]", 0.05)  # optimistic accuracy added before comparing
+    every: int = _check(lambda v: v >= 1, "an integer >= 1", 100)  # distillation steps between checks
+    val_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 2048)  # validation positions scored per check
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     name: str = "sweep"  # MLflow parent run name (default: the YAML file's stem)
-    seed: int = 0  # sampler seed and every trial's torch seed
+    seed: int = 0  # every model's torch seed (teacher, students, data order) and, by default, the sampler's
+    sampler_seed: int | None = None  # the sampler's own seed (null: `seed`): vary the search, keep the training
     trials: int = _check(lambda v: v >= 1, "an integer >= 1", 8)
     max_concurrent_trials: int = _check(lambda v: v >= 1, "an integer >= 1", 1)
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    population_size: int | None = _check(lambda v: v is None or v >= 2, "null or an integer >= 2", None)  # NSGA-II's generation size (null: Optuna's 50)
     storage: str = "orchestrator_runs"  # teachers, trial artifacts, Ray results (shared path on a cluster)
     tracking_uri: str | None = None  # MLflow; null: sqlite:///<cwd>/mlflow.db
     experiment: str | None = None  # MLflow experiment; null: the sweep's name
@@ -154,7 +178,10 @@ class SweepConfig:
     resources: ResourcesConfig = ResourcesConfig()
     measure: MeasureConfig = MeasureConfig()
     constraints: ConstraintsConfig = ConstraintsConfig()
+    reference_point: ReferencePointConfig = ReferencePointConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     params: Mapping[str, ParamSpec] = field(default_factory=dict)  # every name in PARAM_NAMES, filled by defaults
+    initial_points: tuple[Mapping[str, Any], ...] = ()  # configs to evaluate first (e.g. a known baseline), then the sampler takes over
 
     @property
     def distill_in_trial(self) -> bool:
@@ -172,8 +199,9 @@ class SweepConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-able dict that `load_config` turns back into an equal config."""
-        out = dataclasses.asdict(dataclasses.replace(self, params={}))
+        out = dataclasses.asdict(dataclasses.replace(self, params={}, initial_points=()))
         out["params"] = {name: _spec_to_raw(spec) for name, spec in self.params.items()}
+        out["initial_points"] = [dict(point) for point in self.initial_points]
         return out
 
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -126,7 +126,19 @@ class _RayTrainSession:
         return ray.train.torch.prepare_model(model)
 
 
-def fit(job: DistillJob, session: _LocalSession | _RayTrainSession) -> tuple[dict[str, float], GPT]:
+@dataclass(frozen=True)
+class Check:
+    """Score validation accuracy every `every` steps and hand it to `callback(step, accuracy)`, which may
+    raise to stop training (multi-objective early stopping)."""
+
+    every: int
+    val_tokens: int
+    callback: Callable[[int, float], None]
+
+
+def fit(
+    job: DistillJob, session: _LocalSession | _RayTrainSession, check: Check | None = None
+) -> tuple[dict[str, float], GPT]:
     """Train `job.model` and score it on validation; returns (metrics, the trained model on CPU)."""
     t0 = time.perf_counter()
     torch.set_num_threads(job.threads)
@@ -160,7 +172,8 @@ def fit(job: DistillJob, session: _LocalSession | _RayTrainSession) -> tuple[dic
     gen = torch.Generator().manual_seed(job.seed * 1_000_003 + rank)  # each rank its own data stream
 
     model.train()
-    for x, y, signal in _batches(job, data, gen, device, teacher, cached, sorted({j for _, j in pairs})):
+    batches = _batches(job, data, gen, device, teacher, cached, sorted({j for _, j in pairs}))
+    for step, (x, y, signal) in enumerate(batches, start=1):
         logits, states = model(x)  # (B, T, V), per-layer (B, T, C)
         if signal is None:
             loss = hard_loss(logits, y)
@@ -174,6 +187,9 @@ def fit(job: DistillJob, session: _LocalSession | _RayTrainSession) -> tuple[dic
         loss.backward()
         optimizer.step()
         schedule.step()
+        if check is not None and step % check.every == 0 and step < job.steps:
+            check.callback(step, score_lm(student, data.val, context=cfg.context, max_positions=check.val_tokens).accuracy)
+            model.train()  # scoring put it in eval mode
 
     val = score_lm(student, data.val, context=cfg.context, max_positions=job.val_tokens)
     metrics = {
@@ -237,6 +253,7 @@ def run_distill(
     cpus_per_worker: float,
     placement_strategy: str = "PACK",
     in_process: bool = False,
+    check: Check | None = None,
 ) -> DistillResult:
     """Train with `num_workers` DDP workers and return the rank-0 model (blocking).
 
@@ -245,14 +262,17 @@ def run_distill(
         storage_path: where Ray Train keeps the run and its checkpoint (shared on a cluster).
         in_process: run `fit` right here instead (one worker only): the caller's process must hold the
             resources, as a Tune trial does. Saves starting a worker group (seconds per trial).
+        check: validation checks during training (in-process only).
     """
     t = time.perf_counter()
     if in_process:
         if num_workers != 1:
             raise ValueError(f"in-process distillation runs one worker, not num_workers={num_workers}")
         device = torch.device("cuda" if use_gpu else "cpu")
-        metrics, student = fit(job, _LocalSession(device))
+        metrics, student = fit(job, _LocalSession(device), check)
         state = {k: v.detach() for k, v in student.state_dict().items()}
+    elif check is not None:
+        raise ValueError("validation checks during training need in_process=True")
     else:
         metrics, state = _fit_with_ray_train(job, name, storage_path, num_workers, use_gpu, cpus_per_worker,
                                              placement_strategy)

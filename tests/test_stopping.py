@@ -1,0 +1,71 @@
+"""Multi-objective early stopping: the decision against an independent brute force, and the front file."""
+
+import numpy as np
+import pytest
+
+from orchestrator.config import ConstraintsConfig
+from orchestrator.pareto import is_dominated
+from orchestrator.space import ObjectiveConstraints
+from orchestrator.stopping import read_front, stop_reason, write_front
+
+NO_LIMITS = ObjectiveConstraints(ConstraintsConfig())
+
+
+def _dominated_brute(p, front):
+    """(accuracy max, size min, latency min): some front row no worse everywhere and better somewhere."""
+    for q in front:
+        no_worse = q[0] >= p[0] and q[1] <= p[1] and q[2] <= p[2]
+        better = q[0] > p[0] or q[1] < p[1] or q[2] < p[2]
+        if no_worse and better:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_is_dominated_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    front = rng.random((8, 3)).round(1)  # coarse values: ties happen
+    for p in rng.random((200, 3)).round(1):
+        assert is_dominated(p, front, ["max", "min", "min"]) == _dominated_brute(p, front)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stops_exactly_the_trials_whose_optimistic_point_is_dominated(seed):
+    rng = np.random.default_rng(seed)
+    front = rng.random((6, 3))
+    margin = 0.05
+    for val, size, latency in rng.random((300, 3)):
+        reason = stop_reason(val, size, latency, margin=margin, front=front, constraints=NO_LIMITS)
+        optimistic = (min(1.0, val + margin), size, latency)
+        if _dominated_brute(optimistic, front):
+            assert reason is not None and reason.startswith("dominated")
+        else:  # never stops a trial that could still reach the front
+            assert reason is None
+
+
+def test_a_planted_dominated_trial_stops_and_a_smaller_one_never_does():
+    front = np.array([[0.40, 0.02, 0.5]])
+    assert stop_reason(0.10, 0.05, 0.9, margin=0.05, front=front, constraints=NO_LIMITS).startswith("dominated")
+    # the margin makes it optimistic: within it of the front's accuracy, it goes on
+    assert stop_reason(0.36, 0.05, 0.9, margin=0.05, front=front, constraints=NO_LIMITS) is None
+    # smaller than every front point: it cannot be dominated, whatever its accuracy
+    assert stop_reason(0.0, 0.01, 0.9, margin=0.0, front=front, constraints=NO_LIMITS) is None
+    assert stop_reason(0.0, 0.05, 0.9, margin=0.0, front=np.zeros((0, 3)), constraints=NO_LIMITS) is None
+
+
+def test_a_trial_that_cannot_meet_the_constraints_stops():
+    limits = ObjectiveConstraints(ConstraintsConfig(max_size_mb=0.03))
+    assert stop_reason(0.9, 0.05, 1.0, margin=0.05, front=np.zeros((0, 3)), constraints=limits).startswith("infeasible")
+    assert stop_reason(0.9, 0.02, 1.0, margin=0.05, front=np.zeros((0, 3)), constraints=limits) is None
+    at_least = ObjectiveConstraints(ConstraintsConfig(min_accuracy=0.5))
+    assert stop_reason(0.40, 0.02, 1.0, margin=0.05, front=np.zeros((0, 3)), constraints=at_least).startswith("infeasible")
+    assert stop_reason(0.46, 0.02, 1.0, margin=0.05, front=np.zeros((0, 3)), constraints=at_least) is None
+
+
+def test_the_front_file_round_trips_and_starts_empty(tmp_path):
+    assert read_front(tmp_path).shape == (0, 3)
+    write_front(tmp_path, np.array([[0.3, 0.1, 1.0], [0.4, 0.2, 2.0]]))
+    np.testing.assert_array_equal(read_front(tmp_path), [[0.3, 0.1, 1.0], [0.4, 0.2, 2.0]])
+    write_front(tmp_path, np.zeros((0, 3)))
+    assert read_front(tmp_path).shape == (0, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["front.json"]
