@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         "--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
         help="override any YAML key, e.g. --set distill.steps=100 --set 'params.bits={choices: [4, 8]}'",
     )
+    sweep.add_argument("--resume", metavar="SWEEP_ID", help="run --trials more trials in an earlier sweep's study (same storage and params)")
     sweep.add_argument("--ray-logs", action="store_true", help="show Ray workers' own log lines")
     return parser
 
@@ -49,6 +50,8 @@ def _print_progress(p: SweepProgress) -> None:
     m = p.metrics
     if p.status == "COMPLETED":
         what = f"accuracy {m['accuracy']:.4f}  size {m['size_mb']:.4f} MB  latency {m['latency_ms']:.3f} ms"
+        if m.get("cache_hit_distill"):
+            what += "  (student reused: cache hit)"
     elif p.status == "STOPPED":
         what = f"stopped early at step {m['stopped_at_step']} ({m['stop_reason']})"
     else:
@@ -87,18 +90,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = _config(args)
+        from orchestrator.sweep import Sweep
+
+        sweep = Sweep(cfg)
+        if args.resume:
+            sweep.check_resume(args.resume)
     except ConfigError as e:
         print(f"orchestrator: error: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from orchestrator.sweep import Sweep
 
-    print(f"sweep {cfg.name}: {cfg.trials} trials, sampler {cfg.sampler}, up to {cfg.max_concurrent_trials} at once; "
-          f"storage {cfg.storage_path}", flush=True)
-    result = Sweep(cfg).run(progress=_print_progress, ray_logs=args.ray_logs)
+    print(f"sweep {cfg.name}: {cfg.trials} {'more ' if args.resume else ''}trials, sampler {cfg.sampler}, "
+          f"up to {cfg.max_concurrent_trials} at once; storage {cfg.storage_path}", flush=True)
+    result = sweep.run(progress=_print_progress, ray_logs=args.ray_logs, resume=args.resume)
     _print_result(result)
     if result.interrupted:
-        print(f"interrupted: {len(result.trials)} of {cfg.trials} trials ran", file=sys.stderr)
+        print(f"interrupted before all {cfg.trials} trials ran", file=sys.stderr)
         return 130
     failed = int((result.trials["status"] == "ERROR").sum())
     return 1 if failed == len(result.trials) else 0

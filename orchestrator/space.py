@@ -57,24 +57,27 @@ class ObjectiveConstraints:
 
 
 def make_sampler(
-    name: str, *, seed: int, params: Mapping[str, ParamSpec] | None = None, population_size: int | None = None
+    name: str,
+    *,
+    seed: int,
+    params: Mapping[str, ParamSpec] | None = None,
+    population_size: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> optuna.samplers.BaseSampler:
     """A seeded sampler: `tpe` (multi-objective TPE), `nsga2` (`population_size` per generation), `random`,
-    or `grid` (every combination of the searched `params`, in a seeded order). TPE and NSGA-II steer by
-    the constraint values recorded on finished trials (`ObjectiveConstraints`); grid and random ignore them."""
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "nsga2":
-        kw = {"population_size": population_size} if population_size is not None else {}
-        return optuna.samplers.NSGAIISampler(seed=seed, **kw)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+    or `grid` (every combination of the searched `params`, in a seeded order); `options` are more keyword
+    arguments of that Optuna sampler. TPE and NSGA-II steer by the constraint values recorded on finished
+    trials (`ObjectiveConstraints`); grid and random ignore them."""
+    kw = dict(options or {})
+    if name == "nsga2" and population_size is not None:
+        kw["population_size"] = population_size
     if name == "grid":
         if params is None:
             raise ValueError("a grid sampler needs the params it enumerates")
-        grid = {k: param_values(spec) for k, spec in params.items() if not isinstance(spec, Fixed)}
-        return _GridSampler(grid, seed=seed)
-    raise ValueError(f"unknown sampler {name!r}")
+        kw["search_space"] = {k: param_values(spec) for k, spec in params.items() if not isinstance(spec, Fixed)}
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}")
+    return SAMPLERS[name](seed=seed, **kw)
 
 
 class _GridSampler(optuna.samplers.GridSampler):
@@ -84,3 +87,11 @@ class _GridSampler(optuna.samplers.GridSampler):
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any, values: Any) -> None:
         pass
+
+
+SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
+    "tpe": optuna.samplers.TPESampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
+    "random": optuna.samplers.RandomSampler,
+    "grid": _GridSampler,
+}

@@ -1,7 +1,8 @@
 """A sweep: the only place that builds a Ray Tune `Tuner`.
 
-run(): Ray up -> data and teacher (cached in storage) -> MLflow parent run -> Tuner(OptunaSearch) over
-`trial.tune_trial` -> trials table and Pareto front -> MLflow artifacts -> `SweepResult`.
+run(): Ray up -> data, teacher and teacher outputs (cached in storage) -> MLflow parent run ->
+Tuner(OptunaSearch) over `trial.tune_trial` -> trials table and Pareto front (written after every trial,
+for early stopping) -> MLflow artifacts -> `SweepResult`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import json
 import logging
 import os
 import threading
@@ -16,16 +18,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 from torch import nn
 
 from orchestrator import cache
-from orchestrator.config import PARAM_NAMES, ConstraintsConfig, SweepConfig, load_config
+from orchestrator.config import PARAM_NAMES, ConfigError, ConstraintsConfig, SweepConfig, load_config
 from orchestrator.pareto import hypervolume, knee_point, pareto_mask
 from orchestrator.space import OBJECTIVES, ObjectiveConstraints
 from orchestrator.stages.export import load_artifact
@@ -129,16 +133,22 @@ class Sweep:
         (``**{"distill.steps": 50}``) or nested dicts (``distill={"steps": 50}``)."""
         return cls(load_config(path, overrides=overrides))
 
-    def run(self, *, progress: Callable[[SweepProgress], None] | None = None, ray_logs: bool = False) -> SweepResult:
+    def run(
+        self, *, progress: Callable[[SweepProgress], None] | None = None, ray_logs: bool = False,
+        resume: str | None = None,
+    ) -> SweepResult:
         """Run every trial and return the result; blocks until the sweep ends.
 
         Args:
             progress: called after each trial ends.
             ray_logs: forward Ray workers' own log lines to this process (noisy; for debugging).
+            resume: a sweep id (its parent run's name) in the same storage: run `trials` more trials in that
+                sweep's Optuna study, whose earlier trials count in the front. Checked by `check_resume`.
         """
         import ray
 
         cfg = self.config
+        previous = self.check_resume(resume) if resume is not None else None
         started = time.perf_counter()
         threading.Thread(target=_import_later_modules, name="orchestrator-imports", daemon=True).start()
         own_ray = not ray.is_initialized()
@@ -153,10 +163,40 @@ class Sweep:
                 runtime_env={"env_vars": RAY_ENV},
             )
         try:
-            return _run(cfg, started, progress)
+            return _run(cfg, started, progress, resume=resume, previous=previous)
         finally:
             if own_ray:
                 ray.shutdown()
+
+
+    def check_resume(self, sweep_id: str) -> list[dict[str, Any]]:
+        """The trials of sweep `sweep_id` in this storage; `ConfigError` unless it can be resumed with this
+        config (same searched params, so that its Optuna study fits)."""
+        cfg = self.config
+        root = cfg.storage_path / "sweeps"
+        sweep_dir = root / sweep_id
+        if not (sweep_dir / "optuna.db").is_file() or not (sweep_dir / CONFIG_FILE).is_file():
+            known = sorted(p.name for p in root.iterdir() if (p / "optuna.db").is_file()) if root.is_dir() else []
+            raise ConfigError(
+                f"--resume {sweep_id}: no resumable sweep of that id under {root}; "
+                f"sweep ids there: {', '.join(known[-5:]) or 'none'} (give --storage of the original sweep)"
+            )
+        before = load_config(sweep_dir / CONFIG_FILE).to_dict()["params"]
+        now = cfg.to_dict()["params"]
+        for name in now:
+            if before.get(name) != now[name]:
+                raise ConfigError(
+                    f"--resume {sweep_id}: `params.{name}` is {now[name]!r} here but {before.get(name)!r} in that sweep; "
+                    "resume with the search space it started with"
+                )
+        rows_file = sweep_dir / TRIALS_FILE
+        if not rows_file.is_file():
+            return []
+        return [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+
+
+CONFIG_FILE = "config.yaml"  # the sweep's config, as run (a resumed sweep must match its params)
+TRIALS_FILE = "trials.jsonl"  # one line per ended trial: what the trials table holds
 
 
 def _import_later_modules() -> None:
@@ -178,7 +218,10 @@ def _prepare_data(cfg: SweepConfig) -> tuple[CharData, str, str]:
     return CharData.load(entry / "data.pt"), str(entry / "data.pt"), key
 
 
-def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], None] | None) -> SweepResult:
+def _run(
+    cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], None] | None, *, resume: str | None,
+    previous: list[dict[str, Any]] | None,
+) -> SweepResult:
     import optuna
     from ray import tune
 
@@ -189,8 +232,10 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial INFO lines would drown the progress
     storage = cfg.storage_path
-    sweep_id = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    sweep_id = resume or f"{cfg.name}-{stamp}-{uuid.uuid4().hex[:6]}"
     sweep_dir = storage / "sweeps" / sweep_id
+    previous = previous or []
 
     data, data_path, data_key = _prepare_data(cfg)
     setup_seconds = time.perf_counter() - started
@@ -218,7 +263,7 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         run_name=sweep_id,
         params=cfg.to_dict(),
         tags={"sweep_id": sweep_id, "teacher_key": teacher.key, "teacher_cache_hit": str(teacher.cache_hit).lower(),
-              "storage": str(storage),
+              "storage": str(storage), **({"resumed": "true", "previous_trials": str(len(previous))} if resume else {}),
               **({"teacher_outputs_key": outputs.key, "teacher_outputs_cache_hit": str(outputs.cache_hit).lower()}
                  if outputs else {})},
     )
@@ -232,24 +277,30 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
     })
     monitor = _Monitor(
         cfg.trials, progress, reference=reference_point(cfg, teacher), constraints=cfg.constraints,
-        front_dir=str(sweep_dir),
+        front_dir=str(sweep_dir), run_ids=tracker.child_ids, previous=previous,
         log_hypervolume=lambda hv, n: tracker.log_metrics(parent, {"hypervolume": hv}, step=n),
     )
     status = "FAILED"
     try:
-        sweep_dir.mkdir(parents=True)
-        # The study lives next to the sweep, so Optuna's own tools can read it:
+        study_url = f"sqlite:///{sweep_dir / 'optuna.db'}"
+        sampler_seed = cfg.seed if cfg.sampler_seed is None else cfg.sampler_seed
+        if resume:  # a sampler's random state is not stored: a fresh stream, or it would redo the first trials
+            sampler_seed += len(optuna.load_study(study_name=sweep_id, storage=study_url).trials)
+        else:
+            sweep_dir.mkdir(parents=True)
+            (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        # The study lives next to the sweep, so Optuna's own tools can read it (and a later sweep resume it):
         # optuna.load_study(study_name=<sweep id>, storage="sqlite:///<sweep dir>/optuna.db")
         searcher = _ConstrainedOptunaSearch(
             space=DefineByRun(cfg.params),
             metric=list(OBJECTIVES),
             mode=list(OBJECTIVES.values()),
-            sampler=make_sampler(cfg.sampler, seed=cfg.seed if cfg.sampler_seed is None else cfg.sampler_seed,
-                                 params=cfg.params, population_size=cfg.population_size),
+            sampler=make_sampler(cfg.sampler, seed=sampler_seed, params=cfg.params,
+                                 population_size=cfg.population_size, options=cfg.sampler_options),
             limits=ObjectiveConstraints(cfg.constraints),
-            storage=optuna.storages.RDBStorage(f"sqlite:///{sweep_dir / 'optuna.db'}"),
+            storage=optuna.storages.RDBStorage(study_url),
             study_name=sweep_id,
-            points_to_evaluate=[dict(p) for p in cfg.initial_points] or None,
+            points_to_evaluate=None if resume else [dict(p) for p in cfg.initial_points] or None,
         )
         ctx = TrialContext(config=cfg, data_path=data_path, teacher=teacher, teacher_outputs=outputs,
                            sweep_dir=str(sweep_dir))
@@ -261,7 +312,7 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
                 reuse_actors=True,  # a trial's driver process (torch imported, teacher files warm) serves the next
             ),
             run_config=tune.RunConfig(
-                name=sweep_id,
+                name=f"{sweep_id}-resumed-{stamp}" if resume else sweep_id,
                 storage_path=str(storage / "tune"),
                 callbacks=[TrialRunsCallback(tracker), monitor],
                 verbose=0,
@@ -274,10 +325,11 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
             tuner.fit()
         tune_stopped = time.perf_counter()
         tune_seconds = tune_stopped - tune_started
-        trials = monitor.table(tracker.child_ids)
-        interrupted = len(trials) < cfg.trials  # Tune returns early on Ctrl-C instead of raising
+        trials = monitor.table()
+        ran = len(trials) - len(previous)
+        interrupted = ran < cfg.trials  # Tune returns early on Ctrl-C instead of raising
         if interrupted:
-            log.warning("sweep interrupted after %d of %d trials; the front below covers those", len(trials), cfg.trials)
+            log.warning("sweep interrupted after %d of %d trials; the front below covers those", ran, cfg.trials)
 
         for run_id in trials.loc[trials["pareto"], "run_id"]:
             tracker.set_tags(run_id, {"pareto": "true"})
@@ -296,7 +348,7 @@ def _run(cfg: SweepConfig, started: float, progress: Callable[[SweepProgress], N
         stage_seconds = (0.0 if teacher.cache_hit else teacher.build_seconds) + (
             outputs.seconds if outputs and not outputs.cache_hit else 0.0
         ) + float(
-            trials.get("time_stages_s", pd.Series(dtype=float)).fillna(0).sum()
+            trials.iloc[len(previous):].get("time_stages_s", pd.Series(dtype=float)).fillna(0).sum()
         )
         overhead = 1 - stage_seconds / capacity
         tracker.log_metrics(parent, {
@@ -424,14 +476,19 @@ class _Monitor(Callback):
     def __init__(
         self, total: int, progress: Callable[[SweepProgress], None] | None, *, reference: tuple[float, float, float],
         constraints: ConstraintsConfig, log_hypervolume: Callable[[float, int], None], front_dir: str | None = None,
+        run_ids: dict[str, str] | None = None, previous: list[dict[str, Any]] | None = None,
     ) -> None:
+        """`front_dir` also gets `trials.jsonl`; `run_ids` maps trial ids to MLflow runs as they start;
+        `previous` are the rows of the sweep being resumed."""
         self.front_dir = front_dir
+        self.run_ids = run_ids if run_ids is not None else {}
         self.total = total
         self.constraints = ObjectiveConstraints(constraints)
         self.progress = progress
         self.reference = reference
         self.log_hypervolume = log_hypervolume
-        self.rows: dict[str, dict[str, Any]] = {}
+        self.rows: dict[str, dict[str, Any]] = {row["trial_id"]: row for row in previous or []}
+        self.total += len(self.rows)
         self.running: set[str] = set()
         self.end_times: list[float] = []  # perf_counter() when each trial ended
 
@@ -455,10 +512,14 @@ class _Monitor(Callback):
         self.end_times.append(time.perf_counter())
         metrics = reported_metrics(result)
         params = {name: trial.config.get(name) for name in PARAM_NAMES}
-        self.rows[trial.trial_id] = {"trial_id": trial.trial_id, "status": status, **params, **metrics, "error": error}
-        table = self.table({})
+        row = {"trial_id": trial.trial_id, "status": status, "run_id": self.run_ids.get(trial.trial_id), **params,
+               **metrics, "error": error}
+        self.rows[trial.trial_id] = row
+        table = self.table()
         if self.front_dir is not None:
             write_front(self.front_dir, table.loc[table["pareto"], list(OBJECTIVES)].to_numpy(dtype=float))
+            with open(Path(self.front_dir) / TRIALS_FILE, "a") as f:
+                f.write(json.dumps(row, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
         hv = normalized_hypervolume(table, self.reference)
         self.log_hypervolume(hv, len(self.rows))
         if self.progress is not None:
@@ -469,14 +530,13 @@ class _Monitor(Callback):
                 stopped=int((table["status"] == "STOPPED").sum()),
             ))
 
-    def table(self, run_ids: dict[str, str]) -> pd.DataFrame:
+    def table(self) -> pd.DataFrame:
         trials = pd.DataFrame(list(self.rows.values()))
         if trials.empty:
-            trials = pd.DataFrame(columns=["trial_id", "status", *PARAM_NAMES, *OBJECTIVES, "artifact", "error"])
+            trials = pd.DataFrame(columns=["trial_id", "status", "run_id", *PARAM_NAMES, *OBJECTIVES, "artifact", "error"])
         for column in (*OBJECTIVES, "artifact"):
             if column not in trials:
                 trials[column] = np.nan if column != "artifact" else None
-        trials.insert(2, "run_id", trials["trial_id"].map(run_ids))
         done = trials["status"] == "COMPLETED"
         trials["feasible"] = pd.Series([
             bool(d) and self.constraints.feasible(a, s, l)

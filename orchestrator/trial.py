@@ -1,8 +1,9 @@
-"""One trial, top to bottom: distill -> prune -> quantize -> export -> measure.
+"""One trial, top to bottom: [premeasure ->] distill -> prune -> quantize -> export -> measure.
 
-`tune_trial` is the Ray Tune function (the driver). It starts a Ray Train run for distillation, then does
-the cheap stages itself, in its own process, and reports measured metrics. `build_teacher` is the same
-story for the teacher, run once per storage by the sweep.
+`tune_trial` is the Ray Tune function (the driver). It distils in its own process (one worker) or starts
+a Ray Train run (DDP), unless an earlier trial already distilled the same student; then it does the cheap
+stages itself and reports measured metrics. `build_teacher` and `build_teacher_outputs` are what the sweep
+runs once, before the trials, each cached in storage.
 """
 
 from __future__ import annotations

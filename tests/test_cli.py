@@ -31,6 +31,7 @@ def _run(tmp_path, *args):
         ("trials: 2", ["--trials", "0"], "`trials` must be an integer >= 1, got 0"),
         ("trials: 2", ["--tracking-uri", "nonsense"], "`tracking_uri` must be an MLflow URI"),
         ("trials: 2", ["--storage", "space.yaml"], "`storage` 'space.yaml' is a file"),
+        ("trials: 2", ["--resume", "nope-123"], "--resume nope-123: no resumable sweep of that id under"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, yaml_text, args, expect):
@@ -51,3 +52,18 @@ def test_missing_file(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "orchestrator: error: nope.yaml: no such file; pass the path of a search-space YAML (see search_spaces/)"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_lines_say_what_each_trial_did(capsys):
+    from orchestrator.cli import _print_progress
+    from orchestrator.sweep import SweepProgress
+
+    done = {"accuracy": 0.3, "size_mb": 0.02, "latency_ms": 0.5, "cache_hit_distill": 1.0}
+    _print_progress(SweepProgress(2, 5, 1, 0, 1, 0.12, "abc", "COMPLETED", done))
+    stopped = {"stopped_at_step": 100, "stop_reason": "dominated: accuracy <= 0.2000 at 0.05 MB, 1 ms"}
+    _print_progress(SweepProgress(3, 5, 1, 0, 1, 0.12, "def", "STOPPED", stopped, stopped=1))
+    _print_progress(SweepProgress(4, 5, 0, 1, 1, 0.12, "ghi", "ERROR", {}, stopped=1))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[2/5] trial abc: accuracy 0.3000  size 0.0200 MB  latency 0.500 ms  (student reused: cache hit)")
+    assert "stopped early at step 100 (dominated: accuracy <= 0.2000" in lines[1] and "stopped early 1" in lines[1]
+    assert "FAILED" in lines[2] and "failed 1, stopped early 1" in lines[2]

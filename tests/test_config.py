@@ -5,7 +5,8 @@ import yaml
 
 from orchestrator.config import PARAM_NAMES, Choice, ConfigError, Fixed, Range, load_config, parse_set
 
-SPACES = sorted((Path(__file__).parents[1] / "search_spaces").glob("*.yaml"))
+ROOT = Path(__file__).parents[1]
+SPACES = sorted([*(ROOT / "search_spaces").glob("*.yaml"), *(ROOT / "bench").glob("*.yaml")])
 
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
@@ -70,6 +71,10 @@ def test_overrides_take_dotted_keys_and_nested_dicts():
         ("sampler: annealing", "`sampler` must be one of tpe, nsga2, random, grid, got 'annealing'"),
         ("sampler: grid\nparams: {lr: {low: 0.001, high: 0.01}}", "sampler grid needs every parameter discrete, but `params.lr` is a continuous range"),
         ("sampler: grid\ntrials: 5\nparams: {bits: {choices: [4, 8]}}", "`trials` (5) exceeds the grid's 2 points; set trials to 2 or fewer"),
+        ("sampler_options: {n_startup: 5}", "`sampler_options.n_startup` is not an argument of Optuna's TPESampler; it takes"),
+        ("sampler_options: {seed: 5}", "`sampler_options.seed` is set by the sweep; use `seed` or `sampler_seed` instead"),
+        ("sampler_options: {n_startup_trials: many}", "`sampler_options.n_startup_trials` must be an integer, got 'many'"),
+        ("sampler: random\nsampler_options: {multivariate: true}", "`sampler_options.multivariate` is not an argument of Optuna's RandomSampler; it takes none"),
         ("population_size: 10", "`population_size` applies to sampler nsga2 only, but `sampler` is tpe"),
         ("sampler: nsga2\npopulation_size: 1", "`population_size` must be null or an integer >= 2, got 1"),
         ("reference_point: {accuracy: 1.0}", "`reference_point.accuracy` must be a number in [0, 1), got 1.0"),
@@ -115,3 +120,28 @@ def test_missing_and_unreadable_files(tmp_path):
     bad.write_text("params: {bits: [4,\n")
     with pytest.raises(ConfigError, match="not readable as YAML"):
         load_config(bad)
+
+
+def test_a_trial_reserves_its_workers_resources_when_it_distils_itself():
+    from orchestrator.sweep import TRIAL_MEMORY_BYTES, trial_resources
+
+    assert trial_resources(load_config(None)) == {"cpu": 1.0, "gpu": 0, "memory": TRIAL_MEMORY_BYTES}
+    gpu = load_config(None, overrides={"resources": {"use_gpu": True, "cpus_per_worker": 4}})
+    assert trial_resources(gpu) == {"cpu": 4.0, "gpu": 1, "memory": TRIAL_MEMORY_BYTES}
+    ddp = load_config(None, overrides={"resources": {"num_workers": 2, "trial_cpus": 0.5}})
+    assert trial_resources(ddp) == {"cpu": 0.5, "memory": TRIAL_MEMORY_BYTES}  # its workers hold their own
+
+
+def test_every_section_round_trips_through_yaml(tmp_path):
+    cfg = load_config(None, overrides={
+        "sampler": "nsga2", "population_size": 6, "sampler_seed": 3, "sampler_options": {"mutation_prob": 0.2},
+        "params.bits": {"choices": [4, 8]}, "params.width": {"choices": [32, 64]},
+        "initial_points": [{"bits": 8, "width": 64}],
+        "reference_point": {"accuracy": 0.1, "size_mb": 2.0},
+        "early_stopping": {"enabled": True, "margin": 0.1, "every": 50},
+        "distill": {"teacher_outputs": "live", "top_k": 8}, "resources": {"launcher": "in_trial"},
+    })
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert load_config(again) == cfg
+    assert cfg.initial_points == ({"bits": 8, "width": 64},) and cfg.early_stopping.every == 50

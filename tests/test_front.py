@@ -48,7 +48,7 @@ def test_a_sweep_with_no_finished_trial_has_an_empty_front_and_no_recommendation
 
     teacher = TeacherInfo("k", "p", False, 0.5, 5.0, 1_000_000, 2.0, 10, 1.0, 1.5)
     table = _Monitor(3, None, reference=(0.0, 1.0, 2.0), constraints=ConstraintsConfig(),
-                     log_hypervolume=lambda *a: None).table({})
+                     log_hypervolume=lambda *a: None).table()
     assert table.empty and table["feasible"].dtype == bool
     assert normalized_hypervolume(table, (0.0, 1.0, 2.0)) == 0.0
     result = SweepResult(config=None, trials=table, teacher=teacher, run_id="p", experiment_id="1", tracking_uri="x",

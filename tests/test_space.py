@@ -92,3 +92,9 @@ def test_nsga2_takes_its_population_size():
     sampler = make_sampler("nsga2", seed=0, population_size=8)
     assert sampler._population_size == 8
     assert make_sampler("nsga2", seed=0)._population_size == 50  # Optuna's default
+
+
+def test_sampler_options_reach_the_optuna_sampler():
+    cfg = load_config(None, overrides={"sampler_options": {"n_startup_trials": 3, "multivariate": True}})
+    sampler = make_sampler("tpe", seed=0, options=cfg.sampler_options)
+    assert sampler._n_startup_trials == 3 and sampler._multivariate

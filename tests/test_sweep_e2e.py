@@ -7,7 +7,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import Sweep, cli, load_model
+from orchestrator import ConfigError, Sweep, cli, load_model
 from orchestrator.measure import score_lm
 from orchestrator.pareto import pareto_mask
 from orchestrator.tasks.char_lm import CharData
@@ -224,3 +224,22 @@ def test_early_stopping_stops_a_planted_dominated_trial_and_not_a_smaller_one(sw
     sweep_id = client.get_run(early.run_id).data.tags["sweep_id"]
     study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{root / 'runs' / 'sweeps' / sweep_id / 'optuna.db'}")
     assert sorted(s.state.name for s in study.trials) == ["COMPLETE", "COMPLETE", "PRUNED"]
+
+
+def test_a_sweep_resumes_its_study_and_keeps_its_trials(sweep):
+    result, root, uri = sweep
+    kw = dict(storage=str(root / "runs"), tracking_uri=uri, experiment="resume")
+    first = Sweep.from_yaml(SMOKE, trials=2, **kw).run()
+    sweep_id = MlflowClient(uri).get_run(first.run_id).data.tags["sweep_id"]
+    with pytest.raises(ConfigError, match="`params.bits` is"):
+        Sweep.from_yaml(SMOKE, trials=1, **kw, **{"params.bits": 4}).run(resume=sweep_id)
+    more = Sweep.from_yaml(SMOKE, trials=1, **kw).run(resume=sweep_id)
+    assert len(more.trials) == 3 and list(more.trials["trial_id"][:2]) == list(first.trials["trial_id"])
+    assert list(more.trials["run_id"][:2]) == list(first.trials["run_id"])  # the earlier trials' MLflow runs
+    configs = more.trials[["width", "sparsity", "bits", "lr"]].round(9).astype(str).agg("|".join, axis=1)
+    assert configs.nunique() == 3  # the resumed sampler does not redo the first trials
+    assert more.hypervolume >= first.hypervolume
+    study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{root / 'runs' / 'sweeps' / sweep_id / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    parent = MlflowClient(uri).get_run(more.run_id).data.tags
+    assert parent["sweep_id"] == sweep_id and parent["resumed"] == "true" and parent["previous_trials"] == "2"

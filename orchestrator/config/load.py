@@ -11,6 +11,7 @@ import math
 import os
 import types
 import typing
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -111,11 +112,11 @@ def _one_line(e: Exception) -> str:
 
 
 def _flatten(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"distill": {"steps": 3}} -> {"distill.steps": 3}; a param's spec dict stays whole."""
+    """{"distill": {"steps": 3}} -> {"distill.steps": 3}; a param's spec dict and `sampler_options` stay whole."""
     out: dict[str, Any] = {}
     for key, value in overrides.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and not dotted.startswith("params."):
+        if isinstance(value, Mapping) and not dotted.startswith("params.") and dotted != "sampler_options":
             out.update(_flatten(value, f"{dotted}."))
         else:
             out[dotted] = value
@@ -147,6 +148,9 @@ def _check_known_key(parts: list[str], where: str) -> None:
             raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a searchable parameter; known: {', '.join(PARAM_NAMES)}")
         if len(parts) > 3 or (len(parts) == 3 and parts[2] not in ("choices", "low", "high", "log", "step")):
             raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; use params.NAME or params.NAME.low/high/log/step/choices")
+    elif parts[0] == "sampler_options":
+        if len(parts) > 2:
+            raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; use sampler_options.ARGUMENT")
     elif len(parts) != 1:
         raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; `{parts[0]}` takes a plain value")
 
@@ -167,16 +171,19 @@ def _build_sweep(raw: dict[str, Any], source: str) -> SweepConfig:
     raw = dict(raw)
     params_raw = raw.pop("params", None) or {}
     points_raw = raw.pop("initial_points", None) or []
+    options_raw = raw.pop("sampler_options", None) or {}
     kwargs: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         section = raw.pop(name, None)
         kwargs[name] = _build(cls, section or {}, source, f"{name}.")
-    top = _build(SweepConfig, raw, source, "", exclude=set(_SECTIONS) | {"params", "initial_points"})
+    top = _build(SweepConfig, raw, source, "", exclude=set(_SECTIONS) | {"params", "initial_points", "sampler_options"})
+    if not isinstance(options_raw, dict):
+        raise ConfigError(f"{source}: `sampler_options` must be a mapping of Optuna sampler arguments, got {options_raw!r}")
     if not isinstance(params_raw, dict):
         raise ConfigError(f"{source}: `params` must be a mapping of parameter names to values or ranges, got {params_raw!r}")
     params = _build_params(params_raw, source)
     points = _build_points(points_raw, params, source)
-    cfg = dataclasses.replace(top, params=params, initial_points=points, **kwargs)
+    cfg = dataclasses.replace(top, params=params, initial_points=points, sampler_options=options_raw, **kwargs)
     _cross_checks(cfg, source)
     return cfg
 
@@ -320,6 +327,43 @@ def _build_spec(name: str, value: Any, source: str) -> ParamSpec:
     return Range(low, high, log=log, step=step, integer=rule.kind is int)
 
 
+_OWNED_OPTIONS = {"seed": "`seed` or `sampler_seed`", "population_size": "`population_size`",
+                  "constraints_func": "`constraints`", "search_space": "`params`"}
+
+
+def _check_sampler_options(cfg: SweepConfig, source: str) -> None:
+    """`sampler_options` must be arguments the chosen Optuna sampler takes, with values it accepts."""
+    import inspect
+
+    from orchestrator.space import SAMPLERS, make_sampler
+
+    cls = SAMPLERS[cfg.sampler]
+    signature = inspect.signature(cls.__init__).parameters
+    accepted = sorted(set(signature) - {"self"} - set(_OWNED_OPTIONS))
+    for key, value in cfg.sampler_options.items():
+        if key in _OWNED_OPTIONS:
+            raise ConfigError(f"{source}: `sampler_options.{key}` is set by the sweep; use {_OWNED_OPTIONS[key]} instead")
+        if key not in accepted:
+            raise ConfigError(
+                f"{source}: `sampler_options.{key}` is not an argument of Optuna's {cls.__name__}; "
+                f"it takes {', '.join(accepted) or 'none'}"
+            )
+        default = signature[key].default  # Optuna checks few types itself: check against the default's
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default))
+        ok = (isinstance(value, bool) if type(default) is bool else
+              isinstance(value, int) and not isinstance(value, bool) if type(default) is int else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if type(default) is float else True)
+        if not ok:
+            raise ConfigError(f"{source}: `sampler_options.{key}` must be {kind}, got {value!r}")
+    try:
+        with warnings.catch_warnings():  # experimental options warn at construction; the sweep builds it again
+            warnings.simplefilter("ignore")
+            make_sampler(cfg.sampler, seed=cfg.seed, params=cfg.params, population_size=cfg.population_size,
+                         options=cfg.sampler_options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: `sampler_options` {dict(cfg.sampler_options)} are refused by {cls.__name__}: {e}") from None
+
+
 def _build_points(raw: Any, params: Mapping[str, ParamSpec], source: str) -> tuple[dict[str, Any], ...]:
     """`initial_points`: a list of {searched param: value}; each value must be one the param can take."""
     if not isinstance(raw, list):
@@ -407,6 +451,7 @@ def _cross_checks(cfg: SweepConfig, source: str) -> None:
         size = math.prod(len(param_values(spec)) for spec in cfg.params.values())
         if cfg.trials > size:
             raise ConfigError(f"{source}: `trials` ({cfg.trials}) exceeds the grid's {size} points; set trials to {size} or fewer")
+    _check_sampler_options(cfg, source)
     if cfg.early_stopping.enabled and not cfg.distill_in_trial:
         raise ConfigError(
             f"{source}: `early_stopping.enabled` needs distillation in the trial's process (`resources.num_workers` 1, "

@@ -167,6 +167,7 @@ class SweepConfig:
     trials: int = _check(lambda v: v >= 1, "an integer >= 1", 8)
     max_concurrent_trials: int = _check(lambda v: v >= 1, "an integer >= 1", 1)
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    sampler_options: Mapping[str, Any] = field(default_factory=dict)  # more keyword arguments of the Optuna sampler, e.g. {n_startup_trials: 5, multivariate: true} for tpe
     population_size: int | None = _check(lambda v: v is None or v >= 2, "null or an integer >= 2", None)  # NSGA-II's generation size (null: Optuna's 50)
     storage: str = "orchestrator_runs"  # teachers, trial artifacts, Ray results (shared path on a cluster)
     tracking_uri: str | None = None  # MLflow; null: sqlite:///<cwd>/mlflow.db
@@ -199,7 +200,8 @@ class SweepConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-able dict that `load_config` turns back into an equal config."""
-        out = dataclasses.asdict(dataclasses.replace(self, params={}, initial_points=()))
+        out = dataclasses.asdict(dataclasses.replace(self, params={}, initial_points=(), sampler_options={}))
+        out["sampler_options"] = dict(self.sampler_options)
         out["params"] = {name: _spec_to_raw(spec) for name, spec in self.params.items()}
         out["initial_points"] = [dict(point) for point in self.initial_points]
         return out
