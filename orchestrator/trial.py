@@ -192,10 +192,8 @@ def build_teacher_outputs(cfg: SweepConfig, teacher: TeacherInfo, data: CharData
     hidden = cfg.params["beta"] != Fixed(0.0)
     top_k = d.top_k if d.top_k is not None and d.top_k < len(data.vocab) else None  # k >= V: all logits
     key = cache.content_key("teacher_outputs", teacher.key, d.cache_blocks, cfg.seed, hidden, top_k)
-    seconds = 0.0
 
     def build(tmp: Path) -> None:
-        nonlocal seconds
         t, threads = time.perf_counter(), torch.get_num_threads()
         torch.set_num_threads(max(1, int(cfg.teacher.cpus_per_worker or cfg.resources.cpus_per_worker)))
         try:
@@ -206,7 +204,7 @@ def build_teacher_outputs(cfg: SweepConfig, teacher: TeacherInfo, data: CharData
             torch.set_num_threads(threads)
         seconds = time.perf_counter() - t
         outputs.save(tmp / "teacher_outputs.pt")
-        (tmp / "teacher_outputs.json").write_text(json.dumps({"seconds": seconds}))
+        (tmp / "teacher_outputs.json").write_text(json.dumps({"seconds": seconds}))  # read back on every hit
 
     entry, hit = cache.get_or_build(cfg.storage_path / "teacher_outputs", key, build)
     path = entry / "teacher_outputs.pt"
