@@ -1,4 +1,4 @@
-"""One trial, top to bottom: [premeasure ->] distill -> prune -> quantize -> export -> measure.
+"""One trial, top to bottom: [premeasure ->] distill -> prune [-> recover] -> quantize -> export -> measure.
 
 `tune_trial` is the Ray Tune function (the driver). It distils in its own process (one worker) or starts
 a Ray Train run (DDP), unless an earlier trial already distilled the same student; then it does the cheap
@@ -24,13 +24,14 @@ from orchestrator.config import Fixed, SweepConfig
 from orchestrator.losses import LossWeights
 from orchestrator.measure import count_params, measure_latency, score_lm
 from orchestrator.space import ObjectiveConstraints
+from orchestrator.stages.compress import Compressed, compress
 from orchestrator.stages.distill import Check, DistillJob, DistillResult, load_teacher, run_distill
 from orchestrator.stages.export import export
-from orchestrator.stages.prune import prune_
-from orchestrator.stages.quantize import quantize_
+from orchestrator.stages.prune import PruneResult
 from orchestrator.stages.teacher_outputs import compute_teacher_outputs
 from orchestrator.stopping import EarlyStopped, read_front, stop_reason
 from orchestrator.tasks.char_lm import CharData, build_model
+from orchestrator.tasks.gpt import GPT, GPTConfig
 
 ARTIFACT = "model.orc"
 
@@ -83,6 +84,8 @@ class TrialParams:
     bits: int
     optimizer: str
     lr: float
+    weight_decay: float = 0.0
+    group_size: int = 64
 
     @classmethod
     def from_config(cls, params: Mapping[str, Any]) -> "TrialParams":
@@ -92,14 +95,17 @@ class TrialParams:
 
 
 def measure_model(
-    model: nn.Module, size: int, data: CharData, cfg: SweepConfig, *, reference: nn.Module | None
+    model: nn.Module, size: int, data: CharData, cfg: SweepConfig, *, reference: nn.Module | None,
+    counts: tuple[int, int] | None = None,
 ) -> dict[str, float]:
-    """Held-out accuracy/perplexity, artifact size and batch-1 latency of a model as it runs."""
+    """Held-out accuracy/perplexity, artifact size and batch-1 latency of a model as it runs.
+
+    `counts` (parameters, non-zero) of the compressed shape, when int8 layers hide them from torch."""
     test = score_lm(model, data.test, context=cfg.task.context, max_positions=cfg.task.eval_tokens)
     example = data.test[: cfg.task.context].long()[None]  # (1, T): a fixed held-out prompt
     m = cfg.measure
     lat = measure_latency(model, example, threads=m.threads, warmup=m.warmup, repeats=m.repeats, reference=reference)
-    total, nonzero = count_params(model)
+    total, nonzero = counts or count_params(model)
     out = {
         "accuracy": test.accuracy,
         "perplexity": test.perplexity,
@@ -159,7 +165,7 @@ def build_teacher(cfg: SweepConfig, data: CharData, data_path: str, data_key: st
         job = DistillJob(
             data_path=data_path, teacher_path=None, teacher_outputs_path=None, model=model_cfg, steps=t.steps, batch_size=t.batch_size,
             warmup=min(100, t.steps // 10), lr=t.lr, optimizer="adamw", seed=cfg.seed, weights=None,
-            val_tokens=cfg.distill.val_tokens, threads=max(1, int(cpus)),
+            val_tokens=cfg.distill.val_tokens, threads=max(1, int(cpus)), weight_decay=0.01,
         )
         if cfg.distill_in_trial:  # one worker: a Ray task holding its CPUs (and GPU) runs the loop itself
             result = _train_in_task(cfg, job, cpus=cpus)
@@ -212,30 +218,67 @@ def build_teacher_outputs(cfg: SweepConfig, teacher: TeacherInfo, data: CharData
     return TeacherOutputsInfo(key=key, path=str(path), cache_hit=hit, seconds=seconds, size_bytes=path.stat().st_size)
 
 
+def _job(
+    cfg: SweepConfig, p: TrialParams, ctx: TrialContext, model: dict[str, Any], *, steps: int, warmup: int,
+    init_path: str | None = None, gradual: dict[str, Any] | None = None,
+) -> DistillJob:
+    """A distillation job from the teacher (its cached outputs, or live) with `p`'s recipe."""
+    outputs, pipe = ctx.teacher_outputs, cfg.pipeline
+    qat = None
+    if pipe.qat and p.bits <= 8:
+        qat = {"method": pipe.quantize.method, **dataclasses.asdict(pipe.quantize), "bits": p.bits, "group_size": p.group_size}
+    return DistillJob(
+        data_path=ctx.data_path, teacher_path=None if outputs else ctx.teacher.path,
+        teacher_outputs_path=outputs.path if outputs else None, model=model, steps=steps,
+        batch_size=cfg.distill.batch_size, warmup=warmup, lr=p.lr, optimizer=p.optimizer, seed=cfg.seed,
+        weights=LossWeights(temperature=p.temperature, lam=p.lam, beta=p.beta), val_tokens=cfg.distill.val_tokens,
+        threads=max(1, int(cfg.resources.cpus_per_worker)), weight_decay=p.weight_decay,
+        temperature_end=cfg.distill.temperature_end, layer_map=cfg.distill.layer_map, init_path=init_path,
+        gradual=gradual, qat=qat,
+    )
+
+
+def _job_key(kind: str, source: str, job: DistillJob, cfg: SweepConfig, *extra: Any) -> str:
+    """Everything that determines a trained model: what it learns from (the teacher, or its cached outputs;
+    both keys cover the data), the job, the world size. Not where it runs: both launchers train alike."""
+    recipe = {k: v for k, v in dataclasses.asdict(job).items()
+              if k not in ("data_path", "teacher_path", "teacher_outputs_path", "threads", "init_path")}
+    return cache.content_key(kind, source, recipe, cfg.resources.num_workers, *extra)
+
+
+def _save(path: Path, model: GPT, masks: dict[str, torch.Tensor] | None = None) -> None:
+    blob: dict[str, Any] = {"config": dataclasses.asdict(model.cfg), "state_dict": model.state_dict()}
+    if masks:
+        blob["masks"] = masks
+    torch.save(blob, path)
+
+
+def load_checkpoint(path: str | Path) -> tuple[GPT, dict[str, torch.Tensor]]:
+    """A student checkpoint: the model and the keep-masks held while it trained (empty if none)."""
+    blob = torch.load(path, weights_only=True)
+    model = GPT(GPTConfig(**blob["config"]))
+    model.load_state_dict(blob["state_dict"])
+    return model, blob.get("masks", {})
+
+
 def distill_student(
     cfg: SweepConfig, p: TrialParams, ctx: TrialContext, vocab_size: int, *, trial_id: str, check: Check | None = None
 ) -> tuple[Path, bool]:
     """The distilled (float) student for `p`, trained now or reused: a later trial that differs only in
-    post-training parameters (sparsity, bits) gets the earlier trial's student without training.
+    post-training parameters (sparsity, bits) gets the earlier trial's student without training. Gradual
+    pruning and QAT happen here, so then sparsity or bits are part of the student.
     A `check` that stops training (`EarlyStopped`) leaves no cache entry behind.
 
     Returns (cache entry holding student.pt and distill.json, hit).
     """
-    outputs = ctx.teacher_outputs
-    job = DistillJob(
-        data_path=ctx.data_path, teacher_path=None if outputs else ctx.teacher.path,
-        teacher_outputs_path=outputs.path if outputs else None,
-        model=_model_cfg(cfg, vocab_size, layers=p.layers, width=p.width, heads=p.heads), steps=cfg.distill.steps,
-        batch_size=cfg.distill.batch_size, warmup=cfg.distill.warmup, lr=p.lr, optimizer=p.optimizer,
-        seed=cfg.seed, weights=LossWeights(temperature=p.temperature, lam=p.lam, beta=p.beta),
-        val_tokens=cfg.distill.val_tokens, threads=max(1, int(cfg.resources.cpus_per_worker)),
-    )
-    # Everything that determines the student: what it learns from (the teacher, or its cached outputs; both
-    # keys cover the data), the job, the world size. Not where it runs: both launchers train alike.
-    recipe = {k: v for k, v in dataclasses.asdict(job).items()
-              if k not in ("data_path", "teacher_path", "teacher_outputs_path", "threads")}
-    source = outputs.key if outputs else ctx.teacher.key
-    key = cache.content_key("student", source, recipe, cfg.resources.num_workers)
+    gradual = None
+    if cfg.pipeline.gradual_pruning:
+        gradual = {**dataclasses.asdict(cfg.pipeline.prune), "sparsity": p.sparsity}
+        gradual.pop("recovery_steps")
+    model = _model_cfg(cfg, vocab_size, layers=p.layers, width=p.width, heads=p.heads)
+    job = _job(cfg, p, ctx, model, steps=cfg.distill.steps, warmup=cfg.distill.warmup, gradual=gradual)
+    source = ctx.teacher_outputs.key if ctx.teacher_outputs else ctx.teacher.key
+    key = _job_key("student", source, job, cfg)
 
     def build(tmp: Path) -> None:
         result = _train(cfg, job, name=f"distill-{trial_id}", cpus_per_worker=cfg.resources.cpus_per_worker,
@@ -247,20 +290,48 @@ def distill_student(
     return cache.get_or_build(cfg.storage_path / "students", key, build)
 
 
+def recover_student(
+    cfg: SweepConfig, p: TrialParams, ctx: TrialContext, pruned: PruneResult, source: str, *, trial_id: str
+) -> tuple[PruneResult, bool]:
+    """Recovery fine-tuning after one-shot pruning: `prune.recovery_steps` of distillation from the pruned
+    model, pruned weights held at zero (structured: the smaller shape kept). Cached like students, keyed
+    by the model it starts from (`source`: the student's or teacher's key, the prune method, sparsity)."""
+    method = cfg.pipeline.prune
+    assert isinstance(pruned.model, GPT) and method is not None
+    steps = method.recovery_steps
+    model_cfg = dataclasses.asdict(pruned.model.cfg)
+    probe = _job(cfg, p, ctx, model_cfg, steps=steps, warmup=min(cfg.distill.warmup, steps // 10))
+    start = {"method": method.method, **dataclasses.asdict(method), "sparsity": p.sparsity}
+    key = _job_key("recovered", source, probe, cfg, start)
+
+    def build(tmp: Path) -> None:
+        _save(tmp / "pruned.pt", pruned.model, pruned.masks)
+        job = dataclasses.replace(probe, init_path=str(tmp / "pruned.pt"))
+        result = _train(cfg, job, name=f"recover-{trial_id}", cpus_per_worker=cfg.resources.cpus_per_worker,
+                        in_process=cfg.distill_in_trial)
+        (tmp / "pruned.pt").unlink()
+        torch.save({"config": model_cfg, "state_dict": result.state_dict, "masks": pruned.masks}, tmp / "student.pt")
+        info = {"train_seconds": result.train_seconds, "val_accuracy": result.val_accuracy, "val_loss": result.val_loss}
+        (tmp / "distill.json").write_text(json.dumps(info))
+
+    entry, hit = cache.get_or_build(cfg.storage_path / "students", key, build)
+    model, masks = load_checkpoint(entry / "student.pt")
+    return PruneResult(model.train(False), masks), hit
+
+
 def premeasure(cfg: SweepConfig, p: TrialParams, data: CharData, teacher: nn.Module, workdir: Path) -> dict[str, float]:
     """Size and latency of `p`'s compressed student before it is trained: they depend on its shape,
     sparsity and bits, not on its weights, so an untrained student of that shape, pruned, quantized and
     exported the same way, measures them (size to within the choice between mask and index encodings)."""
     torch.manual_seed(cfg.seed)
     model = build_model(len(data.vocab), cfg.task.context, layers=p.layers, width=p.width, heads=p.heads)
-    masks = prune_(model, p.sparsity)
-    quantized = quantize_(model, p.bits, masks)
-    size = export(model, workdir / "untrained.orc", bits=p.bits, masks=masks, quantized=quantized, meta={"vocab": data.vocab})
+    c = compress(model, cfg.pipeline, sparsity=p.sparsity, bits=p.bits, group_size=p.group_size,
+                 artifact=workdir / "untrained.orc", meta={"vocab": data.vocab})
     example = data.test[: cfg.task.context].long()[None]
     m = cfg.measure
-    lat = measure_latency(model, example, threads=m.threads, warmup=m.warmup, repeats=m.repeats, reference=teacher)
+    lat = measure_latency(c.model, example, threads=m.threads, warmup=m.warmup, repeats=m.repeats, reference=teacher)
     (workdir / "untrained.orc").unlink()
-    return {"pre_size_mb": size / 1e6, "pre_latency_ms": lat.p50_ms}
+    return {"pre_size_mb": c.size_bytes / 1e6, "pre_latency_ms": lat.p50_ms}
 
 
 def _early_stop_check(cfg: SweepConfig, ctx: TrialContext, pre: dict[str, float], report: Callable[[dict], None] | None) -> Check:
@@ -307,49 +378,50 @@ def run_pipeline(
         check = _early_stop_check(cfg, ctx, pre, report)
 
     t = time.perf_counter()
-    try:
-        entry, hit = distill_student(cfg, p, ctx, len(data.vocab), trial_id=trial_id, check=check)
-    except EarlyStopped as stop:
-        timings["time_distill_s"] = time.perf_counter() - t
-        return {
-            "early_stopped": 1.0, "stop_reason": stop.reason, "stopped_at_step": stop.step,
-            "val_accuracy": stop.val_accuracy, **pre, **common, "cache_hit_distill": 0.0, **timings,
-            "time_stages_s": sum(timings.values()),
-        }
-    distilled = json.loads((entry / "distill.json").read_text())
-    timings["time_distill_s"] = 0.0 if hit else distilled["train_seconds"]
-    timings["time_distill_fit_s"] = time.perf_counter() - t  # includes Ray Train worker start-up
+    if cfg.pipeline.distill:
+        try:
+            entry, hit = distill_student(cfg, p, ctx, len(data.vocab), trial_id=trial_id, check=check)
+        except EarlyStopped as stop:
+            timings["time_distill_s"] = time.perf_counter() - t
+            return {
+                "early_stopped": 1.0, "stop_reason": stop.reason, "stopped_at_step": stop.step,
+                "val_accuracy": stop.val_accuracy, **pre, **common, "cache_hit_distill": 0.0, **timings,
+                "time_stages_s": sum(timings.values()),
+            }
+        distilled = json.loads((entry / "distill.json").read_text())
+        timings["time_distill_s"] = 0.0 if hit else distilled["train_seconds"]
+        timings["time_distill_fit_s"] = time.perf_counter() - t  # includes Ray Train worker start-up
+        student, _ = load_checkpoint(entry / "student.pt")
+        source = entry.name
+        common.update(val_accuracy=distilled["val_accuracy"], val_loss=distilled["val_loss"], cache_hit_distill=float(hit))
+    else:  # the pipeline compresses the teacher itself
+        student, source = load_teacher(ctx.teacher.path).requires_grad_(True), ctx.teacher.key
 
-    student = build_model(len(data.vocab), cfg.task.context, layers=p.layers, width=p.width, heads=p.heads)
-    student.load_state_dict(torch.load(entry / "student.pt", weights_only=True)["state_dict"])
+    def recover(pruned: PruneResult) -> PruneResult:
+        result, hit = recover_student(cfg, p, ctx, pruned, source, trial_id=trial_id)
+        common["cache_hit_recover"] = float(hit)
+        return result
 
-    t = time.perf_counter()
-    masks = prune_(student, p.sparsity)
-    timings["time_prune_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    quantized = quantize_(student, p.bits, masks)
-    timings["time_quantize_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
     artifact = workdir / ARTIFACT
-    size = export(student, artifact, bits=p.bits, masks=masks, quantized=quantized, meta={"vocab": data.vocab})
-    timings["time_export_s"] = time.perf_counter() - t
+    c: Compressed = compress(
+        student.eval(), cfg.pipeline, sparsity=p.sparsity, bits=p.bits, group_size=p.group_size, artifact=artifact,
+        meta={"vocab": data.vocab}, recover=recover, timings=timings,
+    )
 
     t = time.perf_counter()
-    metrics = measure_model(student, size, data, cfg, reference=teacher)
+    metrics = measure_model(c.model, c.size_bytes, data, cfg, reference=teacher, counts=(c.params, c.nonzero_params))
     timings["time_measure_s"] = time.perf_counter() - t
+    metrics["sparsity_measured"] = c.sparsity
+    metrics["int8_layers"] = float(len(c.int8_layers))
 
     metrics.update(
-        compression_ratio=ctx.teacher.size_bytes / size,
+        compression_ratio=ctx.teacher.size_bytes / c.size_bytes,
         accuracy_retained=metrics["accuracy"] / ctx.teacher.accuracy,
-        val_accuracy=distilled["val_accuracy"],
-        val_loss=distilled["val_loss"],
-        cache_hit_distill=float(hit),
         **common,
         **pre,
         **timings,
     )
+    # stage time: the recovery's training loop is not split out (its worker start-up is small in-process)
     metrics["time_stages_s"] = sum(v for k, v in timings.items() if k != "time_distill_fit_s")
     return {**metrics, "artifact": str(artifact)}
 

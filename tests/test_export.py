@@ -1,4 +1,7 @@
+import dataclasses
 import itertools
+import json
+import struct
 
 import numpy as np
 import pytest
@@ -6,8 +9,18 @@ import torch
 
 from orchestrator.measure import artifact_bytes
 from orchestrator.stages.export import export, load_artifact, pack_bits, unpack_bits
-from orchestrator.stages.prune import prune_
-from orchestrator.stages.quantize import quantize_
+from orchestrator.config.techniques import (
+    QUANTIZE_METHODS,
+    AffineQuantization,
+    MagnitudePruning,
+    Pipeline,
+    SemiStructuredPruning,
+    StructuredPruning,
+    SymmetricQuantization,
+)
+from orchestrator.stages.compress import compress
+from orchestrator.stages.prune import prune
+from orchestrator.stages.quantize import QuantSpec, quantize_
 from orchestrator.tasks.gpt import GPT, GPTConfig
 
 CFG = GPTConfig(vocab_size=11, context=8, layers=2, width=16, heads=2)
@@ -25,11 +38,11 @@ def test_eight_3_bit_values_take_three_bytes():
     assert len(pack_bits(np.arange(8, dtype=np.uint8), 3)) == 3
 
 
-def _compressed(bits, sparsity):
+def _compressed(bits, sparsity, scheme="affine"):
     torch.manual_seed(0)
     model = GPT(CFG).eval()
-    masks = prune_(model, sparsity)
-    quantized = quantize_(model, bits, masks)
+    masks = prune(model, MagnitudePruning(), sparsity).masks
+    quantized = quantize_(model, QuantSpec(method=QUANTIZE_METHODS[scheme](), bits=bits, group_size=8), masks)
     return model, masks, quantized
 
 
@@ -60,8 +73,69 @@ def test_size_shrinks_with_bits_and_sparsity(tmp_path):
     assert sizes[32, 0.0] > 4 * n  # every float32 value is stored, plus the manifest
 
 
+def test_very_sparse_weights_are_stored_by_index_and_that_is_smaller(tmp_path):
+    dense_mask, sparse_mask = _compressed(32, 0.5)[1], _compressed(32, 0.97)[1]
+    model, masks, _ = _compressed(32, 0.97)
+    path = tmp_path / "s.orc"
+    export(model, path, bits=32, masks=masks)
+    manifest = json.loads(path.read_bytes()[12 : 12 + struct.unpack_from("<I", path.read_bytes(), 8)[0]])
+    big = [e for e in manifest["tensors"] if e["name"] == "head.weight"][0]
+    assert "index" in big and "mask" not in big  # 3% kept: 2-byte indices beat a 1-bit-per-weight mask
+    kept = int(masks["head.weight"].sum())
+    assert big["index"][1] == 2 * kept < -(-masks["head.weight"].numel() // 8)
+    half = _compressed(32, 0.5)
+    export(half[0], tmp_path / "h.orc", bits=32, masks=half[1])
+    loaded, _ = load_artifact(path)
+    assert torch.equal(loaded.head.weight, model.head.weight)
+    assert dense_mask and sparse_mask
+
+
+PIPELINES = {
+    "magnitude": MagnitudePruning(),
+    "layer": MagnitudePruning(scope="layer"),
+    "2:4": SemiStructuredPruning(),
+    "structured": StructuredPruning(target="both"),
+    None: None,
+}
+QUANTS = {
+    "affine-channel": AffineQuantization(),
+    "symmetric-channel": SymmetricQuantization(),
+    "affine-tensor": AffineQuantization(granularity="tensor"),
+    "symmetric-group": SymmetricQuantization(granularity="group"),
+    "affine-group-dequantized": AffineQuantization(granularity="group", kernel="dequantized"),
+    None: None,
+}
+
+
+@pytest.mark.parametrize("prune_name,quant_name,bits", [
+    (p, q, b) for p in PIPELINES for q in QUANTS for b in ([3, 8] if q else [32])
+])
+def test_every_technique_and_combination_reloads_bit_exact(tmp_path, prune_name, quant_name, bits):
+    torch.manual_seed(0)
+    model = GPT(dataclasses.replace(CFG, width=32, heads=4)).eval()
+    pipeline = Pipeline(prune=PIPELINES[prune_name], quantize=QUANTS[quant_name])
+    c = compress(model, pipeline, sparsity=0.5, bits=bits, group_size=8, artifact=tmp_path / "m.orc", meta={})
+    loaded, _ = load_artifact(tmp_path / "m.orc")
+    assert c.size_bytes == artifact_bytes(tmp_path / "m.orc")
+    assert [type(m).__name__ for m in loaded.modules()] == [type(m).__name__ for m in c.model.modules()]
+    x = torch.randint(11, (1, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(c.model(x)[0], loaded(x)[0])
+    if quant_name == "symmetric-channel" and bits == 8:
+        assert len(c.int8_layers) == 2 * 4 + 1  # every Linear: qkv, proj, fc, fc_out per block, and the head
+    else:
+        assert c.int8_layers == []
+
+
 def test_not_an_artifact_is_refused(tmp_path):
     bad = tmp_path / "x.orc"
     bad.write_bytes(b"hello world")
     with pytest.raises(ValueError, match="not an orchestrator packed artifact"):
         load_artifact(bad)
+
+
+def test_an_older_format_is_refused_with_the_fix(tmp_path):
+    old = tmp_path / "old.orc"
+    old.write_bytes(b"ORCHPK01" + bytes(8))
+    with pytest.raises(ValueError, match="older orchestrator format"):
+        load_artifact(old)

@@ -1,37 +1,89 @@
+import itertools
+
 import pytest
 import torch
+from torch import nn
 
-from orchestrator.stages.quantize import dequantize, quantize_, quantize_minmax, quantizable_weights
+from orchestrator.config.techniques import AffineQuantization, SymmetricQuantization
+from orchestrator.stages.quantize import (
+    Int8Linear,
+    QuantSpec,
+    add_fake_quant,
+    dequantize,
+    fake_quantize,
+    int8_layers,
+    quantizable_weights,
+    quantize_,
+    quantize_tensor,
+    remove_fake_quant,
+    to_int8_kernels,
+)
 from orchestrator.tasks.gpt import GPT, GPTConfig
 
+SCHEMES = {"affine": AffineQuantization, "symmetric": SymmetricQuantization}
 
-def test_8_bit_matches_torch_fake_quantize_per_channel_affine():
-    w = torch.randn(12, 40, generator=torch.Generator().manual_seed(0))
-    qt = quantize_minmax(w, 8)
-    lo, hi = w.amin(1), w.amax(1)
+
+def spec(bits, scheme="affine", granularity="channel", group_size=16, **kw):
+    return QuantSpec(method=SCHEMES[scheme](granularity=granularity, **kw), bits=bits, group_size=group_size)
+
+
+def _w(rows=12, cols=40, seed=0):
+    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
+
+
+def test_8_bit_affine_per_channel_matches_torch_fake_quantize_per_channel_affine():
+    w = _w()
+    lo, hi = w.amin(1).clamp(max=0), w.amax(1).clamp(min=0)  # the range, widened to hold 0
     scale = (hi - lo) / 255
-    zero_point = -lo / scale  # a float zero point puts torch's grid on min + k·scale, as in DESIGN.md
+    zero_point = torch.round(-lo / scale).int()
     ref = torch.fake_quantize_per_channel_affine(w, scale, zero_point, 0, 0, 255)
-    torch.testing.assert_close(dequantize(qt), ref, atol=1e-5, rtol=0)
+    assert torch.equal(dequantize(quantize_tensor(w, spec(8))), ref)
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7])
-def test_each_value_lands_on_its_nearest_level(bits):
-    w = torch.randn(6, 50, generator=torch.Generator().manual_seed(bits))
-    got = dequantize(quantize_minmax(w, bits))
-    lo, hi = w.amin(1, keepdim=True), w.amax(1, keepdim=True)
-    levels = lo + torch.arange(2**bits) * (hi - lo) / (2**bits - 1)  # (rows, 2^b): brute force
-    nearest = levels.gather(1, (w[:, :, None] - levels[:, None, :]).abs().argmin(-1))
-    torch.testing.assert_close(got, nearest, atol=1e-6, rtol=0)
-    assert all(len(torch.unique(row)) <= 2**bits for row in got)
-    # the ends of each row are representable exactly
-    torch.testing.assert_close(got.amin(1), w.amin(1))
-    torch.testing.assert_close(got.amax(1), w.amax(1))
+def test_8_bit_symmetric_per_tensor_matches_torch_fake_quantize_per_tensor_affine():
+    w = _w(seed=1)
+    scale = float(w.abs().max() / 127)
+    ref = torch.fake_quantize_per_tensor_affine(w, scale, 128, 0, 255)
+    assert torch.equal(dequantize(quantize_tensor(w, spec(8, "symmetric", "tensor"))), ref)
 
 
-def test_constant_row_is_kept_exactly():
-    w = torch.full((2, 5), 0.3)
-    torch.testing.assert_close(dequantize(quantize_minmax(w, 3)), w)
+def _levels(w, qs):
+    """Brute force: every value each weight's group can take, (rows, cols, 2^b)."""
+    qt = quantize_tensor(w, qs)
+    rows, cols = w.shape
+    g = {"tensor": rows * cols, "channel": cols, "group": qt.group_size}[qt.granularity]
+    # the group of each element, by index arithmetic independent of the quantizer's reshapes
+    if qt.granularity == "tensor":
+        scale, zp = qt.scale.expand(rows, cols), qt.zero_point.expand(rows, cols)
+    else:
+        col_group = torch.arange(cols) // g
+        scale, zp = qt.scale[:, col_group], qt.zero_point[:, col_group]
+    q = torch.arange(2**qs.bits)
+    return (q - zp[..., None].float()) * scale[..., None], qt
+
+
+@pytest.mark.parametrize("bits,scheme,granularity", list(itertools.product(
+    [2, 3, 4, 5, 6, 7], ["affine", "symmetric"], ["tensor", "channel", "group"])))
+def test_each_value_lands_on_its_nearest_level(bits, scheme, granularity):
+    w = _w(6, 50, seed=bits)  # 50 columns: groups of 16 leave a ragged last group of 2
+    qs = spec(bits, scheme, granularity)
+    levels, qt = _levels(w, qs)
+    got = dequantize(qt)
+    nearest_gap = (w[..., None] - levels).abs().min(-1).values
+    assert torch.all((got - w).abs() <= nearest_gap + 1e-6)
+    assert torch.all((got[..., None] - levels).abs().min(-1).values <= 1e-6)  # on a level
+    zero = torch.zeros(3, 50)
+    assert torch.equal(dequantize(quantize_tensor(zero, qs)), zero)
+
+
+def test_group_granularity_has_one_scale_per_group_and_beats_per_channel():
+    w = _w(8, 64, seed=3)
+    w[:, :8] *= 20  # an outlier block hurts only its own group
+    qt = quantize_tensor(w, spec(4, granularity="group", group_size=16))
+    assert qt.scale.shape == (8, 4)
+    err_group = (dequantize(qt) - w).pow(2).mean()
+    err_channel = (dequantize(quantize_tensor(w, spec(4))) - w).pow(2).mean()
+    assert err_group < err_channel
 
 
 def test_quantize_keeps_pruned_entries_zero_and_skips_16_and_32_bits():
@@ -41,16 +93,62 @@ def test_quantize_keeps_pruned_entries_zero_and_skips_16_and_32_bits():
     mask = torch.rand_like(model.blocks[0].fc.weight) > 0.5
     with torch.no_grad():
         model.blocks[0].fc.weight.mul_(mask)
-    q = quantize_(model, 3, {name: mask})
+    q = quantize_(model, spec(3), {name: mask})
     assert set(q) == set(quantizable_weights(model))
     assert torch.all(model.blocks[0].fc.weight[~mask] == 0)
     before = model.blocks[0].fc.weight.clone()
-    assert quantize_(model, 32) == {}
+    assert quantize_(model, spec(32)) == {}
     assert torch.equal(model.blocks[0].fc.weight, before)
-    assert quantize_(model, 16) == {}
+    assert quantize_(model, spec(16)) == {}
     assert model.blocks[0].fc.weight.dtype == torch.float32
+    assert set(quantize_(model, spec(4, embeddings=False))) == {n for n in q if not n.startswith(("tok", "pos"))}
 
 
 def test_bits_outside_2_to_8_are_refused():
     with pytest.raises(ValueError, match="bits"):
-        quantize_minmax(torch.randn(2, 2), 9)
+        quantize_tensor(torch.randn(2, 2), spec(9))
+
+
+def test_fake_quantize_is_the_quantizer_forward_and_identity_backward():
+    w = _w(4, 16).requires_grad_()
+    qs = spec(3, "symmetric")
+    out = fake_quantize(w, qs)
+    assert torch.equal(out.detach(), dequantize(quantize_tensor(w, qs)))
+    out.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_qat_gradients_reach_the_latent_weights_and_ptq_reproduces_the_last_forward():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=9, context=4, layers=1, width=8, heads=2))
+    qs = spec(4, granularity="group", group_size=4)
+    add_fake_quant(model, qs)
+    x = torch.randint(9, (2, 4))
+    logits = model(x)[0]
+    logits.sum().backward()
+    latent = model.blocks[0].fc.parametrizations.weight.original
+    assert latent.grad is not None and latent.grad.abs().sum() > 0
+    remove_fake_quant(model)
+    assert not any("parametrizations" in k for k in model.state_dict())
+    quantize_(model, qs)
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], logits.detach())
+
+
+def test_int8_kernels_run_the_stored_levels():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=9, context=8, layers=1, width=16, heads=2)).eval()
+    quantized = quantize_(model, spec(8, "symmetric"))
+    layers = int8_layers(model, quantized)
+    assert set(layers) == {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    assert int8_layers(model, quantize_(GPT(model.cfg), spec(8))) == []  # affine: no int8 kernel
+    assert int8_layers(model, quantize_(GPT(model.cfg), spec(4, "symmetric"))) == []
+    x = torch.randint(9, (1, 8))
+    with torch.no_grad():
+        before = model(x)[0]
+        to_int8_kernels(model, quantized, layers)
+        after = model(x)[0]
+    assert isinstance(model.blocks[0].fc, Int8Linear)
+    w = model.blocks[0].fc.inner.weight()
+    assert torch.equal(w.dequantize(), dequantize(quantized["blocks.0.fc.weight"]))
+    assert (after - before).abs().max() < 0.05 * before.abs().max()  # activations quantized per batch

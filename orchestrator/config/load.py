@@ -36,6 +36,7 @@ from orchestrator.config.schema import (
     TaskConfig,
     TeacherConfig,
 )
+from orchestrator.config.techniques import PRUNE_METHODS, QUANTIZE_METHODS, STAGES, MagnitudePruning, Pipeline, SemiStructuredPruning
 
 
 
@@ -172,20 +173,133 @@ def _build_sweep(raw: dict[str, Any], source: str) -> SweepConfig:
     params_raw = raw.pop("params", None) or {}
     points_raw = raw.pop("initial_points", None) or []
     options_raw = raw.pop("sampler_options", None) or {}
+    pipeline = _build_pipeline(raw.pop("pipeline", None), source)
     kwargs: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
-        section = raw.pop(name, None)
-        kwargs[name] = _build(cls, section or {}, source, f"{name}.")
-    top = _build(SweepConfig, raw, source, "", exclude=set(_SECTIONS) | {"params", "initial_points", "sampler_options"})
+        section = raw.pop(name, None) or {}
+        if name == "distill" and isinstance(section, dict) and "layer_map" in section:
+            section = dict(section)
+            kwargs["layer_map"] = _build_layer_map(section.pop("layer_map"), source)
+        kwargs[name] = _build(cls, section, source, f"{name}.")
+    if "layer_map" in kwargs:
+        kwargs["distill"] = dataclasses.replace(kwargs["distill"], layer_map=kwargs.pop("layer_map"))
+    top = _build(SweepConfig, raw, source, "",
+                 exclude=set(_SECTIONS) | {"params", "initial_points", "sampler_options", "pipeline"})
     if not isinstance(options_raw, dict):
         raise ConfigError(f"{source}: `sampler_options` must be a mapping of Optuna sampler arguments, got {options_raw!r}")
     if not isinstance(params_raw, dict):
         raise ConfigError(f"{source}: `params` must be a mapping of parameter names to values or ranges, got {params_raw!r}")
     params = _build_params(params_raw, source)
     points = _build_points(points_raw, params, source)
-    cfg = dataclasses.replace(top, params=params, initial_points=points, sampler_options=options_raw, **kwargs)
+    cfg = dataclasses.replace(top, params=params, initial_points=points, sampler_options=options_raw,
+                              pipeline=pipeline, **kwargs)
     _cross_checks(cfg, source)
+    _check_pipeline(cfg, set(params_raw), source)
     return cfg
+
+
+_PIPELINE_EXAMPLE = "e.g. [distill, {prune: {method: magnitude}}, {quantize: {method: affine}}]"
+
+
+def _build_pipeline(raw: Any, source: str) -> Pipeline:
+    """`pipeline`: a list of stage names or one-key mappings {stage: {method: ..., options}}, in order."""
+    if raw is None:
+        return Pipeline()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: `pipeline` must be a list of stages, {_PIPELINE_EXAMPLE}; got {raw!r}")
+    stages: dict[str, Any] = {"distill": False, "prune": None, "quantize": None}
+    seen: list[str] = []
+    for i, item in enumerate(raw):
+        where = f"pipeline[{i}]"
+        if isinstance(item, str):
+            name, options = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            name, options = next(iter(item.items()))
+            options = {} if options is None else options
+        else:
+            raise ConfigError(f"{source}: `{where}` must be a stage name or a one-key mapping {{stage: {{options}}}}, got {item!r}")
+        if name not in STAGES:
+            raise ConfigError(f"{source}: `{where}` names stage {name!r}; the stages are {', '.join(STAGES)}")
+        if name in seen:
+            raise ConfigError(f"{source}: `{where}` lists stage {name} a second time; list each stage once")
+        if seen and STAGES.index(name) < STAGES.index(seen[-1]):
+            raise ConfigError(
+                f"{source}: `{where}` puts {name} after {seen[-1]}; stages run in the order {', '.join(STAGES)} "
+                "(QAT and gradual pruning run during distillation: set their `mode`/`schedule`)"
+            )
+        seen.append(name)
+        if not isinstance(options, dict):
+            raise ConfigError(f"{source}: `{where}.{name}` must be a mapping of options, got {options!r}")
+        if name == "distill":
+            if options:
+                raise ConfigError(f"{source}: `{where}.distill` takes no options here; set them in the `distill:` section")
+            stages["distill"] = True
+            continue
+        table = PRUNE_METHODS if name == "prune" else QUANTIZE_METHODS
+        options = dict(options)
+        method = options.pop("method", "magnitude" if name == "prune" else "affine")
+        if method not in table:
+            raise ConfigError(f"{source}: `{where}.{name}.method` must be one of {', '.join(table)}, got {method!r}")
+        stages[name] = _build(table[method], options, source, f"{where}.{name}.")
+    return Pipeline(**stages)
+
+
+def _build_layer_map(raw: Any, source: str) -> tuple[tuple[int, int], ...] | None:
+    if raw is None:
+        return None
+    ok = isinstance(raw, list) and raw and all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in p)
+        for p in raw
+    )
+    if not ok:
+        raise ConfigError(f"{source}: `distill.layer_map` must be a list of [student layer, teacher layer] pairs of "
+                          f"0-based integers, e.g. [[0, 1], [1, 3]], got {raw!r}")
+    return tuple((a, b) for a, b in raw)
+
+
+def _check_pipeline(cfg: SweepConfig, given: set[str], source: str) -> None:
+    """Searched parameters must matter to the pipeline, and each technique must have what it needs."""
+    pipe = cfg.pipeline
+    where = "`pipeline`"
+    if not pipe.distill:
+        for name in ("layers", "width", "heads"):
+            if name in given:
+                raise ConfigError(
+                    f"{source}: `params.{name}` shapes a student, but {where} has no distill stage, so the model "
+                    "compressed is the teacher (`teacher.*`); remove the param or add distill to the pipeline"
+                )
+        if pipe.qat or pipe.gradual_pruning:
+            what = "quantize mode qat" if pipe.qat else "prune schedule gradual"
+            raise ConfigError(f"{source}: {where}: {what} runs during distillation, and there is no distill stage; add it or go one-shot")
+        if cfg.early_stopping.enabled:
+            raise ConfigError(f"{source}: `early_stopping.enabled` stops distillation, and {where} has no distill stage; disable it")
+    if "sparsity" in given:
+        if pipe.prune is None:
+            raise ConfigError(f"{source}: `params.sparsity` is searched but {where} has no prune stage; remove it or add prune")
+        if isinstance(pipe.prune, SemiStructuredPruning):
+            raise ConfigError(
+                f"{source}: `params.sparsity` is not used by prune method nm: its {pipe.prune.n}:{pipe.prune.m} "
+                "pattern fixes the sparsity; remove the param"
+            )
+    if "bits" in given and pipe.quantize is None:
+        raise ConfigError(f"{source}: `params.bits` is searched but {where} has no quantize stage; remove it or add quantize")
+    if "group_size" in given and (pipe.quantize is None or pipe.quantize.granularity != "group"):
+        raise ConfigError(f"{source}: `params.group_size` applies to quantize granularity group only; set it there or remove the param")
+    if isinstance(pipe.prune, MagnitudePruning) and pipe.prune.end <= pipe.prune.start:
+        raise ConfigError(f"{source}: `prune.end` ({pipe.prune.end}) must be greater than `prune.start` ({pipe.prune.start})")
+    if pipe.gradual_pruning and pipe.prune.recovery_steps:
+        raise ConfigError(f"{source}: `prune.recovery_steps` follows one-shot pruning; gradual pruning recovers as it trains: set it to 0")
+    if isinstance(pipe.prune, SemiStructuredPruning) and pipe.prune.n >= pipe.prune.m:
+        raise ConfigError(f"{source}: prune method nm needs n < m, got {pipe.prune.n}:{pipe.prune.m}")
+    if cfg.distill.layer_map is not None:
+        layers = param_values(cfg.params["layers"]) or [1]
+        for s_layer, t_layer in cfg.distill.layer_map:
+            if t_layer >= cfg.teacher.layers:
+                raise ConfigError(f"{source}: `distill.layer_map` pairs teacher layer {t_layer}, but the teacher has "
+                                  f"{cfg.teacher.layers} (0..{cfg.teacher.layers - 1})")
+            if s_layer >= min(layers):
+                raise ConfigError(f"{source}: `distill.layer_map` pairs student layer {s_layer}, but `params.layers` can be "
+                                  f"{min(layers)} (layers 0..{min(layers) - 1}); use lower indices")
 
 
 def _build(cls: type, raw: Any, source: str, prefix: str, exclude: Iterable[str] = ()) -> Any:

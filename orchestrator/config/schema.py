@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from orchestrator.config.techniques import Pipeline
+
 
 class ConfigError(ValueError):
     """Bad user input: the message is one line naming the source, the key, the value and the fix."""
@@ -66,6 +68,8 @@ _RULES: dict[str, _Rule] = {
     "bits": _Rule(int, lambda v: v in _BITS, "one of 2..8, 16 or 32", 32),
     "optimizer": _Rule(str, lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}", "adamw"),
     "lr": _Rule(float, lambda v: v > 0, "a number > 0", 1e-3),
+    "weight_decay": _Rule(float, lambda v: v >= 0, "a number >= 0", 0.0),
+    "group_size": _Rule(int, lambda v: v >= 2, "an integer >= 2", 64),  # quantization groups (granularity group)
 }
 PARAM_NAMES = tuple(_RULES)
 
@@ -107,6 +111,8 @@ class DistillConfig:
     teacher_outputs: Literal["cached", "live"] = "cached"  # cached: the teacher runs once per sweep over a pool of training windows; live: every step
     cache_blocks: int = _check(lambda v: v >= 1, "an integer >= 1", 2048)  # windows in that pool (students sample batches from it)
     top_k: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # keep the teacher's k largest logits per position (null: all; for large vocabularies)
+    layer_map: tuple[tuple[int, int], ...] | None = None  # hidden-state term's [student layer, teacher layer] pairs (0-based; null: evenly spaced, last meets last)
+    temperature_end: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)  # anneal T linearly from `params.temperature` to this over the steps (null: constant)
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,7 @@ class SweepConfig:
     constraints: ConstraintsConfig = ConstraintsConfig()
     reference_point: ReferencePointConfig = ReferencePointConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    pipeline: Pipeline = Pipeline()  # stages each trial runs: distill, prune, quantize (any can be absent) and their methods
     params: Mapping[str, ParamSpec] = field(default_factory=dict)  # every name in PARAM_NAMES, filled by defaults
     initial_points: tuple[Mapping[str, Any], ...] = ()  # configs to evaluate first (e.g. a known baseline), then the sampler takes over
 
@@ -200,7 +207,10 @@ class SweepConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-able dict that `load_config` turns back into an equal config."""
-        out = dataclasses.asdict(dataclasses.replace(self, params={}, initial_points=(), sampler_options={}))
+        out = dataclasses.asdict(dataclasses.replace(self, params={}, initial_points=(), sampler_options={}, pipeline=Pipeline()))
+        out["pipeline"] = self.pipeline.to_raw()
+        if self.distill.layer_map is not None:
+            out["distill"]["layer_map"] = [list(pair) for pair in self.distill.layer_map]
         out["sampler_options"] = dict(self.sampler_options)
         out["params"] = {name: _spec_to_raw(spec) for name, spec in self.params.items()}
         out["initial_points"] = [dict(point) for point in self.initial_points]

@@ -21,10 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from orchestrator.config.techniques import QUANTIZE_METHODS, MagnitudePruning
 from orchestrator.losses import HiddenProjection, LossWeights, distillation_loss, hard_loss, layer_map
 from orchestrator.measure import score_lm
+from orchestrator.stages.prune import GradualPruner, apply_masks_
+from orchestrator.stages.quantize import QuantSpec, add_fake_quant, remove_fake_quant
 from orchestrator.stages.teacher_outputs import TeacherOutputs
-from orchestrator.tasks.char_lm import CharData, build_model, sample_batch
+from orchestrator.tasks.char_lm import CharData, sample_batch
 from orchestrator.tasks.gpt import GPT, GPTConfig
 
 
@@ -46,6 +49,20 @@ class DistillJob:
     weights: LossWeights | None  # None with no teacher
     val_tokens: int  # validation positions scored at the end (never test)
     threads: int  # torch threads per worker
+    weight_decay: float = 0.0
+    temperature_end: float | None = None  # anneal T linearly from weights.temperature to this (None: constant)
+    layer_map: tuple[tuple[int, int], ...] | None = None  # hidden-state pairs (None: evenly spaced)
+    init_path: str | None = None  # start from this checkpoint (config, state_dict[, masks held at zero]): recovery fine-tuning
+    gradual: dict[str, Any] | None = None  # gradual magnitude pruning: MagnitudePruning's fields plus `sparsity`
+    qat: dict[str, Any] | None = None  # fake quantization: the quantize method's fields plus `method`, `bits`, `group_size`
+
+
+def qat_spec(qat: dict[str, Any]) -> QuantSpec:
+    """The `QuantSpec` a `DistillJob.qat` dict describes (the form that survives Ray Train's config)."""
+    options = dict(qat)
+    method = QUANTIZE_METHODS[options.pop("method")]
+    bits, group_size = options.pop("bits"), options.pop("group_size")
+    return QuantSpec(method=method(**options), bits=bits, group_size=group_size)
 
 
 @dataclass(frozen=True)
@@ -57,17 +74,17 @@ class DistillResult:
     val_loss: float  # validation cross-entropy, nats per symbol
 
 
-def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr)
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr)
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -147,7 +164,21 @@ def fit(
     cfg = GPTConfig(**job.model)
 
     torch.manual_seed(job.seed)  # same init on every rank (DDP also broadcasts rank 0's)
-    student = build_model(cfg.vocab_size, cfg.context, layers=cfg.layers, width=cfg.width, heads=cfg.heads)
+    student = GPT(cfg)
+    held: dict[str, torch.Tensor] = {}  # keep-masks held through training (recovery after one-shot pruning)
+    if job.init_path:
+        blob = torch.load(job.init_path, map_location="cpu", weights_only=True)
+        if blob["config"] != job.model:
+            raise ValueError(f"init checkpoint {job.init_path} holds a {blob['config']} model, the job trains {job.model}")
+        student.load_state_dict(blob["state_dict"])
+        held = blob.get("masks", {})
+    if job.qat is not None:
+        add_fake_quant(student, qat_spec(job.qat))
+    pruner = None
+    if job.gradual is not None:
+        options = dict(job.gradual)
+        sparsity = options.pop("sparsity")
+        pruner = GradualPruner(student, MagnitudePruning(**options), sparsity, job.steps)
     if job.teacher_path and job.teacher_outputs_path:
         raise ValueError("a DistillJob takes a live teacher or cached teacher outputs, not both")
     teacher = load_teacher(job.teacher_path, device) if job.teacher_path else None
@@ -162,10 +193,10 @@ def fit(
             t_layers, t_width = cached.teacher_layers, cached.hidden.shape[-1]
         else:
             raise ValueError("beta > 0 needs teacher hidden states, and these cached teacher outputs hold none")
-        pairs = layer_map(cfg.layers, t_layers)
+        pairs = list(job.layer_map) if job.layer_map else layer_map(cfg.layers, t_layers)
         projection = HiddenProjection(pairs, cfg.width, t_width)
     model = session.prepare(_Distillee(student, projection))
-    optimizer = make_optimizer(job.optimizer, model.parameters(), job.lr)
+    optimizer = make_optimizer(job.optimizer, model.parameters(), job.lr, job.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup=job.warmup, steps=job.steps)
     )
@@ -180,18 +211,29 @@ def fit(
         else:
             t_logits, t_indices, t_states = signal
             hidden = projection(states, t_states) if projection is not None else None
-            loss = distillation_loss(logits, t_logits, y, job.weights, hidden=hidden, teacher_indices=t_indices)
+            weights = job.weights
+            if job.temperature_end is not None:
+                progress = (step - 1) / max(1, job.steps - 1)
+                T = weights.temperature + (job.temperature_end - weights.temperature) * progress
+                weights = dataclasses.replace(weights, temperature=T)
+            loss = distillation_loss(logits, t_logits, y, weights, hidden=hidden, teacher_indices=t_indices)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training diverged: loss {loss.item()} at lr {job.lr} (lower `lr`)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
+        if pruner is not None:
+            pruner.after_step(step)
+        elif held:
+            apply_masks_(student, held)
         if check is not None and step % check.every == 0 and step < job.steps:
             check.callback(step, score_lm(student, data.val, context=cfg.context, max_positions=check.val_tokens).accuracy)
             model.train()  # scoring put it in eval mode
 
-    val = score_lm(student, data.val, context=cfg.context, max_positions=job.val_tokens)
+    val = score_lm(student, data.val, context=cfg.context, max_positions=job.val_tokens)  # as it will run (fake-quantized)
+    if job.qat is not None:
+        remove_fake_quant(student)  # the latent weights; the quantize stage applies the same quantizer to them
     metrics = {
         "train_seconds": time.perf_counter() - t0,
         "val_accuracy": val.accuracy,

@@ -4,11 +4,14 @@ Layout: ``MAGIC | u32 manifest length | manifest JSON | blobs``. The manifest ho
 architecture and task metadata (e.g. the vocabulary) and, per tensor, how it is stored:
 
 - ``float32`` / ``float16``: raw little-endian values (16 bits: the `bits = 16` setting);
-- ``quant``: b-bit level indices packed densely (eight 3-bit values in three bytes), plus the per-row
-  float32 minimum and step;
-- any of these with ``mask``: a packed bitmask (1 bit per weight) and values for kept entries only.
+- ``quant``: b-bit level indices packed densely (eight 3-bit values in three bytes), plus a float32
+  scale per group and, for affine quantization, a b-bit zero point per group (symmetric: fixed);
+- any of these, sparse: values for kept entries only, located by a packed bitmask (1 bit per weight) or
+  by their flat indices (uint16/uint32), whichever is smaller.
 
-Reloading applies the same `dequantize` as the in-memory model, so outputs are bit-identical.
+The manifest also lists the Linear layers that run on int8 kernels (`quantize.to_int8_kernels`).
+Reloading applies the same `dequantize` and kernel swap as the in-memory model, so outputs are
+bit-identical.
 """
 
 from __future__ import annotations
@@ -24,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.stages.quantize import QuantizedTensor, dequantize
+from orchestrator.stages.quantize import QuantizedTensor, dequantize, to_int8_kernels, zero_levels
 from orchestrator.tasks.gpt import GPT, GPTConfig
 
-MAGIC = b"ORCHPK01"
-FORMAT = "orchestrator.packed/1"
+MAGIC = b"ORCHPK02"
+FORMAT = "orchestrator.packed/2"
 # architecture name -> (config class, module class); the manifest names one of these.
 ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {"gpt": (GPTConfig, GPT)}
 
@@ -62,6 +65,7 @@ def export(
     masks: dict[str, torch.Tensor] | None = None,
     quantized: dict[str, QuantizedTensor] | None = None,
     meta: dict[str, Any] | None = None,
+    int8_layers: list[str] | None = None,
 ) -> int:
     """Write `model` in packed form to `path` (atomically) and return the file's size in bytes.
 
@@ -71,6 +75,8 @@ def export(
         masks: keep-masks from pruning, by parameter name.
         quantized: integer weights from `quantize_`, by parameter name.
         meta: JSON-able task metadata stored with the model (e.g. ``{"vocab": "..."}``).
+        int8_layers: Linear layers the model runs on int8 kernels (their weights must be in `quantized`).
+            `model` is the float form, before `to_int8_kernels`.
     """
     masks, quantized = masks or {}, quantized or {}
     arch = _architecture_of(model)
@@ -89,26 +95,37 @@ def export(
         t = tensor.detach().cpu()
         entry: dict[str, Any] = {"name": name, "shape": list(t.shape)}
         mask = masks.get(name)
+        kept = slice(None)
         if mask is not None:
-            entry["mask"] = add(np.packbits(mask.numpy().reshape(-1), bitorder="little").tobytes())
+            flat = mask.numpy().reshape(-1)
+            kept = np.flatnonzero(flat)
+            index_dtype = "<u2" if flat.size <= 2**16 else "<u4"
+            bitmask = np.packbits(flat, bitorder="little").tobytes()
+            indices = kept.astype(index_dtype).tobytes()
+            if len(indices) < len(bitmask):
+                entry["index"] = add(indices)
+                entry["index_dtype"] = index_dtype
+            else:
+                entry["mask"] = add(bitmask)
         if name in quantized:
             qt = quantized[name]
-            q = qt.q.numpy().reshape(-1)
-            if mask is not None:
-                q = q[mask.numpy().reshape(-1)]
             entry.update(
                 encoding="quant",
                 bits=qt.bits,
-                values=add(pack_bits(q, qt.bits)),
-                lo=add(qt.lo.numpy().astype("<f4").tobytes()),
-                step=add(qt.step.numpy().astype("<f4").tobytes()),
+                granularity=qt.granularity,
+                group_size=qt.group_size,
+                values=add(pack_bits(qt.q.numpy().reshape(-1)[kept], qt.bits)),
+                scale=add(qt.scale.numpy().astype("<f4").tobytes()),
+                scale_shape=list(qt.scale.shape),
             )
+            if qt.symmetric:
+                entry["zero_point"] = 2 ** (qt.bits - 1)
+            else:
+                entry["zero_points"] = add(pack_bits(qt.zero_point.numpy().reshape(-1), qt.bits))
         else:
             is_matrix = t.dim() == 2
             dtype = "<f2" if bits == 16 and is_matrix else "<f4"
-            values = t.numpy().reshape(-1)
-            if mask is not None:
-                values = values[mask.numpy().reshape(-1)]
+            values = t.numpy().reshape(-1)[kept]
             entry.update(encoding="float16" if dtype == "<f2" else "float32", values=add(values.astype(dtype).tobytes()))
         entries.append(entry)
 
@@ -117,6 +134,7 @@ def export(
         "architecture": arch,
         "config": dataclasses.asdict(model.cfg),
         "meta": meta or {},
+        "int8_layers": list(int8_layers or []),
         "tensors": entries,
     }
     head = json.dumps(manifest, separators=(",", ":")).encode()
@@ -135,7 +153,9 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, An
     """Rebuild the compressed model stored by `export`; returns (model in eval mode, task metadata)."""
     data = Path(path).read_bytes()
     if data[: len(MAGIC)] != MAGIC:
-        raise ValueError(f"{path}: not an orchestrator packed artifact (bad magic bytes)")
+        old = data[: len(MAGIC) - 2] == MAGIC[:-2]
+        raise ValueError(f"{path}: " + ("an artifact of an older orchestrator format; export it again with this version"
+                                         if old else "not an orchestrator packed artifact (bad magic bytes)"))
     (n,) = struct.unpack_from("<I", data, len(MAGIC))
     start = len(MAGIC) + 4
     manifest = json.loads(data[start : start + n])
@@ -146,30 +166,45 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, An
     def blob(ref: list[int]) -> bytes:
         return bytes(blobs[ref[0] : ref[0] + ref[1]])
 
-    state = {}
+    state, quantized = {}, {}
     for e in manifest["tensors"]:
         shape, numel = e["shape"], int(np.prod(e["shape"], dtype=np.int64))
         mask = None
         if "mask" in e:
             bits_ = np.unpackbits(np.frombuffer(blob(e["mask"]), dtype=np.uint8), bitorder="little")[:numel]
             mask = torch.from_numpy(bits_.astype(bool)).view(shape)
+        elif "index" in e:
+            flat = np.zeros(numel, dtype=bool)
+            flat[np.frombuffer(blob(e["index"]), dtype=e["index_dtype"])] = True
+            mask = torch.from_numpy(flat).view(shape)
+        where = mask.numpy().reshape(-1) if mask is not None else slice(None)
         kept = numel if mask is None else int(mask.sum())
         if e["encoding"] == "quant":
-            q_kept = unpack_bits(blob(e["values"]), e["bits"], kept)
+            bits = e["bits"]
             q = np.zeros(numel, dtype=np.uint8)
-            q[mask.numpy().reshape(-1) if mask is not None else slice(None)] = q_kept
+            q[where] = unpack_bits(blob(e["values"]), bits, kept)
+            scale = torch.from_numpy(np.frombuffer(blob(e["scale"]), dtype="<f4").copy()).view(e["scale_shape"])
+            groups = scale.numel()
+            if "zero_points" in e:
+                zp = torch.from_numpy(unpack_bits(blob(e["zero_points"]), bits, groups)).view(e["scale_shape"])
+            else:
+                zp = torch.full(e["scale_shape"], e["zero_point"], dtype=torch.uint8)
             qt = QuantizedTensor(
-                q=torch.from_numpy(q).view(shape),
-                lo=torch.from_numpy(np.frombuffer(blob(e["lo"]), dtype="<f4").copy()),
-                step=torch.from_numpy(np.frombuffer(blob(e["step"]), dtype="<f4").copy()),
-                bits=e["bits"],
+                q=torch.from_numpy(q).view(shape), scale=scale, zero_point=zp, bits=bits,
+                granularity=e["granularity"], group_size=e["group_size"], symmetric="zero_points" not in e,
             )
+            if mask is not None:  # a pruned weight's level is its zero point (what int8 kernels read)
+                qt.q[~mask] = zero_levels(qt)[~mask]
+            quantized[e["name"]] = qt
             state[e["name"]] = dequantize(qt, mask)
         else:
             dtype = "<f2" if e["encoding"] == "float16" else "<f4"
             values = np.frombuffer(blob(e["values"]), dtype=dtype).astype(np.float32)
             full = np.zeros(numel, dtype=np.float32)
-            full[mask.numpy().reshape(-1) if mask is not None else slice(None)] = values
+            full[where] = values
             state[e["name"]] = torch.from_numpy(full).view(shape)
     model.load_state_dict(state)
+    int8 = manifest.get("int8_layers", [])
+    if int8:
+        to_int8_kernels(model, quantized, int8)
     return model.eval(), manifest["meta"]

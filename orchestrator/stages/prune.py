@@ -1,14 +1,71 @@
-"""Global magnitude pruning, unstructured: the mask M in W ⊙ M zeroes the smallest |w| across all layers."""
+"""Pruning: a method is a config class (`config/techniques.py`) plus one handler registered here.
+
+- magnitude: unstructured, the mask M in W ⊙ M zeroes the smallest |w|, over all Linear layers together
+  (global) or in each layer alone; one-shot after distillation, or gradually during it with the cubic
+  schedule of Zhu & Gupta (2017), `GradualPruner`;
+- nm (2:4 by default): the n largest |w| of every m consecutive inputs of a Linear row are kept;
+- structured: MLP neurons and attention heads of least norm are cut out, giving a smaller dense model.
+
+`prune` returns the (possibly new) model and the keep-masks of the mask-based methods.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
+
+from orchestrator.config.techniques import MagnitudePruning, PruneMethod, SemiStructuredPruning, StructuredPruning
+from orchestrator.tasks.gpt import GPT
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module  # the model passed in (mask methods) or a new, smaller one (structured)
+    masks: dict[str, torch.Tensor]  # parameter name -> bool keep-mask; empty for structured pruning
+
+
+Handler = Callable[[nn.Module, PruneMethod, float], PruneResult]
+PRUNERS: dict[type[PruneMethod], Handler] = {}
+
+
+def register_pruner(config_cls: type[PruneMethod]) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        PRUNERS[config_cls] = fn
+        return fn
+
+    return register
+
+
+@torch.no_grad()
+def prune(model: nn.Module, method: PruneMethod, sparsity: float) -> PruneResult:
+    """Apply `method` at `sparsity` (ignored by N:M, whose pattern fixes it) to `model`."""
+    return PRUNERS[type(method)](model, method, sparsity)
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The weight matrices pruning acts on: every `nn.Linear` weight (embeddings are left dense)."""
-    return {f"{name}.weight": m.weight for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    """The weight matrices pruning acts on: every `nn.Linear` weight (embeddings are left dense). Under
+    quantization-aware training these are the latent float weights the optimizer updates."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            fake_quantized = parametrize.is_parametrized(m, "weight")
+            out[f"{name}.weight"] = m.parametrizations.weight.original if fake_quantized else m.weight
+    return out
+
+
+def measured_sparsity(model: nn.Module) -> float:
+    """Fraction of the prunable weights that are exactly zero."""
+    weights = prunable_weights(model).values()
+    return sum(int((w == 0).sum()) for w in weights) / max(1, sum(w.numel() for w in weights))
+
+
+# ----------------------------------------------------------------------------------------------
+# Unstructured magnitude
 
 
 def global_magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
@@ -42,11 +99,133 @@ def global_magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) ->
     return masks
 
 
-@torch.no_grad()
-def prune_(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
-    """Zero the pruned weights of `model` in place; returns the keep-masks by parameter name."""
+def magnitude_masks(model: nn.Module, scope: str, sparsity: float) -> dict[str, torch.Tensor]:
     weights = prunable_weights(model)
-    masks = global_magnitude_masks(weights, sparsity)
-    for name, mask in masks.items():
-        weights[name].mul_(mask)
+    if scope == "global":
+        return global_magnitude_masks(weights, sparsity)
+    masks: dict[str, torch.Tensor] = {}
+    for name, w in weights.items():
+        masks.update(global_magnitude_masks({name: w}, sparsity))
     return masks
+
+
+def apply_masks_(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    weights = prunable_weights(model)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            weights[name].mul_(mask.to(weights[name].device))
+
+
+@register_pruner(MagnitudePruning)
+def _magnitude(model: nn.Module, method: PruneMethod, sparsity: float) -> PruneResult:
+    assert isinstance(method, MagnitudePruning)
+    masks = magnitude_masks(model, method.scope, sparsity)
+    apply_masks_(model, masks)
+    return PruneResult(model, masks)
+
+
+def cubic_sparsity(step: int, *, final: float, begin: int, end: int, initial: float = 0.0) -> float:
+    """Zhu & Gupta (2017): s_t = s_f + (s_i − s_f)(1 − (t − t0)/(n·Δt))³ between `begin` and `end` steps;
+    `initial` before, `final` from `end` on."""
+    if step < begin:
+        return initial
+    if step >= end:
+        return final
+    return final + (initial - final) * (1 - (step - begin) / (end - begin)) ** 3
+
+
+class GradualPruner:
+    """Gradual magnitude pruning during training: masks recomputed every `method.every` steps between
+    `start` and `end` (fractions of `steps`), at the cubic schedule's sparsity, and re-applied after every
+    optimizer step, so pruned weights stay zero. `final` sparsity is reached at step `end`."""
+
+    def __init__(self, model: nn.Module, method: MagnitudePruning, sparsity: float, steps: int) -> None:
+        self.model, self.method, self.final = model, method, sparsity
+        self.begin = min(steps, round(method.start * steps))
+        self.end = max(self.begin + 1, min(steps, round(method.end * steps)))
+        self.masks: dict[str, torch.Tensor] = {}
+
+    def after_step(self, step: int) -> None:
+        """Call after optimizer step `step` (1-based)."""
+        if self.begin <= step <= self.end and ((step - self.begin) % self.method.every == 0 or step == self.end):
+            target = cubic_sparsity(step, final=self.final, begin=self.begin, end=self.end)
+            self.masks = magnitude_masks(self.model, self.method.scope, target)
+        apply_masks_(self.model, self.masks)
+
+
+# ----------------------------------------------------------------------------------------------
+# Semi-structured N:M
+
+
+def nm_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep-mask with the `n` largest |w| of every `m` consecutive entries of each row; columns past the
+    last whole group of `m` stay dense."""
+    rows, cols = w.shape
+    whole = cols // m * m
+    mask = torch.ones_like(w, dtype=torch.bool)
+    if whole:
+        groups = w[:, :whole].detach().abs().reshape(rows, -1, m)  # (rows, cols/m, m)
+        keep = torch.zeros_like(groups, dtype=torch.bool)
+        keep.scatter_(-1, groups.topk(n, dim=-1).indices, True)
+        mask[:, :whole] = keep.reshape(rows, whole)
+    return mask
+
+
+@register_pruner(SemiStructuredPruning)
+def _nm(model: nn.Module, method: PruneMethod, sparsity: float) -> PruneResult:
+    assert isinstance(method, SemiStructuredPruning)
+    masks = {name: nm_mask(w, method.n, method.m) for name, w in prunable_weights(model).items()}
+    apply_masks_(model, masks)
+    return PruneResult(model, masks)
+
+
+# ----------------------------------------------------------------------------------------------
+# Structured: neurons and heads
+
+
+def _keep(scores: torch.Tensor, fraction_removed: float) -> torch.Tensor:
+    """Indices (ascending) of the round((1 − s)·n) highest scores, at least one."""
+    k = max(1, round((1 - fraction_removed) * scores.numel()))
+    return scores.topk(k).indices.sort().values
+
+
+@register_pruner(StructuredPruning)
+def _structured(model: nn.Module, method: PruneMethod, sparsity: float) -> PruneResult:
+    assert isinstance(method, StructuredPruning)
+    if not isinstance(model, GPT):
+        raise TypeError(f"structured pruning knows the GPT architecture, not {type(model).__name__}")
+    cfg = model.cfg
+    d, inner = cfg.head_size, cfg.heads * cfg.head_size
+    order = 1 if method.norm == "l1" else 2
+    mlp_keep, head_keep = [], []
+    for block in model.blocks:
+        if method.target in ("mlp", "both"):  # neuron k: fc row k, its bias, fc_out column k
+            weights = torch.cat([block.fc.weight, block.fc.bias[:, None], block.fc_out.weight.T], 1)
+            mlp_keep.append(_keep(torch.linalg.vector_norm(weights, ord=order, dim=1), sparsity))
+        else:
+            mlp_keep.append(torch.arange(cfg.mlp_size))
+        if method.target in ("heads", "both"):  # head h: its q, k, v rows and proj columns
+            w = block.attn.qkv.weight.reshape(3, cfg.heads, d, cfg.width)
+            b = block.attn.qkv.bias.reshape(3, cfg.heads, d)
+            out = block.attn.proj.weight.reshape(cfg.width, cfg.heads, d)
+            parts = [w.transpose(0, 1).reshape(cfg.heads, -1), b.transpose(0, 1).reshape(cfg.heads, -1),
+                     out.transpose(0, 1).reshape(cfg.heads, -1)]
+            head_keep.append(_keep(torch.linalg.vector_norm(torch.cat(parts, 1), ord=order, dim=1), sparsity))
+        else:
+            head_keep.append(torch.arange(cfg.heads))
+    # One shape for every block (a GPTConfig has one MLP width and head count): each keeps its own best.
+    new_cfg = dataclasses.replace(cfg, mlp=len(mlp_keep[0]), heads=len(head_keep[0]), head_dim=d)
+    small = GPT(new_cfg)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for i, (neurons, heads) in enumerate(zip(mlp_keep, head_keep, strict=True)):
+        p = f"blocks.{i}."
+        state[p + "fc.weight"] = state[p + "fc.weight"][neurons]
+        state[p + "fc.bias"] = state[p + "fc.bias"][neurons]
+        state[p + "fc_out.weight"] = state[p + "fc_out.weight"][:, neurons]
+        rows = (torch.arange(3)[:, None, None] * inner + heads[None, :, None] * d + torch.arange(d)).reshape(-1)
+        cols = (heads[:, None] * d + torch.arange(d)).reshape(-1)
+        state[p + "attn.qkv.weight"] = state[p + "attn.qkv.weight"][rows]
+        state[p + "attn.qkv.bias"] = state[p + "attn.qkv.bias"][rows]
+        state[p + "attn.proj.weight"] = state[p + "attn.proj.weight"][:, cols]
+    small.load_state_dict(state)
+    return PruneResult(small.train(model.training), {})

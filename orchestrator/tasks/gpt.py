@@ -16,23 +16,35 @@ class GPTConfig:
     context: int  # longest sequence the position table covers
     layers: int  # transformer blocks
     width: int  # residual stream width (n_embd)
-    heads: int  # attention heads; width must divide evenly among them
+    heads: int  # attention heads; width must divide evenly among them unless head_dim is given
+    mlp: int | None = None  # MLP hidden size (null: 4 x width); structured pruning narrows it
+    head_dim: int | None = None  # per-head size (null: width / heads); kept when heads are pruned away
+
+    @property
+    def mlp_size(self) -> int:
+        return self.mlp if self.mlp is not None else 4 * self.width
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.width // self.heads
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.heads = cfg.heads
-        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
-        self.proj = nn.Linear(cfg.width, cfg.width)
+        self.heads, self.head_dim = cfg.heads, cfg.head_size
+        inner = cfg.heads * cfg.head_size  # = width unless heads were pruned
+        self.qkv = nn.Linear(cfg.width, 3 * inner)
+        self.proj = nn.Linear(inner, cfg.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
-        # (B, heads, T, C/heads)
-        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        B, T, _ = x.shape
+        inner = self.heads * self.head_dim
+        q, k, v = self.qkv(x).split(inner, dim=2)  # 3 x (B, T, inner)
+        # (B, heads, T, head_dim)
+        q, k, v = (t.view(B, T, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.proj(y.transpose(1, 2).reshape(B, T, inner))
 
 
 class Block(nn.Module):
@@ -41,8 +53,8 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(cfg.width)
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.width)
-        self.fc = nn.Linear(cfg.width, 4 * cfg.width)
-        self.fc_out = nn.Linear(4 * cfg.width, cfg.width)
+        self.fc = nn.Linear(cfg.width, cfg.mlp_size)
+        self.fc_out = nn.Linear(cfg.mlp_size, cfg.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))

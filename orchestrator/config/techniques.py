@@ -1,0 +1,121 @@
+"""Compression techniques as configs: one frozen dataclass per method, named in the YAML's `pipeline`.
+
+Each method's handler is registered under its config class in its stage (`stages/prune.py`,
+`stages/quantize.py`). Adding a method is one class here and one registered function there. The
+strength of a technique (`sparsity`, `bits`, `group_size`) is a searchable parameter, not a field here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+PRUNE_METHODS: dict[str, type["PruneMethod"]] = {}
+QUANTIZE_METHODS: dict[str, type["QuantizeMethod"]] = {}
+STAGES = ("distill", "prune", "quantize")  # the order stages run in; any of them can be left out
+
+
+def _check(pred: Any, need: str, default: Any) -> Any:
+    return field(default=default, metadata={"check": (pred, need)})
+
+
+def _method(table: dict[str, type], name: str) -> Any:
+    def register(cls: type) -> type:
+        cls.method = name
+        table[name] = cls
+        return cls
+
+    return register
+
+
+@dataclass(frozen=True)
+class PruneMethod:
+    method: ClassVar[str]
+    recovery_steps: int = _check(lambda v: v >= 0, "an integer >= 0", 0)  # distillation steps after one-shot pruning, the pruned weights held at zero (or the smaller shape kept)
+
+
+@_method(PRUNE_METHODS, "magnitude")
+@dataclass(frozen=True)
+class MagnitudePruning(PruneMethod):
+    """Unstructured: zero the `sparsity` fraction of Linear weights with least |w|."""
+
+    scope: Literal["global", "layer"] = "global"  # rank all Linear weights together, or each layer alone
+    schedule: Literal["oneshot", "gradual"] = "oneshot"  # gradual: during distillation, Zhu & Gupta's cubic schedule
+    start: float = _check(lambda v: 0 <= v < 1, "a number in [0, 1)", 0.1)  # gradual: fraction of distillation steps before the first mask
+    end: float = _check(lambda v: 0 < v <= 1, "a number in (0, 1]", 0.7)  # gradual: fraction of steps at which `sparsity` is reached
+    every: int = _check(lambda v: v >= 1, "an integer >= 1", 10)  # gradual: steps between mask updates
+
+
+@_method(PRUNE_METHODS, "structured")
+@dataclass(frozen=True)
+class StructuredPruning(PruneMethod):
+    """Remove the `sparsity` fraction of MLP neurons and/or attention heads of every block, least important
+    first: the model becomes a smaller dense one."""
+
+    target: Literal["mlp", "heads", "both"] = "mlp"
+    norm: Literal["l1", "l2"] = "l2"  # importance: this norm of a neuron's (head's) in and out weights
+
+
+@_method(PRUNE_METHODS, "nm")
+@dataclass(frozen=True)
+class SemiStructuredPruning(PruneMethod):
+    """N:M: keep the `n` largest |w| of every `m` consecutive weights along a Linear layer's input; the
+    pattern fixes the sparsity (1 − n/m), so `params.sparsity` is not used."""
+
+    n: int = _check(lambda v: v >= 1, "an integer >= 1", 2)
+    m: int = _check(lambda v: v >= 2, "an integer >= 2", 4)
+
+
+@dataclass(frozen=True)
+class QuantizeMethod:
+    method: ClassVar[str]
+    granularity: Literal["tensor", "channel", "group"] = "channel"  # one scale per tensor, per output row, or per `group_size` inputs of a row
+    mode: Literal["ptq", "qat"] = "ptq"  # qat: fake quantization (straight-through) during distillation, then the same quantizer after it
+    kernel: Literal["auto", "dequantized"] = "auto"  # auto: 8-bit symmetric per-tensor/channel Linear layers run torch's int8 kernels; dequantized: float always
+    embeddings: bool = True  # also quantize the token and position tables
+
+
+@_method(QUANTIZE_METHODS, "affine")
+@dataclass(frozen=True)
+class AffineQuantization(QuantizeMethod):
+    """Min-max affine: 2^b levels spanning each group's [min, max], zero exactly representable."""
+
+
+@_method(QUANTIZE_METHODS, "symmetric")
+@dataclass(frozen=True)
+class SymmetricQuantization(QuantizeMethod):
+    """Symmetric: levels −(2^(b−1)−1)..2^(b−1)−1 times max|w| / (2^(b−1)−1); zero point fixed."""
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Which stages a trial runs (always in the order of `STAGES`) and how. Without `distill` the model
+    compressed is the teacher itself."""
+
+    distill: bool = True
+    prune: PruneMethod | None = MagnitudePruning()
+    quantize: QuantizeMethod | None = AffineQuantization()
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return tuple(s for s in STAGES if (self.distill if s == "distill" else getattr(self, s) is not None))
+
+    @property
+    def gradual_pruning(self) -> bool:
+        return isinstance(self.prune, MagnitudePruning) and self.prune.schedule == "gradual"
+
+    @property
+    def qat(self) -> bool:
+        return self.quantize is not None and self.quantize.mode == "qat"
+
+    def to_raw(self) -> list[Any]:
+        """The YAML form: ``[distill, {prune: {method: ..., ...}}, {quantize: {...}}]``."""
+        out: list[Any] = []
+        for stage in self.stages:
+            if stage == "distill":
+                out.append("distill")
+            else:
+                technique = getattr(self, stage)
+                out.append({stage: {"method": technique.method, **dataclasses.asdict(technique)}})
+        return out
