@@ -34,9 +34,7 @@ from orchestrator.losses import LossWeights
 from orchestrator.pareto import hypervolume
 from orchestrator.space import OBJECTIVES, DefineByRun, make_sampler
 from orchestrator.stages.distill import DistillJob, load_teacher, run_distill
-from orchestrator.stages.export import export
-from orchestrator.stages.prune import prune_
-from orchestrator.stages.quantize import quantize_
+from orchestrator.stages.compress import compress
 from orchestrator.stages.teacher_outputs import compute_teacher_outputs
 from orchestrator.tasks.char_lm import CharData, build_model
 from orchestrator.trial import TeacherInfo, TrialParams, measure_model
@@ -123,11 +121,10 @@ def diy(cfg: SweepConfig, teacher: TeacherInfo, data_path: str, workdir: Path) -
                              cpus_per_worker=threads, in_process=True)
         student = build_model(len(data.vocab), cfg.task.context, layers=p.layers, width=p.width, heads=p.heads)
         student.load_state_dict(result.state_dict)
-        masks = prune_(student, p.sparsity)
-        quantized = quantize_(student, p.bits, masks)
-        size = export(student, workdir / f"{trial.number}.orc", bits=p.bits, masks=masks, quantized=quantized,
-                      meta={"vocab": data.vocab})
-        m = measure_model(student, size, data, cfg, reference=load_teacher(teacher.path))
+        c = compress(student, cfg.pipeline, sparsity=p.sparsity, bits=p.bits, group_size=p.group_size,
+                     artifact=workdir / f"{trial.number}.orc", meta={"vocab": data.vocab})
+        m = measure_model(c.model, c.size_bytes, data, cfg, reference=load_teacher(teacher.path),
+                          counts=(c.params, c.nonzero_params))
         values = (m["accuracy"], m["size_mb"], m["latency_ms"])
         events.append((time.perf_counter() - started, values))
         rows.append({**trial.params, **fixed, **{k: m[k] for k in ROW_METRICS}})

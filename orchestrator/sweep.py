@@ -263,7 +263,7 @@ def _run(
         run_name=sweep_id,
         params=cfg.to_dict(),
         tags={"sweep_id": sweep_id, "teacher_key": teacher.key, "teacher_cache_hit": str(teacher.cache_hit).lower(),
-              "storage": str(storage), **({"resumed": "true", "previous_trials": str(len(previous))} if resume else {}),
+              "storage": str(storage), "pipeline": cfg.pipeline.label, **({"resumed": "true", "previous_trials": str(len(previous))} if resume else {}),
               **({"teacher_outputs_key": outputs.key, "teacher_outputs_cache_hit": str(outputs.cache_hit).lower()}
                  if outputs else {})},
     )
@@ -314,7 +314,7 @@ def _run(
             run_config=tune.RunConfig(
                 name=f"{sweep_id}-resumed-{stamp}" if resume else sweep_id,
                 storage_path=str(storage / "tune"),
-                callbacks=[TrialRunsCallback(tracker), monitor],
+                callbacks=[TrialRunsCallback(tracker, tags={"pipeline": cfg.pipeline.label}), monitor],
                 verbose=0,
             ),
         )

@@ -136,13 +136,16 @@ def reported_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
 class TrialRunsCallback(Callback):
     """Ray Tune callback (runs in the sweep's process): a child run per trial, its params, metrics, status."""
 
-    def __init__(self, tracker: SweepTracker) -> None:
+    def __init__(self, tracker: SweepTracker, tags: Mapping[str, str] | None = None) -> None:
         self.tracker = tracker
+        self.tags = dict(tags or {})  # set on every trial run (e.g. the pipeline)
         self._steps: dict[str, int] = {}  # trial id -> last distillation step it reported
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id not in self.tracker.child_ids:
-            self.tracker.start_trial(trial.trial_id, trial.config)
+            run_id = self.tracker.start_trial(trial.trial_id, trial.config)
+            if self.tags:
+                self.tracker.set_tags(run_id, self.tags)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         """Validation accuracy reported during distillation (early stopping on): a curve over steps."""

@@ -92,6 +92,29 @@ def test_overrides_take_dotted_keys_and_nested_dicts():
         ("distill: {teacher_outputs: sometimes}", "`distill.teacher_outputs` must be one of cached, live"),
         ("distill: {top_k: 0}", "`distill.top_k` must be null or an integer >= 1, got 0"),
         ("- a\n- b", "the top level must be a mapping"),
+        ("pipeline: distill", "`pipeline` must be a list of stages"),
+        ("pipeline: [distill, squeeze]", "`pipeline[1]` names stage 'squeeze'; the stages are distill, prune, quantize"),
+        ("pipeline: [quantize, prune]", "`pipeline[1]` puts prune after quantize; stages run in the order distill, prune, quantize"),
+        ("pipeline: [prune, prune]", "`pipeline[1]` lists stage prune a second time"),
+        ("pipeline: [{prune: {method: random}}]", "`pipeline[0].prune.method` must be one of magnitude, structured, nm, got 'random'"),
+        ("pipeline: [{prune: {method: structured, target: rows}}]", "`pipeline[0].prune.target` must be one of mlp, heads, both, got 'rows'"),
+        ("pipeline: [{quantize: {granularity: block}}]", "`pipeline[0].quantize.granularity` must be one of tensor, channel, group"),
+        ("pipeline: [{quantize: {method: symmetric, gruop: 1}}]", "`pipeline[0].quantize.gruop` is not a known key"),
+        ("pipeline: [{distill: {steps: 3}}]", "`pipeline[0].distill` takes no options here; set them in the `distill:` section"),
+        ("pipeline: [prune, {quantize: {mode: qat}}]", "quantize mode qat runs during distillation, and there is no distill stage"),
+        ("pipeline: [prune]\nparams: {width: {choices: [32, 64]}}", "`params.width` shapes a student, but `pipeline` has no distill stage"),
+        ("pipeline: [distill, quantize]\nparams: {sparsity: 0.5}", "`params.sparsity` is searched but `pipeline` has no prune stage"),
+        ("pipeline: [distill, prune]\nparams: {bits: {choices: [4, 8]}}", "`params.bits` is searched but `pipeline` has no quantize stage"),
+        ("pipeline: [distill, {prune: {method: nm}}]\nparams: {sparsity: 0.3}", "`params.sparsity` is not used by prune method nm: its 2:4 pattern"),
+        ("pipeline: [distill, {prune: {method: nm, n: 4, m: 4}}]", "prune method nm needs n < m, got 4:4"),
+        ("params: {group_size: {choices: [32, 64]}}", "`params.group_size` applies to quantize granularity group only"),
+        ("pipeline: [distill, {prune: {schedule: gradual, recovery_steps: 5}}]", "gradual pruning recovers as it trains"),
+        ("pipeline: [distill, {prune: {schedule: gradual, start: 0.5, end: 0.4}}]", "`prune.end` (0.4) must be greater than `prune.start` (0.5)"),
+        ("distill: {layer_map: [[0, 9]]}", "`distill.layer_map` pairs teacher layer 9, but the teacher has 4"),
+        ("distill: {layer_map: [[2, 1]]}", "`distill.layer_map` pairs student layer 2, but `params.layers` can be 2"),
+        ("distill: {layer_map: [0, 1]}", "`distill.layer_map` must be a list of [student layer, teacher layer] pairs"),
+        ("distill: {temperature_end: 0}", "`distill.temperature_end` must be null or a number > 0, got 0"),
+        ("params: {weight_decay: -1}", "`params.weight_decay` must be a number >= 0, got -1"),
     ],
 )
 def test_bad_values_name_the_file_the_key_and_the_value(tmp_path, yaml_text, message):
@@ -145,3 +168,28 @@ def test_every_section_round_trips_through_yaml(tmp_path):
     again.write_text(yaml.safe_dump(cfg.to_dict()))
     assert load_config(again) == cfg
     assert cfg.initial_points == ({"bits": 8, "width": 64},) and cfg.early_stopping.every == 50
+
+
+@pytest.mark.parametrize("pipeline", [
+    ["distill"],
+    ["prune", {"quantize": {"method": "symmetric", "granularity": "tensor", "kernel": "dequantized"}}],
+    ["distill", {"prune": {"method": "magnitude", "scope": "layer", "schedule": "gradual", "start": 0.2, "end": 0.9, "every": 5}},
+     {"quantize": {"method": "affine", "granularity": "group", "mode": "qat", "embeddings": False}}],
+    ["distill", {"prune": {"method": "structured", "target": "both", "norm": "l1", "recovery_steps": 40}}],
+    ["distill", {"prune": {"method": "nm", "n": 1, "m": 4, "recovery_steps": 10}}, "quantize"],
+])
+def test_every_technique_config_round_trips_through_yaml(tmp_path, pipeline):
+    extra = {"params.group_size": {"choices": [16, 32]}} if "group" in str(pipeline) else {}
+    cfg = load_config(None, overrides={"pipeline": pipeline, "distill": {"layer_map": [[0, 1], [1, 3]], "temperature_end": 1.0},
+                                       "params.weight_decay": {"low": 0.0, "high": 0.1}, **extra})
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert load_config(again) == cfg
+    assert len(cfg.pipeline.stages) == len(pipeline)
+
+
+def test_the_default_pipeline_is_distill_magnitude_prune_and_affine_per_channel_ptq():
+    pipe = load_config(None).pipeline
+    assert pipe.stages == ("distill", "prune", "quantize")
+    assert (pipe.prune.method, pipe.prune.scope, pipe.prune.schedule) == ("magnitude", "global", "oneshot")
+    assert (pipe.quantize.method, pipe.quantize.granularity, pipe.quantize.mode) == ("affine", "channel", "ptq")

@@ -1,11 +1,14 @@
 """Distillation through a real Ray Train V2 TorchTrainer (gloo DDP on CPU), and in the caller's process."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from orchestrator.losses import LossWeights
 from orchestrator.measure import score_lm
 from orchestrator.stages.distill import DistillJob, lr_factor, make_optimizer, run_distill
+from orchestrator.stages.prune import measured_sparsity
 from orchestrator.stages.teacher_outputs import compute_teacher_outputs
 from orchestrator.tasks.char_lm import CharData, build_data, build_model, load_corpus
 
@@ -57,8 +60,8 @@ def teacher_path(data_path, tmp_path_factory):
 
 
 def _student_job(data_path, **kw):
-    return _job(data_path, model={**_job(data_path).model, "width": 8},
-                weights=LossWeights(temperature=2.0, lam=0.5, beta=1.0), **kw)
+    kw.setdefault("model", {**_job(data_path).model, "width": 8})
+    return _job(data_path, weights=LossWeights(temperature=2.0, lam=0.5, beta=1.0), **kw)
 
 
 def _perplexities(data_path, state_dict):
@@ -128,3 +131,51 @@ def test_lr_schedule_warms_up_then_decays_to_a_tenth():
     assert lr_factor(9, warmup=10, steps=100) == pytest.approx(1.0)
     assert lr_factor(10, warmup=10, steps=100) == pytest.approx(1.0)
     assert lr_factor(100, warmup=10, steps=100) == pytest.approx(0.1)
+
+
+def _fit(job):
+    return run_distill(job, name="x", storage_path="unused", num_workers=1, use_gpu=False, cpus_per_worker=1,
+                       in_process=True)
+
+
+def test_gradual_pruning_and_qat_during_distillation(data_path, teacher_path):
+    from orchestrator.config.techniques import AffineQuantization
+    from orchestrator.stages.distill import qat_spec
+    from orchestrator.stages.quantize import quantize_
+
+    qat = {"method": "affine", **dataclasses.asdict(AffineQuantization(mode="qat")), "bits": 3, "group_size": 8}
+    gradual = {"scope": "global", "schedule": "gradual", "start": 0.1, "end": 0.6, "every": 3, "sparsity": 0.6}
+    result = _fit(_student_job(data_path, teacher_path=teacher_path, gradual=gradual, qat=qat))
+    assert not any("parametrizations" in k for k in result.state_dict)  # plain latent weights come back
+    student = build_model(CharData.load(data_path).vocab.__len__(), 16, layers=1, width=8, heads=2)
+    student.load_state_dict(result.state_dict)
+    assert measured_sparsity(student) == pytest.approx(0.6, abs=1e-3)
+    quantize_(student, qat_spec(qat))  # PTQ of the latent weights: the model validation scored
+    data = CharData.load(data_path)
+    assert score_lm(student, data.val, context=16, max_positions=512).accuracy == pytest.approx(result.val_accuracy)
+
+
+def test_recovery_from_a_checkpoint_holds_pruned_weights_at_zero(data_path, teacher_path, tmp_path):
+    from orchestrator.config.techniques import MagnitudePruning
+    from orchestrator.stages.prune import prune
+
+    data = CharData.load(data_path)
+    student = build_model(len(data.vocab), 16, layers=1, width=8, heads=2)
+    pruned = prune(student, MagnitudePruning(), 0.7)
+    model = {**_job(data_path).model, "width": 8, "mlp": None, "head_dim": None}
+    torch.save({"config": model, "state_dict": student.state_dict(), "masks": pruned.masks}, tmp_path / "init.pt")
+    before = score_lm(student, data.val, context=16, max_positions=512).perplexity
+    result = _fit(_student_job(data_path, teacher_path=teacher_path, model=model, init_path=str(tmp_path / "init.pt")))
+    student.load_state_dict(result.state_dict)
+    for name, mask in pruned.masks.items():
+        assert torch.all(student.state_dict()[name][~mask] == 0), name
+    assert score_lm(student, data.val, context=16, max_positions=512).perplexity < before
+
+
+def test_a_temperature_schedule_and_weight_decay_change_training(data_path, teacher_path):
+    base = _fit(_student_job(data_path, teacher_path=teacher_path))
+    annealed = _fit(_student_job(data_path, teacher_path=teacher_path, temperature_end=0.5))
+    decayed = _fit(_student_job(data_path, teacher_path=teacher_path, weight_decay=0.5))
+    w = "blocks.0.fc.weight"
+    assert not torch.equal(base.state_dict[w], annealed.state_dict[w])
+    assert decayed.state_dict[w].norm() < base.state_dict[w].norm()

@@ -243,3 +243,55 @@ def test_a_sweep_resumes_its_study_and_keeps_its_trials(sweep):
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     parent = MlflowClient(uri).get_run(more.run_id).data.tags
     assert parent["sweep_id"] == sweep_id and parent["resumed"] == "true" and parent["previous_trials"] == "2"
+
+
+RECIPE = {"params.beta": 0.0, "params.lambda": 0.5, "params.temperature": 2.0, "params.optimizer": "adamw", "params.lr": 0.005}
+
+
+def _reloads_exactly(result, root, row):
+    data = CharData.load(next((root / "runs" / "data").glob("*/data.pt")))
+    model = result.load_model(row["trial_id"])
+    cfg = result.config
+    return score_lm(model, data.test, context=cfg.task.context, max_positions=cfg.task.eval_tokens).accuracy == row["accuracy"]
+
+
+def test_structured_pruning_with_recovery_and_int8_kernels_end_to_end(sweep):
+    result, root, uri = sweep
+    pipeline = ["distill", {"prune": {"method": "structured", "target": "both", "recovery_steps": 10}},
+                {"quantize": {"method": "symmetric"}}]
+    fixed = {**RECIPE, "params.width": 32, "params.heads": 2, "params.sparsity": 0.5, "params.bits": {"choices": [8, 4]},
+             "sampler": "grid"}
+    out = Sweep.from_yaml(SMOKE, trials=2, storage=str(root / "runs"), tracking_uri=uri, experiment="structured",
+                          pipeline=pipeline, **fixed).run()
+    t = out.trials.set_index("bits")
+    assert (t["status"] == "COMPLETED").all()
+    assert t.loc[8, "int8_layers"] == 4 + 1 and t.loc[4, "int8_layers"] == 0  # qkv, proj, fc, fc_out, head
+    assert sorted(t["cache_hit_recover"]) == [0.0, 1.0]  # the second bit width reuses the recovered student
+    full = result.trials[result.trials["width"] == 32]["params"].iloc[0]
+    assert (t["params"] < full).all() and (t["sparsity_measured"] == 0).all()
+    for _, row in out.trials.iterrows():
+        assert _reloads_exactly(out, root, row)
+    tags = MlflowClient(uri).get_run(t.loc[8, "run_id"]).data.tags
+    assert tags["pipeline"] == "distill > prune:structured > quantize:symmetric"
+
+
+def test_gradual_pruning_with_qat_and_a_teacher_only_pipeline_end_to_end(sweep):
+    result, root, uri = sweep
+    gradual = Sweep.from_yaml(
+        SMOKE, trials=1, storage=str(root / "runs"), tracking_uri=uri, experiment="gradual",
+        pipeline=["distill", {"prune": {"schedule": "gradual", "every": 2}},
+                  {"quantize": {"granularity": "group", "mode": "qat"}}],
+        **{"params.sparsity": 0.5, "params.bits": 4, "params.group_size": 8},
+    ).run()
+    row = gradual.trials.iloc[0]
+    assert row["status"] == "COMPLETED" and row["sparsity_measured"] == pytest.approx(0.5, abs=1e-3)
+    assert _reloads_exactly(gradual, root, row)
+    teacher_only = Sweep.from_yaml(
+        SMOKE, trials=2, storage=str(root / "runs"), tracking_uri=uri, experiment="teacher-only",
+        pipeline=[{"prune": {"method": "nm"}}, "quantize"], sampler="grid",
+        **RECIPE, params={"bits": {"choices": [4, 8]}, "layers": 2, "width": 64, "heads": 2, "sparsity": 0.0},
+    ).run()
+    t = teacher_only.trials
+    assert (t["status"] == "COMPLETED").all() and (t["sparsity_measured"] == 0.5).all()
+    assert (t["params"] == result.teacher.params).all()  # the teacher itself, compressed
+    assert (t["size_mb"] < result.teacher.size_bytes / 1e6 / 4).all()

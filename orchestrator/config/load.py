@@ -194,7 +194,7 @@ def _build_sweep(raw: dict[str, Any], source: str) -> SweepConfig:
     cfg = dataclasses.replace(top, params=params, initial_points=points, sampler_options=options_raw,
                               pipeline=pipeline, **kwargs)
     _cross_checks(cfg, source)
-    _check_pipeline(cfg, set(params_raw), source)
+    _check_pipeline(cfg, {name for name, spec in params.items() if spec != Fixed(_RULES[name].default)}, source)
     return cfg
 
 
@@ -258,7 +258,8 @@ def _build_layer_map(raw: Any, source: str) -> tuple[tuple[int, int], ...] | Non
 
 
 def _check_pipeline(cfg: SweepConfig, given: set[str], source: str) -> None:
-    """Searched parameters must matter to the pipeline, and each technique must have what it needs."""
+    """Parameters set away from their defaults (`given`) must matter to the pipeline, and each technique
+    must have what it needs."""
     pipe = cfg.pipeline
     where = "`pipeline`"
     if not pipe.distill:

@@ -109,6 +109,11 @@ class Pipeline:
     def qat(self) -> bool:
         return self.quantize is not None and self.quantize.mode == "qat"
 
+    @property
+    def label(self) -> str:
+        """One line for tags and logs, e.g. ``distill > prune:structured > quantize:symmetric``."""
+        return " > ".join(s if s == "distill" else f"{s}:{getattr(self, s).method}" for s in self.stages) or "(none)"
+
     def to_raw(self) -> list[Any]:
         """The YAML form: ``[distill, {prune: {method: ..., ...}}, {quantize: {...}}]``."""
         out: list[Any] = []

@@ -32,7 +32,7 @@ class Compressed:
     size_bytes: int  # the artifact's byte length
     params: int  # parameters of the compressed shape (before the int8 swap, which hides them from torch)
     nonzero_params: int
-    sparsity: float  # measured: fraction of prunable weights that are zero
+    sparsity: float  # measured after pruning: fraction of prunable weights that are zero
 
 
 def quant_spec(pipeline: Pipeline, bits: int, group_size: int) -> QuantSpec | None:
@@ -71,6 +71,7 @@ def compress(
             result = recover(result)
             timings["time_recover_s"] = time.perf_counter() - t
         model, masks = result.model, result.masks
+    sparsity_measured = measured_sparsity(model)  # before quantization, which rounds more weights to zero
     spec = quant_spec(pipeline, bits, group_size)
     t = time.perf_counter()
     quantized = quantize_(model, spec, masks) if spec is not None else {}
@@ -81,7 +82,6 @@ def compress(
     store_bits = bits if pipeline.quantize is not None else 32
     size = export(model, artifact, bits=store_bits, masks=masks, quantized=quantized, meta=meta, int8_layers=kernels)
     timings["time_export_s"] = time.perf_counter() - t
-    sparsity_measured = measured_sparsity(model)
     to_int8_kernels(model, quantized, kernels)
     return Compressed(model=model.eval(), masks=masks, quantized=quantized, int8_layers=kernels, size_bytes=size,
                       params=params, nonzero_params=nonzero, sparsity=sparsity_measured)

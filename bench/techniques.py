@@ -1,0 +1,170 @@
+"""Each compression technique alone at several strengths, and combinations, on the built-in task (issue 3).
+
+    python bench/techniques.py [--space search_spaces/quickstart.yaml] [--out bench/results/techniques.json]
+
+Every row is one trial of the product (`trial.run_pipeline`, in this process: distil or reuse, prune,
+recover, quantize, export, measure) with the row's `pipeline` and fixed parameters, on the space's teacher
+and task. Students, recoveries and teacher outputs are cached in a temporary storage, so rows that share a
+student train it once. Columns: size as a fraction of the teacher's artifact, accuracy retained (student /
+teacher), batch-1 latency relative to the teacher (timed interleaved with it, robust to machine noise),
+and the accuracy change in points against the row's float baseline. Not a test: prints and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orchestrator
+from orchestrator.tasks.char_lm import CharData
+from orchestrator.trial import TrialContext, TrialParams, build_teacher, build_teacher_outputs, run_pipeline
+
+STUDENT = {"layers": 2, "width": 96, "heads": 4, "beta": 0.0, "lambda": 0.5, "temperature": 2.0,
+           "optimizer": "adamw", "lr": 5e-3, "weight_decay": 0.0, "sparsity": 0.0, "bits": 32}
+TEACHER = {**STUDENT, "layers": 2, "width": 64, "heads": 2}  # the defaults: a teacher-only row has no student shape
+GROUP = 32  # group size of the granularity-group rows
+D = "distill"
+
+
+def q(method: str = "affine", **kw: Any) -> dict:
+    return {"quantize": {"method": method, **kw}}
+
+
+def p(method: str = "magnitude", **kw: Any) -> dict:
+    return {"prune": {"method": method, **kw}}
+
+
+# (name, baseline row, pipeline, params): the baseline is the float model the row compresses.
+ROWS: list[tuple[str, str, list, dict]] = [
+    ("student float32", "student float32", [D], {}),
+    ("PTQ affine/channel 8-bit", "student float32", [D, q()], {"bits": 8}),
+    ("PTQ symmetric/channel 8-bit, int8 kernels", "student float32", [D, q("symmetric")], {"bits": 8}),
+    ("PTQ symmetric/channel 8-bit, dequantized", "student float32", [D, q("symmetric", kernel="dequantized")], {"bits": 8}),
+    ("PTQ affine/channel 4-bit", "student float32", [D, q()], {"bits": 4}),
+    ("PTQ affine/channel 3-bit", "student float32", [D, q()], {"bits": 3}),
+    ("PTQ affine/channel 2-bit", "student float32", [D, q()], {"bits": 2}),
+    ("PTQ affine/tensor 4-bit", "student float32", [D, q(granularity="tensor")], {"bits": 4}),
+    ("PTQ symmetric/channel 4-bit", "student float32", [D, q("symmetric")], {"bits": 4}),
+    ("PTQ affine/group-32 4-bit", "student float32", [D, q(granularity="group")], {"bits": 4}),
+    ("PTQ affine/group-32 3-bit", "student float32", [D, q(granularity="group")], {"bits": 3}),
+    ("PTQ affine/group-32 2-bit", "student float32", [D, q(granularity="group")], {"bits": 2}),
+    ("QAT affine/channel 4-bit", "student float32", [D, q(mode="qat")], {"bits": 4}),
+    ("QAT affine/group-32 3-bit", "student float32", [D, q(granularity="group", mode="qat")], {"bits": 3}),
+    ("QAT affine/group-32 2-bit", "student float32", [D, q(granularity="group", mode="qat")], {"bits": 2}),
+    ("magnitude global 50%", "student float32", [D, p()], {"sparsity": 0.5}),
+    ("magnitude global 70%", "student float32", [D, p()], {"sparsity": 0.7}),
+    ("magnitude global 90%", "student float32", [D, p()], {"sparsity": 0.9}),
+    ("magnitude per-layer 70%", "student float32", [D, p(scope="layer")], {"sparsity": 0.7}),
+    ("magnitude global 70% + 100 recovery", "student float32", [D, p(recovery_steps=100)], {"sparsity": 0.7}),
+    ("magnitude gradual 70%", "student float32", [D, p(schedule="gradual")], {"sparsity": 0.7}),
+    ("magnitude gradual 90%", "student float32", [D, p(schedule="gradual")], {"sparsity": 0.9}),
+    ("2:4", "student float32", [D, p("nm")], {}),
+    ("2:4 + 100 recovery", "student float32", [D, p("nm", recovery_steps=100)], {}),
+    ("structured MLP 50%", "student float32", [D, p("structured")], {"sparsity": 0.5}),
+    ("structured MLP 50% + 100 recovery", "student float32", [D, p("structured", recovery_steps=100)], {"sparsity": 0.5}),
+    ("structured MLP+heads 50% + 100 recovery", "student float32", [D, p("structured", target="both", recovery_steps=100)], {"sparsity": 0.5}),
+    ("structured MLP+heads 75% + 100 recovery", "student float32", [D, p("structured", target="both", recovery_steps=100)], {"sparsity": 0.75}),
+    ("teacher float32", "teacher float32", [], {}),
+    ("teacher PTQ symmetric 8-bit, int8 kernels", "teacher float32", [q("symmetric")], {"bits": 8}),
+    ("teacher PTQ affine/channel 4-bit", "teacher float32", [q()], {"bits": 4}),
+    ("teacher PTQ affine/group-32 3-bit", "teacher float32", [q(granularity="group")], {"bits": 3}),
+    ("teacher PTQ affine/group-32 2-bit", "teacher float32", [q(granularity="group")], {"bits": 2}),
+    ("teacher structured MLP 50% + 200 recovery", "teacher float32", [p("structured", recovery_steps=200)], {"sparsity": 0.5}),
+    ("combo: student gradual 50% + QAT group-32 3-bit", "student float32",
+     [D, p(schedule="gradual"), q(granularity="group", mode="qat")], {"sparsity": 0.5, "bits": 3}),
+    ("combo: teacher 50% + 200 recovery + group-32 3-bit", "teacher float32",
+     [p(recovery_steps=200), q(granularity="group")], {"sparsity": 0.5, "bits": 3}),
+    ("combo: teacher 2:4 + 200 recovery + group-32 4-bit", "teacher float32",
+     [p("nm", recovery_steps=200), q(granularity="group")], {"bits": 4}),
+    ("teacher-shaped student float32", "teacher-shaped student float32", [D], {"layers": 3, "width": 128}),
+    ("combo: teacher-shaped student QAT group-32 3-bit", "teacher-shaped student float32",
+     [D, q(granularity="group", mode="qat")], {"bits": 3, "layers": 3, "width": 128}),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default="search_spaces/quickstart.yaml")
+    parser.add_argument("--out", default="bench/results/techniques.json")
+    parser.add_argument("--only", default=None, help="run rows whose name contains this text (and their baselines)")
+    args = parser.parse_args()
+    import ray
+
+    from orchestrator.sweep import RAY_ENV, _prepare_data
+
+    rows = [r for r in ROWS if args.only is None or args.only in r[0] or any(args.only in o[0] and o[1] == r[0] for o in ROWS)]
+    started = time.perf_counter()
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = orchestrator.load_config(args.space, overrides={
+            "storage": f"{tmp}/runs", "resources.cpus_per_worker": os.cpu_count() or 1,
+            "params.beta": 0.0,  # no hidden-state term: the teacher outputs keep logits only
+        })
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
+        try:
+            _, data_path, data_key = _prepare_data(base)
+            data = CharData.load(data_path)
+            teacher = build_teacher(base, data, data_path, data_key)
+        finally:
+            ray.shutdown()
+        outputs = build_teacher_outputs(base, teacher, data)
+        ctx = TrialContext(config=base, data_path=data_path, teacher=teacher, teacher_outputs=outputs, sweep_dir=f"{tmp}/bench")
+        by_name: dict[str, dict] = {}
+        for i, (name, baseline, pipeline, fixed) in enumerate(rows):
+            params = {**(STUDENT if D in pipeline else TEACHER), **fixed}
+            if "'group'" in str(pipeline):
+                params["group_size"] = GROUP
+            cfg = orchestrator.load_config(args.space, overrides={
+                "storage": f"{tmp}/runs", "resources.cpus_per_worker": os.cpu_count() or 1, "pipeline": pipeline,
+                "params": params,
+            })
+            t = time.perf_counter()
+            m = run_pipeline(TrialParams.from_config(cfg_params(cfg)), dataclasses.replace(ctx, config=cfg), trial_id=f"row{i}")
+            row = {
+                "name": name, "pipeline": cfg.pipeline.label, **fixed,
+                "size_vs_teacher": round(m["size_bytes"] / teacher.size_bytes, 4),
+                "accuracy": round(m["accuracy"], 4),
+                "accuracy_retained": round(m["accuracy_retained"], 4),
+                "latency_vs_teacher": round(m["latency_vs_teacher"], 3),
+                "size_mb": round(m["size_mb"], 4), "bits_per_weight": round(m["bits_per_weight"], 2),
+                "params": int(m["params"]), "sparsity_measured": round(m["sparsity_measured"], 3),
+                "int8_layers": int(m["int8_layers"]), "seconds": round(time.perf_counter() - t, 1),
+            }
+            ref = by_name.get(baseline)
+            if ref is not None:
+                row["accuracy_points_vs_baseline"] = round(100 * (m["accuracy"] - ref["accuracy"]), 2)
+                row["latency_speedup_vs_baseline"] = round(ref["latency_vs_teacher"] / m["latency_vs_teacher"], 2)
+            by_name[name] = row
+            results.append(row)
+            print(f"{name:<58} size {row['size_vs_teacher']:7.2%}  acc {row['accuracy']:.4f} "
+                  f"({row['accuracy_retained']:6.1%})  lat x{row['latency_vs_teacher']:.2f}  "
+                  f"d_acc {row.get('accuracy_points_vs_baseline', 0):+6.2f} pt  {row['seconds']:5.1f} s", flush=True)
+
+    figures = {
+        "space": args.space, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"),
+        "teacher": {"accuracy": round(teacher.accuracy, 4), "size_mb": round(teacher.size_bytes / 1e6, 4),
+                    "latency_ms": round(teacher.latency_ms, 3), "params": teacher.params},
+        "student": STUDENT, "wall_s": round(time.perf_counter() - started, 1), "rows": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(figures, indent=1) + "\n")
+    print(f"wrote {args.out} in {figures['wall_s']} s")
+
+
+def cfg_params(cfg: orchestrator.SweepConfig) -> dict[str, Any]:
+    """Every row fixes all its params: their values, as Tune would pass them."""
+    from orchestrator.config import Fixed
+
+    assert all(isinstance(s, Fixed) for s in cfg.params.values())
+    return {name: spec.value for name, spec in cfg.params.items()}
+
+
+if __name__ == "__main__":
+    main()
