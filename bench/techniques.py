@@ -83,9 +83,10 @@ ROWS: list[tuple[str, str, list, dict]] = [
      [p(recovery_steps=200), q(granularity="group")], {"sparsity": 0.5, "bits": 3}),
     ("combo: teacher 2:4 + 200 recovery + group-32 4-bit", "teacher float32",
      [p("nm", recovery_steps=200), q(granularity="group")], {"bits": 4}),
-    ("teacher-shaped student float32", "teacher-shaped student float32", [D], {"layers": 3, "width": 128}),
-    ("combo: teacher-shaped student QAT group-32 3-bit", "teacher-shaped student float32",
-     [D, q(granularity="group", mode="qat")], {"bits": 3, "layers": 3, "width": 128}),
+    ("combo: structured MLP+heads 50% + 100 recovery + QAT group-32 3-bit", "student float32",
+     [D, p("structured", target="both", recovery_steps=100), q(granularity="group", mode="qat")], {"sparsity": 0.5, "bits": 3}),
+    ("combo: 2:4 + 100 recovery + QAT group-32 3-bit", "student float32",
+     [D, p("nm", recovery_steps=100), q(granularity="group", mode="qat")], {"bits": 3}),
 ]
 
 

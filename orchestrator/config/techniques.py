@@ -72,6 +72,7 @@ class QuantizeMethod:
     method: ClassVar[str]
     granularity: Literal["tensor", "channel", "group"] = "channel"  # one scale per tensor, per output row, or per `group_size` inputs of a row
     mode: Literal["ptq", "qat"] = "ptq"  # qat: fake quantization (straight-through) during distillation, then the same quantizer after it
+    qat_start: float = _check(lambda v: 0 <= v < 1, "a number in [0, 1)", 0.5)  # qat: fraction of the steps trained in float before fake quantization starts
     kernel: Literal["auto", "dequantized"] = "auto"  # auto: 8-bit symmetric per-tensor/channel Linear layers run torch's int8 kernels; dequantized: float always
     embeddings: bool = True  # also quantize the token and position tables
 

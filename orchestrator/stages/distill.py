@@ -172,8 +172,11 @@ def fit(
             raise ValueError(f"init checkpoint {job.init_path} holds a {blob['config']} model, the job trains {job.model}")
         student.load_state_dict(blob["state_dict"])
         held = blob.get("masks", {})
+    qat_from = None  # the step after which fake quantization is on
     if job.qat is not None:
-        add_fake_quant(student, qat_spec(job.qat))
+        qat_from = min(job.steps - 1, round(job.qat["qat_start"] * job.steps))
+        if qat_from == 0:
+            add_fake_quant(student, qat_spec(job.qat))
     pruner = None
     if job.gradual is not None:
         options = dict(job.gradual)
@@ -227,12 +230,14 @@ def fit(
             pruner.after_step(step)
         elif held:
             apply_masks_(student, held)
+        if qat_from is not None and step == qat_from and qat_from > 0:
+            add_fake_quant(student, qat_spec(job.qat))  # the optimizer keeps the same (now latent) parameters
         if check is not None and step % check.every == 0 and step < job.steps:
             check.callback(step, score_lm(student, data.val, context=cfg.context, max_positions=check.val_tokens).accuracy)
             model.train()  # scoring put it in eval mode
 
     val = score_lm(student, data.val, context=cfg.context, max_positions=job.val_tokens)  # as it will run (fake-quantized)
-    if job.qat is not None:
+    if qat_from is not None:
         remove_fake_quant(student)  # the latent weights; the quantize stage applies the same quantizer to them
     metrics = {
         "train_seconds": time.perf_counter() - t0,
