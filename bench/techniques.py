@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import orchestrator
-from orchestrator.tasks.char_lm import CharData
-from orchestrator.trial import TrialContext, TrialParams, build_teacher, build_teacher_outputs, run_pipeline
+from orchestrator.tasks import load_data
+from orchestrator.trial import TeacherInfo, TrialContext, TrialParams, build_teacher, build_teacher_outputs, run_pipeline
 
 STUDENT = {"layers": 2, "width": 96, "heads": 4, "beta": 0.0, "lambda": 0.5, "temperature": 2.0,
            "optimizer": "adamw", "lr": 5e-3, "weight_decay": 0.0, "sparsity": 0.0, "bits": 32}
@@ -58,6 +58,9 @@ ROWS: list[tuple[str, str, list, dict]] = [
     ("QAT affine/channel 4-bit", "student float32", [D, q(mode="qat")], {"bits": 4}),
     ("QAT affine/group-32 3-bit", "student float32", [D, q(granularity="group", mode="qat")], {"bits": 3}),
     ("QAT affine/group-32 2-bit", "student float32", [D, q(granularity="group", mode="qat")], {"bits": 2}),
+    ("QAT affine/channel 4-bit from step 0", "student float32", [D, q(mode="qat", qat_start=0.0)], {"bits": 4}),
+    ("QAT affine/group-32 3-bit from step 0", "student float32", [D, q(granularity="group", mode="qat", qat_start=0.0)], {"bits": 3}),
+    ("QAT affine/group-32 2-bit from step 0", "student float32", [D, q(granularity="group", mode="qat", qat_start=0.0)], {"bits": 2}),
     ("magnitude global 50%", "student float32", [D, p()], {"sparsity": 0.5}),
     ("magnitude global 70%", "student float32", [D, p()], {"sparsity": 0.7}),
     ("magnitude global 90%", "student float32", [D, p()], {"sparsity": 0.9}),
@@ -87,56 +90,59 @@ ROWS: list[tuple[str, str, list, dict]] = [
      [D, p("structured", target="both", recovery_steps=100), q(granularity="group", mode="qat")], {"sparsity": 0.5, "bits": 3}),
     ("combo: 2:4 + 100 recovery + QAT group-32 3-bit", "student float32",
      [D, p("nm", recovery_steps=100), q(granularity="group", mode="qat")], {"bits": 3}),
+    ("combo: 2:4 + 100 recovery + QAT group-32 3-bit from step 0", "student float32",
+     [D, p("nm", recovery_steps=100), q(granularity="group", mode="qat", qat_start=0.0)], {"bits": 3}),
+    ("combo: structured MLP+heads 50% + 100 recovery + QAT group-32 3-bit from step 0", "student float32",
+     [D, p("structured", target="both", recovery_steps=100), q(granularity="group", mode="qat", qat_start=0.0)],
+     {"sparsity": 0.5, "bits": 3}),
 ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--space", default="search_spaces/quickstart.yaml")
-    parser.add_argument("--out", default="bench/results/techniques.json")
-    parser.add_argument("--only", default=None, help="run rows whose name contains this text (and their baselines)")
-    args = parser.parse_args()
+def run_rows(
+    space: str, rows: list[tuple[str, str, list, dict]], *, student: dict, teacher_params: dict, group_size: int,
+    overrides: dict[str, Any],
+) -> tuple[TeacherInfo, list[dict]]:
+    """Run each row as one trial (`run_pipeline`) in a temporary storage; returns the teacher and the rows.
+
+    `student` / `teacher_params` are the fixed params of rows with and without a distill stage;
+    `overrides` apply to the space for every row (e.g. fewer distillation steps)."""
     import ray
 
     from orchestrator.sweep import RAY_ENV, _prepare_data
 
-    rows = [r for r in ROWS if args.only is None or args.only in r[0] or any(args.only in o[0] and o[1] == r[0] for o in ROWS)]
-    started = time.perf_counter()
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        base = orchestrator.load_config(args.space, overrides={
-            "storage": f"{tmp}/runs", "resources.cpus_per_worker": os.cpu_count() or 1,
-            "params.beta": 0.0,  # no hidden-state term: the teacher outputs keep logits only
-        })
+        common = {"storage": f"{tmp}/runs", "resources.cpus_per_worker": os.cpu_count() or 1, **overrides}
+        base = orchestrator.load_config(space, overrides={**common, "params.beta": 0.0})  # logits-only teacher outputs
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
         try:
             _, data_path, data_key = _prepare_data(base)
-            data = CharData.load(data_path)
+            data = load_data(data_path)
             teacher = build_teacher(base, data, data_path, data_key)
         finally:
             ray.shutdown()
+        print(f"teacher: accuracy {teacher.accuracy:.4f}, perplexity {teacher.perplexity:.2f}, "
+              f"{teacher.size_bytes / 1e6:.3f} MB, {teacher.latency_ms:.2f} ms", flush=True)
         outputs = build_teacher_outputs(base, teacher, data)
         ctx = TrialContext(config=base, data_path=data_path, teacher=teacher, teacher_outputs=outputs, sweep_dir=f"{tmp}/bench")
         by_name: dict[str, dict] = {}
         for i, (name, baseline, pipeline, fixed) in enumerate(rows):
-            params = {**(STUDENT if D in pipeline else TEACHER), **fixed}
+            params = {**(student if D in pipeline else teacher_params), **fixed}
             if "'group'" in str(pipeline):
-                params["group_size"] = GROUP
-            cfg = orchestrator.load_config(args.space, overrides={
-                "storage": f"{tmp}/runs", "resources.cpus_per_worker": os.cpu_count() or 1, "pipeline": pipeline,
-                "params": params,
-            })
+                params["group_size"] = group_size
+            cfg = orchestrator.load_config(space, overrides={**common, "pipeline": pipeline, "params": params})
             t = time.perf_counter()
             m = run_pipeline(TrialParams.from_config(cfg_params(cfg)), dataclasses.replace(ctx, config=cfg), trial_id=f"row{i}")
             row = {
                 "name": name, "pipeline": cfg.pipeline.label, **fixed,
                 "size_vs_teacher": round(m["size_bytes"] / teacher.size_bytes, 4),
-                "accuracy": round(m["accuracy"], 4),
+                "accuracy": round(m["accuracy"], 4), "perplexity": round(m["perplexity"], 3),
                 "accuracy_retained": round(m["accuracy_retained"], 4),
                 "latency_vs_teacher": round(m["latency_vs_teacher"], 3),
                 "size_mb": round(m["size_mb"], 4), "bits_per_weight": round(m["bits_per_weight"], 2),
                 "params": int(m["params"]), "sparsity_measured": round(m["sparsity_measured"], 3),
-                "int8_layers": int(m["int8_layers"]), "seconds": round(time.perf_counter() - t, 1),
+                "int8_layers": int(m["int8_layers"]), "latency_ms": round(m["latency_ms"], 3),
+                "decode_tokens_per_s": round(m["decode_tokens_per_s"], 2), "seconds": round(time.perf_counter() - t, 1),
             }
             ref = by_name.get(baseline)
             if ref is not None:
@@ -145,18 +151,34 @@ def main() -> None:
             by_name[name] = row
             results.append(row)
             print(f"{name:<58} size {row['size_vs_teacher']:7.2%}  acc {row['accuracy']:.4f} "
-                  f"({row['accuracy_retained']:6.1%})  lat x{row['latency_vs_teacher']:.2f}  "
+                  f"({row['accuracy_retained']:6.1%})  ppl {row['perplexity']:9.2f}  lat x{row['latency_vs_teacher']:.2f}  "
                   f"d_acc {row.get('accuracy_points_vs_baseline', 0):+6.2f} pt  {row['seconds']:5.1f} s", flush=True)
+    return teacher, results
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default="search_spaces/quickstart.yaml")
+    parser.add_argument("--out", default="bench/results/techniques.json")
+    parser.add_argument("--only", default=None, help="run rows whose name contains this text (and their baselines)")
+    args = parser.parse_args()
+    rows = [r for r in ROWS if args.only is None or args.only in r[0] or any(args.only in o[0] and o[1] == r[0] for o in ROWS)]
+    started = time.perf_counter()
+    teacher, results = run_rows(args.space, rows, student=STUDENT, teacher_params=TEACHER, group_size=GROUP, overrides={})
+    write(args.out, args.space, teacher, STUDENT, results, started)
+
+
+def write(out: str, space: str, teacher: TeacherInfo, student: dict, results: list[dict], started: float) -> None:
     figures = {
-        "space": args.space, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"),
-        "teacher": {"accuracy": round(teacher.accuracy, 4), "size_mb": round(teacher.size_bytes / 1e6, 4),
-                    "latency_ms": round(teacher.latency_ms, 3), "params": teacher.params},
-        "student": STUDENT, "wall_s": round(time.perf_counter() - started, 1), "rows": results,
+        "space": space, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"),
+        "teacher": {"accuracy": round(teacher.accuracy, 4), "perplexity": round(teacher.perplexity, 3),
+                    "size_mb": round(teacher.size_bytes / 1e6, 4), "latency_ms": round(teacher.latency_ms, 3),
+                    "params": teacher.params},
+        "student": student, "wall_s": round(time.perf_counter() - started, 1), "rows": results,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(figures, indent=1) + "\n")
-    print(f"wrote {args.out} in {figures['wall_s']} s")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(figures, indent=1) + "\n")
+    print(f"wrote {out} in {figures['wall_s']} s")
 
 
 def cfg_params(cfg: orchestrator.SweepConfig) -> dict[str, Any]:

@@ -134,3 +134,34 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
     return total, nonzero
+
+
+@torch.inference_mode()
+def measure_decode(model: nn.Module, prompt: torch.Tensor, *, new_tokens: int, threads: int, repeats: int = 3) -> float:
+    """Greedy decoding speed after a (1, T) prompt, in new tokens per second, prefill excluded, as the model
+    really decodes: a Hugging Face model (`.lm`) one token at a time from its KV cache; any other model
+    (no cache) by a full forward pass over its last T tokens per new token. Median of `repeats` runs
+    after one untimed run."""
+    model.eval()
+    lm = getattr(model, "lm", None)
+
+    def run() -> float:
+        if lm is not None:
+            out = lm(input_ids=prompt, use_cache=True)  # prefill, not timed
+            cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            t = time.perf_counter()
+            for _ in range(new_tokens):
+                out = lm(input_ids=nxt, past_key_values=cache, use_cache=True)
+                cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            return time.perf_counter() - t
+        seq = prompt
+        t = time.perf_counter()
+        for _ in range(new_tokens):
+            nxt = model(seq[:, -prompt.shape[1]:])[0][:, -1:].argmax(-1)
+            seq = torch.cat([seq, nxt], dim=1)
+        return time.perf_counter() - t
+
+    with torch_threads(threads):
+        run()
+        seconds = statistics.median(run() for _ in range(repeats))
+    return new_tokens / seconds

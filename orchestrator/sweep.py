@@ -8,6 +8,7 @@ for early stopping) -> MLflow artifacts -> `SweepResult`.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import importlib
 import json
@@ -32,9 +33,11 @@ from orchestrator import cache
 from orchestrator.config import PARAM_NAMES, ConfigError, ConstraintsConfig, SweepConfig, load_config
 from orchestrator.pareto import hypervolume, knee_point, pareto_mask
 from orchestrator.space import OBJECTIVES, ObjectiveConstraints
-from orchestrator.stages.export import load_artifact
+from orchestrator.stages.export import load_artifact, read_manifest
 from orchestrator.stopping import write_front
-from orchestrator.tasks.char_lm import CharData, build_data, load_corpus
+from orchestrator.tasks import LMData, load_data
+from orchestrator.tasks.char_lm import build_data
+from orchestrator.tasks.corpora import builtin_text, dataset_text, file_text, tokenize
 from orchestrator.tracking import reported_metrics, trial_error
 from orchestrator.trial import TeacherInfo, TrialContext, build_teacher, build_teacher_outputs
 
@@ -102,17 +105,49 @@ class SweepResult:
 
     def load_model(self, trial_id: str) -> nn.Module:
         """Reload a trial's compressed model from its exported artifact (the vocabulary is `model.vocab`)."""
+        return load_model(self._artifact(trial_id))
+
+    def _artifact(self, trial_id: str) -> str:
         rows = self.trials[self.trials["trial_id"] == trial_id]
         if rows.empty or not isinstance(rows.iloc[0]["artifact"], str):
             raise KeyError(f"no completed trial {trial_id!r} in this sweep; known: {list(self.trials['trial_id'])}")
-        return load_model(rows.iloc[0]["artifact"])
+        return rows.iloc[0]["artifact"]
+
+    def export_pretrained(self, trial_id: str, directory: str | os.PathLike[str]) -> Path:
+        """Write a trial's hf_causal_lm model as a `save_pretrained` directory (see `export_pretrained`)."""
+        return export_pretrained(self._artifact(trial_id), directory)
 
 
 def load_model(path: str | os.PathLike[str]) -> nn.Module:
-    """Rebuild a compressed model from an exported artifact (`model.orc`); `model.vocab` holds its vocabulary."""
+    """Rebuild a compressed model from an exported artifact (`model.orc`). `model.vocab` holds a char_lm
+    model's vocabulary; `model.tokenizer` an hf_causal_lm model's tokenizer, or None."""
     model, meta = load_artifact(path)
     model.vocab = meta.get("vocab")
+    model.tokenizer = None
+    if meta.get("tokenizer"):
+        from orchestrator.tasks.hf_lm import load_tokenizer
+
+        model.tokenizer = load_tokenizer(meta["tokenizer"])
     return model
+
+
+def export_pretrained(artifact: str | os.PathLike[str], directory: str | os.PathLike[str]) -> Path:
+    """Write an hf_causal_lm artifact as a directory `transformers.AutoModelForCausalLM.from_pretrained`
+    loads, with its tokenizer: float, float16 and pruned models. Weights quantized to 2..8 bits have no
+    transformers form: keep the packed artifact and `load_model` it."""
+    from orchestrator.tasks.hf_lm import HFCausalLM, save_pretrained
+
+    manifest = read_manifest(artifact)
+    low_bit = sorted({e["bits"] for e in manifest["tensors"] if e.get("encoding") == "quant"})
+    if manifest["architecture"] != "hf_causal_lm":
+        raise ValueError(f"{artifact}: a {manifest['architecture']} model, not a Hugging Face one; use load_model")
+    if low_bit:
+        raise ValueError(f"{artifact}: weights quantized to {low_bit} bits have no transformers form; "
+                         "use the packed artifact with orchestrator.load_model")
+    model = load_model(artifact)
+    assert isinstance(model, HFCausalLM)
+    save_pretrained(model, model.tokenizer, directory)
+    return Path(directory)
 
 
 class Sweep:
@@ -171,7 +206,7 @@ class Sweep:
 
     def check_resume(self, sweep_id: str) -> list[dict[str, Any]]:
         """The trials of sweep `sweep_id` in this storage; `ConfigError` unless it can be resumed with this
-        config (same searched params, so that its Optuna study fits)."""
+        config (same searched params and pipeline, so that its Optuna study and its trials fit)."""
         cfg = self.config
         root = cfg.storage_path / "sweeps"
         sweep_dir = root / sweep_id
@@ -181,7 +216,13 @@ class Sweep:
                 f"--resume {sweep_id}: no resumable sweep of that id under {root}; "
                 f"sweep ids there: {', '.join(known[-5:]) or 'none'} (give --storage of the original sweep)"
             )
-        before = load_config(sweep_dir / CONFIG_FILE).to_dict()["params"]
+        earlier = load_config(sweep_dir / CONFIG_FILE)
+        if earlier.pipeline != cfg.pipeline:
+            raise ConfigError(
+                f"--resume {sweep_id}: `pipeline` is {cfg.pipeline.to_raw()} here but {earlier.pipeline.to_raw()} in that "
+                "sweep; resume with the pipeline it started with"
+            )
+        before = earlier.to_dict()["params"]
         now = cfg.to_dict()["params"]
         for name in now:
             if before.get(name) != now[name]:
@@ -209,13 +250,41 @@ def _import_later_modules() -> None:
         importlib.import_module(name)
 
 
-def _prepare_data(cfg: SweepConfig) -> tuple[CharData, str, str]:
-    text = load_corpus(cfg.task.corpus)
-    if cfg.task.chars is not None:
-        text = text[: cfg.task.chars]
-    key = hashlib.sha256(text.encode()).hexdigest()[:16]
-    entry, _ = cache.get_or_build(cfg.storage_path / "data", key, lambda d: build_data(text).save(d / "data.pt"))
-    return CharData.load(entry / "data.pt"), str(entry / "data.pt"), key
+def task_text(cfg: SweepConfig) -> str:
+    """The task's text: a Hugging Face dataset, local files, or a built-in corpus (first `chars` characters)."""
+    task = cfg.task
+    if task.dataset is not None:
+        text = dataset_text(task.dataset, task.dataset_config, task.dataset_split, task.text_column)
+    elif task.files is not None:
+        text = file_text(sorted(glob.glob(os.path.expanduser(task.files), recursive=True)), task.text_column)
+    else:
+        text = builtin_text(task.corpus)
+    return text[: task.chars] if task.chars is not None else text
+
+
+def _prepare_data(cfg: SweepConfig) -> tuple[LMData, str, str]:
+    """The task's corpus, encoded once and stored under a hash of the text (and the tokenizer's vocabulary)."""
+    text = task_text(cfg)
+    text_key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    if cfg.task.name == "hf_causal_lm":
+        from orchestrator.tasks.hf_lm import load_tokenizer, tokenizer_source
+
+        ref = tokenizer_source(cfg.teacher.model)
+        tokenizer = load_tokenizer(ref)
+        vocab = sorted(tokenizer.get_vocab().items())
+        key = cache.content_key("tokens", text_key, vocab)
+        vocab_size = max(len(tokenizer), max(i for _, i in vocab) + 1)
+
+        def build(d: Path) -> None:
+            tokenize(text, tokenizer, vocab_size=vocab_size, meta={"tokenizer": ref}).save(d / "data.pt")
+    else:
+        key = text_key
+
+        def build(d: Path) -> None:
+            build_data(text).save(d / "data.pt")
+
+    entry, _ = cache.get_or_build(cfg.storage_path / "data", key, build)
+    return load_data(entry / "data.pt"), str(entry / "data.pt"), key
 
 
 def _run(
@@ -240,11 +309,14 @@ def _run(
     data, data_path, data_key = _prepare_data(cfg)
     setup_seconds = time.perf_counter() - started
     t = time.perf_counter()
-    log.info("teacher: %d layers x %d wide, %d steps ...", cfg.teacher.layers, cfg.teacher.width, cfg.teacher.steps)
+    if cfg.teacher.model is not None:
+        log.info("teacher: pretrained %s ...", cfg.teacher.model)
+    else:
+        log.info("teacher: %d layers x %d wide, %d steps ...", cfg.teacher.layers, cfg.teacher.width, cfg.teacher.steps)
     teacher = build_teacher(cfg, data, data_path, data_key)
     log.info(
         "teacher %s (%s): test accuracy %.4f, %.3f MB, %.3f ms",
-        teacher.key, "cache hit, reused" if teacher.cache_hit else "trained now", teacher.accuracy,
+        teacher.key, "cache hit, reused" if teacher.cache_hit else "built now", teacher.accuracy,
         teacher.size_bytes / 1e6, teacher.latency_ms,
     )
 

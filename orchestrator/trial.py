@@ -22,7 +22,7 @@ from torch import nn
 from orchestrator import cache
 from orchestrator.config import Fixed, SweepConfig
 from orchestrator.losses import LossWeights
-from orchestrator.measure import count_params, measure_latency, score_lm
+from orchestrator.measure import count_params, measure_decode, measure_latency, score_lm
 from orchestrator.space import ObjectiveConstraints
 from orchestrator.stages.compress import Compressed, compress
 from orchestrator.stages.distill import Check, DistillJob, DistillResult, load_teacher, run_distill
@@ -30,8 +30,9 @@ from orchestrator.stages.export import export
 from orchestrator.stages.prune import PruneResult
 from orchestrator.stages.teacher_outputs import compute_teacher_outputs
 from orchestrator.stopping import EarlyStopped, read_front, stop_reason
-from orchestrator.tasks.char_lm import CharData, build_model
-from orchestrator.tasks.gpt import GPT, GPTConfig
+from orchestrator.tasks import LMData, build_model_from, load_data, model_config
+from orchestrator.tasks.char_lm import build_model
+from orchestrator.tasks.hf_lm import derive_student, load_pretrained, source_fingerprint
 
 ARTIFACT = "model.orc"
 
@@ -95,16 +96,17 @@ class TrialParams:
 
 
 def measure_model(
-    model: nn.Module, size: int, data: CharData, cfg: SweepConfig, *, reference: nn.Module | None,
+    model: nn.Module, size: int, data: LMData, cfg: SweepConfig, *, reference: nn.Module | None,
     counts: tuple[int, int] | None = None,
 ) -> dict[str, float]:
-    """Held-out accuracy/perplexity, artifact size and batch-1 latency of a model as it runs.
+    """Held-out accuracy/perplexity, artifact size, batch-1 latency and decoding speed of a model as it runs.
 
     `counts` (parameters, non-zero) of the compressed shape, when int8 layers hide them from torch."""
     test = score_lm(model, data.test, context=cfg.task.context, max_positions=cfg.task.eval_tokens)
     example = data.test[: cfg.task.context].long()[None]  # (1, T): a fixed held-out prompt
     m = cfg.measure
     lat = measure_latency(model, example, threads=m.threads, warmup=m.warmup, repeats=m.repeats, reference=reference)
+    decode = measure_decode(model, example, new_tokens=cfg.task.decode_tokens, threads=m.threads)
     total, nonzero = counts or count_params(model)
     out = {
         "accuracy": test.accuracy,
@@ -115,6 +117,7 @@ def measure_model(
         "latency_ms": lat.p50_ms,
         "latency_p95_ms": lat.p95_ms,
         "throughput_tokens_per_s": lat.throughput,
+        "decode_tokens_per_s": decode,
         "measure_threads": float(lat.threads),
         "params": float(total),
         "nonzero_params": float(nonzero),
@@ -152,10 +155,12 @@ def _train_in_task(cfg: SweepConfig, job: DistillJob, *, cpus: float) -> Distill
     ))
 
 
-def build_teacher(cfg: SweepConfig, data: CharData, data_path: str, data_key: str) -> TeacherInfo:
+def build_teacher(cfg: SweepConfig, data: LMData, data_path: str, data_key: str) -> TeacherInfo:
     """Train the teacher once per storage (keyed by its config, data and seed) and measure it."""
     t = cfg.teacher
-    model_cfg = _model_cfg(cfg, len(data.vocab), layers=t.layers, width=t.width, heads=t.heads)
+    if cfg.task.name == "hf_causal_lm":
+        return _pretrained_teacher(cfg, data, data_key)
+    model_cfg = _model_cfg(cfg, data.vocab_size, layers=t.layers, width=t.width, heads=t.heads)
     # What determines the teacher's weights: its recipe, data, seed and DDP world size (not its thread count).
     recipe = {k: v for k, v in dataclasses.asdict(t).items() if k != "cpus_per_worker"}
     key = cache.content_key("teacher", recipe, model_cfg, data_key, cfg.seed, cfg.resources.num_workers)
@@ -174,12 +179,34 @@ def build_teacher(cfg: SweepConfig, data: CharData, data_path: str, data_key: st
         torch.save({"config": model_cfg, "state_dict": result.state_dict}, tmp / "teacher.pt")
         teacher = load_teacher(tmp / "teacher.pt")
         t0 = time.perf_counter()
-        size = export(teacher, tmp / ARTIFACT, bits=32, meta={"vocab": data.vocab})
+        size = export(teacher, tmp / ARTIFACT, bits=32, meta=data.meta)
         metrics = measure_model(teacher, size, data, cfg, reference=None)
         metrics["train_seconds"] = result.train_seconds
         metrics["build_seconds"] = result.train_seconds + time.perf_counter() - t0
         (tmp / "teacher.json").write_text(json.dumps(metrics, indent=1))
 
+    return _teacher_info(cfg, key, build)
+
+
+def _pretrained_teacher(cfg: SweepConfig, data: LMData, data_key: str) -> TeacherInfo:
+    """hf_causal_lm: the pretrained model, loaded once per storage (keyed by its source), exported as
+    float32 and measured on the task's test split like any student."""
+    source = cfg.teacher.model
+    key = cache.content_key("pretrained_teacher", source_fingerprint(source), data_key, dataclasses.asdict(cfg.measure))
+
+    def build(tmp: Path) -> None:
+        t0 = time.perf_counter()
+        teacher, _ = load_pretrained(source)
+        torch.save({"config": model_config(teacher), "state_dict": teacher.state_dict()}, tmp / "teacher.pt")
+        size = export(teacher, tmp / ARTIFACT, bits=32, meta=data.meta)
+        metrics = measure_model(teacher, size, data, cfg, reference=None)
+        metrics.update(train_seconds=0.0, build_seconds=time.perf_counter() - t0)
+        (tmp / "teacher.json").write_text(json.dumps(metrics, indent=1))
+
+    return _teacher_info(cfg, key, build)
+
+
+def _teacher_info(cfg: SweepConfig, key: str, build: Callable[[Path], None]) -> TeacherInfo:
     entry, hit = cache.get_or_build(cfg.storage_path / "teachers", key, build)
     m = json.loads((entry / "teacher.json").read_text())
     return TeacherInfo(
@@ -189,22 +216,23 @@ def build_teacher(cfg: SweepConfig, data: CharData, data_path: str, data_key: st
     )
 
 
-def build_teacher_outputs(cfg: SweepConfig, teacher: TeacherInfo, data: CharData) -> TeacherOutputsInfo:
+def build_teacher_outputs(cfg: SweepConfig, teacher: TeacherInfo, data: LMData) -> TeacherOutputsInfo:
     """Run the teacher once over a pool of training windows and keep its outputs for every trial.
 
     Hidden states are kept only when some trial can weigh them (`params.beta` not fixed at 0).
     """
     d = cfg.distill
     hidden = cfg.params["beta"] != Fixed(0.0)
-    top_k = d.top_k if d.top_k is not None and d.top_k < len(data.vocab) else None  # k >= V: all logits
-    key = cache.content_key("teacher_outputs", teacher.key, d.cache_blocks, cfg.seed, hidden, top_k)
+    top_k = d.top_k if d.top_k is not None and d.top_k < data.vocab_size else None  # k >= V: all logits
+    key = cache.content_key("teacher_outputs", teacher.key, d.cache_blocks, cfg.seed, hidden, top_k, cfg.task.context)
 
     def build(tmp: Path) -> None:
         t, threads = time.perf_counter(), torch.get_num_threads()
         torch.set_num_threads(max(1, int(cfg.teacher.cpus_per_worker or cfg.resources.cpus_per_worker)))
         try:
             outputs = compute_teacher_outputs(
-                load_teacher(teacher.path), data.train, blocks=d.cache_blocks, seed=cfg.seed, hidden=hidden, top_k=top_k
+                load_teacher(teacher.path), data.train, blocks=d.cache_blocks, seed=cfg.seed, hidden=hidden, top_k=top_k,
+                context=cfg.task.context,
             )
         finally:
             torch.set_num_threads(threads)
@@ -232,7 +260,7 @@ def _job(
         teacher_outputs_path=outputs.path if outputs else None, model=model, steps=steps,
         batch_size=cfg.distill.batch_size, warmup=warmup, lr=p.lr, optimizer=p.optimizer, seed=cfg.seed,
         weights=LossWeights(temperature=p.temperature, lam=p.lam, beta=p.beta), val_tokens=cfg.distill.val_tokens,
-        threads=max(1, int(cfg.resources.cpus_per_worker)), weight_decay=p.weight_decay,
+        threads=max(1, int(cfg.resources.cpus_per_worker)), weight_decay=p.weight_decay, context=cfg.task.context,
         temperature_end=cfg.distill.temperature_end, layer_map=cfg.distill.layer_map, init_path=init_path,
         gradual=gradual, qat=qat,
     )
@@ -246,17 +274,17 @@ def _job_key(kind: str, source: str, job: DistillJob, cfg: SweepConfig, *extra: 
     return cache.content_key(kind, source, recipe, cfg.resources.num_workers, *extra)
 
 
-def _save(path: Path, model: GPT, masks: dict[str, torch.Tensor] | None = None) -> None:
-    blob: dict[str, Any] = {"config": dataclasses.asdict(model.cfg), "state_dict": model.state_dict()}
+def _save(path: Path, model: nn.Module, masks: dict[str, torch.Tensor] | None = None) -> None:
+    blob: dict[str, Any] = {"config": model_config(model), "state_dict": model.state_dict()}
     if masks:
         blob["masks"] = masks
     torch.save(blob, path)
 
 
-def load_checkpoint(path: str | Path) -> tuple[GPT, dict[str, torch.Tensor]]:
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """A student checkpoint: the model and the keep-masks held while it trained (empty if none)."""
     blob = torch.load(path, weights_only=True)
-    model = GPT(GPTConfig(**blob["config"]))
+    model = build_model_from(blob["config"])
     model.load_state_dict(blob["state_dict"])
     return model, blob.get("masks", {})
 
@@ -275,14 +303,25 @@ def distill_student(
     if cfg.pipeline.gradual_pruning:
         gradual = {**dataclasses.asdict(cfg.pipeline.prune), "sparsity": p.sparsity}
         gradual.pop("recovery_steps")
-    model = _model_cfg(cfg, vocab_size, layers=p.layers, width=p.width, heads=p.heads)
+    derived = None
+    if cfg.task.name == "hf_causal_lm":  # initialised from a subset of the teacher's layers
+        derived = derive_student(load_teacher(ctx.teacher.path), p.layers)
+        model = model_config(derived)
+    else:
+        model = _model_cfg(cfg, vocab_size, layers=p.layers, width=p.width, heads=p.heads)
     job = _job(cfg, p, ctx, model, steps=cfg.distill.steps, warmup=cfg.distill.warmup, gradual=gradual)
     source = ctx.teacher_outputs.key if ctx.teacher_outputs else ctx.teacher.key
-    key = _job_key("student", source, job, cfg)
+    key = _job_key("student", source, job, cfg, ctx.teacher.key if derived is not None else None)
 
     def build(tmp: Path) -> None:
-        result = _train(cfg, job, name=f"distill-{trial_id}", cpus_per_worker=cfg.resources.cpus_per_worker,
+        run = job
+        if derived is not None:
+            _save(tmp / "init.pt", derived)
+            run = dataclasses.replace(job, init_path=str(tmp / "init.pt"))
+        result = _train(cfg, run, name=f"distill-{trial_id}", cpus_per_worker=cfg.resources.cpus_per_worker,
                         in_process=cfg.distill_in_trial, check=check)
+        if derived is not None:
+            (tmp / "init.pt").unlink()
         torch.save({"config": job.model, "state_dict": result.state_dict}, tmp / "student.pt")
         info = {"train_seconds": result.train_seconds, "val_accuracy": result.val_accuracy, "val_loss": result.val_loss}
         (tmp / "distill.json").write_text(json.dumps(info))
@@ -297,9 +336,9 @@ def recover_student(
     model, pruned weights held at zero (structured: the smaller shape kept). Cached like students, keyed
     by the model it starts from (`source`: the student's or teacher's key, the prune method, sparsity)."""
     method = cfg.pipeline.prune
-    assert isinstance(pruned.model, GPT) and method is not None
+    assert method is not None
     steps = method.recovery_steps
-    model_cfg = dataclasses.asdict(pruned.model.cfg)
+    model_cfg = model_config(pruned.model)
     probe = _job(cfg, p, ctx, model_cfg, steps=steps, warmup=min(cfg.distill.warmup, steps // 10))
     start = {"method": method.method, **dataclasses.asdict(method), "sparsity": p.sparsity}
     key = _job_key("recovered", source, probe, cfg, start)
@@ -319,14 +358,21 @@ def recover_student(
     return PruneResult(model.train(False), masks), hit
 
 
-def premeasure(cfg: SweepConfig, p: TrialParams, data: CharData, teacher: nn.Module, workdir: Path) -> dict[str, float]:
+def untrained_student(cfg: SweepConfig, p: TrialParams, data: LMData, teacher: nn.Module) -> nn.Module:
+    """A student of `p`'s shape before distillation (hf_causal_lm: the teacher layers it starts from)."""
+    if cfg.task.name == "hf_causal_lm":
+        return derive_student(teacher, p.layers)
+    torch.manual_seed(cfg.seed)
+    return build_model(data.vocab_size, cfg.task.context, layers=p.layers, width=p.width, heads=p.heads)
+
+
+def premeasure(cfg: SweepConfig, p: TrialParams, data: LMData, teacher: nn.Module, workdir: Path) -> dict[str, float]:
     """Size and latency of `p`'s compressed student before it is trained: they depend on its shape,
     sparsity and bits, not on its weights, so an untrained student of that shape, pruned, quantized and
     exported the same way, measures them (size to within the choice between mask and index encodings)."""
-    torch.manual_seed(cfg.seed)
-    model = build_model(len(data.vocab), cfg.task.context, layers=p.layers, width=p.width, heads=p.heads)
+    model = untrained_student(cfg, p, data, teacher)
     c = compress(model, cfg.pipeline, sparsity=p.sparsity, bits=p.bits, group_size=p.group_size,
-                 artifact=workdir / "untrained.orc", meta={"vocab": data.vocab})
+                 artifact=workdir / "untrained.orc", meta=data.meta)
     example = data.test[: cfg.task.context].long()[None]
     m = cfg.measure
     lat = measure_latency(c.model, example, threads=m.threads, warmup=m.warmup, repeats=m.repeats, reference=teacher)
@@ -361,7 +407,7 @@ def run_pipeline(
     intermediate validation results.
     """
     cfg, p = ctx.config, params
-    data = CharData.load(ctx.data_path)
+    data = load_data(ctx.data_path)
     timings: dict[str, float] = {}
     workdir = Path(ctx.sweep_dir) / "trials" / trial_id
     workdir.mkdir(parents=True, exist_ok=True)
@@ -380,7 +426,7 @@ def run_pipeline(
     t = time.perf_counter()
     if cfg.pipeline.distill:
         try:
-            entry, hit = distill_student(cfg, p, ctx, len(data.vocab), trial_id=trial_id, check=check)
+            entry, hit = distill_student(cfg, p, ctx, data.vocab_size, trial_id=trial_id, check=check)
         except EarlyStopped as stop:
             timings["time_distill_s"] = time.perf_counter() - t
             return {
@@ -405,7 +451,7 @@ def run_pipeline(
     artifact = workdir / ARTIFACT
     c: Compressed = compress(
         student.eval(), cfg.pipeline, sparsity=p.sparsity, bits=p.bits, group_size=p.group_size, artifact=artifact,
-        meta={"vocab": data.vocab}, recover=recover, timings=timings,
+        meta=data.meta, recover=recover, timings=timings,
     )
 
     t = time.perf_counter()

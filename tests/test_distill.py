@@ -179,3 +179,17 @@ def test_a_temperature_schedule_and_weight_decay_change_training(data_path, teac
     w = "blocks.0.fc.weight"
     assert not torch.equal(base.state_dict[w], annealed.state_dict[w])
     assert decayed.state_dict[w].norm() < base.state_dict[w].norm()
+
+
+@pytest.mark.slow
+def test_qat_switched_on_mid_training_and_gradual_pruning_under_ddp(ray_session, data_path, teacher_path, tmp_path):
+    from orchestrator.config.techniques import AffineQuantization
+
+    qat = {"method": "affine", **dataclasses.asdict(AffineQuantization(mode="qat")), "bits": 4, "group_size": 8}
+    gradual = {"scope": "global", "schedule": "gradual", "start": 0.1, "end": 0.6, "every": 3, "sparsity": 0.5}
+    job = _student_job(data_path, teacher_path=teacher_path, qat=qat, gradual=gradual)
+    result = run_distill(job, name="qat-ddp", storage_path=str(tmp_path), num_workers=2, use_gpu=False, cpus_per_worker=0.5)
+    assert not any("parametrizations" in k for k in result.state_dict)
+    student = build_model(len(CharData.load(data_path).vocab), 16, layers=1, width=8, heads=2)
+    student.load_state_dict(result.state_dict)
+    assert measured_sparsity(student) == pytest.approx(0.5, abs=1e-3)

@@ -46,3 +46,13 @@ def test_count_params_counts_zeros_separately():
     with torch.no_grad():
         model.head.weight.zero_()
     assert count_params(model) == (total, nonzero - model.head.weight.numel())
+
+
+def test_decode_speed_is_measured_for_a_model_without_a_cache():
+    from orchestrator.measure import measure_decode
+    from orchestrator.tasks.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, context=16, layers=1, width=16, heads=2))
+    speed = measure_decode(model, torch.randint(20, (1, 16)), new_tokens=4, threads=1)
+    assert 0 < speed < 1e6

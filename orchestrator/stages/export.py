@@ -6,6 +6,7 @@ architecture and task metadata (e.g. the vocabulary) and, per tensor, how it is 
 - ``float32`` / ``float16``: raw little-endian values (16 bits: the `bits = 16` setting);
 - ``quant``: b-bit level indices packed densely (eight 3-bit values in three bytes), plus a float32
   scale per group and, for affine quantization, a b-bit zero point per group (symmetric: fixed);
+- ``tied_to``: the same tensor as an earlier entry (a tied LM head), stored once;
 - any of these, sparse: values for kept entries only, located by a packed bitmask (1 bit per weight) or
   by their flat indices (uint16/uint32), whichever is smaller.
 
@@ -29,11 +30,12 @@ from torch import nn
 
 from orchestrator.stages.quantize import QuantizedTensor, dequantize, to_int8_kernels, zero_levels
 from orchestrator.tasks.gpt import GPT, GPTConfig
+from orchestrator.tasks.hf_lm import HFCausalLM, HFConfig
 
 MAGIC = b"ORCHPK02"
 FORMAT = "orchestrator.packed/2"
 # architecture name -> (config class, module class); the manifest names one of these.
-ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {"gpt": (GPTConfig, GPT)}
+ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {"gpt": (GPTConfig, GPT), "hf_causal_lm": (HFConfig, HFCausalLM)}
 
 
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
@@ -90,10 +92,28 @@ def export(
         offset += len(data)
         return ref
 
+    # Tied weights (an LM head sharing the token embedding) are one tensor: stored once, under the name
+    # that holds its quantized form or mask, and the other names point at it.
+    state = model.state_dict()
+    groups: dict[int, list[str]] = {}
+    for name, tensor in state.items():
+        if tensor.numel():
+            groups.setdefault(tensor.data_ptr(), []).append(name)
+    stored_as = {}
+    for names in groups.values():
+        best = next((n for n in names if n in quantized), next((n for n in names if n in masks), names[0]))
+        stored_as.update({n: best for n in names})
+    order = []
+    for name in state:
+        canonical = stored_as.get(name, name)
+        order.extend(n for n in (canonical, name) if n not in order)
     entries = []
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu()
+    for name in order:
+        t = state[name].detach().cpu()
         entry: dict[str, Any] = {"name": name, "shape": list(t.shape)}
+        if stored_as.get(name, name) != name:
+            entries.append({**entry, "tied_to": stored_as[name]})
+            continue
         mask = masks.get(name)
         kept = slice(None)
         if mask is not None:
@@ -149,8 +169,7 @@ def export(
     return path.stat().st_size
 
 
-def load_artifact(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the compressed model stored by `export`; returns (model in eval mode, task metadata)."""
+def _split(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memoryview]:
     data = Path(path).read_bytes()
     if data[: len(MAGIC)] != MAGIC:
         old = data[: len(MAGIC) - 2] == MAGIC[:-2]
@@ -158,8 +177,17 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, An
                                          if old else "not an orchestrator packed artifact (bad magic bytes)"))
     (n,) = struct.unpack_from("<I", data, len(MAGIC))
     start = len(MAGIC) + 4
-    manifest = json.loads(data[start : start + n])
-    blobs = memoryview(data)[start + n :]
+    return json.loads(data[start : start + n]), memoryview(data)[start + n :]
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The artifact's manifest: architecture, config, metadata, and how each tensor is stored."""
+    return _split(path)[0]
+
+
+def load_artifact(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the compressed model stored by `export`; returns (model in eval mode, task metadata)."""
+    manifest, blobs = _split(path)
     config_cls, model_cls = ARCHITECTURES[manifest["architecture"]]
     model = model_cls(config_cls(**manifest["config"]))
 
@@ -168,6 +196,9 @@ def load_artifact(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, An
 
     state, quantized = {}, {}
     for e in manifest["tensors"]:
+        if "tied_to" in e:
+            state[e["name"]] = state[e["tied_to"]]
+            continue
         shape, numel = e["shape"], int(np.prod(e["shape"], dtype=np.int64))
         mask = None
         if "mask" in e:

@@ -21,6 +21,7 @@ from torch.nn.utils import parametrize
 
 from orchestrator.config.techniques import MagnitudePruning, PruneMethod, SemiStructuredPruning, StructuredPruning
 from orchestrator.tasks.gpt import GPT
+from orchestrator.tasks.hf_lm import HFCausalLM, prune_mlp_neurons
 
 
 @dataclass
@@ -47,14 +48,28 @@ def prune(model: nn.Module, method: PruneMethod, sparsity: float) -> PruneResult
     return PRUNERS[type(method)](model, method, sparsity)
 
 
-def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The weight matrices pruning acts on: every `nn.Linear` weight (embeddings are left dense). Under
-    quantization-aware training these are the latent float weights the optimizer updates."""
+def output_layer(model: nn.Module) -> nn.Module | None:
+    """The layer that maps to the vocabulary: a Hugging Face model's output embeddings, the GPT's head."""
+    lm = getattr(model, "lm", None)
+    if lm is not None and hasattr(lm, "get_output_embeddings"):
+        return lm.get_output_embeddings()
+    return getattr(model, "head", None)
+
+
+def prunable_weights(model: nn.Module, *, lm_head: bool = True) -> dict[str, nn.Parameter]:
+    """The weight matrices pruning acts on: every `nn.Linear` weight (embeddings are left dense), the
+    output layer only with `lm_head`. Under quantization-aware training these are the latent float weights
+    the optimizer updates."""
     out = {}
+    head = output_layer(model)
+    seen: set[int] = set() if lm_head or head is None else {id(head.weight)}  # a tied head is pruned once, or not at all
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear):
-            fake_quantized = parametrize.is_parametrized(m, "weight")
-            out[f"{name}.weight"] = m.parametrizations.weight.original if fake_quantized else m.weight
+            fake_quantized = parametrize.is_parametrized(m, "weight")  # then `m.weight` is computed anew each time
+            weight = m.parametrizations.weight.original if fake_quantized else m.weight
+            if id(weight) not in seen:
+                seen.add(id(weight))
+                out[f"{name}.weight"] = weight
     return out
 
 
@@ -99,8 +114,8 @@ def global_magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) ->
     return masks
 
 
-def magnitude_masks(model: nn.Module, scope: str, sparsity: float) -> dict[str, torch.Tensor]:
-    weights = prunable_weights(model)
+def magnitude_masks(model: nn.Module, scope: str, sparsity: float, *, lm_head: bool = True) -> dict[str, torch.Tensor]:
+    weights = prunable_weights(model, lm_head=lm_head)
     if scope == "global":
         return global_magnitude_masks(weights, sparsity)
     masks: dict[str, torch.Tensor] = {}
@@ -119,7 +134,7 @@ def apply_masks_(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 @register_pruner(MagnitudePruning)
 def _magnitude(model: nn.Module, method: PruneMethod, sparsity: float) -> PruneResult:
     assert isinstance(method, MagnitudePruning)
-    masks = magnitude_masks(model, method.scope, sparsity)
+    masks = magnitude_masks(model, method.scope, sparsity, lm_head=method.lm_head)
     apply_masks_(model, masks)
     return PruneResult(model, masks)
 
@@ -149,7 +164,7 @@ class GradualPruner:
         """Call after optimizer step `step` (1-based)."""
         if self.begin <= step <= self.end and ((step - self.begin) % self.method.every == 0 or step == self.end):
             target = cubic_sparsity(step, final=self.final, begin=self.begin, end=self.end)
-            self.masks = magnitude_masks(self.model, self.method.scope, target)
+            self.masks = magnitude_masks(self.model, self.method.scope, target, lm_head=self.method.lm_head)
         apply_masks_(self.model, self.masks)
 
 
@@ -174,7 +189,7 @@ def nm_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
 @register_pruner(SemiStructuredPruning)
 def _nm(model: nn.Module, method: PruneMethod, sparsity: float) -> PruneResult:
     assert isinstance(method, SemiStructuredPruning)
-    masks = {name: nm_mask(w, method.n, method.m) for name, w in prunable_weights(model).items()}
+    masks = {name: nm_mask(w, method.n, method.m) for name, w in prunable_weights(model, lm_head=method.lm_head).items()}
     apply_masks_(model, masks)
     return PruneResult(model, masks)
 
@@ -192,11 +207,15 @@ def _keep(scores: torch.Tensor, fraction_removed: float) -> torch.Tensor:
 @register_pruner(StructuredPruning)
 def _structured(model: nn.Module, method: PruneMethod, sparsity: float) -> PruneResult:
     assert isinstance(method, StructuredPruning)
+    order = 1 if method.norm == "l1" else 2
+    if isinstance(model, HFCausalLM):
+        if method.target != "mlp":
+            raise ValueError("structured pruning of a Hugging Face model removes MLP neurons only (target: mlp)")
+        return PruneResult(prune_mlp_neurons(model, 1 - sparsity, order).train(model.training), {})
     if not isinstance(model, GPT):
         raise TypeError(f"structured pruning knows the GPT architecture, not {type(model).__name__}")
     cfg = model.cfg
     d, inner = cfg.head_size, cfg.heads * cfg.head_size
-    order = 1 if method.norm == "l1" else 2
     mlp_keep, head_keep = [], []
     for block in model.blocks:
         if method.target in ("mlp", "both"):  # neuron k: fc row k, its bias, fc_out column k

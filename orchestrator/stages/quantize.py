@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from orchestrator.config.techniques import AffineQuantization, QuantizeMethod, SymmetricQuantization
 
@@ -146,10 +147,16 @@ def fake_quantize(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 
 
 def quantizable_weights(model: nn.Module, *, embeddings: bool = True) -> dict[str, nn.Parameter]:
-    """The matrices quantization acts on: `nn.Linear` and (optionally) `nn.Embedding` weights; biases and
-    norms stay float32."""
+    """The matrices quantization acts on: `nn.Linear` and (optionally) `nn.Embedding` weights, each tensor
+    once (fake-quantized ones are left to QAT); biases and norms stay float32."""
     kinds = (nn.Linear, nn.Embedding) if embeddings else (nn.Linear,)
-    return {f"{name}.weight": m.weight for name, m in model.named_modules() if isinstance(m, kinds)}
+    out: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()  # a tied LM head and token embedding are one tensor: quantized once
+    for name, m in model.named_modules():
+        if isinstance(m, kinds) and not parametrize.is_parametrized(m, "weight") and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            out[f"{name}.weight"] = m.weight
+    return out
 
 
 @torch.no_grad()
@@ -172,32 +179,33 @@ def quantize_(model: nn.Module, spec: QuantSpec, masks: dict[str, torch.Tensor] 
     return out
 
 
-class _FakeQuant(nn.Module):
-    """A parametrization: the weight the forward pass sees is its fake-quantized value."""
+class FakeQuant(nn.Module):
+    """A parametrization: while `active`, the weight the forward pass sees is its fake-quantized value."""
 
-    def __init__(self, spec: QuantSpec) -> None:
+    def __init__(self, spec: QuantSpec, active: bool = True) -> None:
         super().__init__()
-        self.spec = spec
+        self.spec, self.active = spec, active
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return fake_quantize(w, self.spec)
+        return fake_quantize(w, self.spec) if self.active else w
 
 
-def add_fake_quant(model: nn.Module, spec: QuantSpec) -> None:
-    """Quantization-aware training: every quantizable weight is fake-quantized in the forward pass."""
-    from torch.nn.utils import parametrize
-
+def add_fake_quant(model: nn.Module, spec: QuantSpec, *, active: bool = True) -> list[FakeQuant]:
+    """Quantization-aware training: every quantizable weight is fake-quantized in the forward pass once its
+    parametrization is `active`. Registered before training starts (DDP must see the module structure it
+    will run), switched on later by setting `active`."""
+    out = []
     for name, module in model.named_modules():
         kinds = (nn.Linear, nn.Embedding) if spec.method.embeddings else (nn.Linear,)
         if isinstance(module, kinds):
-            parametrize.register_parametrization(module, "weight", _FakeQuant(spec))
+            out.append(FakeQuant(spec, active))
+            parametrize.register_parametrization(module, "weight", out[-1])
+    return out
 
 
 def remove_fake_quant(model: nn.Module) -> None:
     """Back to plain float weights (the latent ones QAT trained); PTQ with the same spec then yields the
     exact weights the last forward passes saw."""
-    from torch.nn.utils import parametrize
-
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 import torch
 
-from orchestrator.tasks.gpt import GPT
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ class TeacherOutputs:
 
 @torch.inference_mode()
 def compute_teacher_outputs(
-    teacher: GPT, train: torch.Tensor, *, blocks: int, seed: int, hidden: bool, top_k: int | None,
-    batch_size: int = 64,
+    teacher: nn.Module, train: torch.Tensor, *, blocks: int, seed: int, hidden: bool, top_k: int | None,
+    context: int | None = None, batch_size: int = 64,
 ) -> TeacherOutputs:
     """Run `teacher` once over `blocks` random windows of the training split.
 
@@ -64,8 +64,9 @@ def compute_teacher_outputs(
         train: (N,) training token ids; windows are drawn with a generator seeded by `seed`.
         hidden: also keep every layer's output (needed when any trial has beta > 0).
         top_k: keep only the k largest logits per position (None: all of them).
+        context: tokens per window (None: the teacher's own `cfg.context`, for the built-in GPT).
     """
-    context = teacher.cfg.context
+    context = context if context is not None else teacher.cfg.context
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(len(train) - context - 1, (blocks,), generator=gen)
     windows = train[starts[:, None] + torch.arange(context + 1)].long()  # (N, T+1)
@@ -84,6 +85,6 @@ def compute_teacher_outputs(
         logits=torch.cat(logits),
         indices=torch.cat(indices) if top_k is not None else None,
         hidden=torch.cat(states, dim=1) if hidden else None,
-        teacher_layers=teacher.cfg.layers,
+        teacher_layers=teacher.num_layers,
     )
 

