@@ -201,3 +201,12 @@ def _installed(name):
         return True
     except md.PackageNotFoundError:
         return False
+
+
+def test_a_hugging_face_dataset_source_reads_its_text_column(tmp_path):
+    pytest.importorskip("datasets")
+    from orchestrator.tasks.corpora import dataset_text
+
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"body": t, "id": i}) for i, t in enumerate(["alpha beta", "", "gamma"])))
+    # a local dataset directory goes through the same `datasets.load_dataset` call as a hub name
+    assert dataset_text(str(tmp_path), None, "train", "body") == "alpha beta\n\ngamma"
