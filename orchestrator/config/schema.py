@@ -118,6 +118,7 @@ class DistillConfig:
     teacher_outputs: Literal["cached", "live"] = "cached"  # cached: the teacher runs once per sweep over a pool of training windows; live: every step
     cache_blocks: int = _check(lambda v: v >= 1, "an integer >= 1", 2048)  # windows in that pool (students sample batches from it)
     top_k: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # keep the teacher's k largest logits per position (null: all; for large vocabularies)
+    student: str | None = None  # hf_causal_lm: a named Hugging Face config (hub id or local directory) for a randomly initialised student, instead of `params.layers` of the teacher's layers
     layer_map: tuple[tuple[int, int], ...] | None = None  # hidden-state term's [student layer, teacher layer] pairs (0-based; null: evenly spaced, last meets last)
     temperature_end: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)  # anneal T linearly from `params.temperature` to this over the steps (null: constant)
 

@@ -146,6 +146,19 @@ def _rebuild(fields: dict[str, Any], state: dict[str, torch.Tensor]) -> HFCausal
     return small
 
 
+def named_student(name: str, teacher: HFCausalLM, seed: int) -> HFCausalLM:
+    """A randomly initialised (seeded) student from a named config: a hub id or a local directory holding
+    a config.json. Its vocabulary must be the teacher's, since it learns the teacher's distribution."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    where, _ = resolve_source(name)
+    config = AutoConfig.from_pretrained(where)
+    if config.vocab_size != teacher.vocab_size:
+        raise ValueError(f"student config {name!r} has a vocabulary of {config.vocab_size}, the teacher {teacher.vocab_size}")
+    torch.manual_seed(seed)
+    return HFCausalLM.wrap(AutoModelForCausalLM.from_config(config))
+
+
 def derive_student(teacher: HFCausalLM, layers: int) -> HFCausalLM:
     """A student with `layers` of the teacher's decoder layers, evenly spaced from the first to the last
     (DistilBERT-style initialisation), and the teacher's embeddings, final norm and LM head."""
