@@ -231,3 +231,25 @@ def test_a_student_from_a_named_config_is_seeded_and_must_share_the_vocabulary(t
     assert cfg.distill.student == str(tmp_path / "small")
     with pytest.raises(ConfigError, match="`params.layers` does not apply when `distill.student`"):
         _space(tiny_llama_dir, tmp_path, **{"distill.student": str(tmp_path / "small"), "params.layers": 3})
+
+
+@pytest.mark.parametrize("target", ["mlp", "heads", "both"])
+def test_structured_pruning_of_an_hf_model_equals_zeroing_the_removed_units(tiny_llama_dir, target):
+    from orchestrator.config.techniques import StructuredPruning
+    from orchestrator.stages.prune import prune
+
+    model, _ = load_pretrained(str(tiny_llama_dir))
+    small = prune(load_pretrained(str(tiny_llama_dir))[0], StructuredPruning(target=target), 0.5).model
+    cfg = small.lm.config
+    assert cfg.intermediate_size == (32 if target != "heads" else 64)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == ((2, 1) if target != "mlp" else (4, 2))
+    x = torch.randint(model.vocab_size, (1, 12))
+    with torch.no_grad():  # independent reference: the removed neurons' down columns and heads' o columns zeroed
+        for big, cut in zip(model.lm.model.layers, small.lm.model.layers):
+            kept = [j for j in range(64) if any(torch.equal(big.mlp.gate_proj.weight[j], r) for r in cut.mlp.gate_proj.weight)]
+            big.mlp.down_proj.weight[:, sorted(set(range(64)) - set(kept))] = 0
+            q_kept = [h for h in range(4) if any(torch.equal(big.self_attn.q_proj.weight[h * 8:(h + 1) * 8], cut.self_attn.q_proj.weight[k * 8:(k + 1) * 8])
+                                                 for k in range(cfg.num_attention_heads))]
+            for h in sorted(set(range(4)) - set(q_kept)):
+                big.self_attn.o_proj.weight[:, h * 8:(h + 1) * 8] = 0
+        torch.testing.assert_close(model(x)[0], small(x)[0], atol=1e-5, rtol=1e-5)

@@ -45,7 +45,6 @@ from orchestrator.config.techniques import (
     MagnitudePruning,
     Pipeline,
     SemiStructuredPruning,
-    StructuredPruning,
 )
 
 
@@ -252,11 +251,8 @@ def _check_task(cfg: SweepConfig, source: str) -> None:
                                   "config; drop one of them")
             raise ConfigError(
                 f"{source}: `params.{name}` does not apply to hf_causal_lm: a student keeps the teacher's width and heads "
-                "and takes `layers` of its layers; narrow it with `prune: {method: structured}` (MLP) instead"
+                "and takes `layers` of its layers; narrow it with `prune: {method: structured}` (MLP neurons, attention heads) instead"
             )
-    if isinstance(cfg.pipeline.prune, StructuredPruning) and cfg.pipeline.prune.target != "mlp":
-        raise ConfigError(f"{source}: structured pruning of attention heads is implemented for char_lm only; "
-                          "use `target: mlp` with hf_causal_lm")
 
 
 _PIPELINE_EXAMPLE = "e.g. [distill, {prune: {method: magnitude}}, {quantize: {method: affine}}]"

@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 
 from orchestrator.config.techniques import MagnitudePruning, PruneMethod, SemiStructuredPruning, StructuredPruning
 from orchestrator.tasks.gpt import GPT
-from orchestrator.tasks.hf_lm import HFCausalLM, prune_mlp_neurons
+from orchestrator.tasks.hf_lm import HFCausalLM, prune_attention_heads, prune_mlp_neurons
 
 
 @dataclass
@@ -209,9 +209,12 @@ def _structured(model: nn.Module, method: PruneMethod, sparsity: float) -> Prune
     assert isinstance(method, StructuredPruning)
     order = 1 if method.norm == "l1" else 2
     if isinstance(model, HFCausalLM):
-        if method.target != "mlp":
-            raise ValueError("structured pruning of a Hugging Face model removes MLP neurons only (target: mlp)")
-        return PruneResult(prune_mlp_neurons(model, 1 - sparsity, order).train(model.training), {})
+        small = model
+        if method.target in ("mlp", "both"):
+            small = prune_mlp_neurons(small, 1 - sparsity, order)
+        if method.target in ("heads", "both"):
+            small = prune_attention_heads(small, 1 - sparsity, order)
+        return PruneResult(small.train(model.training), {})
     if not isinstance(model, GPT):
         raise TypeError(f"structured pruning knows the GPT architecture, not {type(model).__name__}")
     cfg = model.cfg

@@ -212,3 +212,35 @@ def source_fingerprint(source: str) -> dict[str, Any]:
         return {"hub": source}
     files = [path / gguf] if gguf else sorted(p for p in path.iterdir() if p.is_file())
     return {"path": str(path), "files": [[f.name, f.stat().st_size, int(f.stat().st_mtime)] for f in files]}
+
+
+def prune_attention_heads(model: HFCausalLM, keep_fraction: float, order: int) -> HFCausalLM:
+    """Remove whole key/value groups of least norm (with grouped-query attention, a key/value head and the
+    query heads that share it; q, k, v rows and o columns) from every decoder layer of a Llama-style model:
+    round(keep_fraction · key/value heads) groups stay, at least one."""
+    config = model.lm.config
+    layers = getattr(getattr(model.lm, "model", None), "layers", None)
+    if layers is None or not all(hasattr(layer, "self_attn") and hasattr(layer.self_attn, "q_proj") for layer in layers):
+        raise TypeError(f"head pruning knows Llama-style attention (q/k/v/o_proj); {type(model.lm).__name__} has none")
+    heads, kv = int(config.num_attention_heads), int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    d = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    group = heads // kv
+    keep_n = max(1, round(keep_fraction * kv))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for i, layer in enumerate(layers):
+        attn = layer.self_attn
+        q = attn.q_proj.weight.reshape(kv, group * d, -1)  # query heads grouped by the key/value head they share
+        k, v = attn.k_proj.weight.reshape(kv, d, -1), attn.v_proj.weight.reshape(kv, d, -1)
+        o = attn.o_proj.weight.reshape(config.hidden_size, kv, group * d).transpose(0, 1)
+        weights = torch.cat([t.reshape(kv, -1) for t in (q, k, v, o)], 1)
+        keep = torch.linalg.vector_norm(weights, ord=order, dim=1).topk(keep_n).indices.sort().values
+        q_rows = (keep[:, None] * group * d + torch.arange(group * d)).reshape(-1)
+        kv_rows = (keep[:, None] * d + torch.arange(d)).reshape(-1)
+        p = f"lm.model.layers.{i}.self_attn."
+        for name, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
+            state[p + f"{name}.weight"] = state[p + f"{name}.weight"][rows]
+            if p + f"{name}.bias" in state:
+                state[p + f"{name}.bias"] = state[p + f"{name}.bias"][rows]
+        state[p + "o_proj.weight"] = state[p + "o_proj.weight"][:, q_rows]
+    fields = _with_config(model, num_attention_heads=keep_n * group, num_key_value_heads=keep_n, head_dim=d)
+    return _rebuild(fields, state)
