@@ -14,9 +14,16 @@ anchor for scale: OPT-125M on WikiText2, 27.65 fp16 -> 37.28 round-to-nearest 4-
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
-from techniques import D, p, q, run_rows, write
+import torch
+from techniques import D, cfg_params, p, q, run_rows, write
+
+from orchestrator.stages.distill import load_teacher, run_distill
+from orchestrator.tasks import model_config
+from orchestrator.tasks.hf_lm import derive_student
+from orchestrator.trial import TrialContext, TrialParams, distill_job
 
 SPACE = "search_spaces/smollm2_smoke.yaml"
 STUDENT = {"layers": 15, "beta": 0.0, "lambda": 0.5, "temperature": 2.0, "optimizer": "adamw", "lr": 3e-4,
@@ -43,8 +50,33 @@ def main() -> None:
         "distill.warmup": 10, "distill.cache_blocks": 8 * args.steps, "distill.val_tokens": 1024,
         "measure.repeats": 10,
     }
-    teacher, results = run_rows(SPACE, ROWS, student=STUDENT, teacher_params=TEACHER, group_size=128, overrides=overrides)
-    write(args.out, SPACE, teacher, {**STUDENT, "tokens": args.steps * 8 * 64}, results, started)
+    teacher, results, saving = run_rows(SPACE, ROWS, student=STUDENT, teacher_params=TEACHER, group_size=128,
+                                        overrides=overrides, extra=teacher_output_saving)
+    print("teacher-output cache:", saving)
+    write(args.out, SPACE, teacher, {**STUDENT, "tokens": args.steps * 8 * 64}, results, started,
+          teacher_outputs=saving)
+
+
+def teacher_output_saving(ctx: TrialContext, steps: int = 10) -> dict:
+    """The same student's first `steps` distillation steps with the teacher run live in every step, then
+    from the sweep's cached top-k outputs (the product's default), in this process."""
+    import dataclasses
+
+    cfg = ctx.config
+    p = TrialParams.from_config({**cfg_params(cfg), **STUDENT})
+    teacher = load_teacher(ctx.teacher.path)
+    student = derive_student(teacher, p.layers)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save({"config": model_config(student), "state_dict": student.state_dict()}, f"{tmp}/init.pt")
+        cached = dataclasses.replace(distill_job(cfg, p, ctx, model_config(student), steps=steps, warmup=2), init_path=f"{tmp}/init.pt")
+        live = dataclasses.replace(cached, teacher_outputs_path=None, teacher_path=ctx.teacher.path)
+        out = {"steps": steps, "tokens_per_step": cfg.distill.batch_size * cfg.task.context, "top_k": cfg.distill.top_k,
+               "cache_build_s": round(ctx.teacher_outputs.seconds, 1), "cache_mb": round(ctx.teacher_outputs.size_bytes / 1e6, 1)}
+        for name, job in (("live", live), ("cached", cached)):
+            r = run_distill(job, name=name, storage_path=tmp, num_workers=1, use_gpu=False, cpus_per_worker=1, in_process=True)
+            out[f"{name}_train_s"] = round(r.train_seconds, 2)
+    out["speedup"] = round(out["live_train_s"] / out["cached_train_s"], 2)
+    return out
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import orchestrator
@@ -100,9 +101,10 @@ ROWS: list[tuple[str, str, list, dict]] = [
 
 def run_rows(
     space: str, rows: list[tuple[str, str, list, dict]], *, student: dict, teacher_params: dict, group_size: int,
-    overrides: dict[str, Any],
-) -> tuple[TeacherInfo, list[dict]]:
-    """Run each row as one trial (`run_pipeline`) in a temporary storage; returns the teacher and the rows.
+    overrides: dict[str, Any], extra: Callable[[TrialContext], dict] | None = None,
+) -> tuple[TeacherInfo, list[dict], dict]:
+    """Run each row as one trial (`run_pipeline`) in a temporary storage; returns the teacher, the rows and
+    what `extra(ctx)` measured in the same storage afterwards.
 
     `student` / `teacher_params` are the fixed params of rows with and without a distill stage;
     `overrides` apply to the space for every row (e.g. fewer distillation steps)."""
@@ -153,7 +155,8 @@ def run_rows(
             print(f"{name:<58} size {row['size_vs_teacher']:7.2%}  acc {row['accuracy']:.4f} "
                   f"({row['accuracy_retained']:6.1%})  ppl {row['perplexity']:9.2f}  lat x{row['latency_vs_teacher']:.2f}  "
                   f"d_acc {row.get('accuracy_points_vs_baseline', 0):+6.2f} pt  {row['seconds']:5.1f} s", flush=True)
-    return teacher, results
+        measured = extra(ctx) if extra is not None else {}
+    return teacher, results, measured
 
 
 def main() -> None:
@@ -164,17 +167,18 @@ def main() -> None:
     args = parser.parse_args()
     rows = [r for r in ROWS if args.only is None or args.only in r[0] or any(args.only in o[0] and o[1] == r[0] for o in ROWS)]
     started = time.perf_counter()
-    teacher, results = run_rows(args.space, rows, student=STUDENT, teacher_params=TEACHER, group_size=GROUP, overrides={})
+    teacher, results, _ = run_rows(args.space, rows, student=STUDENT, teacher_params=TEACHER, group_size=GROUP, overrides={})
     write(args.out, args.space, teacher, STUDENT, results, started)
 
 
-def write(out: str, space: str, teacher: TeacherInfo, student: dict, results: list[dict], started: float) -> None:
+def write(out: str, space: str, teacher: TeacherInfo, student: dict, results: list[dict], started: float,
+          **more: Any) -> None:
     figures = {
         "space": space, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"),
         "teacher": {"accuracy": round(teacher.accuracy, 4), "perplexity": round(teacher.perplexity, 3),
                     "size_mb": round(teacher.size_bytes / 1e6, 4), "latency_ms": round(teacher.latency_ms, 3),
                     "params": teacher.params},
-        "student": student, "wall_s": round(time.perf_counter() - started, 1), "rows": results,
+        "student": student, "wall_s": round(time.perf_counter() - started, 1), "rows": results, **more,
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(figures, indent=1) + "\n")

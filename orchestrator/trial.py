@@ -246,7 +246,7 @@ def build_teacher_outputs(cfg: SweepConfig, teacher: TeacherInfo, data: LMData) 
     return TeacherOutputsInfo(key=key, path=str(path), cache_hit=hit, seconds=seconds, size_bytes=path.stat().st_size)
 
 
-def _job(
+def distill_job(
     cfg: SweepConfig, p: TrialParams, ctx: TrialContext, model: dict[str, Any], *, steps: int, warmup: int,
     init_path: str | None = None, gradual: dict[str, Any] | None = None,
 ) -> DistillJob:
@@ -309,7 +309,7 @@ def distill_student(
         model = model_config(derived)
     else:
         model = _model_cfg(cfg, vocab_size, layers=p.layers, width=p.width, heads=p.heads)
-    job = _job(cfg, p, ctx, model, steps=cfg.distill.steps, warmup=cfg.distill.warmup, gradual=gradual)
+    job = distill_job(cfg, p, ctx, model, steps=cfg.distill.steps, warmup=cfg.distill.warmup, gradual=gradual)
     source = ctx.teacher_outputs.key if ctx.teacher_outputs else ctx.teacher.key
     key = _job_key("student", source, job, cfg, ctx.teacher.key if derived is not None else None)
 
@@ -339,7 +339,7 @@ def recover_student(
     assert method is not None
     steps = method.recovery_steps
     model_cfg = model_config(pruned.model)
-    probe = _job(cfg, p, ctx, model_cfg, steps=steps, warmup=min(cfg.distill.warmup, steps // 10))
+    probe = distill_job(cfg, p, ctx, model_cfg, steps=steps, warmup=min(cfg.distill.warmup, steps // 10))
     start = {"method": method.method, **dataclasses.asdict(method), "sparsity": p.sparsity}
     key = _job_key("recovered", source, probe, cfg, start)
 
