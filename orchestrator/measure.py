@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import statistics
@@ -145,14 +146,17 @@ def measure_decode(model: nn.Module, prompt: torch.Tensor, *, new_tokens: int, t
     model.eval()
     lm = getattr(model, "lm", None)
 
+    # transformers 5.2x calls the KV cache `cache`; earlier versions `past_key_values`
+    cache_arg = "cache" if lm is not None and "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
     def run() -> float:
         if lm is not None:
             out = lm(input_ids=prompt, use_cache=True)  # prefill, not timed
-            cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            cache, nxt = getattr(out, cache_arg), out.logits[:, -1:].argmax(-1)
             t = time.perf_counter()
             for _ in range(new_tokens):
-                out = lm(input_ids=nxt, past_key_values=cache, use_cache=True)
-                cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                out = lm(input_ids=nxt, use_cache=True, **{cache_arg: cache})
+                cache, nxt = getattr(out, cache_arg), out.logits[:, -1:].argmax(-1)
             return time.perf_counter() - t
         seq = prompt
         t = time.perf_counter()
