@@ -35,6 +35,10 @@ ROWS = [
     ("teacher 4-bit affine/channel (round to nearest)", "teacher float32", [q()], {"bits": 4}),
     ("teacher 4-bit affine/group-128 (round to nearest)", "teacher float32", [q(granularity="group")], {"bits": 4}),
     ("teacher 50% unstructured magnitude", "teacher float32", [p()], {"sparsity": 0.5}),
+    ("teacher 8-bit symmetric/channel, weights only (dequantized)", "teacher float32", [q("symmetric", kernel="dequantized")], {"bits": 8}),
+    ("teacher 4-bit affine/channel, embedding float", "teacher float32", [q(embeddings=False)], {"bits": 4}),
+    ("teacher 4-bit affine/group-128, embedding float", "teacher float32", [q(granularity="group", embeddings=False)], {"bits": 4}),
+    ("teacher 50% unstructured magnitude, embedding/head dense", "teacher float32", [p(lm_head=False)], {"sparsity": 0.5}),
     ("student 15 of 30 layers, distilled, float32", "teacher float32", [D], {}),
 ]
 
@@ -48,7 +52,7 @@ def main() -> None:
     overrides = {
         "task.chars": 1_000_000, "task.eval_tokens": 8192, "distill.steps": args.steps, "distill.batch_size": 8,
         "distill.warmup": 10, "distill.cache_blocks": 8 * args.steps, "distill.val_tokens": 1024,
-        "measure.repeats": 10,
+        "measure.repeats": 10, "trials": 1,  # each row is one trial
     }
     teacher, results, saving = run_rows(SPACE, ROWS, student=STUDENT, teacher_params=TEACHER, group_size=128,
                                         overrides=overrides, extra=teacher_output_saving)

@@ -265,3 +265,12 @@ def test_the_built_in_corpora_read_from_installed_packages():
         assert len(plays) > 5_000_000 and "HIPPOLYTA" in plays
     with pytest.raises(ValueError, match="unknown built-in corpus 'bible'"):
         builtin_text("bible")
+
+
+def test_embeddings_false_keeps_a_tied_head_float_too(tiny_llama_dir):
+    from orchestrator.stages.quantize import quantizable_weights
+
+    model, _ = load_pretrained(str(tiny_llama_dir))
+    names = set(quantizable_weights(model, embeddings=False))
+    assert "lm.lm_head.weight" not in names and "lm.model.embed_tokens.weight" not in names
+    assert "lm.model.embed_tokens.weight" in quantizable_weights(model)

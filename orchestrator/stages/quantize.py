@@ -152,6 +152,8 @@ def quantizable_weights(model: nn.Module, *, embeddings: bool = True) -> dict[st
     kinds = (nn.Linear, nn.Embedding) if embeddings else (nn.Linear,)
     out: dict[str, nn.Parameter] = {}
     seen: set[int] = set()  # a tied LM head and token embedding are one tensor: quantized once
+    if not embeddings:  # ... or, when embeddings stay float, not at all
+        seen = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     for name, m in model.named_modules():
         if isinstance(m, kinds) and not parametrize.is_parametrized(m, "weight") and id(m.weight) not in seen:
             seen.add(id(m.weight))
