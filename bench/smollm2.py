@@ -18,7 +18,7 @@ import tempfile
 import time
 
 import torch
-from techniques import D, cfg_params, p, q, run_rows, write
+from techniques import D, p, q, run_rows, write
 
 from orchestrator.stages.distill import load_teacher, run_distill
 from orchestrator.tasks import model_config
@@ -47,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results/smollm2.json")
     parser.add_argument("--steps", type=int, default=100, help="distillation steps of the student (batch 8 x 64 tokens)")
+    parser.add_argument("--saving-only", action="store_true", help="only measure the teacher-output cache's saving")
     args = parser.parse_args()
     started = time.perf_counter()
     overrides = {
@@ -54,11 +55,12 @@ def main() -> None:
         "distill.warmup": 10, "distill.cache_blocks": 8 * args.steps, "distill.val_tokens": 1024,
         "measure.repeats": 10, "trials": 1,  # each row is one trial
     }
-    teacher, results, saving = run_rows(SPACE, ROWS, student=STUDENT, teacher_params=TEACHER, group_size=128,
+    rows = [] if args.saving_only else ROWS
+    teacher, results, saving = run_rows(SPACE, rows, student=STUDENT, teacher_params=TEACHER, group_size=128,
                                         overrides=overrides, extra=teacher_output_saving)
     print("teacher-output cache:", saving)
-    write(args.out, SPACE, teacher, {**STUDENT, "tokens": args.steps * 8 * 64}, results, started,
-          teacher_outputs=saving)
+    out = args.out.replace(".json", "_saving.json") if args.saving_only else args.out
+    write(out, SPACE, teacher, {**STUDENT, "tokens": args.steps * 8 * 64}, results, started, teacher_outputs=saving)
 
 
 def teacher_output_saving(ctx: TrialContext, steps: int = 10) -> dict:
@@ -67,7 +69,7 @@ def teacher_output_saving(ctx: TrialContext, steps: int = 10) -> dict:
     import dataclasses
 
     cfg = ctx.config
-    p = TrialParams.from_config({**cfg_params(cfg), **STUDENT})
+    p = TrialParams.from_config({"width": 64, "heads": 2, "group_size": 128, **STUDENT})  # width/heads: unused defaults
     teacher = load_teacher(ctx.teacher.path)
     student = derive_student(teacher, p.layers)
     with tempfile.TemporaryDirectory() as tmp:
