@@ -3,7 +3,7 @@ Optuna, tracked in MLflow.
 
     >>> import orchestrator
     >>> sorted(orchestrator.__all__)
-    ['ConfigError', 'Sweep', 'SweepProgress', 'SweepResult', 'load_config', 'load_model']
+    ['ConfigError', 'Sweep', 'SweepProgress', 'SweepResult', 'export_pretrained', 'load_config', 'load_model']
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.config import ConfigError, load_config
 
 if TYPE_CHECKING:
-    from orchestrator.sweep import Sweep, SweepProgress, SweepResult, load_model
+    from orchestrator.sweep import Sweep, SweepProgress, SweepResult, export_pretrained, load_model
 
-__all__ = ["ConfigError", "Sweep", "SweepProgress", "SweepResult", "load_config", "load_model"]
+__all__ = ["ConfigError", "Sweep", "SweepProgress", "SweepResult", "export_pretrained", "load_config", "load_model"]
 
-_LAZY = {"Sweep", "SweepProgress", "SweepResult", "load_model"}  # importing them brings in Ray and torch
+_LAZY = {"Sweep", "SweepProgress", "SweepResult", "export_pretrained", "load_model"}  # importing them brings in Ray and torch
 
 
 def __getattr__(name: str) -> Any:
