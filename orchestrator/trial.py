@@ -8,6 +8,7 @@ runs once, before the trials, each cached in storage.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -290,7 +291,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, torch.Tensor
 
 
 def distill_student(
-    cfg: SweepConfig, p: TrialParams, ctx: TrialContext, vocab_size: int, *, trial_id: str, check: Check | None = None
+    cfg: SweepConfig, p: TrialParams, ctx: TrialContext, vocab_size: int, teacher: nn.Module, *, trial_id: str,
+    check: Check | None = None,
 ) -> tuple[Path, bool]:
     """The distilled (float) student for `p`, trained now or reused: a later trial that differs only in
     post-training parameters (sparsity, bits) gets the earlier trial's student without training. Gradual
@@ -305,7 +307,7 @@ def distill_student(
         gradual.pop("recovery_steps")
     derived = None
     if cfg.task.name == "hf_causal_lm":  # a subset of the teacher's layers, or a named config
-        derived = untrained_student(cfg, p, None, load_teacher(ctx.teacher.path))
+        derived = untrained_student(cfg, p, None, teacher)
         model = model_config(derived)
     else:
         model = _model_cfg(cfg, vocab_size, layers=p.layers, width=p.width, heads=p.heads)
@@ -430,7 +432,7 @@ def run_pipeline(
     t = time.perf_counter()
     if cfg.pipeline.distill:
         try:
-            entry, hit = distill_student(cfg, p, ctx, data.vocab_size, trial_id=trial_id, check=check)
+            entry, hit = distill_student(cfg, p, ctx, data.vocab_size, teacher, trial_id=trial_id, check=check)
         except EarlyStopped as stop:
             timings["time_distill_s"] = time.perf_counter() - t
             return {
@@ -445,7 +447,7 @@ def run_pipeline(
         source = entry.name
         common.update(val_accuracy=distilled["val_accuracy"], val_loss=distilled["val_loss"], cache_hit_distill=float(hit))
     else:  # the pipeline compresses the teacher itself
-        student, source = load_teacher(ctx.teacher.path).requires_grad_(True), ctx.teacher.key
+        student, source = copy.deepcopy(teacher), ctx.teacher.key  # `teacher` stays the uncompressed reference
 
     def recover(pruned: PruneResult) -> PruneResult:
         result, hit = recover_student(cfg, p, ctx, pruned, source, trial_id=trial_id)
