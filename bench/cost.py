@@ -27,17 +27,21 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import torch
 
 import orchestrator
-from orchestrator.config import SweepConfig
+from orchestrator.config import SweepConfig, searched_grid
 from orchestrator.losses import LossWeights
 from orchestrator.pareto import hypervolume
-from orchestrator.space import OBJECTIVES, DefineByRun, make_sampler
+from orchestrator.config.samplers import make_sampler
+from orchestrator.space import OBJECTIVES, DefineByRun
 from orchestrator.stages.distill import DistillJob, load_teacher, run_distill
 from orchestrator.stages.compress import compress
 from orchestrator.stages.teacher_outputs import compute_teacher_outputs
-from orchestrator.tasks.char_lm import CharData, build_model
-from orchestrator.trial import TeacherInfo, TrialParams, measure_model
+from orchestrator.tasks.char_lm import CharData, CharLMTask, build_model
+from orchestrator.evaluation import measure_model
+from orchestrator.tasks import TrialParams
+from orchestrator.teacher import TeacherInfo
 
 
 ROW_METRICS = ("accuracy", "size_mb", "latency_ms", "latency_vs_teacher")
@@ -84,13 +88,14 @@ def prepare_teacher(cfg: SweepConfig) -> tuple[TeacherInfo, str]:
     """Train (or reuse) the sweep's teacher in its storage, exactly as a sweep does, before any clock starts."""
     import ray
 
-    from orchestrator.sweep import RAY_ENV, _prepare_data
-    from orchestrator.trial import build_teacher
+    from orchestrator.sweep import RAY_ENV, Sweep
+    from orchestrator.teacher import build_teacher, prepare_data
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
     try:
-        _, data_path, data_key = _prepare_data(cfg)
-        return build_teacher(cfg, CharData.load(data_path), data_path, data_key), data_path
+        task = Sweep(cfg).task
+        data = prepare_data(cfg, task)
+        return build_teacher(cfg, task, data), data.path
     finally:
         ray.shutdown()
 
@@ -98,9 +103,10 @@ def prepare_teacher(cfg: SweepConfig) -> tuple[TeacherInfo, str]:
 def diy(cfg: SweepConfig, teacher: TeacherInfo, data_path: str, workdir: Path) -> tuple[list[tuple[float, tuple]], list[dict]]:
     """(a): the loop a user writes with Optuna alone. Returns (ending times and objectives, trial rows)."""
     data = CharData.load(data_path)
+    task = CharLMTask(cfg.task)
     threads = os.cpu_count() or 1
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
-                                sampler=make_sampler(cfg.sampler, seed=cfg.seed, params=cfg.params))
+                                sampler=make_sampler(cfg.sampler, seed=cfg.seed, grid=searched_grid(cfg.params)))
     space = DefineByRun(cfg.params)
     events: list[tuple[float, tuple]] = []
     rows: list[dict] = []
@@ -109,10 +115,10 @@ def diy(cfg: SweepConfig, teacher: TeacherInfo, data_path: str, workdir: Path) -
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         fixed = space(trial)
         p = TrialParams.from_config({**trial.params, **fixed})
-        model_cfg = {"vocab_size": len(data.vocab), "context": cfg.task.context, "layers": p.layers,
-                     "width": p.width, "heads": p.heads}
+        model_cfg = {"architecture": "gpt", "config": {"vocab_size": len(data.vocab), "context": cfg.task.context,
+                     "layers": p.layers, "width": p.width, "heads": p.heads, "mlp": None, "head_dim": None}}
         job = DistillJob(
-            data_path=data_path, teacher_path=teacher.path, teacher_outputs_path=None, model=model_cfg,
+            task=task, data_path=data_path, teacher_path=teacher.path, teacher_outputs_path=None, model=model_cfg,
             steps=cfg.distill.steps, batch_size=cfg.distill.batch_size, warmup=cfg.distill.warmup, lr=p.lr,
             optimizer=p.optimizer, seed=cfg.seed, weights=LossWeights(p.temperature, p.lam, p.beta),
             val_tokens=cfg.distill.val_tokens, threads=threads,
@@ -123,7 +129,7 @@ def diy(cfg: SweepConfig, teacher: TeacherInfo, data_path: str, workdir: Path) -
         student.load_state_dict(result.state_dict)
         c = compress(student, cfg.pipeline, sparsity=p.sparsity, bits=p.bits, group_size=p.group_size,
                      artifact=workdir / f"{trial.number}.orc", meta={"vocab": data.vocab})
-        m = measure_model(c.model, c.size_bytes, data, cfg, reference=load_teacher(teacher.path),
+        m = measure_model(task, c.model, c.size_bytes, data, cfg, reference=load_teacher(task, teacher.path),
                           counts=(c.params, c.nonzero_params))
         values = (m["accuracy"], m["size_mb"], m["latency_ms"])
         events.append((time.perf_counter() - started, values))
@@ -152,12 +158,14 @@ def teacher_output_saving(cfg: SweepConfig, teacher: TeacherInfo, data_path: str
     """One student (2 x 64, beta 0.5) distilled with the teacher live, then from cached outputs; one thread."""
     data = CharData.load(data_path)
     t = time.perf_counter()
-    with_hidden = compute_teacher_outputs(load_teacher(teacher.path), data.train, blocks=cfg.distill.cache_blocks,
-                                          seed=cfg.seed, hidden=True, top_k=None)
+    task = CharLMTask(cfg.task)
+    pool = task.batch(data, "train", cfg.distill.cache_blocks, torch.Generator().manual_seed(cfg.seed))
+    with_hidden = compute_teacher_outputs(load_teacher(task, teacher.path), *pool, hidden=True, top_k=None)
     build_s = time.perf_counter() - t
     with_hidden.save(workdir / "outputs.pt")
-    model_cfg = {"vocab_size": len(data.vocab), "context": cfg.task.context, "layers": 2, "width": 64, "heads": 2}
-    base = dict(data_path=data_path, model=model_cfg, steps=cfg.distill.steps, batch_size=cfg.distill.batch_size,
+    model_cfg = {"architecture": "gpt", "config": {"vocab_size": len(data.vocab), "context": cfg.task.context,
+                 "layers": 2, "width": 64, "heads": 2, "mlp": None, "head_dim": None}}
+    base = dict(task=task, data_path=data_path, model=model_cfg, steps=cfg.distill.steps, batch_size=cfg.distill.batch_size,
                 warmup=cfg.distill.warmup, lr=3e-3, optimizer="adamw", seed=cfg.seed,
                 weights=LossWeights(2.0, 0.5, 0.5), val_tokens=cfg.distill.val_tokens, threads=1)
     out = {"cache_build_s": round(build_s, 2), "cache_mb": round((workdir / "outputs.pt").stat().st_size / 1e6, 1),

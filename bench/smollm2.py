@@ -21,9 +21,10 @@ import torch
 from techniques import D, p, q, run_rows, write
 
 from orchestrator.stages.distill import load_teacher, run_distill
-from orchestrator.tasks import model_config
+from orchestrator.students import distill_job
+from orchestrator.tasks import TrialParams
 from orchestrator.tasks.hf_lm import derive_student
-from orchestrator.trial import TrialContext, TrialParams, distill_job
+from orchestrator.trial import TrialContext
 
 SPACE = "search_spaces/smollm2_smoke.yaml"
 STUDENT = {"layers": 15, "beta": 0.0, "lambda": 0.5, "temperature": 2.0, "optimizer": "adamw", "lr": 3e-4,
@@ -70,11 +71,14 @@ def teacher_output_saving(ctx: TrialContext, steps: int = 10) -> dict:
 
     cfg = ctx.config
     p = TrialParams.from_config({"width": 64, "heads": 2, "group_size": 128, **STUDENT})  # width/heads: unused defaults
-    teacher = load_teacher(ctx.teacher.path)
+    teacher = load_teacher(ctx.task, ctx.teacher.path)
     student = derive_student(teacher, p.layers)
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save({"config": model_config(student), "state_dict": student.state_dict()}, f"{tmp}/init.pt")
-        cached = dataclasses.replace(distill_job(cfg, p, ctx, model_config(student), steps=steps, warmup=2), init_path=f"{tmp}/init.pt")
+        description = ctx.task.describe(student)
+        torch.save({"config": description, "state_dict": student.state_dict()}, f"{tmp}/init.pt")
+        job = distill_job(cfg, ctx.task, p, data_path=ctx.data.path, teacher=ctx.teacher, outputs=ctx.teacher_outputs,
+                          model=description, steps=steps, warmup=2)
+        cached = dataclasses.replace(job, init_path=f"{tmp}/init.pt")
         live = dataclasses.replace(cached, teacher_outputs_path=None, teacher_path=ctx.teacher.path)
         out = {"steps": steps, "tokens_per_step": cfg.distill.batch_size * cfg.task.context, "top_k": cfg.distill.top_k,
                "cache_build_s": round(ctx.teacher_outputs.seconds, 1), "cache_mb": round(ctx.teacher_outputs.size_bytes / 1e6, 1)}

@@ -24,8 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 import orchestrator
-from orchestrator.tasks import load_data
-from orchestrator.trial import TeacherInfo, TrialContext, TrialParams, build_teacher, build_teacher_outputs, run_pipeline
+from orchestrator.tasks import TrialParams
+from orchestrator.teacher import TeacherInfo, build_teacher, build_teacher_outputs, prepare_data
+from orchestrator.trial import TrialContext, run_pipeline
 
 STUDENT = {"layers": 2, "width": 96, "heads": 4, "beta": 0.0, "lambda": 0.5, "temperature": 2.0,
            "optimizer": "adamw", "lr": 5e-3, "weight_decay": 0.0, "sparsity": 0.0, "bits": 32}
@@ -110,7 +111,7 @@ def run_rows(
     `overrides` apply to the space for every row (e.g. fewer distillation steps)."""
     import ray
 
-    from orchestrator.sweep import RAY_ENV, _prepare_data
+    from orchestrator.sweep import RAY_ENV
 
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,15 +119,15 @@ def run_rows(
         base = orchestrator.load_config(space, overrides={**common, "params.beta": 0.0})  # logits-only teacher outputs
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
         try:
-            _, data_path, data_key = _prepare_data(base)
-            data = load_data(data_path)
-            teacher = build_teacher(base, data, data_path, data_key)
+            task = orchestrator.Sweep(base).task
+            data = prepare_data(base, task)
+            teacher = build_teacher(base, task, data)
         finally:
             ray.shutdown()
         print(f"teacher: accuracy {teacher.accuracy:.4f}, perplexity {teacher.perplexity:.2f}, "
               f"{teacher.size_bytes / 1e6:.3f} MB, {teacher.latency_ms:.2f} ms", flush=True)
-        outputs = build_teacher_outputs(base, teacher, data)
-        ctx = TrialContext(config=base, data_path=data_path, teacher=teacher, teacher_outputs=outputs, sweep_dir=f"{tmp}/bench")
+        outputs = build_teacher_outputs(base, task, teacher, data)
+        ctx = TrialContext(config=base, task=task, data=data, teacher=teacher, teacher_outputs=outputs, sweep_dir=f"{tmp}/bench")
         by_name: dict[str, dict] = {}
         for i, (name, baseline, pipeline, fixed) in enumerate(rows):
             params = {**(student if D in pipeline else teacher_params), **fixed}

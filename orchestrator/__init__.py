@@ -3,7 +3,7 @@ Optuna, tracked in MLflow.
 
     >>> import orchestrator
     >>> sorted(orchestrator.__all__)
-    ['ConfigError', 'Sweep', 'SweepProgress', 'SweepResult', 'export_pretrained', 'load_config', 'load_model']
+    ['ConfigError', 'PythonTask', 'Sweep', 'SweepProgress', 'SweepResult', 'Task', 'TrialParams', 'export_pretrained', 'load_config', 'load_model', 'register_task']
 """
 
 from __future__ import annotations
@@ -14,15 +14,19 @@ from orchestrator.config import ConfigError, load_config
 
 if TYPE_CHECKING:
     from orchestrator.sweep import Sweep, SweepProgress, SweepResult, export_pretrained, load_model
+    from orchestrator.tasks import PythonTask, Task, TrialParams, register_task
 
-__all__ = ["ConfigError", "Sweep", "SweepProgress", "SweepResult", "export_pretrained", "load_config", "load_model"]
+__all__ = ["ConfigError", "PythonTask", "Sweep", "SweepProgress", "SweepResult", "Task", "TrialParams", "export_pretrained",
+           "load_config", "load_model", "register_task"]
 
-_LAZY = {"Sweep", "SweepProgress", "SweepResult", "export_pretrained", "load_model"}  # importing them brings in Ray and torch
+_LAZY = {"Sweep": "sweep", "SweepProgress": "sweep", "SweepResult": "sweep", "export_pretrained": "sweep",
+         "load_model": "sweep", "PythonTask": "tasks", "Task": "tasks", "TrialParams": "tasks",
+         "register_task": "tasks"}  # importing them brings in Ray and torch
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from orchestrator import sweep
+        import importlib
 
-        return getattr(sweep, name)
+        return getattr(importlib.import_module(f"orchestrator.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")

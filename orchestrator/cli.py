@@ -43,10 +43,12 @@ def _config(args: argparse.Namespace) -> SweepConfig:
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
-    return load_config(args.space, overrides=overrides, set_source="--set")
+    from orchestrator.sweep import task_accepts_own_params
+
+    return load_config(args.space, overrides=overrides, set_source="--set", user_params=task_accepts_own_params)
 
 
-def _print_progress(p: SweepProgress) -> None:
+def print_progress(p: SweepProgress) -> None:
     m = p.metrics
     if p.status == "COMPLETED":
         what = f"accuracy {m['accuracy']:.4f}  size {m['size_mb']:.4f} MB  latency {m['latency_ms']:.3f} ms"
@@ -64,7 +66,7 @@ def _print_progress(p: SweepProgress) -> None:
     )
 
 
-def _print_result(result: SweepResult) -> None:
+def print_result(result: SweepResult) -> None:
     import pandas as pd
 
     front = result.pareto
@@ -102,8 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"sweep {cfg.name}: {cfg.trials} {'more ' if args.resume else ''}trials, sampler {cfg.sampler}, "
           f"up to {cfg.max_concurrent_trials} at once; storage {cfg.storage_path}", flush=True)
-    result = sweep.run(progress=_print_progress, ray_logs=args.ray_logs, resume=args.resume)
-    _print_result(result)
+    result = sweep.run(progress=print_progress, ray_logs=args.ray_logs, resume=args.resume)
+    print_result(result)
     if result.interrupted:
         print(f"interrupted before all {cfg.trials} trials ran", file=sys.stderr)
         return 130

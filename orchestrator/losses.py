@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -98,14 +98,16 @@ def distillation_loss(
     *,
     hidden: torch.Tensor | None = None,
     teacher_indices: torch.Tensor | None = None,
+    hard: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = hard_loss,
 ) -> torch.Tensor:
     """L = L_soft + λ·L_hard + β·L_hidden; `hidden` is L_hidden, already computed (None when β = 0).
-    With `teacher_indices` (..., k), `teacher_logits` are the teacher's top-k logits at those ids."""
+    With `teacher_indices` (..., k), `teacher_logits` are the teacher's top-k logits at those ids; `hard` is
+    the task's L_hard (cross-entropy by default)."""
     if teacher_indices is None:
         loss = soft_loss(student_logits, teacher_logits, weights.temperature)
     else:
         loss = soft_loss_topk(student_logits, teacher_logits, teacher_indices, weights.temperature)
-    loss = loss + weights.lam * hard_loss(student_logits, targets)
+    loss = loss + weights.lam * hard(student_logits, targets)
     if hidden is not None:
         loss = loss + weights.beta * hidden
     return loss

@@ -57,7 +57,7 @@ class Latency:
     p50_ms: float  # median batch-1 forward time
     p95_ms: float
     reference_p50_ms: float | None  # the reference model's median, timed interleaved in the same process
-    throughput: float  # tokens per second at `throughput_batch`
+    throughput: float  # examples per second at `throughput_batch`
     threads: int  # torch intra-op threads while timing
 
 
@@ -90,7 +90,7 @@ def measure_latency(
     reference: nn.Module | None = None,
     throughput_batch: int = 32,
 ) -> Latency:
-    """Time forward passes of `model` on `example` (1, T) after warm-up, as the model really runs.
+    """Time forward passes of `model` on `example` (a batch of 1) after warm-up, as the model really runs.
 
     With a `reference`, each repeat times the model and then the reference, so both see the same machine
     state; their ratio is robust to the process-wide speed swings of small models on shared CPUs.
@@ -108,13 +108,13 @@ def measure_latency(
             ours.append(_time_once(model, example))
             if reference is not None:
                 ref.append(_time_once(reference, example))
-        batch = example.expand(throughput_batch, -1).contiguous()
+        batch = example.expand(throughput_batch, *example.shape[1:]).contiguous()
         model(batch)
         rounds = max(3, repeats // 10)
         t = time.perf_counter()
         for _ in range(rounds):
             model(batch)
-        throughput = rounds * batch.numel() / (time.perf_counter() - t)
+        throughput = rounds * throughput_batch / (time.perf_counter() - t)
     ours.sort()
     return Latency(
         p50_ms=statistics.median(ours),

@@ -1,4 +1,4 @@
-"""The validated search space as an Optuna define-by-run function, and the sampler that walks it."""
+"""The validated search space as an Optuna define-by-run function, and the limits on the objectives."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import optuna
 
-from orchestrator.config import Choice, ConstraintsConfig, Fixed, ParamSpec, param_values
+from orchestrator.config import Choice, ConstraintsConfig, Fixed, ParamSpec
 
 # The objectives: names are user-facing (MLflow metrics, Tune results); senses for Optuna and the front.
 OBJECTIVES: dict[str, str] = {"accuracy": "max", "size_mb": "min", "latency_ms": "min"}
@@ -54,44 +54,3 @@ class ObjectiveConstraints:
 
     def feasible(self, accuracy: float, size_mb: float, latency_ms: float) -> bool:
         return all(v <= 0 for v in self.violations(accuracy, size_mb, latency_ms).values())
-
-
-def make_sampler(
-    name: str,
-    *,
-    seed: int,
-    params: Mapping[str, ParamSpec] | None = None,
-    population_size: int | None = None,
-    options: Mapping[str, Any] | None = None,
-) -> optuna.samplers.BaseSampler:
-    """A seeded sampler: `tpe` (multi-objective TPE), `nsga2` (`population_size` per generation), `random`,
-    or `grid` (every combination of the searched `params`, in a seeded order); `options` are more keyword
-    arguments of that Optuna sampler. TPE and NSGA-II steer by the constraint values recorded on finished
-    trials (`ObjectiveConstraints`); grid and random ignore them."""
-    kw = dict(options or {})
-    if name == "nsga2" and population_size is not None:
-        kw["population_size"] = population_size
-    if name == "grid":
-        if params is None:
-            raise ValueError("a grid sampler needs the params it enumerates")
-        kw["search_space"] = {k: param_values(spec) for k, spec in params.items() if not isinstance(spec, Fixed)}
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}")
-    return SAMPLERS[name](seed=seed, **kw)
-
-
-class _GridSampler(optuna.samplers.GridSampler):
-    """Optuna's grid, without its `study.stop()` once the grid is used up: that call is only legal inside
-    `study.optimize`, and here the study is driven by ask/tell (the sweep's `trials` bounds the run, and
-    the config refuses more trials than grid points)."""
-
-    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any, values: Any) -> None:
-        pass
-
-
-SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
-    "tpe": optuna.samplers.TPESampler,
-    "nsga2": optuna.samplers.NSGAIISampler,
-    "random": optuna.samplers.RandomSampler,
-    "grid": _GridSampler,
-}

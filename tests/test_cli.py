@@ -55,14 +55,14 @@ def test_missing_file(tmp_path):
 
 
 def test_progress_lines_say_what_each_trial_did(capsys):
-    from orchestrator.cli import _print_progress
+    from orchestrator.cli import print_progress
     from orchestrator.sweep import SweepProgress
 
     done = {"accuracy": 0.3, "size_mb": 0.02, "latency_ms": 0.5, "cache_hit_distill": 1.0}
-    _print_progress(SweepProgress(2, 5, 1, 0, 1, 0.12, "abc", "COMPLETED", done))
+    print_progress(SweepProgress(2, 5, 1, 0, 1, 0.12, "abc", "COMPLETED", done))
     stopped = {"stopped_at_step": 100, "stop_reason": "dominated: accuracy <= 0.2000 at 0.05 MB, 1 ms"}
-    _print_progress(SweepProgress(3, 5, 1, 0, 1, 0.12, "def", "STOPPED", stopped, stopped=1))
-    _print_progress(SweepProgress(4, 5, 0, 1, 1, 0.12, "ghi", "ERROR", {}, stopped=1))
+    print_progress(SweepProgress(3, 5, 1, 0, 1, 0.12, "def", "STOPPED", stopped, stopped=1))
+    print_progress(SweepProgress(4, 5, 0, 1, 1, 0.12, "ghi", "ERROR", {}, stopped=1))
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("[2/5] trial abc: accuracy 0.3000  size 0.0200 MB  latency 0.500 ms  (student reused: cache hit)")
     assert "stopped early at step 100 (dominated: accuracy <= 0.2000" in lines[1] and "stopped early 1" in lines[1]

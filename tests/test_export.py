@@ -19,7 +19,7 @@ from orchestrator.config.techniques import (
 from orchestrator.stages.compress import compress
 from orchestrator.stages.prune import prune
 from orchestrator.stages.quantize import QuantSpec, quantize_
-from orchestrator.tasks.gpt import GPT, GPTConfig
+from orchestrator.models.gpt import GPT, GPTConfig
 
 CFG = GPTConfig(vocab_size=11, context=8, layers=2, width=16, heads=2)
 
@@ -48,7 +48,7 @@ def _compressed(bits, sparsity, scheme="affine"):
 def test_reload_is_bit_exact(tmp_path, bits, sparsity):
     model, masks, quantized = _compressed(bits, sparsity)
     path = tmp_path / "m.orc"
-    size = export(model, path, bits=bits, masks=masks, quantized=quantized, meta={"vocab": "abc"})
+    size = export(model, path, float16=bits == 16, masks=masks, quantized=quantized, meta={"vocab": "abc"})
     assert size == artifact_bytes(path)
     loaded, meta = load_artifact(path)
     assert meta == {"vocab": "abc"}
@@ -63,7 +63,7 @@ def test_size_shrinks_with_bits_and_sparsity(tmp_path):
     sizes = {}
     for bits, sparsity in [(32, 0.0), (16, 0.0), (8, 0.0), (4, 0.0), (2, 0.0), (32, 0.5), (4, 0.5)]:
         model, masks, quantized = _compressed(bits, sparsity)
-        sizes[bits, sparsity] = export(model, tmp_path / f"{bits}-{sparsity}.orc", bits=bits, masks=masks, quantized=quantized)
+        sizes[bits, sparsity] = export(model, tmp_path / f"{bits}-{sparsity}.orc", float16=bits == 16, masks=masks, quantized=quantized)
     assert sizes[32, 0.0] > sizes[16, 0.0] > sizes[8, 0.0] > sizes[4, 0.0] > sizes[2, 0.0]
     assert sizes[32, 0.5] < sizes[32, 0.0]
     assert sizes[4, 0.5] < sizes[4, 0.0]
@@ -74,7 +74,7 @@ def test_size_shrinks_with_bits_and_sparsity(tmp_path):
 def test_very_sparse_weights_are_stored_by_index_and_that_is_smaller(tmp_path):
     model, masks, _ = _compressed(32, 0.97)
     path = tmp_path / "s.orc"
-    export(model, path, bits=32, masks=masks)
+    export(model, path, masks=masks)
     big = [e for e in read_manifest(path)["tensors"] if e["name"] == "head.weight"][0]
     assert "index" in big and "mask" not in big  # 3% kept: 2-byte indices beat a 1-bit-per-weight mask
     kept = int(masks["head.weight"].sum())
@@ -82,7 +82,7 @@ def test_very_sparse_weights_are_stored_by_index_and_that_is_smaller(tmp_path):
     loaded, _ = load_artifact(path)
     assert torch.equal(loaded.head.weight, model.head.weight)
     half_model, half_masks, _ = _compressed(32, 0.5)
-    export(half_model, tmp_path / "h.orc", bits=32, masks=half_masks)
+    export(half_model, tmp_path / "h.orc", masks=half_masks)
     half = [e for e in read_manifest(tmp_path / "h.orc")["tensors"] if e["name"] == "head.weight"][0]
     assert "mask" in half and "index" not in half  # 50% kept: the bitmask is smaller
 

@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator.config import ConstraintsConfig
 from orchestrator.space import ObjectiveConstraints
-from orchestrator.sweep import SweepResult, front_of, work_slot_seconds
+from orchestrator.results import SweepResult, front_of, work_slot_seconds
 
 
 def _trials(limits):
@@ -43,11 +43,12 @@ def test_recommend_takes_the_knee_of_the_front_points_within_the_limits():
 
 
 def test_a_sweep_with_no_finished_trial_has_an_empty_front_and_no_recommendation():
-    from orchestrator.sweep import _Monitor, normalized_hypervolume
-    from orchestrator.trial import TeacherInfo
+    from orchestrator.monitor import TrialMonitor
+    from orchestrator.results import normalized_hypervolume
+    from orchestrator.teacher import TeacherInfo
 
     teacher = TeacherInfo("k", "p", False, 0.5, 5.0, 1_000_000, 2.0, 10, 1.0, 1.5)
-    table = _Monitor(3, None, reference=(0.0, 1.0, 2.0), constraints=ConstraintsConfig(),
+    table = TrialMonitor(3, None, reference=(0.0, 1.0, 2.0), constraints=ConstraintsConfig(),
                      log_hypervolume=lambda *a: None).table()
     assert table.empty and table["feasible"].dtype == bool
     assert normalized_hypervolume(table, (0.0, 1.0, 2.0)) == 0.0
@@ -68,8 +69,8 @@ def test_slot_time_counts_a_slot_only_while_a_trial_remains_for_it():
 
 def test_normalized_hypervolume_uses_the_configured_reference_point_or_the_teachers():
     from orchestrator.config import load_config
-    from orchestrator.sweep import normalized_hypervolume, reference_point
-    from orchestrator.trial import TeacherInfo
+    from orchestrator.results import normalized_hypervolume, reference_point
+    from orchestrator.teacher import TeacherInfo
 
     teacher = TeacherInfo("k", "p", False, 0.5, 5.0, 2_000_000, 4.0, 10, 1.0, 1.5)  # 2 MB, 4 ms
     assert reference_point(load_config(None), teacher) == (0.0, 2.0, 4.0)

@@ -119,7 +119,9 @@ def _space(tiny_llama_dir, root, **overrides):
         "params": {"layers": 1, "beta": 0.5, "lambda": 0.5, "temperature": 2.0, "sparsity": 0.5,
                    "bits": {"choices": [8, 16]}, "optimizer": "adamw", "lr": 1e-3},
     }
-    return load_config(None, overrides={**base, **overrides})
+    from orchestrator import Sweep
+
+    return Sweep(load_config(None, overrides={**base, **overrides})).config  # the task checks what is its own
 
 
 def test_hf_config_errors_name_the_key_and_the_fix(tiny_llama_dir, tmp_path):
@@ -142,14 +144,13 @@ def test_a_sweep_over_a_local_hf_model_distils_prunes_quantizes_and_exports(ray_
     from transformers import AutoModelForCausalLM
 
     from orchestrator import Sweep
-    from orchestrator.tasks import load_data
 
     result = Sweep(_space(tiny_llama_dir, tmp_path)).run()
     t = result.trials.set_index("bits")
     assert (t["status"] == "COMPLETED").all(), result.trials.get("error")
     assert t.loc[8, "int8_layers"] == 7  # q, k, v, o, gate, up, down; the head is tied to the embedding: float
     assert (t["params"] < result.teacher.params).all() and (t["decode_tokens_per_s"] > 0).all()
-    data = load_data(next((tmp_path / "runs" / "data").glob("*/data.pt")))
+    data = result.task.load_data(next((tmp_path / "runs" / "data").glob("*/data.pt")))
     for bits, row in t.iterrows():
         model = result.load_model(row["trial_id"])
         assert model.tokenizer is not None and model.lm.config.intermediate_size == 32

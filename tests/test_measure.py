@@ -4,7 +4,7 @@ import torch
 from torch.nn import functional as F
 
 from orchestrator.measure import count_params, measure_latency, score_lm
-from orchestrator.tasks.gpt import GPT, GPTConfig
+from orchestrator.models.gpt import GPT, GPTConfig
 
 
 def _model():
@@ -50,7 +50,7 @@ def test_count_params_counts_zeros_separately():
 
 def test_decode_speed_is_measured_for_a_model_without_a_cache():
     from orchestrator.measure import measure_decode
-    from orchestrator.tasks.gpt import GPT, GPTConfig
+    from orchestrator.models.gpt import GPT, GPTConfig
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=20, context=16, layers=1, width=16, heads=2))

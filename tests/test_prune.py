@@ -14,7 +14,7 @@ from orchestrator.stages.prune import (
     prunable_weights,
     prune,
 )
-from orchestrator.tasks.gpt import GPT, GPTConfig
+from orchestrator.models.gpt import GPT, GPTConfig
 
 
 def _model(seed=0, **kw):

@@ -18,7 +18,7 @@ from orchestrator.stages.quantize import (
     remove_fake_quant,
     to_int8_kernels,
 )
-from orchestrator.tasks.gpt import GPT, GPTConfig
+from orchestrator.models.gpt import GPT, GPTConfig
 
 SCHEMES = {"affine": AffineQuantization, "symmetric": SymmetricQuantization}
 

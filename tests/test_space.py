@@ -1,8 +1,9 @@
 import optuna
 import pytest
 
-from orchestrator.config import load_config
-from orchestrator.space import OBJECTIVES, DefineByRun, make_sampler
+from orchestrator.config import load_config, searched_grid
+from orchestrator.config.samplers import make_sampler
+from orchestrator.space import OBJECTIVES, DefineByRun
 
 
 def _sample(sampler_name, seed, n=6):
@@ -70,7 +71,7 @@ def _grid_cfg(**extra):
 def _run_grid(cfg, n):
     space = DefineByRun(cfg.params)
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
-                                sampler=make_sampler("grid", seed=cfg.seed, params=cfg.params))
+                                sampler=make_sampler("grid", seed=cfg.seed, grid=searched_grid(cfg.params)))
     out = []
     for _ in range(n):
         trial = study.ask()

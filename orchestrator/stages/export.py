@@ -10,17 +10,18 @@ architecture and task metadata (e.g. the vocabulary) and, per tensor, how it is 
 - any of these, sparse: values for kept entries only, located by a packed bitmask (1 bit per weight) or
   by their flat indices (uint16/uint32), whichever is smaller.
 
-The manifest also lists the Linear layers that run on int8 kernels (`quantize.to_int8_kernels`).
+The manifest names the model (`models.describe`: a registered architecture and its config, or a task's
+own description) and also lists the Linear layers that run on int8 kernels (`quantize.to_int8_kernels`).
 Reloading applies the same `dequantize` and kernel swap as the in-memory model, so outputs are
 bit-identical.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from orchestrator import models
 from orchestrator.stages.quantize import QuantizedTensor, dequantize, to_int8_kernels, zero_levels
-from orchestrator.tasks.gpt import GPT, GPTConfig
-from orchestrator.tasks.hf_lm import HFCausalLM, HFConfig
 
 MAGIC = b"ORCHPK02"
 FORMAT = "orchestrator.packed/2"
-# architecture name -> (config class, module class); the manifest names one of these.
-ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {"gpt": (GPTConfig, GPT), "hf_causal_lm": (HFConfig, HFCausalLM)}
 
 
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
@@ -52,18 +50,11 @@ def unpack_bits(buf: bytes, bits: int, count: int) -> np.ndarray:
     return np.packbits(planes, axis=1, bitorder="little").reshape(count)
 
 
-def _architecture_of(model: nn.Module) -> str:
-    for name, (_, cls) in ARCHITECTURES.items():
-        if type(model) is cls:
-            return name
-    raise TypeError(f"cannot export a {type(model).__name__}: known architectures are {sorted(ARCHITECTURES)}")
-
-
 def export(
     model: nn.Module,
     path: str | os.PathLike[str],
     *,
-    bits: int,
+    float16: bool = False,
     masks: dict[str, torch.Tensor] | None = None,
     quantized: dict[str, QuantizedTensor] | None = None,
     meta: dict[str, Any] | None = None,
@@ -73,7 +64,7 @@ def export(
 
     Args:
         model: the compressed model as it runs (pruned entries zero, weights already quantized).
-        bits: the quantization setting: 2..8 (then `quantized` holds the integer form), 16 or 32.
+        float16: store the float matrices that are not in `quantized` as float16 (`bits` 16).
         masks: keep-masks from pruning, by parameter name.
         quantized: integer weights from `quantize_`, by parameter name.
         meta: JSON-able task metadata stored with the model (e.g. ``{"vocab": "..."}``).
@@ -81,7 +72,7 @@ def export(
             `model` is the float form, before `to_int8_kernels`.
     """
     masks, quantized = masks or {}, quantized or {}
-    arch = _architecture_of(model)
+    description = models.describe(model)
     blobs: list[bytes] = []
     offset = 0
 
@@ -144,15 +135,15 @@ def export(
                 entry["zero_points"] = add(pack_bits(qt.zero_point.numpy().reshape(-1), qt.bits))
         else:
             is_matrix = t.dim() == 2
-            dtype = "<f2" if bits == 16 and is_matrix else "<f4"
+            dtype = "<f2" if float16 and is_matrix else "<f4"
             values = t.numpy().reshape(-1)[kept]
             entry.update(encoding="float16" if dtype == "<f2" else "float32", values=add(values.astype(dtype).tobytes()))
         entries.append(entry)
 
     manifest = {
         "format": FORMAT,
-        "architecture": arch,
-        "config": dataclasses.asdict(model.cfg),
+        "architecture": description["architecture"],
+        "config": description["config"],
         "meta": meta or {},
         "int8_layers": list(int8_layers or []),
         "tensors": entries,
@@ -185,11 +176,13 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _split(path)[0]
 
 
-def load_artifact(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the compressed model stored by `export`; returns (model in eval mode, task metadata)."""
+def load_artifact(
+    path: str | os.PathLike[str], build: Callable[[dict[str, Any]], nn.Module] = models.build
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the compressed model stored by `export`; returns (model in eval mode, task metadata).
+    `build` makes the empty model from its description (a task's `build_model` for a model of its own)."""
     manifest, blobs = _split(path)
-    config_cls, model_cls = ARCHITECTURES[manifest["architecture"]]
-    model = model_cls(config_cls(**manifest["config"]))
+    model = build({"architecture": manifest["architecture"], "config": manifest["config"]})
 
     def blob(ref: list[int]) -> bytes:
         return bytes(blobs[ref[0] : ref[0] + ref[1]])

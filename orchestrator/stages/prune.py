@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,8 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from orchestrator.config.techniques import MagnitudePruning, PruneMethod, SemiStructuredPruning, StructuredPruning
-from orchestrator.tasks.gpt import GPT
-from orchestrator.tasks.hf_lm import HFCausalLM, prune_attention_heads, prune_mlp_neurons
+from orchestrator.models import output_layer, prune_units
 
 
 @dataclass
@@ -46,14 +44,6 @@ def register_pruner(config_cls: type[PruneMethod]) -> Callable[[Handler], Handle
 def prune(model: nn.Module, method: PruneMethod, sparsity: float) -> PruneResult:
     """Apply `method` at `sparsity` (ignored by N:M, whose pattern fixes it) to `model`."""
     return PRUNERS[type(method)](model, method, sparsity)
-
-
-def output_layer(model: nn.Module) -> nn.Module | None:
-    """The layer that maps to the vocabulary: a Hugging Face model's output embeddings, the GPT's head."""
-    lm = getattr(model, "lm", None)
-    if lm is not None and hasattr(lm, "get_output_embeddings"):
-        return lm.get_output_embeddings()
-    return getattr(model, "head", None)
 
 
 def prunable_weights(model: nn.Module, *, lm_head: bool = True) -> dict[str, nn.Parameter]:
@@ -198,56 +188,13 @@ def _nm(model: nn.Module, method: PruneMethod, sparsity: float) -> PruneResult:
 # Structured: neurons and heads
 
 
-def _keep(scores: torch.Tensor, fraction_removed: float) -> torch.Tensor:
-    """Indices (ascending) of the round((1 − s)·n) highest scores, at least one."""
-    k = max(1, round((1 - fraction_removed) * scores.numel()))
-    return scores.topk(k).indices.sort().values
-
-
 @register_pruner(StructuredPruning)
 def _structured(model: nn.Module, method: PruneMethod, sparsity: float) -> PruneResult:
+    """MLP neurons and/or attention heads of least norm, through the model's `structured_units`."""
     assert isinstance(method, StructuredPruning)
     order = 1 if method.norm == "l1" else 2
-    if isinstance(model, HFCausalLM):
-        small = model
-        if method.target in ("mlp", "both"):
-            small = prune_mlp_neurons(small, 1 - sparsity, order)
-        if method.target in ("heads", "both"):
-            small = prune_attention_heads(small, 1 - sparsity, order)
-        return PruneResult(small.train(model.training), {})
-    if not isinstance(model, GPT):
-        raise TypeError(f"structured pruning knows the GPT architecture, not {type(model).__name__}")
-    cfg = model.cfg
-    d, inner = cfg.head_size, cfg.heads * cfg.head_size
-    mlp_keep, head_keep = [], []
-    for block in model.blocks:
-        if method.target in ("mlp", "both"):  # neuron k: fc row k, its bias, fc_out column k
-            weights = torch.cat([block.fc.weight, block.fc.bias[:, None], block.fc_out.weight.T], 1)
-            mlp_keep.append(_keep(torch.linalg.vector_norm(weights, ord=order, dim=1), sparsity))
-        else:
-            mlp_keep.append(torch.arange(cfg.mlp_size))
-        if method.target in ("heads", "both"):  # head h: its q, k, v rows and proj columns
-            w = block.attn.qkv.weight.reshape(3, cfg.heads, d, cfg.width)
-            b = block.attn.qkv.bias.reshape(3, cfg.heads, d)
-            out = block.attn.proj.weight.reshape(cfg.width, cfg.heads, d)
-            parts = [w.transpose(0, 1).reshape(cfg.heads, -1), b.transpose(0, 1).reshape(cfg.heads, -1),
-                     out.transpose(0, 1).reshape(cfg.heads, -1)]
-            head_keep.append(_keep(torch.linalg.vector_norm(torch.cat(parts, 1), ord=order, dim=1), sparsity))
-        else:
-            head_keep.append(torch.arange(cfg.heads))
-    # One shape for every block (a GPTConfig has one MLP width and head count): each keeps its own best.
-    new_cfg = dataclasses.replace(cfg, mlp=len(mlp_keep[0]), heads=len(head_keep[0]), head_dim=d)
-    small = GPT(new_cfg)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    for i, (neurons, heads) in enumerate(zip(mlp_keep, head_keep, strict=True)):
-        p = f"blocks.{i}."
-        state[p + "fc.weight"] = state[p + "fc.weight"][neurons]
-        state[p + "fc.bias"] = state[p + "fc.bias"][neurons]
-        state[p + "fc_out.weight"] = state[p + "fc_out.weight"][:, neurons]
-        rows = (torch.arange(3)[:, None, None] * inner + heads[None, :, None] * d + torch.arange(d)).reshape(-1)
-        cols = (heads[:, None] * d + torch.arange(d)).reshape(-1)
-        state[p + "attn.qkv.weight"] = state[p + "attn.qkv.weight"][rows]
-        state[p + "attn.qkv.bias"] = state[p + "attn.qkv.bias"][rows]
-        state[p + "attn.proj.weight"] = state[p + "attn.proj.weight"][:, cols]
-    small.load_state_dict(state)
+    small = model
+    for kind in ("mlp", "heads"):
+        if method.target in (kind, "both"):
+            small = prune_units(small, kind, 1 - sparsity, order)
     return PruneResult(small.train(model.training), {})

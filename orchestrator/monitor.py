@@ -1,0 +1,125 @@
+"""The sweep's Tune-side bookkeeping: a searcher that tells Optuna constraints and early stops, and a
+callback that records every trial as it ends (the trials table, the front file early stopping reads,
+the hypervolume curve, progress)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
+
+from orchestrator.config import ConstraintsConfig
+from orchestrator.results import SweepProgress, front_of, normalized_hypervolume
+from orchestrator.space import OBJECTIVES, ObjectiveConstraints
+from orchestrator.stopping import write_front
+from orchestrator.tracking import reported_metrics, trial_error
+
+TRIALS_FILE = "trials.jsonl"  # one line per ended trial: what the trials table holds
+
+
+class ConstrainedOptunaSearch(OptunaSearch):
+    """OptunaSearch that records a finished trial's constraint values on its Optuna trial
+    (`Trial.set_constraint`, read by TPE and NSGA-II) just before telling the study, and tells a trial that
+    stopped early as PRUNED (Ray's OptunaSearch would tell it COMPLETE with no values, which Optuna refuses)."""
+
+    def __init__(self, *args: Any, limits: ObjectiveConstraints, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = limits
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if result and ot_trial is not None and all(m in result for m in self.metric):
+            for name, value in self._limits.violations(*(float(result[m]) for m in self.metric)).items():
+                ot_trial.set_constraint(name, value)
+        elif result and result.get("early_stopped"):
+            result = None  # no objective values: PRUNED
+        super().on_trial_complete(trial_id, result, error)
+
+
+class TrialMonitor(Callback):
+    """Tune callback: records every trial's config, metrics and outcome (COMPLETED, STOPPED early or
+    ERROR), logs the front's hypervolume to the parent run after each trial, writes the front where
+    trials that stop early read it (`front_dir`), and reports progress."""
+
+    def __init__(
+        self, total: int, progress: Callable[[SweepProgress], None] | None, *, reference: tuple[float, float, float],
+        constraints: ConstraintsConfig, log_hypervolume: Callable[[float, int], None], front_dir: str | None = None,
+        run_ids: dict[str, str] | None = None, previous: list[dict[str, Any]] | None = None,
+        param_names: tuple[str, ...] = (),
+    ) -> None:
+        """`front_dir` also gets `trials.jsonl`; `run_ids` maps trial ids to MLflow runs as they start;
+        `previous` are the rows of the sweep being resumed."""
+        self.param_names = param_names  # the table's param columns before any trial ends
+        self.front_dir = front_dir
+        self.run_ids = run_ids if run_ids is not None else {}
+        self.total = total
+        self.constraints = ObjectiveConstraints(constraints)
+        self.progress = progress
+        self.reference = reference
+        self.log_hypervolume = log_hypervolume
+        self.rows: dict[str, dict[str, Any]] = {row["trial_id"]: row for row in previous or []}
+        self.total += len(self.rows)
+        self.running: set[str] = set()
+        self.end_times: list[float] = []  # perf_counter() when each trial ended
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.add(trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        if result.get("early_stopped"):
+            self._ended(trial, "STOPPED", result, None)
+        elif all(m in result for m in OBJECTIVES):
+            self._ended(trial, "COMPLETED", result, None)
+        else:  # cannot happen unless the trial function changes; never let it pass as a finished trial
+            self._ended(trial, "ERROR", result, f"the trial ended without reporting {', '.join(OBJECTIVES)}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trial, "ERROR", {}, trial_error(trial)[0])
+
+    def _ended(self, trial: Any, status: str, result: dict[str, Any], error: str | None) -> None:
+        self.running.discard(trial.trial_id)
+        self.end_times.append(time.perf_counter())
+        metrics = reported_metrics(result)
+        params = dict(trial.config)
+        row = {"trial_id": trial.trial_id, "status": status, "run_id": self.run_ids.get(trial.trial_id), **params,
+               **metrics, "error": error}
+        self.rows[trial.trial_id] = row
+        table = self.table()
+        if self.front_dir is not None:
+            write_front(self.front_dir, table.loc[table["pareto"], list(OBJECTIVES)].to_numpy(dtype=float))
+            with open(Path(self.front_dir) / TRIALS_FILE, "a") as f:
+                f.write(json.dumps(row, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
+        hv = normalized_hypervolume(table, self.reference)
+        self.log_hypervolume(hv, len(self.rows))
+        if self.progress is not None:
+            self.progress(SweepProgress(
+                done=len(self.rows), total=self.total, running=len(self.running),
+                failed=int((table["status"] == "ERROR").sum()), front_size=int(table["pareto"].sum()),
+                hypervolume=hv, trial_id=trial.trial_id, status=status, metrics=metrics,
+                stopped=int((table["status"] == "STOPPED").sum()),
+            ))
+
+    def table(self) -> pd.DataFrame:
+        trials = pd.DataFrame(list(self.rows.values()))
+        if trials.empty:
+            trials = pd.DataFrame(columns=["trial_id", "status", "run_id", *self.param_names, *OBJECTIVES, "artifact", "error"])
+        for column in (*OBJECTIVES, "artifact"):
+            if column not in trials:
+                trials[column] = np.nan if column != "artifact" else None
+        done = trials["status"] == "COMPLETED"
+        trials["feasible"] = pd.Series([
+            bool(d) and self.constraints.feasible(a, s, l)
+            for d, a, s, l in zip(done, trials["accuracy"], trials["size_mb"], trials["latency_ms"])
+        ], index=trials.index, dtype=bool)
+        trials["pareto"] = front_of(trials)
+        return trials
+
+

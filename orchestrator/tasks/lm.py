@@ -1,0 +1,95 @@
+"""What the two language-model tasks share: text from a built-in corpus, local files or a dataset; fixed
+windows of `task.context` tokens drawn from a contiguous token stream; next-token accuracy and
+perplexity on consecutive windows of a held-out split; decoding speed.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import math
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from orchestrator.config import SweepConfig
+from orchestrator.config.schema import TaskConfig
+from orchestrator.measure import measure_decode, score_lm
+from orchestrator.tasks.base import Split, Task
+from orchestrator.tasks.corpora import builtin_text, dataset_text, file_text
+
+
+def task_text(task: TaskConfig) -> str:
+    """The task's text: a Hugging Face dataset, local files, or a built-in corpus (first `chars` characters)."""
+    if task.dataset is not None:
+        text = dataset_text(task.dataset, task.dataset_config, task.dataset_split, task.text_column)
+    elif task.files is not None:
+        text = file_text(sorted(glob.glob(os.path.expanduser(task.files), recursive=True)), task.text_column)
+    else:
+        text = builtin_text(task.corpus)
+    return text[: task.chars] if task.chars is not None else text
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def sample_windows(
+    tokens: torch.Tensor, batch_size: int, context: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows: inputs (B, T) and next-symbol targets (B, T), as int64."""
+    starts = torch.randint(len(tokens) - context - 1, (batch_size,), generator=generator)
+    idx = starts[:, None] + torch.arange(context + 1)  # (B, T+1)
+    chunk = tokens[idx].long()
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+class LanguageModelTask(Task):
+    """Next-token prediction over a token stream split 90/5/5 into contiguous train / validation / test."""
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        self.cfg = cfg  # the YAML's `task` section: text source, context, evaluation settings
+
+    @classmethod
+    def from_config(cls, cfg: TaskConfig) -> "LanguageModelTask":
+        return cls(cfg)
+
+    def check(self, cfg: SweepConfig) -> None:
+        from orchestrator.config import ConfigError
+
+        if cfg.task.options or cfg.task.entry is not None:
+            raise ConfigError(f"{cfg.source}: `task.entry` / `task.options` are for task python; {self.name} is set by "
+                              "the other `task` keys")
+        if cfg.task.files is not None and cfg.task.dataset is not None:
+            raise ConfigError(f"{cfg.source}: `task.files` and `task.dataset` are two text sources; give one")
+        if cfg.task.chars is not None and cfg.task.chars * 0.05 < cfg.task.context + 1:
+            raise ConfigError(f"{cfg.source}: `task.chars` = {cfg.task.chars} leaves a test split shorter than "
+                              "`task.context`; raise it")
+
+    def batch(self, data: Any, split: Split, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return sample_windows(getattr(data, split), batch_size, self.cfg.context, generator)
+
+    def evaluate(self, model: nn.Module, data: Any, split: Split, *, max_examples: int | None = None) -> dict[str, float]:
+        """Next-token accuracy, perplexity and loss over the first `max_examples` positions of `split`
+        (default `task.eval_tokens`), in consecutive windows of `task.context`."""
+        score = score_lm(model, getattr(data, split), context=self.cfg.context,
+                         max_positions=max_examples or self.cfg.eval_tokens)
+        return {"accuracy": score.accuracy, "perplexity": score.perplexity, "loss": math.log(score.perplexity)}
+
+    def example(self, data: Any) -> torch.Tensor:
+        return data.test[: self.cfg.context].long()[None]  # (1, T): a fixed held-out prompt
+
+    def measure_extra(self, model: nn.Module, data: Any, *, threads: int) -> dict[str, float]:
+        decode = measure_decode(model, self.example(data), new_tokens=self.cfg.decode_tokens, threads=threads)
+        return {"decode_tokens_per_s": decode}
+
+    def throughput_unit(self) -> str:
+        return "tokens"
+
+    def units_per_example(self, example: torch.Tensor) -> int:
+        return int(example.shape[1])
+
+    def meta(self, data: Any) -> dict[str, Any]:
+        return dict(data.meta)

@@ -1,0 +1,151 @@
+"""What a sweep prepares once, before its trials, each cached in storage under a hash of what determines
+it: the task's data, the teacher (trained or loaded, exported and measured) and the teacher's outputs on
+a pool of training examples."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from orchestrator import cache
+from orchestrator.config import Fixed, SweepConfig
+from orchestrator.evaluation import ARTIFACT, measure_model
+from orchestrator.stages.distill import DistillJob, DistillResult, load_teacher, run_distill
+from orchestrator.stages.export import export
+from orchestrator.stages.teacher_outputs import compute_teacher_outputs
+from orchestrator.tasks.base import Task
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    path: str  # the task's stored data (`Task.load_data`)
+    key: str  # its content hash
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    key: str  # content hash of the teacher's source, recipe and data: its cache entry
+    path: str  # checkpoint (description + state_dict) in storage
+    cache_hit: bool  # reused from an earlier sweep
+    accuracy: float
+    perplexity: float  # NaN for tasks that have none
+    size_bytes: int  # its exported float32 artifact
+    latency_ms: float
+    params: int
+    train_seconds: float  # time inside its training loop when it was built
+    build_seconds: float  # time inside its stages then: training loop, export and measurement
+
+
+@dataclass(frozen=True)
+class TeacherOutputsInfo:
+    key: str  # content hash of the teacher, the pool of examples and what is kept: its cache entry
+    path: str  # `TeacherOutputs` file in storage
+    cache_hit: bool  # reused from an earlier sweep
+    seconds: float  # time the teacher took to produce them when they were built
+    size_bytes: int
+
+
+def prepare_data(cfg: SweepConfig, task: Task) -> PreparedData:
+    """The task's data, stored once under a hash of its content."""
+    key = task.data_key(cfg)
+    entry, _ = cache.get_or_build(cfg.storage_path / "data", key, lambda d: task.write_data(cfg, d / "data.pt"))
+    return PreparedData(path=str(entry / "data.pt"), key=key)
+
+
+def _train_in_task(cfg: SweepConfig, job: DistillJob, *, cpus: float) -> DistillResult:
+    """`run_distill` in-process, inside a Ray task that reserves the worker's resources (the sweep's own
+    process holds none): what `launcher: in_trial` means for the teacher, trained before any trial."""
+    import ray
+
+    gpus = 1 if cfg.resources.use_gpu else 0
+    remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_distill)
+    return ray.get(remote.remote(
+        job, name="teacher", storage_path=str(cfg.storage_path / "train"), num_workers=1,
+        use_gpu=cfg.resources.use_gpu, cpus_per_worker=cpus, in_process=True,
+    ))
+
+
+def build_teacher(cfg: SweepConfig, task: Task, data: PreparedData) -> TeacherInfo:
+    """The task's teacher, trained for `task.teacher_steps` when it asks for training, exported as float32
+    and measured like any student; once per storage (keyed by its source, recipe, data, seed and DDP
+    world size, not its thread count)."""
+    t, steps = cfg.teacher, task.teacher_steps(cfg)
+    recipe = {k: v for k, v in dataclasses.asdict(t).items() if k not in ("cpus_per_worker", "layers", "width", "heads", "model")}
+    key = cache.content_key("teacher", task.fingerprint(), task.teacher_fingerprint(cfg), recipe if steps else None,
+                            data.key, cfg.seed, cfg.resources.num_workers if steps else None)
+
+    def build(tmp: Path) -> None:
+        t0 = time.perf_counter()
+        loaded = task.load_data(data.path)
+        model = task.teacher(cfg, loaded)
+        description = task.describe(model)
+        train_seconds = 0.0
+        if steps:
+            torch.save({"config": description, "state_dict": model.state_dict()}, tmp / "init.pt")
+            cpus = t.cpus_per_worker or cfg.resources.cpus_per_worker
+            job = DistillJob(
+                task=task, data_path=data.path, teacher_path=None, teacher_outputs_path=None, model=description,
+                steps=steps, batch_size=t.batch_size, warmup=min(100, steps // 10), lr=t.lr, optimizer="adamw",
+                seed=cfg.seed, weights=None, val_tokens=cfg.distill.val_tokens, threads=max(1, int(cpus)),
+                weight_decay=0.01, init_path=str(tmp / "init.pt"),
+            )
+            if cfg.distill_in_trial:  # one worker: a Ray task holding its CPUs (and GPU) runs the loop itself
+                result = _train_in_task(cfg, job, cpus=cpus)
+            else:
+                r = cfg.resources
+                result = run_distill(job, name=f"teacher-{key}", storage_path=str(cfg.storage_path / "train"),
+                                     num_workers=r.num_workers, use_gpu=r.use_gpu, cpus_per_worker=cpus,
+                                     placement_strategy=r.placement_strategy)
+            (tmp / "init.pt").unlink()
+            model.load_state_dict(result.state_dict)
+            train_seconds = result.train_seconds
+            t0 = time.perf_counter()
+        torch.save({"config": description, "state_dict": model.state_dict()}, tmp / "teacher.pt")
+        teacher = load_teacher(task, tmp / "teacher.pt")
+        size = export(teacher, tmp / ARTIFACT, meta=task.meta(loaded))
+        metrics = measure_model(task, teacher, size, loaded, cfg, reference=None)
+        metrics.update(train_seconds=train_seconds, build_seconds=train_seconds + time.perf_counter() - t0)
+        (tmp / "teacher.json").write_text(json.dumps(metrics, indent=1))
+
+    entry, hit = cache.get_or_build(cfg.storage_path / "teachers", key, build)
+    m = json.loads((entry / "teacher.json").read_text())
+    return TeacherInfo(
+        key=key, path=str(entry / "teacher.pt"), cache_hit=hit, accuracy=m["accuracy"],
+        perplexity=m.get("perplexity", float("nan")), size_bytes=int(m["size_bytes"]), latency_ms=m["latency_ms"],
+        params=int(m["params"]), train_seconds=m["train_seconds"], build_seconds=m["build_seconds"],
+    )
+
+
+def build_teacher_outputs(cfg: SweepConfig, task: Task, teacher: TeacherInfo, data: PreparedData) -> TeacherOutputsInfo:
+    """Run the teacher once over a pool of `distill.cache_blocks` training examples (drawn by the task)
+    and keep its outputs for every trial. Hidden states are kept only when some trial can weigh them
+    (`params.beta` not fixed at 0)."""
+    d = cfg.distill
+    hidden = cfg.params["beta"] != Fixed(0.0)
+    key = cache.content_key("teacher_outputs", teacher.key, d.cache_blocks, cfg.seed, hidden, d.top_k, cfg.task.context)
+
+    def build(tmp: Path) -> None:
+        t, threads = time.perf_counter(), torch.get_num_threads()
+        torch.set_num_threads(max(1, int(cfg.teacher.cpus_per_worker or cfg.resources.cpus_per_worker)))
+        try:
+            model = load_teacher(task, teacher.path)
+            inputs, targets = task.batch(task.load_data(data.path), "train", d.cache_blocks, torch.Generator().manual_seed(cfg.seed))
+            with torch.inference_mode():
+                width = model(inputs[:1])[0].shape[-1]
+            top_k = d.top_k if d.top_k is not None and d.top_k < width else None  # k >= V: all logits
+            outputs = compute_teacher_outputs(model, inputs, targets, hidden=hidden, top_k=top_k)
+        finally:
+            torch.set_num_threads(threads)
+        seconds = time.perf_counter() - t
+        outputs.save(tmp / "teacher_outputs.pt")
+        (tmp / "teacher_outputs.json").write_text(json.dumps({"seconds": seconds}))  # read back on every hit
+
+    entry, hit = cache.get_or_build(cfg.storage_path / "teacher_outputs", key, build)
+    path = entry / "teacher_outputs.pt"
+    seconds = json.loads((entry / "teacher_outputs.json").read_text())["seconds"]
+    return TeacherOutputsInfo(key=key, path=str(path), cache_hit=hit, seconds=seconds, size_bytes=path.stat().st_size)
