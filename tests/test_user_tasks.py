@@ -107,6 +107,11 @@ def test_an_image_classifier_from_python_is_distilled_pruned_quantized_and_reloa
     with pytest.raises(ValueError, match="task of your own"):
         orchestrator.load_model(result.trials["artifact"].iloc[0])
     assert orchestrator.load_model(result.trials["artifact"].iloc[0], task=task).net.activation in ("relu", "tanh")
+    # a second sweep with the same task reuses the teacher, its outputs and the first trial's student
+    again = Sweep.from_yaml(tmp_path / "space.yaml", task=task, trials=1, storage=str(tmp_path / "runs"), tracking_uri=uri).run()
+    first = again.trials.iloc[0]
+    assert again.teacher.cache_hit and first["cache_hit_teacher_outputs"] == 1 and first["cache_hit_distill"] == 1
+    assert first["accuracy"] == result.trials.iloc[0]["accuracy"]
 
 
 class TinyLM(nn.Module):

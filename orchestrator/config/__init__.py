@@ -1,5 +1,6 @@
-"""Configuration: `schema` says what a sweep is made of, `load` turns YAML into it, `rules` says how its
-parts must fit together (checked whenever a `SweepConfig` is built), `techniques` names the methods."""
+"""Configuration: `schema` says what a sweep is made of, `load` turns YAML into it (`params` its searched
+parameters), `rules` says how its parts must fit together (checked whenever a `SweepConfig` is built),
+`techniques` names the methods, `samplers` the Optuna samplers."""
 
 from orchestrator.config.load import load_config, parse_set
 from orchestrator.config.rules import param_values, searched_grid
