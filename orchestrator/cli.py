@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from orchestrator.config import ConfigError, SweepConfig, load_config, parse_set
+from orchestrator.config import PARAM_NAMES, ConfigError, SweepConfig, load_config, parse_set
 
 if TYPE_CHECKING:
     from orchestrator.sweep import SweepProgress, SweepResult
@@ -70,7 +70,8 @@ def print_result(result: SweepResult) -> None:
     import pandas as pd
 
     front = result.pareto
-    columns = [c for c in FRONT_COLUMNS if c in front.columns]
+    own = [name for name in result.config.params if name not in PARAM_NAMES]  # a task's own parameters
+    columns = [c for c in [*FRONT_COLUMNS, *own] if c in front.columns]
     print(f"\nPareto front: {len(front)} of {len(result.trials)} trials "
           f"(teacher: accuracy {result.teacher.accuracy:.4f}, {result.teacher.size_bytes / 1e6:.3f} MB, "
           f"{result.teacher.latency_ms:.3f} ms)")

@@ -1,10 +1,10 @@
 """Distillation (and teacher training): DDP over N Ray Train V2 workers, or in the trial's own process.
 
 `fit` is the training loop, written once for every task: the job's `Task` draws the batches, scores
-validation and builds the model from its description. With several workers (or `launcher: ray_train`) it runs on every worker of a
-`TorchTrainer` (`train_loop` is what a worker runs) and the student comes back through a Ray Train
-checkpoint; with one worker it runs inside the Tune trial's process, which already holds the resources,
-and no worker group is started. `run_distill` picks the path. Big things (data, teacher weights, cached
+validation and builds the model from its description. With several workers (or `launcher: ray_train`)
+it runs on every worker of a `TorchTrainer` (`train_loop` is what a worker runs) and the student comes
+back through a Ray Train checkpoint; with one worker it runs inside the Tune trial's process, which
+already holds the resources, and no worker group is started. `run_distill` picks the path. Big things (data, teacher weights, cached
 teacher outputs) travel by path in the sweep's storage.
 """
 
