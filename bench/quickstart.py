@@ -37,7 +37,7 @@ def main() -> None:
     t = result.trials
     done = t[t["status"] == "COMPLETED"]
     startup = (done["time_distill_fit_s"] - done["time_distill_s"]).mean()
-    stage_total = result.teacher.build_seconds + done["time_stages_s"].sum()
+    stage_total = result.teacher.seconds_now + done["time_stages_s"].sum()
     figures = {
         "space": args.space,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

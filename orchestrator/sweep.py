@@ -204,8 +204,9 @@ def _prepare(cfg: SweepConfig, task: Task) -> _Prepared:
     log.info("teacher (task %s): %s ...", task.name, f"{steps} training steps" if steps else "as given")
     teacher = build_teacher(cfg, task, data)
     log.info(
-        "teacher %s (%s): test accuracy %.4f, %.3f MB, %.3f ms",
-        teacher.key, "cache hit, reused" if teacher.cache_hit else "built now", teacher.accuracy,
+        "teacher %s (%s%s): test accuracy %.4f, %.3f MB, %.3f ms",
+        teacher.key, "cache hit, reused" if teacher.cache_hit else "built now",
+        "" if teacher.measure_cache_hit or not teacher.cache_hit else ", measured again for these settings", teacher.accuracy,
         teacher.size_bytes / 1e6, teacher.latency_ms,
     )
     outputs = None
@@ -229,7 +230,8 @@ def _start_tracking(cfg: SweepConfig, task: Task, sweep_id: str, prep: _Prepared
         run_name=sweep_id,
         params=cfg.to_dict(),
         tags={"sweep_id": sweep_id, "task": task.name, "teacher_key": teacher.key,
-              "teacher_cache_hit": str(teacher.cache_hit).lower(), "storage": str(cfg.storage_path),
+              "teacher_cache_hit": str(teacher.cache_hit).lower(),
+              "teacher_measurements_cache_hit": str(teacher.measure_cache_hit).lower(), "storage": str(cfg.storage_path),
               "pipeline": cfg.pipeline.label,
               **({"resumed": "true", "previous_trials": str(resumed)} if resumed is not None else {}),
               **({"teacher_outputs_key": outputs.key, "teacher_outputs_cache_hit": str(outputs.cache_hit).lower()}
@@ -359,7 +361,7 @@ def _finish(
     busy = work_slot_seconds(ends, tune_started, tune_stopped, slots)
     capacity = wall - tune_seconds + busy
     teacher, outputs = prep.teacher, prep.outputs
-    stage_seconds = (0.0 if teacher.cache_hit else teacher.build_seconds) + (
+    stage_seconds = teacher.seconds_now + (
         outputs.seconds if outputs and not outputs.cache_hit else 0.0
     ) + float(trials.iloc[previous:].get("time_stages_s", pd.Series(dtype=float)).fillna(0).sum())
     overhead = 1 - stage_seconds / capacity

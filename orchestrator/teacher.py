@@ -29,16 +29,24 @@ class PreparedData:
 
 @dataclass(frozen=True)
 class TeacherInfo:
-    key: str  # content hash of the teacher's source, recipe and data: its cache entry
+    key: str  # content hash of the teacher's source, recipe and data: its weights' cache entry
     path: str  # checkpoint (description + state_dict) in storage
-    cache_hit: bool  # reused from an earlier sweep
+    cache_hit: bool  # its weights reused from an earlier sweep
     accuracy: float
     perplexity: float  # NaN for tasks that have none
     size_bytes: int  # its exported float32 artifact
     latency_ms: float
     params: int
     train_seconds: float  # time inside its training loop when it was built
-    build_seconds: float  # time inside its stages then: training loop, export and measurement
+    build_seconds: float  # time inside its stages then: training loop and export
+    measure_key: str = ""  # content hash of the weights and every setting its measurements depend on
+    measure_cache_hit: bool = False  # its measurements reused (same weights, same evaluation and timing settings)
+    measure_seconds: float = 0.0  # time its measurement took when it was measured
+
+    @property
+    def seconds_now(self) -> float:
+        """Stage time this sweep spent on the teacher (what it did not reuse)."""
+        return (0.0 if self.cache_hit else self.build_seconds) + (0.0 if self.measure_cache_hit else self.measure_seconds)
 
 
 @dataclass(frozen=True)
@@ -71,9 +79,11 @@ def _train_in_task(cfg: SweepConfig, job: DistillJob, *, cpus: float) -> Distill
 
 
 def build_teacher(cfg: SweepConfig, task: Task, data: PreparedData) -> TeacherInfo:
-    """The task's teacher, trained for `task.teacher_steps` when it asks for training, exported as float32
-    and measured like any student; once per storage (keyed by its source, recipe, data, seed and DDP
-    world size, not its thread count)."""
+    """The task's teacher, trained for `task.teacher_steps` when it asks for training and exported as
+    float32 once per storage (keyed by its source, recipe, data, seed and DDP world size, not its thread
+    count), then measured like any student: the measurements are keyed by the weights and every setting
+    they depend on (`measure.*`, the task's evaluation settings), so a sweep that evaluates or times
+    differently measures the cached teacher again."""
     t, steps = cfg.teacher, task.teacher_steps(cfg)
     recipe = {k: v for k, v in dataclasses.asdict(t).items() if k not in ("cpus_per_worker", "layers", "width", "heads", "model")}
     key = cache.content_key("teacher", task.fingerprint(), task.teacher_fingerprint(cfg), recipe if steps else None,
@@ -106,18 +116,29 @@ def build_teacher(cfg: SweepConfig, task: Task, data: PreparedData) -> TeacherIn
             train_seconds = result.train_seconds
             t0 = time.perf_counter()
         torch.save({"config": description, "state_dict": model.state_dict()}, tmp / "teacher.pt")
-        teacher = load_teacher(task, tmp / "teacher.pt")
-        size = export(teacher, tmp / ARTIFACT, meta=task.meta(loaded))
-        metrics = measure_model(task, teacher, size, loaded, cfg, reference=None)
-        metrics.update(train_seconds=train_seconds, build_seconds=train_seconds + time.perf_counter() - t0)
-        (tmp / "teacher.json").write_text(json.dumps(metrics, indent=1))
+        export(load_teacher(task, tmp / "teacher.pt"), tmp / ARTIFACT, meta=task.meta(loaded))
+        built = {"train_seconds": train_seconds, "build_seconds": train_seconds + time.perf_counter() - t0}
+        (tmp / "built.json").write_text(json.dumps(built))
 
     entry, hit = cache.get_or_build(cfg.storage_path / "teachers", key, build)
-    m = json.loads((entry / "teacher.json").read_text())
+    measure_key = cache.content_key("teacher_measurements", key, dataclasses.asdict(cfg.measure),
+                                    task.evaluation_settings(cfg))
+
+    def measure(tmp: Path) -> None:
+        t0 = time.perf_counter()
+        teacher = load_teacher(task, entry / "teacher.pt")
+        metrics = measure_model(task, teacher, (entry / ARTIFACT).stat().st_size, task.load_data(data.path), cfg,
+                                reference=None)
+        metrics["measure_seconds"] = time.perf_counter() - t0
+        (tmp / "teacher.json").write_text(json.dumps(metrics, indent=1))
+
+    measured, measure_hit = cache.get_or_build(cfg.storage_path / "teacher_measurements", measure_key, measure)
+    b, m = json.loads((entry / "built.json").read_text()), json.loads((measured / "teacher.json").read_text())
     return TeacherInfo(
         key=key, path=str(entry / "teacher.pt"), cache_hit=hit, accuracy=m["accuracy"],
         perplexity=m.get("perplexity", float("nan")), size_bytes=int(m["size_bytes"]), latency_ms=m["latency_ms"],
-        params=int(m["params"]), train_seconds=m["train_seconds"], build_seconds=m["build_seconds"],
+        params=int(m["params"]), train_seconds=b["train_seconds"], build_seconds=b["build_seconds"],
+        measure_key=measure_key, measure_cache_hit=measure_hit, measure_seconds=m["measure_seconds"],
     )
 
 

@@ -119,6 +119,11 @@ class Task(abc.ABC):
     def example(self, data: Any) -> torch.Tensor:
         """A batch-1 held-out input: what latency is timed on."""
 
+    def evaluation_settings(self, cfg: SweepConfig) -> Any:
+        """The settings `evaluate`, `example` and `measure_extra` depend on beyond the data (part of the key
+        under which a teacher's measurements are kept)."""
+        return None
+
     def measure_extra(self, model: nn.Module, data: Any, *, threads: int) -> dict[str, float]:
         """More measured metrics of a compressed model (e.g. decoding speed)."""
         return {}

@@ -9,7 +9,6 @@ reference teacher. The model itself is `models.hf.HFCausalLM`.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import importlib.util
 import json
@@ -228,7 +227,7 @@ class HFCausalLMTask(LanguageModelTask):
         return 0  # pretrained
 
     def teacher_fingerprint(self, cfg: SweepConfig) -> Any:
-        return {"source": source_fingerprint(cfg.teacher.model), "measure": dataclasses.asdict(cfg.measure)}
+        return {"source": source_fingerprint(cfg.teacher.model)}
 
     def student(self, cfg: SweepConfig, params: TrialParams, data: TokenData, teacher: nn.Module) -> nn.Module:
         if cfg.distill.student is not None:

@@ -78,6 +78,9 @@ class LanguageModelTask(Task):
                          max_positions=max_examples or self.cfg.eval_tokens)
         return {"accuracy": score.accuracy, "perplexity": score.perplexity, "loss": math.log(score.perplexity)}
 
+    def evaluation_settings(self, cfg: SweepConfig) -> Any:
+        return {"context": cfg.task.context, "eval_tokens": cfg.task.eval_tokens, "decode_tokens": cfg.task.decode_tokens}
+
     def example(self, data: Any) -> torch.Tensor:
         return data.test[: self.cfg.context].long()[None]  # (1, T): a fixed held-out prompt
 

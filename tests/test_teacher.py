@@ -1,0 +1,34 @@
+"""The teacher is trained once per storage; its measurements are redone whenever a setting they depend
+on changes (evaluation positions, context, timing), and reused otherwise."""
+
+import pytest
+
+from orchestrator import Sweep, load_config
+from orchestrator.stages.distill import load_teacher
+from orchestrator.teacher import build_teacher, prepare_data
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_cached_teacher_is_measured_again_when_the_evaluation_or_timing_settings_change(ray_session, tmp_path):
+    base = {"storage": str(tmp_path), "task.chars": 100_000, "task.context": 16, "task.eval_tokens": 512,
+            "teacher.layers": 1, "teacher.width": 16, "teacher.heads": 2, "teacher.steps": 20, "teacher.batch_size": 8,
+            "measure.warmup": 1, "measure.repeats": 5}
+
+    def teacher(**changes):
+        cfg = load_config(None, overrides={**base, **changes})
+        task = Sweep(cfg).task
+        data = prepare_data(cfg, task)
+        return build_teacher(cfg, task, data), task, data
+
+    first, _, _ = teacher()
+    assert not first.cache_hit and not first.measure_cache_hit and first.seconds_now > 0
+    again, _, _ = teacher()
+    assert again.cache_hit and again.measure_cache_hit and again.accuracy == first.accuracy and again.seconds_now == 0
+    more, task, data = teacher(**{"task.eval_tokens": 2048})
+    assert more.cache_hit and not more.measure_cache_hit and more.key == first.key != "" and more.measure_key != first.measure_key
+    # what it reports is the cached weights scored on the new number of positions
+    scored = task.evaluate(load_teacher(task, more.path), task.load_data(data.path), "test")
+    assert more.accuracy == scored["accuracy"] and more.perplexity == scored["perplexity"]
+    timed, _, _ = teacher(**{"measure.repeats": 7})
+    assert timed.cache_hit and not timed.measure_cache_hit and timed.seconds_now == pytest.approx(timed.measure_seconds)
