@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from orchestrator.sweep import SweepProgress, SweepResult
 
 FRONT_COLUMNS = [
-    "trial_id", "accuracy", "size_mb", "latency_ms", "compression_ratio", "accuracy_retained",
+    "trial_id", "accuracy", "test_accuracy", "size_mb", "latency_ms", "compression_ratio", "accuracy_retained",
     "layers", "width", "sparsity", "bits", "optimizer",
 ]
 
@@ -73,7 +73,8 @@ def print_result(result: SweepResult) -> None:
     own = [name for name in result.config.params if name not in PARAM_NAMES]  # a task's own parameters
     columns = [c for c in [*FRONT_COLUMNS, *own] if c in front.columns]
     print(f"\nPareto front: {len(front)} of {len(result.trials)} trials "
-          f"(teacher: accuracy {result.teacher.accuracy:.4f}, {result.teacher.size_bytes / 1e6:.3f} MB, "
+          f"(teacher: accuracy {result.teacher.accuracy:.4f}, test {result.teacher.test_accuracy:.4f}, "
+          f"{result.teacher.size_bytes / 1e6:.3f} MB, "
           f"{result.teacher.latency_ms:.3f} ms)")
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(front[columns].to_string(index=False))

@@ -1,5 +1,10 @@
 """A compressed model measured as it runs: the task's held-out metrics, the artifact's size, batch-1
-latency (interleaved with a reference), throughput and the task's own extra measurements."""
+latency (interleaved with a reference), throughput and the task's own extra measurements.
+
+The held-out metrics are scored twice, with the same settings: on the validation split under their own
+names (`accuracy`, `perplexity`: what the search, the front, early stopping and the recommendation
+read) and on the test split as `test_<name>` (reported, never read by a decision), so that the front's
+accuracies are not chosen on the data that reports them."""
 
 from __future__ import annotations
 
@@ -18,11 +23,11 @@ def measure_model(
     task: Task, model: nn.Module, size: int, data: Any, cfg: SweepConfig, *, reference: nn.Module | None,
     counts: tuple[int, int] | None = None,
 ) -> dict[str, float]:
-    """Test metrics, artifact size, batch-1 latency and throughput of `model`.
+    """Validation and test metrics, artifact size, batch-1 latency and throughput of `model`.
 
     `counts` (parameters, non-zero) of the compressed shape, when int8 layers hide them from torch."""
-    out = dict(task.evaluate(model, data, "test"))
-    out.pop("loss", None)  # the test split's loss is not reported (perplexity is, for language models)
+    out = {k: v for k, v in task.evaluate(model, data, "val").items() if k != "loss"}  # perplexity is reported, not loss
+    out.update({f"test_{k}": v for k, v in task.evaluate(model, data, "test").items() if k != "loss"})
     example = task.example(data)
     m = cfg.measure
     lat = measure_latency(model, example, threads=m.threads, warmup=m.warmup, repeats=m.repeats, reference=reference)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["trial_id", "accuracy", "size_mb", "latency_ms", "perplexity", "compression_ratio", "accuracy_retained"]
 
 
 def write_front_files(trials: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -30,7 +29,7 @@ def write_front_files(trials: pd.DataFrame, out_dir: Path) -> list[Path]:
     fig = px.scatter(
         done, x="size_mb", y="accuracy", color="on front", size=done["latency_ms"].clip(lower=1e-3),
         hover_data=hover, log_x=True, title="Pareto front: accuracy vs size (marker size = batch-1 latency)",
-        labels={"size_mb": "artifact size (MB)", "accuracy": "test next-token accuracy"},
+        labels={"size_mb": "artifact size (MB)", "accuracy": "validation accuracy"},
     )
     html = out_dir / "pareto.html"
     fig.write_html(html, include_plotlyjs=True)  # self-contained: opens offline from the MLflow UI
@@ -43,7 +42,7 @@ def write_front_files(trials: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.scatter(front[x], front["accuracy"], c="C3", label="Pareto front")
         ax.set_xscale("log")
         ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel("validation accuracy")
         ax.grid(alpha=0.3)
     axes[0].legend()
     figure.suptitle(f"{len(front)} front points of {len(done)} completed trials (front over accuracy, size and latency)")

@@ -204,9 +204,10 @@ def _prepare(cfg: SweepConfig, task: Task) -> _Prepared:
     log.info("teacher (task %s): %s ...", task.name, f"{steps} training steps" if steps else "as given")
     teacher = build_teacher(cfg, task, data)
     log.info(
-        "teacher %s (%s%s): test accuracy %.4f, %.3f MB, %.3f ms",
+        "teacher %s (%s%s): validation accuracy %.4f (test %.4f), %.3f MB, %.3f ms",
         teacher.key, "cache hit, reused" if teacher.cache_hit else "built now",
         "" if teacher.measure_cache_hit or not teacher.cache_hit else ", measured again for these settings", teacher.accuracy,
+        teacher.test_accuracy,
         teacher.size_bytes / 1e6, teacher.latency_ms,
     )
     outputs = None
@@ -239,6 +240,7 @@ def _start_tracking(cfg: SweepConfig, task: Task, sweep_id: str, prep: _Prepared
     )
     tracker.log_metrics(parent, {
         "teacher_accuracy": teacher.accuracy, "teacher_perplexity": teacher.perplexity,
+        "teacher_test_accuracy": teacher.test_accuracy,
         "teacher_size_mb": teacher.size_bytes / 1e6, "teacher_latency_ms": teacher.latency_ms,
         "teacher_params": teacher.params,
         **dict(zip(("hypervolume_ref_accuracy", "hypervolume_ref_size_mb", "hypervolume_ref_latency_ms"),

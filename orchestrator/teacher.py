@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ class TeacherInfo:
     measure_key: str = ""  # content hash of the weights and every setting its measurements depend on
     measure_cache_hit: bool = False  # its measurements reused (same weights, same evaluation and timing settings)
     measure_seconds: float = 0.0  # time its measurement took when it was measured
+    test_accuracy: float = math.nan  # on the test split (reported only; `accuracy` is on validation, as for trials)
+    test_perplexity: float = math.nan
 
     @property
     def seconds_now(self) -> float:
@@ -136,7 +139,8 @@ def build_teacher(cfg: SweepConfig, task: Task, data: PreparedData) -> TeacherIn
     b, m = json.loads((entry / "built.json").read_text()), json.loads((measured / "teacher.json").read_text())
     return TeacherInfo(
         key=key, path=str(entry / "teacher.pt"), cache_hit=hit, accuracy=m["accuracy"],
-        perplexity=m.get("perplexity", float("nan")), size_bytes=int(m["size_bytes"]), latency_ms=m["latency_ms"],
+        perplexity=m.get("perplexity", float("nan")), test_accuracy=m["test_accuracy"],
+        test_perplexity=m.get("test_perplexity", math.nan), size_bytes=int(m["size_bytes"]), latency_ms=m["latency_ms"],
         params=int(m["params"]), train_seconds=b["train_seconds"], build_seconds=b["build_seconds"],
         measure_key=measure_key, measure_cache_hit=measure_hit, measure_seconds=m["measure_seconds"],
     )

@@ -142,6 +142,7 @@ def run_pipeline(
     metrics.update(
         compression_ratio=ctx.teacher.size_bytes / c.size_bytes,
         accuracy_retained=metrics["accuracy"] / ctx.teacher.accuracy,
+        test_accuracy_retained=metrics["test_accuracy"] / ctx.teacher.test_accuracy,
         **common,
         **pre,
         **timings,

@@ -154,7 +154,8 @@ def test_a_sweep_over_a_local_hf_model_distils_prunes_quantizes_and_exports(ray_
     for bits, row in t.iterrows():
         model = result.load_model(row["trial_id"])
         assert model.tokenizer is not None and model.lm.config.intermediate_size == 32
-        assert score_lm(model, data.test, context=32, max_positions=1024).accuracy == row["accuracy"]
+        assert score_lm(model, data.val, context=32, max_positions=1024).accuracy == row["accuracy"]
+        assert score_lm(model, data.test, context=32, max_positions=1024).accuracy == row["test_accuracy"]
     with pytest.raises(ValueError, match="no transformers form"):
         result.export_pretrained(t.loc[8, "trial_id"], tmp_path / "int8")
     out = result.export_pretrained(t.loc[16, "trial_id"], tmp_path / "fp16")

@@ -13,7 +13,7 @@ from orchestrator.pareto import pareto_mask
 from orchestrator.tasks.char_lm import CharData
 
 SMOKE = Path(__file__).parents[1] / "search_spaces" / "smoke.yaml"
-METRICS = ["accuracy", "perplexity", "size_mb", "latency_ms", "latency_p95_ms", "params", "compression_ratio", "accuracy_retained"]
+METRICS = ["accuracy", "perplexity", "test_accuracy", "test_perplexity", "eval_positions", "size_mb", "latency_ms", "latency_p95_ms", "params", "compression_ratio", "accuracy_retained"]
 PARAMS = ["beta", "lambda", "temperature", "sparsity", "bits", "optimizer", "lr", "layers", "width", "heads"]
 
 pytestmark = pytest.mark.slow
@@ -114,8 +114,8 @@ def test_reloaded_artifacts_reproduce_logged_accuracy_and_size(sweep):
         assert path.stat().st_size == pytest.approx(row.size_mb * 1e6, abs=0.5)
         model = result.load_model(row.trial_id)
         assert model.vocab == data.vocab
-        score = score_lm(model, data.test, context=cfg.task.context, max_positions=cfg.task.eval_tokens)
-        assert score.accuracy == row.accuracy
+        for split, logged in ((data.val, row.accuracy), (data.test, row.test_accuracy)):  # searched on val, reported on test
+            assert score_lm(model, split, context=cfg.task.context, max_positions=cfg.task.eval_tokens).accuracy == logged
         assert load_model(path).vocab == data.vocab
 
 
@@ -254,7 +254,8 @@ def _reloads_exactly(result, root, row):
     data = CharData.load(next((root / "runs" / "data").glob("*/data.pt")))
     model = result.load_model(row["trial_id"])
     cfg = result.config
-    return score_lm(model, data.test, context=cfg.task.context, max_positions=cfg.task.eval_tokens).accuracy == row["accuracy"]
+    return all(score_lm(model, split, context=cfg.task.context, max_positions=cfg.task.eval_tokens).accuracy == row[column]
+               for split, column in ((data.val, "accuracy"), (data.test, "test_accuracy")))
 
 
 def test_structured_pruning_with_recovery_and_int8_kernels_end_to_end(sweep):

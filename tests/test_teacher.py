@@ -28,7 +28,9 @@ def test_a_cached_teacher_is_measured_again_when_the_evaluation_or_timing_settin
     more, task, data = teacher(**{"task.eval_tokens": 2048})
     assert more.cache_hit and not more.measure_cache_hit and more.key == first.key != "" and more.measure_key != first.measure_key
     # what it reports is the cached weights scored on the new number of positions
-    scored = task.evaluate(load_teacher(task, more.path), task.load_data(data.path), "test")
-    assert more.accuracy == scored["accuracy"] and more.perplexity == scored["perplexity"]
+    model, loaded = load_teacher(task, more.path), task.load_data(data.path)
+    scored = task.evaluate(model, loaded, "val")
+    assert more.accuracy == scored["accuracy"] and more.perplexity == scored["perplexity"] and scored["eval_positions"] == 2048
+    assert more.test_accuracy == task.evaluate(model, loaded, "test")["accuracy"]
     timed, _, _ = teacher(**{"measure.repeats": 7})
     assert timed.cache_hit and not timed.measure_cache_hit and timed.seconds_now == pytest.approx(timed.measure_seconds)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import math
 import os
 from typing import Any
@@ -19,6 +20,8 @@ from orchestrator.config.schema import TaskConfig
 from orchestrator.measure import measure_decode, score_lm
 from orchestrator.tasks.base import Split, Task
 from orchestrator.tasks.corpora import builtin_text, dataset_text, file_text
+
+log = logging.getLogger("orchestrator")
 
 
 def task_text(task: TaskConfig) -> str:
@@ -73,10 +76,14 @@ class LanguageModelTask(Task):
 
     def evaluate(self, model: nn.Module, data: Any, split: Split, *, max_examples: int | None = None) -> dict[str, float]:
         """Next-token accuracy, perplexity and loss over the first `max_examples` positions of `split`
-        (default `task.eval_tokens`), in consecutive windows of `task.context`."""
-        score = score_lm(model, getattr(data, split), context=self.cfg.context,
-                         max_positions=max_examples or self.cfg.eval_tokens)
-        return {"accuracy": score.accuracy, "perplexity": score.perplexity, "loss": math.log(score.perplexity)}
+        (default `task.eval_tokens`), in consecutive windows of `task.context`, and how many positions that
+        was (`eval_positions`: fewer than asked when the split is shorter; a warning says so)."""
+        asked = max_examples or self.cfg.eval_tokens
+        score = score_lm(model, getattr(data, split), context=self.cfg.context, max_positions=asked)
+        if score.positions < asked and max_examples is None:
+            log.warning("the %s split holds %d positions, fewer than task.eval_tokens = %d", split, score.positions, asked)
+        return {"accuracy": score.accuracy, "perplexity": score.perplexity, "loss": math.log(score.perplexity),
+                "eval_positions": float(score.positions)}
 
     def evaluation_settings(self, cfg: SweepConfig) -> Any:
         return {"context": cfg.task.context, "eval_tokens": cfg.task.eval_tokens, "decode_tokens": cfg.task.decode_tokens}
