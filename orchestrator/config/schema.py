@@ -119,7 +119,7 @@ class TaskConfig(_Checked):
     text_column: str = "text"  # the text field of a dataset or .jsonl rows
     context: int = _check(lambda v: v >= 2, "an integer >= 2", 64)  # tokens (characters for char_lm) seen per prediction
     chars: int | None = _check(lambda v: v is None or v >= 10_000, "null or >= 10000", None)  # use the text's first N characters (smoke tests)
-    eval_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 32_768)  # test positions scored for accuracy/perplexity
+    eval_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 32_768)  # positions scored for accuracy/perplexity, on validation (searched) and on test (reported)
     decode_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 16)  # tokens generated after the prompt to time decoding
 
 
