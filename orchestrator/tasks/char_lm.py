@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from orchestrator.config import ConfigError, SweepConfig
-from orchestrator.config import param_values
 from orchestrator.models.gpt import GPT, GPTConfig
 from orchestrator.tasks.base import TrialParams, register_task
 from orchestrator.tasks.corpora import builtin_text
@@ -91,14 +90,6 @@ class CharLMTask(LanguageModelTask):
                               "teacher from `teacher.layers/width/heads`: drop it or set `task.name: hf_causal_lm`")
         if cfg.task.files is not None or cfg.task.dataset is not None:
             raise ConfigError(f"{src}: `task.files` / `task.dataset` are for task hf_causal_lm; char_lm reads `task.corpus`")
-        widths, heads = param_values(cfg.params["width"]), param_values(cfg.params["heads"])
-        bad = [(w, h) for w in widths or [] for h in heads or [] if w % h]
-        if bad:
-            raise ConfigError(f"{src}: `params.width` = {bad[0][0]} is not divisible by `params.heads` = {bad[0][1]}; "
-                              "choose widths that are multiples of every heads value")
-        if cfg.teacher.width % cfg.teacher.heads:
-            raise ConfigError(f"{src}: `teacher.width` ({cfg.teacher.width}) must be divisible by `teacher.heads` "
-                              f"({cfg.teacher.heads})")
 
     def _read(self, cfg: SweepConfig) -> str:
         if self._text is None or self._text[0] != cfg:

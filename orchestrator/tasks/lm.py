@@ -67,9 +67,6 @@ class LanguageModelTask(Task):
                               "the other `task` keys")
         if cfg.task.files is not None and cfg.task.dataset is not None:
             raise ConfigError(f"{cfg.source}: `task.files` and `task.dataset` are two text sources; give one")
-        if cfg.task.chars is not None and cfg.task.chars * 0.05 < cfg.task.context + 1:
-            raise ConfigError(f"{cfg.source}: `task.chars` = {cfg.task.chars} leaves a test split shorter than "
-                              "`task.context`; raise it")
 
     def batch(self, data: Any, split: Split, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return sample_windows(getattr(data, split), batch_size, self.cfg.context, generator)
