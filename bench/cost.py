@@ -148,7 +148,7 @@ def product(cfg: SweepConfig) -> tuple[list[tuple[float, tuple]], "orchestrator.
 
     def progress(p: orchestrator.SweepProgress) -> None:
         if p.status == "COMPLETED":
-            events.append((time.perf_counter() - started, tuple(p.metrics[k] for k in OBJECTIVES)))
+            events.append((time.perf_counter() - started, tuple(p.outcome.metrics[k] for k in OBJECTIVES)))
 
     result = orchestrator.Sweep(cfg).run(progress=progress)
     return events, result, time.perf_counter() - started

@@ -135,7 +135,7 @@ def run_rows(
                 params["group_size"] = group_size
             cfg = orchestrator.load_config(space, overrides={**common, "pipeline": pipeline, "params": params})
             t = time.perf_counter()
-            m = run_pipeline(TrialParams.from_config(cfg_params(cfg)), dataclasses.replace(ctx, config=cfg), trial_id=f"row{i}")
+            m = run_pipeline(TrialParams.from_config(cfg_params(cfg)), dataclasses.replace(ctx, config=cfg), trial_id=f"row{i}").row()
             row = {
                 "name": name, "pipeline": cfg.pipeline.label, **fixed,
                 "size_vs_teacher": round(m["size_bytes"] / teacher.size_bytes, 4),

@@ -49,13 +49,14 @@ def _config(args: argparse.Namespace) -> SweepConfig:
 
 
 def print_progress(p: SweepProgress) -> None:
-    m = p.metrics
-    if p.status == "COMPLETED":
+    o = p.outcome
+    if p.status == "COMPLETED" and o is not None:
+        m = o.metrics
         what = f"accuracy {m['accuracy']:.4f}  size {m['size_mb']:.4f} MB  latency {m['latency_ms']:.3f} ms"
-        if m.get("cache_hit_distill"):
+        if o.cache_hits.get("distill"):
             what += "  (student reused: cache hit)"
-    elif p.status == "STOPPED":
-        what = f"stopped early at step {m['stopped_at_step']} ({m['stop_reason']})"
+    elif p.status == "STOPPED" and o is not None:
+        what = f"stopped early at step {o.stopped_at_step} ({o.stop_reason})"
     else:
         what = "FAILED (see its MLflow run's `error` tag)"
     stopped = f", stopped early {p.stopped}" if p.stopped else ""

@@ -16,10 +16,11 @@ from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.config import ConstraintsConfig
+from orchestrator.outcome import TrialOutcome
 from orchestrator.results import SweepProgress, front_of, normalized_hypervolume
 from orchestrator.space import OBJECTIVES, ObjectiveConstraints
 from orchestrator.stopping import write_front
-from orchestrator.tracking import reported_metrics, trial_error
+from orchestrator.tracking import trial_error
 
 TRIALS_FILE = "trials.jsonl"  # one line per ended trial: what the trials table holds
 
@@ -35,11 +36,12 @@ class ConstrainedOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
-        if result and ot_trial is not None and all(m in result for m in self.metric):
-            for name, value in self._limits.violations(*(float(result[m]) for m in self.metric)).items():
-                ot_trial.set_constraint(name, value)
-        elif result and result.get("early_stopped"):
+        outcome = TrialOutcome.from_result(result)
+        if outcome is not None and outcome.status == "STOPPED":
             result = None  # no objective values: PRUNED
+        elif outcome is not None and ot_trial is not None:
+            for name, value in self._limits.violations(*(outcome.objectives[m] for m in self.metric)).items():
+                ot_trial.set_constraint(name, value)
         super().on_trial_complete(trial_id, result, error)
 
 
@@ -73,24 +75,21 @@ class TrialMonitor(Callback):
         self.running.add(trial.trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = trial.last_result or {}
-        if result.get("early_stopped"):
-            self._ended(trial, "STOPPED", result, None)
-        elif all(m in result for m in OBJECTIVES):
-            self._ended(trial, "COMPLETED", result, None)
-        else:  # cannot happen unless the trial function changes; never let it pass as a finished trial
-            self._ended(trial, "ERROR", result, f"the trial ended without reporting {', '.join(OBJECTIVES)}")
+        outcome = TrialOutcome.from_result(trial.last_result)
+        if outcome is None:  # cannot happen unless the trial function changes; never let it pass as finished
+            self._ended(trial, "ERROR", None, "the trial ended without reporting its outcome")
+        else:
+            self._ended(trial, outcome.status, outcome, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended(trial, "ERROR", {}, trial_error(trial)[0])
+        self._ended(trial, "ERROR", None, trial_error(trial)[0])
 
-    def _ended(self, trial: Any, status: str, result: dict[str, Any], error: str | None) -> None:
+    def _ended(self, trial: Any, status: str, outcome: TrialOutcome | None, error: str | None) -> None:
         self.running.discard(trial.trial_id)
         self.end_times.append(time.perf_counter())
-        metrics = reported_metrics(result)
         params = dict(trial.config)
         row = {"trial_id": trial.trial_id, "status": status, "run_id": self.run_ids.get(trial.trial_id), **params,
-               **metrics, "error": error}
+               **(outcome.row() if outcome is not None else {}), "error": error}
         self.rows[trial.trial_id] = row
         table = self.table()
         if self.front_dir is not None:
@@ -103,7 +102,7 @@ class TrialMonitor(Callback):
             self.progress(SweepProgress(
                 done=len(self.rows), total=self.total, running=len(self.running),
                 failed=int((table["status"] == "ERROR").sum()), front_size=int(table["pareto"].sum()),
-                hypervolume=hv, trial_id=trial.trial_id, status=status, metrics=metrics,
+                hypervolume=hv, trial_id=trial.trial_id, status=status, outcome=outcome,
                 stopped=int((table["status"] == "STOPPED").sum()),
             ))
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,6 +13,7 @@ from torch import nn
 
 from orchestrator import models
 from orchestrator.config import ConstraintsConfig, SweepConfig
+from orchestrator.outcome import TrialOutcome
 from orchestrator.pareto import hypervolume, knee_point, pareto_mask
 from orchestrator.space import OBJECTIVES, ObjectiveConstraints
 from orchestrator.stages.export import load_artifact, read_manifest
@@ -33,7 +33,7 @@ class SweepProgress:
     hypervolume: float  # of the current front, as a fraction of the reference box (see `normalized_hypervolume`)
     trial_id: str  # the trial that just ended
     status: str  # "COMPLETED", "STOPPED" (early: it could not reach the front) or "ERROR"
-    metrics: dict[str, Any]  # its reported metrics (empty when it failed)
+    outcome: TrialOutcome | None  # what it reported (None when it failed)
     stopped: int = 0  # trials stopped early so far
 
 

@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
-from ray.tune.result import AUTO_RESULT_KEYS
+
+from orchestrator.outcome import TrialOutcome
 
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
 
@@ -128,11 +129,6 @@ def trial_error(trial: Any) -> tuple[str, str | None]:
     return summary.strip()[:5000], path
 
 
-def reported_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
-    """What a trial reported, without Tune's own bookkeeping (timestamps, pids, iterations, done flag)."""
-    return {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k not in ("done", "trial_id")}
-
-
 class TrialRunsCallback(Callback):
     """Ray Tune callback (runs in the sweep's process): a child run per trial, its params, metrics, status."""
 
@@ -156,17 +152,20 @@ class TrialRunsCallback(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.tracker.child_ids[trial.trial_id]
-        result = trial.last_result or {}
+        outcome = TrialOutcome.from_result(trial.last_result)
+        if outcome is None:  # the sweep's monitor records it as an error
+            self.tracker.set_tags(run_id, {"error": "the trial ended without reporting its outcome"})
+            self.tracker.end(run_id, "FAILED")
+            return
         # at the last step reported, so that the final values are a metric's latest in MLflow
-        self.tracker.log_metrics(run_id, reported_metrics(result), step=self._steps.pop(trial.trial_id, 0))
-        hits = {f"cache_hit.{k[len('cache_hit_'):]}": str(bool(v)).lower() for k, v in result.items() if k.startswith("cache_hit_")}
-        if hits:
-            self.tracker.set_tags(run_id, hits)
-        if result.get("early_stopped"):
-            self.tracker.set_tags(run_id, {"early_stopped": "true", "stop_reason": result["stop_reason"]})
-        if result.get("artifact"):
-            self.tracker.log_artifact(run_id, result["artifact"])
-            self.tracker.set_tags(run_id, {"artifact": result["artifact"]})
+        self.tracker.log_metrics(run_id, outcome.numbers(), step=self._steps.pop(trial.trial_id, 0))
+        if outcome.cache_hits:
+            self.tracker.set_tags(run_id, {f"cache_hit.{stage}": str(hit).lower() for stage, hit in outcome.cache_hits.items()})
+        if outcome.status == "STOPPED":
+            self.tracker.set_tags(run_id, {"early_stopped": "true", "stop_reason": outcome.stop_reason})
+        if outcome.artifact:
+            self.tracker.log_artifact(run_id, outcome.artifact)
+            self.tracker.set_tags(run_id, {"artifact": outcome.artifact})
         self.tracker.end(run_id, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -180,4 +179,4 @@ class TrialRunsCallback(Callback):
         self.tracker.end(run_id, "FAILED")
 
 
-__all__ = ["SweepTracker", "TrialRunsCallback", "flatten", "reported_metrics", "trial_error"]
+__all__ = ["SweepTracker", "TrialRunsCallback", "flatten", "trial_error"]

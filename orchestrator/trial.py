@@ -21,6 +21,7 @@ from torch import nn
 from orchestrator.config import SweepConfig
 from orchestrator.evaluation import ARTIFACT, measure_model
 from orchestrator.measure import measure_latency
+from orchestrator.outcome import TrialOutcome
 from orchestrator.space import ObjectiveConstraints
 from orchestrator.stages.compress import Compressed, compress
 from orchestrator.stages.distill import Check, load_teacher
@@ -76,12 +77,12 @@ def _early_stop_check(cfg: SweepConfig, ctx: TrialContext, pre: dict[str, float]
 
 def run_pipeline(
     params: TrialParams, ctx: TrialContext, *, trial_id: str, report: Callable[[dict], None] | None = None
-) -> dict[str, Any]:
-    """Distill, prune, quantize, export and measure one student; returns its metrics (all measured).
+) -> TrialOutcome:
+    """Distill, prune, quantize, export and measure one student; returns its outcome (all measured).
 
     With `early_stopping` on, size and latency are measured first and distillation may stop early: the
-    result then says `early_stopped` and why, and holds no test metrics. `report` receives the
-    intermediate validation results.
+    outcome is then STOPPED, says why, and holds no held-out metrics. `report` receives the intermediate
+    validation results.
     """
     cfg, p, task = ctx.config, params, ctx.task
     data = task.load_data(ctx.data.path)
@@ -89,9 +90,10 @@ def run_pipeline(
     workdir = Path(ctx.sweep_dir) / "trials" / trial_id
     workdir.mkdir(parents=True, exist_ok=True)
     teacher = load_teacher(task, ctx.teacher.path)
-    common = {"cache_hit_teacher": float(ctx.teacher.cache_hit)}
+    hits = {"teacher": ctx.teacher.cache_hit}
     if ctx.teacher_outputs is not None:
-        common["cache_hit_teacher_outputs"] = float(ctx.teacher_outputs.cache_hit)
+        hits["teacher_outputs"] = ctx.teacher_outputs.cache_hit
+    trained: dict[str, float] = {}  # the float student's validation figures
 
     check, pre = None, {}
     if cfg.early_stopping.enabled:
@@ -107,24 +109,25 @@ def run_pipeline(
                                          outputs=ctx.teacher_outputs, teacher_model=teacher, trial_id=trial_id, check=check)
         except EarlyStopped as stop:
             timings["time_distill_s"] = time.perf_counter() - t
-            return {
-                "early_stopped": 1.0, "stop_reason": stop.reason, "stopped_at_step": stop.step,
-                "val_accuracy": stop.val_accuracy, **pre, **common, "cache_hit_distill": 0.0, **timings,
-                "time_stages_s": sum(timings.values()),
-            }
+            return TrialOutcome(
+                status="STOPPED", metrics={"val_accuracy": stop.val_accuracy, **pre}, cache_hits={**hits, "distill": False},
+                timings={**timings, "time_stages_s": sum(timings.values())}, stop_reason=stop.reason,
+                stopped_at_step=stop.step,
+            )
         distilled = json.loads((entry / "distill.json").read_text())
         timings["time_distill_s"] = 0.0 if hit else distilled["train_seconds"]
         timings["time_distill_fit_s"] = time.perf_counter() - t  # includes Ray Train worker start-up
         student, _ = load_checkpoint(task, entry / "student.pt")
         source = entry.name
-        common.update(val_accuracy=distilled["val_accuracy"], val_loss=distilled["val_loss"], cache_hit_distill=float(hit))
+        trained = {"val_accuracy": distilled["val_accuracy"], "val_loss": distilled["val_loss"]}
+        hits["distill"] = hit
     else:  # the pipeline compresses the teacher itself
         student, source = copy.deepcopy(teacher), ctx.teacher.key  # `teacher` stays the uncompressed reference
 
     def recover(pruned: PruneResult) -> PruneResult:
         result, hit = recover_student(cfg, task, p, pruned, source, data_path=ctx.data.path, teacher=ctx.teacher,
                                       outputs=ctx.teacher_outputs, trial_id=trial_id)
-        common["cache_hit_recover"] = float(hit)
+        hits["recover"] = hit
         return result
 
     artifact = workdir / ARTIFACT
@@ -143,13 +146,12 @@ def run_pipeline(
         compression_ratio=ctx.teacher.size_bytes / c.size_bytes,
         accuracy_retained=metrics["accuracy"] / ctx.teacher.accuracy,
         test_accuracy_retained=metrics["test_accuracy"] / ctx.teacher.test_accuracy,
-        **common,
+        **trained,
         **pre,
-        **timings,
     )
     # stage time: the recovery's training loop is not split out (its worker start-up is small in-process)
-    metrics["time_stages_s"] = sum(v for k, v in timings.items() if k != "time_distill_fit_s")
-    return {**metrics, "artifact": str(artifact)}
+    timings["time_stages_s"] = sum(v for k, v in timings.items() if k != "time_distill_fit_s")
+    return TrialOutcome(status="COMPLETED", metrics=metrics, cache_hits=hits, timings=timings, artifact=str(artifact))
 
 
 def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -157,4 +159,5 @@ def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     import ray.tune
 
     trial_id = ray.tune.get_context().get_trial_id()
-    ray.tune.report(run_pipeline(TrialParams.from_config(config), ctx, trial_id=trial_id, report=ray.tune.report))
+    outcome = run_pipeline(TrialParams.from_config(config), ctx, trial_id=trial_id, report=ray.tune.report)
+    ray.tune.report(outcome.report())
