@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from orchestrator import cache
-from orchestrator.config import ConfigError, Fixed, SweepConfig
+from orchestrator.config import PARAM_NAMES, ConfigError, Fixed, SweepConfig
 from orchestrator.config.schema import TaskConfig
 from orchestrator.models import UnitGroup, UnitKind, UnitSlice
 from orchestrator.tasks.base import Split, Task, TrialParams, import_entry, register_task
@@ -72,6 +72,11 @@ class UserModel(nn.Module):
 
     def resized(self, kind: UnitKind, n: int) -> "UserModel":
         return UserModel(self.net.resized(kind, n), {**self.config, "resized": [*self.config.get("resized", []), [kind, n]]})
+
+
+def _own(name: str) -> bool:
+    """A parameter of the task's own, not one of the built-in searched parameters."""
+    return name not in PARAM_NAMES
 
 
 def _takes_hidden(net: nn.Module) -> bool:
@@ -182,10 +187,9 @@ class PythonTask(Task):
             if value is not None:
                 raise ConfigError(f"{src}: `{key}` is not used by task python (your task brings its own); drop it")
         accepted = inspect.signature(self._student).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
         declared = dict(cfg.params)
-        for name, spec in declared.items():
-            if name not in TrialParams.__dataclass_fields__ and name != "lambda" and name not in accepted and not takes_any:
+        for name in declared:
+            if _own(name) and not self._takes(name):
                 raise ConfigError(f"{src}: `params.{name}` is not an argument of the student builder "
                                   f"{getattr(self._student, '__name__', self._student)!r} (it takes {', '.join(accepted) or 'none'})")
         for name, p in accepted.items():
@@ -253,10 +257,15 @@ class PythonTask(Task):
     def student(self, cfg: SweepConfig, params: TrialParams, data: Any, teacher: nn.Module) -> nn.Module:
         return self._build_student(params.by_name(), cfg.seed)
 
-    def _build_student(self, values: Mapping[str, Any], seed: int) -> UserModel:
+    def _takes(self, name: str) -> bool:
+        """Whether the student builder receives the parameter `name`: one it names, or any parameter of the
+        task's own when it takes **kwargs."""
         accepted = inspect.signature(self._student).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-        args = {k: v for k, v in values.items() if k in accepted or (takes_any and k not in TrialParams.__dataclass_fields__ and k != "lambda")}
+        return name in accepted or (takes_any and _own(name))
+
+    def _build_student(self, values: Mapping[str, Any], seed: int) -> UserModel:
+        args = {k: v for k, v in values.items() if self._takes(k)}
         torch.manual_seed(seed)
         net = self._student(**args)
         if not isinstance(net, nn.Module):
