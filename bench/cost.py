@@ -34,12 +34,14 @@ from orchestrator.config import SweepConfig, searched_grid
 from orchestrator.losses import LossWeights
 from orchestrator.pareto import hypervolume
 from orchestrator.config.samplers import make_sampler
-from orchestrator.space import OBJECTIVES, DefineByRun
+from orchestrator.objectives import DEFAULT_OBJECTIVES as OBJECTIVES, directions
+from orchestrator.space import DefineByRun
 from orchestrator.stages.distill import DistillJob, load_teacher, run_distill
 from orchestrator.stages.compress import compress
 from orchestrator.stages.teacher_outputs import compute_teacher_outputs
 from orchestrator.tasks.char_lm import CharData, CharLMTask, build_model
-from orchestrator.evaluation import measure_model
+from orchestrator.evaluation import held_out_metrics
+from orchestrator.measure import measure_latency
 from orchestrator.tasks import TrialParams
 from orchestrator.teacher import TeacherInfo
 
@@ -68,7 +70,7 @@ def normalized_hv(points: list[tuple[float, float, float]], teacher: TeacherInfo
     if not points:
         return 0.0
     size, latency = teacher.size_bytes / 1e6, teacher.latency_ms
-    return hypervolume(np.array(points), list(OBJECTIVES.values()), [0.0, size, latency]) / (size * latency)
+    return hypervolume(np.array(points), directions(OBJECTIVES), [0.0, size, latency]) / (size * latency)
 
 
 def curve(events: list[tuple[float, tuple[float, float, float]]], teacher: TeacherInfo) -> list[tuple[float, float]]:
@@ -129,8 +131,12 @@ def diy(cfg: SweepConfig, teacher: TeacherInfo, data_path: str, workdir: Path) -
         student.load_state_dict(result.state_dict)
         c = compress(student, cfg.pipeline, sparsity=p.sparsity, bits=p.bits, group_size=p.group_size,
                      artifact=workdir / f"{trial.number}.orc", meta={"vocab": data.vocab})
-        m = measure_model(task, c.model, c.size_bytes, data, cfg, reference=load_teacher(task, teacher.path),
-                          counts=(c.params, c.nonzero_params))
+        # timed in the loop's own process, beside whatever else runs: what a hand-written loop does
+        ms = cfg.measure
+        lat = measure_latency(c.model, task.example(data), threads=ms.threads, warmup=ms.warmup, repeats=ms.repeats,
+                              reference=load_teacher(task, teacher.path))
+        m = {**held_out_metrics(task, c.model, data, cfg).metrics, "size_mb": c.size_bytes / 1e6, "latency_ms": lat.p50_ms,
+             "latency_vs_teacher": lat.p50_ms / lat.reference_p50_ms}
         values = (m["accuracy"], m["size_mb"], m["latency_ms"])
         events.append((time.perf_counter() - started, values))
         rows.append({**trial.params, **fixed, **{k: m[k] for k in ROW_METRICS}})

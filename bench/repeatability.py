@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import orchestrator
-from orchestrator.space import OBJECTIVES
 
 SHARED = ("data", "teachers", "teacher_measurements", "teacher_outputs")  # built once, used by both runs
 
@@ -36,6 +35,8 @@ def main() -> None:
     parser.add_argument("--space", default="search_spaces/quickstart.yaml")
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--out", default="bench/results/repeatability.json")
+    parser.add_argument("--local-cpus", type=int, default=None,
+                        help="logical CPUs of the local Ray (two 1-CPU trials and the measurement service need 3)")
     args = parser.parse_args()
     started = time.perf_counter()
     runs = []
@@ -47,7 +48,7 @@ def main() -> None:
                     shutil.copytree(Path(tmp) / "run0" / name, storage / name)
             result = orchestrator.Sweep.from_yaml(
                 args.space, trials=args.trials, max_concurrent_trials=2, storage=str(storage),
-                tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+                tracking_uri=f"sqlite:///{tmp}/mlflow.db", **{"resources.local_cpus": args.local_cpus},
             ).run()
             runs.append(result)
             print(f"run {i + 1}: {len(result.trials)} trials, front {int(result.trials['pareto'].sum())}, "
@@ -58,10 +59,10 @@ def main() -> None:
     common = sorted(set(a) & set(b), key=str)
     figures: dict = {
         "space": args.space, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"),
-        "trials": args.trials, "same_configurations": len(common), "wall_s": round(time.perf_counter() - started, 1),
+        "trials": args.trials, "local_cpus": args.local_cpus, "same_configurations": len(common), "wall_s": round(time.perf_counter() - started, 1),
         "objectives": {},
     }
-    for name in [*OBJECTIVES, "latency_vs_teacher"]:
+    for name in [*runs[0].objectives, "latency_raw_ms", "latency_vs_teacher"]:
         diffs = [abs(a[k][name] - b[k][name]) / ((a[k][name] + b[k][name]) / 2) for k in common if a[k][name] + b[k][name]]
         figures["objectives"][name] = {"median_rel_diff": round(statistics.median(diffs), 4), "worst_rel_diff": round(max(diffs), 4)}
     changed = sum(bool(a[k]["pareto"]) != bool(b[k]["pareto"]) for k in common)

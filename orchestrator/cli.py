@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from orchestrator.config import PARAM_NAMES, ConfigError, SweepConfig, load_config, parse_set
@@ -13,10 +13,22 @@ from orchestrator.config import PARAM_NAMES, ConfigError, SweepConfig, load_conf
 if TYPE_CHECKING:
     from orchestrator.sweep import SweepProgress, SweepResult
 
-FRONT_COLUMNS = [
-    "trial_id", "accuracy", "test_accuracy", "size_mb", "latency_ms", "compression_ratio", "accuracy_retained",
-    "layers", "width", "sparsity", "bits", "optimizer",
-]
+PARAM_COLUMNS = ["layers", "width", "sparsity", "bits", "optimizer"]  # the front table's searched params, when searched
+
+
+def front_columns(objectives: Sequence[str]) -> list[str]:
+    """The front table's columns: the objectives, each held-out one's test score beside it, then ratios."""
+    columns = ["trial_id"]
+    for name in objectives:
+        columns += [name, f"test_{name}"]
+    return [*columns, "compression_ratio", "accuracy_retained", *PARAM_COLUMNS]
+
+
+def _figures(values: Mapping[str, float], names: Sequence[str]) -> str:
+    """`accuracy 0.4123  size_mb 0.0412 MB  latency_ms 0.51 ms`: objectives with their units."""
+    from orchestrator.objectives import OBJECTIVES
+
+    return "  ".join(f"{n} {values[n]:.4g}{' ' + OBJECTIVES[n].unit if OBJECTIVES[n].unit else ''}" for n in names if n in values)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,8 +63,7 @@ def _config(args: argparse.Namespace) -> SweepConfig:
 def print_progress(p: SweepProgress) -> None:
     o = p.outcome
     if p.status == "COMPLETED" and o is not None:
-        m = o.metrics
-        what = f"accuracy {m['accuracy']:.4f}  size {m['size_mb']:.4f} MB  latency {m['latency_ms']:.3f} ms"
+        what = _figures(o.metrics, p.objectives)
         if o.cache_hits.get("distill"):
             what += "  (student reused: cache hit)"
     elif p.status == "STOPPED" and o is not None:
@@ -72,17 +83,14 @@ def print_result(result: SweepResult) -> None:
 
     front = result.pareto
     own = [name for name in result.config.params if name not in PARAM_NAMES]  # a task's own parameters
-    columns = [c for c in [*FRONT_COLUMNS, *own] if c in front.columns]
-    print(f"\nPareto front: {len(front)} of {len(result.trials)} trials "
-          f"(teacher: accuracy {result.teacher.accuracy:.4f}, test {result.teacher.test_accuracy:.4f}, "
-          f"{result.teacher.size_bytes / 1e6:.3f} MB, "
-          f"{result.teacher.latency_ms:.3f} ms)")
+    columns = [c for c in [*front_columns(result.objectives), *own] if c in front.columns]
+    print(f"\nPareto front over {', '.join(result.objectives)}: {len(front)} of {len(result.trials)} trials "
+          f"(teacher: {_figures(result.teacher.metrics, result.objectives)}; test accuracy {result.teacher.test_accuracy:.4f})")
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(front[columns].to_string(index=False))
     pick = result.recommend()
     if pick is not None:
-        print(f"recommended (knee of the front): trial {pick['trial_id']}, accuracy {pick['accuracy']:.4f}, "
-              f"{pick['size_mb']:.4f} MB, {pick['latency_ms']:.3f} ms")
+        print(f"recommended (knee of the front): trial {pick['trial_id']}: {_figures(pick, result.objectives)}")
     infeasible = int(((result.trials["status"] == "COMPLETED") & ~result.trials["feasible"]).sum())
     if infeasible:
         print(f"{infeasible} completed trials miss the sweep's constraints and are left off the front")
@@ -107,7 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"sweep {cfg.name}: {cfg.trials} {'more ' if args.resume else ''}trials, sampler {cfg.sampler}, "
           f"up to {cfg.max_concurrent_trials} at once; storage {cfg.storage_path}", flush=True)
-    result = sweep.run(progress=print_progress, ray_logs=args.ray_logs, resume=args.resume)
+    try:
+        result = sweep.run(progress=print_progress, ray_logs=args.ray_logs, resume=args.resume)
+    except ConfigError as e:  # what only the prepared teacher can tell (e.g. an objective the task does not measure)
+        print(f"orchestrator: error: {e}", file=sys.stderr)
+        return 2
     print_result(result)
     if result.interrupted:
         print(f"interrupted before all {cfg.trials} trials ran", file=sys.stderr)

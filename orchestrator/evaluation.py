@@ -1,5 +1,6 @@
-"""A compressed model measured as it runs: the task's held-out metrics, the artifact's size, batch-1
-latency (interleaved with a reference), throughput and the task's own extra measurements.
+"""A compressed model measured as it ships: the task's held-out metrics (scored here, in the trial), the
+artifact's size, and every latency, throughput and memory figure (measured by the sweep's measurement
+service, on its target, from the exported artifact).
 
 The held-out metrics are scored twice, with the same settings: on the validation split under their own
 names (`accuracy`, `perplexity`: what the search, the front, early stopping and the recommendation
@@ -8,42 +9,60 @@ accuracies are not chosen on the data that reports them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from torch import nn
 
 from orchestrator.config import SweepConfig
-from orchestrator.measure import count_params, measure_latency
+from orchestrator.measure import count_params
+from orchestrator.objectives import OBJECTIVES, measured
+from orchestrator.service import measure_on_service
 from orchestrator.tasks.base import Task
 
 ARTIFACT = "model.orc"  # a trial's packed artifact, in its directory of the sweep
 
 
-def measure_model(
-    task: Task, model: nn.Module, size: int, data: Any, cfg: SweepConfig, *, reference: nn.Module | None,
-    counts: tuple[int, int] | None = None,
-) -> dict[str, float]:
-    """Validation and test metrics, artifact size, batch-1 latency and throughput of `model`.
+@dataclass
+class Measurement:
+    metrics: dict[str, float]
+    warnings: list[str] = field(default_factory=list)  # figures measured with less than asked
+    wait_seconds: float = 0.0  # time queued for the measurement service
 
-    `counts` (parameters, non-zero) of the compressed shape, when int8 layers hide them from torch."""
-    out = {k: v for k, v in task.evaluate(model, data, "val").items() if k != "loss"}  # perplexity is reported, not loss
-    out.update({f"test_{k}": v for k, v in task.evaluate(model, data, "test").items() if k != "loss"})
-    example = task.example(data)
-    m = cfg.measure
-    lat = measure_latency(model, example, threads=m.threads, warmup=m.warmup, repeats=m.repeats, reference=reference)
+
+def held_out_metrics(task: Task, model: nn.Module, data: Any, cfg: SweepConfig) -> Measurement:
+    """Validation metrics under their own names, test metrics as `test_<name>` (loss left out: perplexity
+    says it), and a warning when a split scored fewer positions than `task.eval_tokens`."""
+    out, warnings = {}, []
+    for split, prefix in (("val", ""), ("test", "test_")):
+        scores = task.evaluate(model, data, split)
+        out.update({f"{prefix}{k}": v for k, v in scores.items() if k != "loss"})
+        positions = scores.get("eval_positions")
+        if positions is not None and positions < cfg.task.eval_tokens:
+            warnings.append(f"the {split} split scored {positions:.0f} positions, fewer than task.eval_tokens = {cfg.task.eval_tokens}")
+    return Measurement(out, warnings)
+
+
+def measure_model(
+    task: Task, model: nn.Module, artifact: str | Path, data: Any, cfg: SweepConfig, *, service: Any, label: str,
+    counts: tuple[int, int] | None = None,
+) -> Measurement:
+    """Held-out metrics of `model` (scored here), the size of `artifact`, and its target figures from the
+    measurement `service`. `counts` (parameters, non-zero) of the compressed shape, when int8 layers hide
+    them from torch."""
+    result = held_out_metrics(task, model, data, cfg)
+    size = Path(artifact).stat().st_size
     total, nonzero = counts or count_params(model)
-    out.update({
+    target, waited = measure_on_service(service, str(artifact), label)
+    result.metrics.update({
         "size_bytes": float(size),
-        "size_mb": size / 1e6,
+        **measured(OBJECTIVES, "artifact", SimpleNamespace(size_bytes=size)),
         "bits_per_weight": 8 * size / total,
-        "latency_ms": lat.p50_ms,
-        "latency_p95_ms": lat.p95_ms,
-        f"throughput_{task.throughput_unit()}_per_s": lat.throughput * task.units_per_example(example),
-        **task.measure_extra(model, data, threads=m.threads),
-        "measure_threads": float(lat.threads),
         "params": float(total),
         "nonzero_params": float(nonzero),
+        **target,
     })
-    if lat.reference_p50_ms is not None:
-        out["latency_vs_teacher"] = lat.p50_ms / lat.reference_p50_ms
-    return out
+    result.wait_seconds = waited
+    return result

@@ -59,6 +59,8 @@ class Latency:
     reference_p50_ms: float | None  # the reference model's median, timed interleaved in the same process
     throughput: float  # examples per second at `throughput_batch`
     threads: int  # torch intra-op threads while timing
+    ratio_p50: float | None = None  # median of each repeat's model time / the reference's time right after it
+    ratio_p95: float | None = None
 
 
 @contextmanager
@@ -114,15 +116,23 @@ def measure_latency(
         t = time.perf_counter()
         for _ in range(rounds):
             model(batch)
+        if batch.is_cuda:
+            torch.cuda.synchronize()
         throughput = rounds * throughput_batch / (time.perf_counter() - t)
-    ours.sort()
+    ratios = sorted(m / r for m, r in zip(ours, ref))
     return Latency(
         p50_ms=statistics.median(ours),
-        p95_ms=ours[min(len(ours) - 1, math.ceil(0.95 * len(ours)) - 1)],
+        p95_ms=_p95(sorted(ours)),
         reference_p50_ms=statistics.median(ref) if ref else None,
         throughput=throughput,
         threads=threads,
+        ratio_p50=statistics.median(ratios) if ratios else None,
+        ratio_p95=_p95(ratios) if ratios else None,
     )
+
+
+def _p95(ordered: list[float]) -> float:
+    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
 
 
 def artifact_bytes(path: str | os.PathLike[str]) -> int:

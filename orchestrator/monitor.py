@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 from orchestrator.config import ConstraintsConfig
 from orchestrator.outcome import TrialOutcome
 from orchestrator.results import SweepProgress, front_of, normalized_hypervolume
-from orchestrator.space import OBJECTIVES, ObjectiveConstraints
+from orchestrator.space import ObjectiveConstraints
 from orchestrator.stopping import write_front
 from orchestrator.tracking import trial_error
 
@@ -40,7 +40,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
         if outcome is not None and outcome.status == "STOPPED":
             result = None  # no objective values: PRUNED
         elif outcome is not None and ot_trial is not None:
-            for name, value in self._limits.violations(*(outcome.objectives[m] for m in self.metric)).items():
+            for name, value in self._limits.violations(outcome.metrics).items():
                 ot_trial.set_constraint(name, value)
         super().on_trial_complete(trial_id, result, error)
 
@@ -51,7 +51,7 @@ class TrialMonitor(Callback):
     trials that stop early read it (`front_dir`), and reports progress."""
 
     def __init__(
-        self, total: int, progress: Callable[[SweepProgress], None] | None, *, reference: tuple[float, float, float],
+        self, total: int, progress: Callable[[SweepProgress], None] | None, *, reference: Mapping[str, float],
         constraints: ConstraintsConfig, log_hypervolume: Callable[[float, int], None], front_dir: str | None = None,
         run_ids: dict[str, str] | None = None, previous: list[dict[str, Any]] | None = None,
         param_names: tuple[str, ...] = (),
@@ -64,7 +64,8 @@ class TrialMonitor(Callback):
         self.total = total
         self.constraints = ObjectiveConstraints(constraints)
         self.progress = progress
-        self.reference = reference
+        self.reference = dict(reference)
+        self.objectives = list(reference)  # the objectives, in the sweep's order
         self.log_hypervolume = log_hypervolume
         self.rows: dict[str, dict[str, Any]] = {row["trial_id"]: row for row in previous or []}
         self.total += len(self.rows)
@@ -93,7 +94,7 @@ class TrialMonitor(Callback):
         self.rows[trial.trial_id] = row
         table = self.table()
         if self.front_dir is not None:
-            write_front(self.front_dir, table.loc[table["pareto"], list(OBJECTIVES)].to_numpy(dtype=float))
+            write_front(self.front_dir, self.objectives, table.loc[table["pareto"], self.objectives].to_numpy(dtype=float))
             with open(Path(self.front_dir) / TRIALS_FILE, "a") as f:
                 f.write(json.dumps(row, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
         hv = normalized_hypervolume(table, self.reference)
@@ -103,22 +104,21 @@ class TrialMonitor(Callback):
                 done=len(self.rows), total=self.total, running=len(self.running),
                 failed=int((table["status"] == "ERROR").sum()), front_size=int(table["pareto"].sum()),
                 hypervolume=hv, trial_id=trial.trial_id, status=status, outcome=outcome,
-                stopped=int((table["status"] == "STOPPED").sum()),
+                stopped=int((table["status"] == "STOPPED").sum()), objectives=tuple(self.objectives),
             ))
 
     def table(self) -> pd.DataFrame:
         trials = pd.DataFrame(list(self.rows.values()))
         if trials.empty:
-            trials = pd.DataFrame(columns=["trial_id", "status", "run_id", *self.param_names, *OBJECTIVES, "artifact", "error"])
-        for column in (*OBJECTIVES, "artifact"):
+            trials = pd.DataFrame(columns=["trial_id", "status", "run_id", *self.param_names, *self.objectives, "artifact", "error"])
+        for column in (*self.objectives, *self.constraints.names, "artifact"):
             if column not in trials:
                 trials[column] = np.nan if column != "artifact" else None
         done = trials["status"] == "COMPLETED"
         trials["feasible"] = pd.Series([
-            bool(d) and self.constraints.feasible(a, s, l)
-            for d, a, s, l in zip(done, trials["accuracy"], trials["size_mb"], trials["latency_ms"])
+            bool(d) and self.constraints.feasible(row) for d, (_, row) in zip(done, trials.iterrows())
         ], index=trials.index, dtype=bool)
-        trials["pareto"] = front_of(trials)
+        trials["pareto"] = front_of(trials, self.objectives)
         return trials
 
 

@@ -8,11 +8,9 @@ values that Optuna reads by name.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
-
-from orchestrator.space import OBJECTIVES
 
 OUTCOME_KEY = "outcome"  # the Tune result field that holds the JSON outcome
 
@@ -26,11 +24,11 @@ class TrialOutcome:
     artifact: str | None = None  # the packed model (COMPLETED)
     stop_reason: str | None = None  # STOPPED: why
     stopped_at_step: int | None = None  # STOPPED: the distillation step
+    warnings: list[str] = field(default_factory=list)  # what the trial measured with less than it was asked for
 
-    @property
-    def objectives(self) -> dict[str, float]:
-        """The objective values by name (empty for a trial stopped early)."""
-        return {name: self.metrics[name] for name in OBJECTIVES if name in self.metrics}
+    def objectives(self, names: Sequence[str]) -> dict[str, float]:
+        """The values of the objectives `names` (empty for a trial stopped early)."""
+        return {name: self.metrics[name] for name in names if name in self.metrics}
 
     def numbers(self) -> dict[str, float]:
         """Every number to log or tabulate: metrics, `cache_hit_<stage>` (1 = reused) and timings."""
@@ -42,9 +40,9 @@ class TrialOutcome:
         """The trials table's columns for this trial."""
         return {**self.numbers(), "artifact": self.artifact, "stop_reason": self.stop_reason}
 
-    def report(self) -> dict[str, Any]:
-        """What the trial hands Ray Tune: the objectives by name (for Optuna) and the outcome itself."""
-        return {**self.objectives, OUTCOME_KEY: json.dumps(asdict(self))}
+    def report(self, objectives: Sequence[str]) -> dict[str, Any]:
+        """What the trial hands Ray Tune: the sweep's `objectives` by name (for Optuna) and the outcome itself."""
+        return {**self.objectives(objectives), OUTCOME_KEY: json.dumps(asdict(self))}
 
     @classmethod
     def from_result(cls, result: Mapping[str, Any] | None) -> "TrialOutcome | None":

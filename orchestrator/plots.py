@@ -1,14 +1,18 @@
-"""The front as files a person opens: pareto.csv, an interactive pareto.html and a static pareto.png."""
+"""The front as files a person opens: pareto.csv, an interactive pareto.html and a static pareto.png,
+over the sweep's objectives (one view of two objectives; every pair of them when there are more)."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from orchestrator.objectives import OBJECTIVES
 
 
-def write_front_files(trials: pd.DataFrame, out_dir: Path) -> list[Path]:
+def write_front_files(trials: pd.DataFrame, out_dir: Path, objectives: Sequence[str]) -> list[Path]:
     """Write the front (rows with ``pareto`` true) and the dominated trials behind it; returns the paths."""
     import matplotlib
 
@@ -16,9 +20,10 @@ def write_front_files(trials: pd.DataFrame, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import plotly.express as px
 
+    names = list(objectives)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = trials[trials["status"] == "COMPLETED"].copy()
-    front = done[done["pareto"]].sort_values("size_mb")
+    front = done[done["pareto"]].sort_values(names[-1])
     csv = out_dir / "pareto.csv"
     front.to_csv(csv, index=False)
     if done.empty:  # nothing to plot; the empty table still says so
@@ -26,26 +31,34 @@ def write_front_files(trials: pd.DataFrame, out_dir: Path) -> list[Path]:
 
     done["on front"] = done["pareto"].map({True: "front", False: "dominated"})
     hover = [c for c in done.columns if c not in ("artifact", "on front")]
-    fig = px.scatter(
-        done, x="size_mb", y="accuracy", color="on front", size=done["latency_ms"].clip(lower=1e-3),
-        hover_data=hover, log_x=True, title="Pareto front: accuracy vs size (marker size = batch-1 latency)",
-        labels={"size_mb": "artifact size (MB)", "accuracy": "validation accuracy"},
-    )
+    labels = {n: OBJECTIVES[n].label for n in names}
+    title = f"Pareto front over {', '.join(names)}"
+    if len(names) == 2:
+        fig = px.scatter(done, x=names[1], y=names[0], color="on front", hover_data=hover, labels=labels, title=title)
+    else:  # every pair: the front seen from each side
+        fig = px.scatter_matrix(done, dimensions=names, color="on front", hover_data=hover, labels=labels, title=title)
+        fig.update_traces(diagonal_visible=False)
     html = out_dir / "pareto.html"
     fig.write_html(html, include_plotlyjs=True)  # self-contained: opens offline from the MLflow UI
 
     png = out_dir / "pareto.png"
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, x, label in ((axes[0], "size_mb", "artifact size (MB)"), (axes[1], "latency_ms", "batch-1 latency p50 (ms)")):
-        rest = done[~done["pareto"]]
-        ax.scatter(rest[x], rest["accuracy"], c="0.7", label="dominated")
-        ax.scatter(front[x], front["accuracy"], c="C3", label="Pareto front")
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("validation accuracy")
+    pairs = list(itertools.combinations(names, 2))
+    columns = min(3, len(pairs))
+    rows = -(-len(pairs) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 4.0 * rows), squeeze=False)
+    rest = done[~done["pareto"]]
+    for ax, (y, x) in zip(axes.flat, pairs):
+        ax.scatter(rest[x], rest[y], c="0.7", label="dominated")
+        ax.scatter(front[x], front[y], c="C3", label="Pareto front")
+        if OBJECTIVES[x].where != "held_out" and (done[x] > 0).all():
+            ax.set_xscale("log")
+        ax.set_xlabel(OBJECTIVES[x].label)
+        ax.set_ylabel(OBJECTIVES[y].label)
         ax.grid(alpha=0.3)
-    axes[0].legend()
-    figure.suptitle(f"{len(front)} front points of {len(done)} completed trials (front over accuracy, size and latency)")
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.set_visible(False)
+    axes.flat[0].legend()
+    figure.suptitle(f"{len(front)} front points of {len(done)} completed trials (front over {', '.join(names)})")
     figure.tight_layout()
     figure.savefig(png, dpi=110)
     plt.close(figure)

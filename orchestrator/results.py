@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +14,11 @@ import pandas as pd
 from torch import nn
 
 from orchestrator import models
-from orchestrator.config import ConstraintsConfig, SweepConfig
+from orchestrator.config import ConfigError, ConstraintsConfig, SweepConfig
 from orchestrator.outcome import TrialOutcome
 from orchestrator.pareto import hypervolume, knee_point, pareto_mask
-from orchestrator.space import OBJECTIVES, ObjectiveConstraints
+from orchestrator.objectives import OBJECTIVES, directions, scale
+from orchestrator.space import ObjectiveConstraints
 from orchestrator.stages.export import load_artifact, read_manifest
 from orchestrator.tasks.base import Task
 from orchestrator.teacher import TeacherInfo
@@ -35,6 +38,7 @@ class SweepProgress:
     status: str  # "COMPLETED", "STOPPED" (early: it could not reach the front) or "ERROR"
     outcome: TrialOutcome | None  # what it reported (None when it failed)
     stopped: int = 0  # trials stopped early so far
+    objectives: tuple[str, ...] = ()  # the sweep's objectives
 
 
 @dataclass(frozen=True)
@@ -54,26 +58,38 @@ class SweepResult:
     task: Task | None = None  # the sweep's task: rebuilds models of a task of your own
 
     @property
-    def pareto(self) -> pd.DataFrame:
-        """The completed trials no other trial dominates, smallest first."""
-        return self.trials[self.trials["pareto"]].sort_values("size_mb").reset_index(drop=True)
+    def objectives(self) -> tuple[str, ...]:
+        """The objectives the front is over."""
+        return self.config.objectives
 
-    def recommend(
-        self, *, max_size_mb: float | None = None, max_latency_ms: float | None = None, min_accuracy: float | None = None
-    ) -> pd.Series | None:
-        """The front point to pick: the knee of the front points that meet these limits (on top of the
-        sweep's own `constraints`), or None when no front point meets them.
+    @property
+    def pareto(self) -> pd.DataFrame:
+        """The completed trials no other trial dominates, sorted by the sweep's first measured cost (size by
+        default), best first."""
+        costs = [n for n in self.objectives if OBJECTIVES[n].where != "held_out"] or list(self.objectives)
+        return self.trials[self.trials["pareto"]].sort_values(
+            costs[0], ascending=OBJECTIVES[costs[0]].direction == "min").reset_index(drop=True)
+
+    def recommend(self, **limits: float | None) -> pd.Series | None:
+        """The front point to pick: the knee of the front points that meet `limits` (`max_<objective>` /
+        `min_<objective>`, as in `constraints`, on top of the sweep's own), or None when none meets them.
 
         With no limits that bind, it is the knee of the whole front: the point nearest the ideal once each
         objective is scaled to [0, 1] over the front.
+
+        Example: ``result.recommend(max_size_mb=1.0, min_accuracy=0.4)``.
         """
         front = self.pareto
-        limits = ObjectiveConstraints(ConstraintsConfig(max_size_mb, max_latency_ms, min_accuracy))
-        ok = [limits.feasible(r.accuracy, r.size_mb, r.latency_ms) for r in front.itertuples()]
+        check = ObjectiveConstraints(ConstraintsConfig(**limits))
+        missing = [name for name in check.names if name not in front.columns]
+        if missing:
+            raise KeyError(f"recommend: this sweep did not measure {missing[0]}; limit what it measured: {', '.join(self.objectives)}")
+        ok = [check.feasible(row) for _, row in front.iterrows()]
         candidates = front[pd.Series(ok, index=front.index, dtype=bool)]
         if candidates.empty:
             return None
-        return candidates.iloc[knee_point(candidates[list(OBJECTIVES)].to_numpy(dtype=float), list(OBJECTIVES.values()))]
+        names = list(self.objectives)
+        return candidates.iloc[knee_point(candidates[names].to_numpy(dtype=float), directions(names))]
 
     def load_model(self, trial_id: str) -> nn.Module:
         """Reload a trial's compressed model from its exported artifact (the vocabulary is `model.vocab`)."""
@@ -128,31 +144,39 @@ def export_pretrained(artifact: str | os.PathLike[str], directory: str | os.Path
     return Path(directory)
 
 
-def front_of(trials: pd.DataFrame) -> pd.Series:
-    """Boolean Series: feasible completed trials that no other feasible completed trial dominates."""
+def front_of(trials: pd.DataFrame, objectives: Sequence[str]) -> pd.Series:
+    """Boolean Series: feasible completed trials that no other feasible completed trial dominates in
+    `objectives`."""
     done = trials["feasible"].to_numpy(dtype=bool)  # feasible implies completed
     mask = np.zeros(len(trials), dtype=bool)
     if done.any():
-        values = trials.loc[done, list(OBJECTIVES)].to_numpy(dtype=float)
-        mask[done] = pareto_mask(values, list(OBJECTIVES.values()))
+        values = trials.loc[done, list(objectives)].to_numpy(dtype=float)
+        mask[done] = pareto_mask(values, directions(objectives))
     return pd.Series(mask, index=trials.index)
 
 
-def reference_point(cfg: SweepConfig, teacher: TeacherInfo) -> tuple[float, float, float]:
-    """(accuracy, size_mb, latency_ms) the hypervolume is measured from: `reference_point` in the config,
-    the teacher's size and latency where it leaves them null."""
-    r = cfg.reference_point
-    return (r.accuracy, r.size_mb or teacher.size_bytes / 1e6, r.latency_ms or teacher.latency_ms)
+def reference_point(cfg: SweepConfig, teacher: TeacherInfo) -> dict[str, float]:
+    """The point, one value per objective of `cfg`, the hypervolume is measured from: `reference_point` in
+    the config, each objective's default (from the teacher's measurements) where it gives none."""
+    given = cfg.reference_point.values
+    point = {}
+    for name in cfg.objectives:
+        point[name] = given[name] if name in given else float(OBJECTIVES[name].reference(teacher.metrics))
+        if not scale(name, point[name]) > 0:
+            raise ConfigError(f"{cfg.source}: the hypervolume's reference point for {name} is {point[name]:g}, its best possible "
+                              f"value, so no trial could count; set `reference_point.{name}` to a worse value")
+    return point
 
 
-def normalized_hypervolume(trials: pd.DataFrame, reference: tuple[float, float, float]) -> float:
-    """Hypervolume of the feasible completed trials from `reference` (accuracy, size, latency), divided by
-    the box accuracy in [ref, 1] x size in [0, ref] x latency in [0, ref]: 0 when nothing beats the
-    reference on all three, 1 is unreachable."""
+def normalized_hypervolume(trials: pd.DataFrame, reference: Mapping[str, float]) -> float:
+    """Hypervolume of the feasible completed trials from `reference` (objective -> value), divided by the
+    box from the reference to each objective's ideal (accuracy 1, perplexity 1, size, latency and memory
+    0; a speed, unbounded, counts in multiples of its reference): 0 when nothing beats the reference in
+    every objective, 1 is unreachable."""
+    names = list(reference)
     done = trials[trials["feasible"]]
-    accuracy, size_mb, latency = reference
-    volume = hypervolume(done[list(OBJECTIVES)].to_numpy(dtype=float), list(OBJECTIVES.values()), list(reference))
-    return volume / ((1 - accuracy) * size_mb * latency)
+    volume = hypervolume(done[names].to_numpy(dtype=float), directions(names), [reference[n] for n in names])
+    return volume / math.prod(scale(name, reference[name]) for name in names)
 
 
 def work_slot_seconds(end_times: list[float], start: float, stop: float, slots: int) -> float:

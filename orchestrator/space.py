@@ -9,9 +9,6 @@ import optuna
 
 from orchestrator.config import Choice, ConstraintsConfig, Fixed, ParamSpec
 
-# The objectives: names are user-facing (MLflow metrics, Tune results); senses for Optuna and the front.
-OBJECTIVES: dict[str, str] = {"accuracy": "max", "size_mb": "min", "latency_ms": "min"}
-
 
 class DefineByRun:
     """Optuna define-by-run space: suggests every searched parameter and returns the fixed ones as
@@ -35,22 +32,29 @@ class DefineByRun:
 
 
 class ObjectiveConstraints:
-    """The sweep's limits on the objectives: one violation value per set limit, <= 0 when met (Optuna's
-    convention). The sweep's searcher records them on each finished Optuna trial with
-    `Trial.set_constraint`, which TPE and NSGA-II read (Ray's OptunaSearch forwards no constraints)."""
+    """The sweep's limits on its measured figures: one violation value per set limit, <= 0 when met
+    (Optuna's convention). The sweep's searcher records them on each finished Optuna trial with
+    `Trial.set_constraint`, which TPE and NSGA-II read (Ray's OptunaSearch forwards no constraints).
+
+    Example:
+        >>> ObjectiveConstraints(ConstraintsConfig(max_size_mb=2.0, min_accuracy=0.5)).violations({"accuracy": 0.4, "size_mb": 1.0})
+        {'max_size_mb': -1.0, 'min_accuracy': 0.09999999999999998}
+    """
 
     def __init__(self, limits: ConstraintsConfig) -> None:
         self.limits = limits
 
-    def violations(self, accuracy: float, size_mb: float, latency_ms: float) -> dict[str, float]:
-        c, out = self.limits, {}
-        if c.max_size_mb is not None:
-            out["max_size_mb"] = size_mb - c.max_size_mb
-        if c.max_latency_ms is not None:
-            out["max_latency_ms"] = latency_ms - c.max_latency_ms
-        if c.min_accuracy is not None:
-            out["min_accuracy"] = c.min_accuracy - accuracy
+    @property
+    def names(self) -> list[str]:
+        """The figures the limits read."""
+        return self.limits.names
+
+    def violations(self, values: Mapping[str, float]) -> dict[str, float]:
+        out = {}
+        for key, limit in self.limits.values.items():
+            value = values[key[4:]]
+            out[key] = value - limit if key.startswith("max_") else limit - value
         return out
 
-    def feasible(self, accuracy: float, size_mb: float, latency_ms: float) -> bool:
-        return all(v <= 0 for v in self.violations(accuracy, size_mb, latency_ms).values())
+    def feasible(self, values: Mapping[str, float]) -> bool:
+        return all(v <= 0 for v in self.violations(values).values())

@@ -1,9 +1,9 @@
 """Multi-objective early stopping: stop distilling a student that cannot reach the front.
 
-A student's size and latency depend on its shape, sparsity and bits, not on its weights, so a trial
-measures them before it trains. While it trains it scores validation accuracy every few steps; it stops
-when even that accuracy plus an optimistic `margin` would be dominated by the sweep's current front, or
-would miss the sweep's constraints. The sweep writes its current front to `front.json` in the sweep's
+A student's size, latency and memory depend on its shape, sparsity and bits, not on its weights, so a
+trial measures them before it trains. While it trains it scores the validation split every few steps; it
+stops when even those scores made optimistic by a `margin` would be dominated by the sweep's current
+front over its objectives, or would miss the sweep's constraints. The sweep writes its current front to `front.json` in the sweep's
 directory after every trial; trials read it there (a shared path on a cluster, like the rest of storage).
 """
 
@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from orchestrator.objectives import OBJECTIVES, directions
 from orchestrator.pareto import is_dominated
-from orchestrator.space import OBJECTIVES, ObjectiveConstraints
+from orchestrator.space import ObjectiveConstraints
 
 FRONT_FILE = "front.json"
 
@@ -29,41 +31,59 @@ class EarlyStopped(Exception):
         self.step, self.val_accuracy, self.reason = step, val_accuracy, reason
 
 
-def write_front(sweep_dir: str | os.PathLike[str], points: np.ndarray) -> None:
-    """The current front's (accuracy, size_mb, latency_ms) rows, replaced atomically."""
+def write_front(sweep_dir: str | os.PathLike[str], objectives: Sequence[str], points: np.ndarray) -> None:
+    """The current front's rows (one column per objective, in order), replaced atomically."""
     path = Path(sweep_dir) / FRONT_FILE
     tmp = path.with_name(f".{FRONT_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"objectives": list(OBJECTIVES), "points": np.asarray(points, float).tolist()}))
+    tmp.write_text(json.dumps({"objectives": list(objectives), "points": np.asarray(points, float).tolist()}))
     os.replace(tmp, path)
 
 
-def read_front(sweep_dir: str | os.PathLike[str]) -> np.ndarray:
-    """(n, 3) rows of the current front; empty before any trial has finished."""
+def read_front(sweep_dir: str | os.PathLike[str], objectives: Sequence[str]) -> np.ndarray:
+    """(n, len(objectives)) rows of the current front; empty before any trial has finished."""
     path = Path(sweep_dir) / FRONT_FILE
     if not path.exists():
-        return np.zeros((0, len(OBJECTIVES)))
-    return np.asarray(json.loads(path.read_text())["points"], dtype=float).reshape(-1, len(OBJECTIVES))
+        return np.zeros((0, len(objectives)))
+    front = json.loads(path.read_text())
+    if front["objectives"] != list(objectives):
+        raise ValueError(f"{path} holds a front over {front['objectives']}, not {list(objectives)}")
+    return np.asarray(front["points"], dtype=float).reshape(-1, len(objectives))
+
+
+def optimistic(val: Mapping[str, float], margin: float) -> dict[str, float]:
+    """The best a student still training could end at: validation accuracy + `margin` (at most 1), and
+    validation perplexity less `margin` of itself (at least 1)."""
+    out = {}
+    if "accuracy" in val:
+        out["accuracy"] = min(1.0, val["accuracy"] + margin)
+    if "perplexity" in val:
+        out["perplexity"] = max(1.0, val["perplexity"] * (1 - margin))
+    return out
 
 
 def stop_reason(
-    val_accuracy: float, size_mb: float, latency_ms: float, *, margin: float, front: np.ndarray,
-    constraints: ObjectiveConstraints,
+    val: Mapping[str, float], fixed: Mapping[str, float], *, objectives: Sequence[str], margin: float,
+    front: np.ndarray, constraints: ObjectiveConstraints,
 ) -> str | None:
-    """Why a trial with these figures should stop now, or None to go on.
+    """Why a trial should stop now, or None to go on.
 
-    It stops when its optimistic accuracy (validation accuracy + margin, at most 1) together with its
-    measured size and latency is dominated by a front point, or misses a constraint.
+    `val` holds its validation scores so far, `fixed` the figures it measured before training (size,
+    latency, memory: they depend on its shape, sparsity and bits, not its weights). It stops when its
+    optimistic point (`optimistic`) is dominated by a front point in `objectives`, or misses a constraint.
 
     Example:
         >>> from orchestrator.config import ConstraintsConfig
-        >>> front = np.array([[0.5, 1.0, 1.0]])
-        >>> stop_reason(0.3, 2.0, 2.0, margin=0.05, front=front, constraints=ObjectiveConstraints(ConstraintsConfig()))
-        'dominated: accuracy <= 0.3500 at 2 MB, 2 ms'
-        >>> stop_reason(0.3, 0.5, 2.0, margin=0.05, front=front, constraints=ObjectiveConstraints(ConstraintsConfig()))
+        >>> names, front = ["accuracy", "size_mb", "latency_ms"], np.array([[0.5, 1.0, 1.0]])
+        >>> none = ObjectiveConstraints(ConstraintsConfig())
+        >>> stop_reason({"accuracy": 0.3}, {"size_mb": 2.0, "latency_ms": 2.0}, objectives=names, margin=0.05, front=front, constraints=none)
+        'dominated: accuracy <= 0.35, size_mb 2, latency_ms 2'
+        >>> stop_reason({"accuracy": 0.3}, {"size_mb": 0.5, "latency_ms": 2.0}, objectives=names, margin=0.05, front=front, constraints=none)
     """
-    optimistic = min(1.0, val_accuracy + margin)
-    if not constraints.feasible(optimistic, size_mb, latency_ms):
-        return f"infeasible: accuracy <= {optimistic:.4f}, {size_mb:.4g} MB, {latency_ms:.4g} ms miss the constraints"
-    if len(front) and is_dominated([optimistic, size_mb, latency_ms], front, list(OBJECTIVES.values())):
-        return f"dominated: accuracy <= {optimistic:.4f} at {size_mb:.4g} MB, {latency_ms:.4g} ms"
+    point = {**fixed, **optimistic(val, margin)}
+    said = ", ".join(f"{n} {'<=' if OBJECTIVES[n].direction == 'max' else '>='} {point[n]:.4g}" if n in val
+                     else f"{n} {point[n]:.4g}" for n in objectives)
+    if not constraints.feasible(point):
+        return f"infeasible: {said} miss the constraints"
+    if len(front) and is_dominated([point[n] for n in objectives], front, directions(objectives)):
+        return f"dominated: {said}"
     return None

@@ -38,7 +38,8 @@ from orchestrator.results import (
     reference_point,
     work_slot_seconds,
 )
-from orchestrator.space import OBJECTIVES, ObjectiveConstraints
+from orchestrator.objectives import OBJECTIVES, directions
+from orchestrator.space import ObjectiveConstraints
 from orchestrator.tasks import TASKS, Task, task_from_config
 from orchestrator.teacher import (
     PreparedData,
@@ -46,6 +47,7 @@ from orchestrator.teacher import (
     TeacherOutputsInfo,
     build_teacher,
     build_teacher_outputs,
+    measure_teacher,
     prepare_data,
 )
 
@@ -120,6 +122,8 @@ class Sweep:
                 runtime_env={"env_vars": RAY_ENV},
             )
         try:
+            if cfg.address is None:
+                check_fits(cfg, ray.cluster_resources())
             return _run(cfg, self.task, started, progress, resume=resume, previous=previous or [])
         finally:
             if own_ray:
@@ -138,6 +142,11 @@ class Sweep:
                 f"sweep ids there: {', '.join(known[-5:]) or 'none'} (give --storage of the original sweep)"
             )
         earlier = load_config(sweep_dir / CONFIG_FILE, user_params=True)
+        if earlier.objectives != cfg.objectives:
+            raise ConfigError(
+                f"--resume {sweep_id}: `objectives` are {list(cfg.objectives)} here but {list(earlier.objectives)} in that "
+                "sweep (its Optuna study has those directions); resume with the objectives it started with"
+            )
         if earlier.pipeline != cfg.pipeline:
             raise ConfigError(
                 f"--resume {sweep_id}: `pipeline` is {cfg.pipeline.to_raw()} here but {earlier.pipeline.to_raw()} in that "
@@ -194,15 +203,35 @@ class _Prepared:
     teacher: TeacherInfo
     outputs: TeacherOutputsInfo | None
     seconds: float  # wall time of the teacher phase
+    service: Any  # the measurement service (a Ray actor handle)
 
 
 def _prepare(cfg: SweepConfig, task: Task) -> _Prepared:
-    """The task's data, the teacher and (with `distill.teacher_outputs: cached`) its outputs, once per storage."""
+    """The task's data, the teacher, the measurement service (the teacher measured on it first) and (with
+    `distill.teacher_outputs: cached`) the teacher's outputs, each cached in storage where it can be."""
+    import ray
+
+    from orchestrator.service import start_service
+
     data = prepare_data(cfg, task)
     t = time.perf_counter()
     steps = task.teacher_steps(cfg)
     log.info("teacher (task %s): %s ...", task.name, f"{steps} training steps" if steps else "as given")
-    teacher = build_teacher(cfg, task, data)
+    weights = build_teacher(cfg, task, data)
+    service = start_service(cfg, task, data.path, weights.artifact)
+    try:
+        teacher = measure_teacher(cfg, task, data, weights, service)
+        _check_measured(cfg, task, teacher)
+        reference_point(cfg, teacher)  # a reference no trial could beat is a config error, said now
+        ray.get(service.set_reference_ms.remote(teacher.latency_ms))
+        for warning in teacher.warnings:
+            log.warning("teacher: %s", warning)
+        outputs = None
+        if cfg.distill.teacher_outputs == "cached":
+            outputs = build_teacher_outputs(cfg, task, teacher, data)
+    except BaseException:
+        _stop_service(service)
+        raise
     log.info(
         "teacher %s (%s%s): validation accuracy %.4f (test %.4f), %.3f MB, %.3f ms",
         teacher.key, "cache hit, reused" if teacher.cache_hit else "built now",
@@ -210,15 +239,24 @@ def _prepare(cfg: SweepConfig, task: Task) -> _Prepared:
         teacher.test_accuracy,
         teacher.size_bytes / 1e6, teacher.latency_ms,
     )
-    outputs = None
-    if cfg.distill.teacher_outputs == "cached":
-        outputs = build_teacher_outputs(cfg, task, teacher, data)
+    if outputs is not None:
         log.info(
             "teacher outputs %s (%s): %d examples, %.1f MB, %.1f s of teacher time%s",
             outputs.key, "cache hit, reused" if outputs.cache_hit else "computed now", cfg.distill.cache_blocks,
             outputs.size_bytes / 1e6, outputs.seconds, " (saved)" if outputs.cache_hit else "",
         )
-    return _Prepared(data, teacher, outputs, time.perf_counter() - t)
+    return _Prepared(data, teacher, outputs, time.perf_counter() - t, service)
+
+
+def _check_measured(cfg: SweepConfig, task: Task, teacher: TeacherInfo) -> None:
+    """Every objective and constraint must be a figure this task measures (the teacher, measured like a
+    student, says which): `ConfigError` before any trial starts."""
+    for name in [*cfg.objectives, *cfg.constraints.names]:
+        if name not in teacher.metrics:
+            where = "objectives" if name in cfg.objectives else "constraints"
+            measures = [n for n in OBJECTIVES if n in teacher.metrics]
+            raise ConfigError(f"{cfg.source}: `{where}` names {name}, which task {task.name} does not measure "
+                              f"(its model gives {', '.join(measures)}); choose among those")
 
 
 def _start_tracking(cfg: SweepConfig, task: Task, sweep_id: str, prep: _Prepared, resumed: int | None) -> tuple[Any, str]:
@@ -233,7 +271,8 @@ def _start_tracking(cfg: SweepConfig, task: Task, sweep_id: str, prep: _Prepared
         tags={"sweep_id": sweep_id, "task": task.name, "teacher_key": teacher.key,
               "teacher_cache_hit": str(teacher.cache_hit).lower(),
               "teacher_measurements_cache_hit": str(teacher.measure_cache_hit).lower(), "storage": str(cfg.storage_path),
-              "pipeline": cfg.pipeline.label,
+              "pipeline": cfg.pipeline.label, "objectives": ",".join(cfg.objectives),
+              **({"warning": "; ".join(f"teacher: {w}" for w in teacher.warnings)} if teacher.warnings else {}),
               **({"resumed": "true", "previous_trials": str(resumed)} if resumed is not None else {}),
               **({"teacher_outputs_key": outputs.key, "teacher_outputs_cache_hit": str(outputs.cache_hit).lower()}
                  if outputs else {})},
@@ -243,8 +282,8 @@ def _start_tracking(cfg: SweepConfig, task: Task, sweep_id: str, prep: _Prepared
         "teacher_test_accuracy": teacher.test_accuracy,
         "teacher_size_mb": teacher.size_bytes / 1e6, "teacher_latency_ms": teacher.latency_ms,
         "teacher_params": teacher.params,
-        **dict(zip(("hypervolume_ref_accuracy", "hypervolume_ref_size_mb", "hypervolume_ref_latency_ms"),
-                   reference_point(cfg, teacher))),
+        **{f"teacher_{k}": v for k, v in teacher.metrics.items() if k in OBJECTIVES},
+        **{f"hypervolume_ref_{k}": v for k, v in reference_point(cfg, teacher).items()},
         **({"teacher_outputs_mb": outputs.size_bytes / 1e6, "teacher_outputs_seconds": outputs.seconds} if outputs else {}),
     })
     return tracker, parent
@@ -265,8 +304,8 @@ def _searcher(cfg: SweepConfig, sweep_id: str, sweep_dir: Path, resume: str | No
         sampler_seed += len(optuna.load_study(study_name=sweep_id, storage=study_url).trials)
     return ConstrainedOptunaSearch(
         space=DefineByRun(cfg.params),
-        metric=list(OBJECTIVES),
-        mode=list(OBJECTIVES.values()),
+        metric=list(cfg.objectives),
+        mode=directions(cfg.objectives),
         sampler=make_sampler(cfg.sampler, seed=sampler_seed, grid=searched_grid(cfg.params),
                              population_size=cfg.population_size, options=cfg.sampler_options),
         limits=ObjectiveConstraints(cfg.constraints),
@@ -293,7 +332,11 @@ def _run(
 
     prep = _prepare(cfg, task)
     setup_seconds = time.perf_counter() - started - prep.seconds
-    tracker, parent = _start_tracking(cfg, task, sweep_id, prep, len(previous) if resume else None)
+    try:
+        tracker, parent = _start_tracking(cfg, task, sweep_id, prep, len(previous) if resume else None)
+    except BaseException:
+        _stop_service(prep.service)
+        raise
     reference = reference_point(cfg, prep.teacher)
     monitor = TrialMonitor(
         cfg.trials, progress, reference=reference, constraints=cfg.constraints, front_dir=str(sweep_dir),
@@ -306,7 +349,7 @@ def _run(
             sweep_dir.mkdir(parents=True)
             (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         ctx = TrialContext(config=cfg, task=task, data=prep.data, teacher=prep.teacher,
-                           teacher_outputs=prep.outputs, sweep_dir=str(sweep_dir))
+                           teacher_outputs=prep.outputs, sweep_dir=str(sweep_dir), service=prep.service)
         trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), trial_resources(cfg))
         tuner = tune.Tuner(
             trainable,
@@ -334,6 +377,14 @@ def _run(
         return result
     finally:
         tracker.end_sweep(status)
+        _stop_service(prep.service)
+
+
+def _stop_service(service: Any) -> None:
+    """End the measurement service (it holds resources for as long as it lives)."""
+    import ray
+
+    ray.kill(service, no_restart=True)
 
 
 def _finish(
@@ -352,7 +403,7 @@ def _finish(
         tracker.set_tags(run_id, {"pareto": "true"})
     for run_id in trials.loc[(trials["status"] == "COMPLETED") & ~trials["feasible"], "run_id"]:
         tracker.set_tags(run_id, {"feasible": "false"})
-    for path in write_front_files(trials, sweep_dir):
+    for path in write_front_files(trials, sweep_dir, cfg.objectives):
         tracker.log_artifact(parent, path)
     wall = time.perf_counter() - started
     # Slot time: setup and the teacher phase use one slot; the trial phase up to `max_concurrent_trials`,
@@ -405,6 +456,27 @@ def _environ(**values: str | None) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def check_fits(cfg: SweepConfig, available: dict[str, float]) -> None:
+    """`ConfigError` unless one trial and the measurement service fit in this Ray's resources together
+    (else the sweep would wait forever for a trial to start)."""
+    from orchestrator.service import service_cpus
+
+    r, m = cfg.resources, cfg.measure
+    trial = trial_resources(cfg)
+    cpus = trial["cpu"] + (0.0 if cfg.distill_in_trial else r.num_workers * r.cpus_per_worker)
+    gpus = trial.get("gpu", 0) + (0 if cfg.distill_in_trial or not r.use_gpu else r.num_workers) + (1 if m.device == "cuda" else 0)
+    have_cpus, have_gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
+    if cpus + service_cpus(cfg) > have_cpus:
+        raise ConfigError(
+            f"{cfg.source}: a trial needs {cpus:g} CPUs and the measurement service holds {service_cpus(cfg):g} "
+            f"(`measure.cpus`), but this Ray has {have_cpus:g}; lower `resources.num_workers` / `resources.cpus_per_worker`, "
+            "or raise `resources.local_cpus`"
+        )
+    if gpus > have_gpus:
+        raise ConfigError(f"{cfg.source}: a trial and the measurement service need {gpus:g} GPUs together "
+                          f"(`resources.use_gpu`, `measure.device`), but this Ray has {have_gpus:g}")
 
 
 def trial_resources(cfg: SweepConfig) -> dict[str, float]:

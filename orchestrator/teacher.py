@@ -8,14 +8,17 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from orchestrator import cache
 from orchestrator.config import Fixed, SweepConfig
 from orchestrator.evaluation import ARTIFACT, measure_model
+from orchestrator.objectives import target_names
 from orchestrator.stages.distill import DistillJob, DistillResult, load_teacher, run_distill
 from orchestrator.stages.export import export
 from orchestrator.stages.teacher_outputs import compute_teacher_outputs
@@ -45,6 +48,9 @@ class TeacherInfo:
     measure_seconds: float = 0.0  # time its measurement took when it was measured
     test_accuracy: float = math.nan  # on the test split (reported only; `accuracy` is on validation, as for trials)
     test_perplexity: float = math.nan
+    metrics: Mapping[str, float] = field(default_factory=dict)  # everything measured, by name (reference points read it)
+    artifact: str = ""  # its exported float32 artifact: the measurement service's reference model
+    warnings: tuple[str, ...] = ()  # figures measured with less than asked
 
     @property
     def seconds_now(self) -> float:
@@ -81,12 +87,21 @@ def _train_in_task(cfg: SweepConfig, job: DistillJob, *, cpus: float) -> Distill
     ))
 
 
-def build_teacher(cfg: SweepConfig, task: Task, data: PreparedData) -> TeacherInfo:
+@dataclass(frozen=True)
+class TeacherWeights:
+    key: str
+    entry: Path  # its cache entry: teacher.pt, the exported artifact, built.json
+    cache_hit: bool
+
+    @property
+    def artifact(self) -> str:
+        return str(self.entry / ARTIFACT)
+
+
+def build_teacher(cfg: SweepConfig, task: Task, data: PreparedData) -> TeacherWeights:
     """The task's teacher, trained for `task.teacher_steps` when it asks for training and exported as
     float32 once per storage (keyed by its source, recipe, data, seed and DDP world size, not its thread
-    count), then measured like any student: the measurements are keyed by the weights and every setting
-    they depend on (`measure.*`, the task's evaluation settings), so a sweep that evaluates or times
-    differently measures the cached teacher again."""
+    count)."""
     t, steps = cfg.teacher, task.teacher_steps(cfg)
     recipe = {k: v for k, v in dataclasses.asdict(t).items() if k not in ("cpus_per_worker", "layers", "width", "heads", "model")}
     key = cache.content_key("teacher", task.fingerprint(), task.teacher_fingerprint(cfg), recipe if steps else None,
@@ -124,25 +139,38 @@ def build_teacher(cfg: SweepConfig, task: Task, data: PreparedData) -> TeacherIn
         (tmp / "built.json").write_text(json.dumps(built))
 
     entry, hit = cache.get_or_build(cfg.storage_path / "teachers", key, build)
-    measure_key = cache.content_key("teacher_measurements", key, dataclasses.asdict(cfg.measure),
+    return TeacherWeights(key, entry, hit)
+
+
+def measure_teacher(cfg: SweepConfig, task: Task, data: PreparedData, weights: TeacherWeights, service: Any) -> TeacherInfo:
+    """The teacher measured like any student, its latency alone (it is the service's reference). The
+    measurements are keyed by the weights and every setting they depend on (`measure.*`, the figures
+    asked for, the task's evaluation settings), so a sweep that evaluates or times differently measures
+    the cached teacher again."""
+    entry = weights.entry
+    asked = target_names([*cfg.objectives, *cfg.constraints.names])
+    measure_key = cache.content_key("teacher_measurements", weights.key, dataclasses.asdict(cfg.measure), asked,
                                     task.evaluation_settings(cfg))
 
     def measure(tmp: Path) -> None:
         t0 = time.perf_counter()
-        teacher = load_teacher(task, entry / "teacher.pt")
-        metrics = measure_model(task, teacher, (entry / ARTIFACT).stat().st_size, task.load_data(data.path), cfg,
-                                reference=None)
-        metrics["measure_seconds"] = time.perf_counter() - t0
-        (tmp / "teacher.json").write_text(json.dumps(metrics, indent=1))
+        teacher, loaded = load_teacher(task, entry / "teacher.pt"), task.load_data(data.path)
+        result = measure_model(task, teacher, entry / ARTIFACT, loaded, cfg, service=service, label="teacher")
+        with torch.inference_mode():
+            result.metrics["output_classes"] = float(teacher(task.example(loaded))[0].shape[-1])
+        result.metrics["measure_seconds"] = time.perf_counter() - t0 - result.wait_seconds
+        (tmp / "teacher.json").write_text(json.dumps({**result.metrics, "warnings": result.warnings}, indent=1))
 
     measured, measure_hit = cache.get_or_build(cfg.storage_path / "teacher_measurements", measure_key, measure)
     b, m = json.loads((entry / "built.json").read_text()), json.loads((measured / "teacher.json").read_text())
+    warnings = tuple(m.pop("warnings", ()))
     return TeacherInfo(
-        key=key, path=str(entry / "teacher.pt"), cache_hit=hit, accuracy=m["accuracy"],
+        key=weights.key, path=str(entry / "teacher.pt"), cache_hit=weights.cache_hit, accuracy=m["accuracy"],
         perplexity=m.get("perplexity", float("nan")), test_accuracy=m["test_accuracy"],
         test_perplexity=m.get("test_perplexity", math.nan), size_bytes=int(m["size_bytes"]), latency_ms=m["latency_ms"],
         params=int(m["params"]), train_seconds=b["train_seconds"], build_seconds=b["build_seconds"],
         measure_key=measure_key, measure_cache_hit=measure_hit, measure_seconds=m["measure_seconds"],
+        metrics=m, artifact=weights.artifact, warnings=warnings,
     )
 
 

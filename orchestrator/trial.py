@@ -14,13 +14,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from torch import nn
 
 from orchestrator.config import SweepConfig
 from orchestrator.evaluation import ARTIFACT, measure_model
-from orchestrator.measure import measure_latency
+from orchestrator.objectives import OBJECTIVES, measured
+from orchestrator.service import measure_on_service
 from orchestrator.outcome import TrialOutcome
 from orchestrator.space import ObjectiveConstraints
 from orchestrator.stages.compress import Compressed, compress
@@ -42,35 +44,39 @@ class TrialContext:
     teacher: TeacherInfo
     teacher_outputs: TeacherOutputsInfo | None  # None: distillation runs the teacher live (`distill.teacher_outputs`)
     sweep_dir: str  # <storage>/sweeps/<sweep id>
+    service: Any = None  # the sweep's measurement service (a Ray actor handle, `orchestrator.service`)
 
 
-def premeasure(cfg: SweepConfig, task: Task, p: TrialParams, data: Any, teacher: nn.Module, workdir: Path) -> dict[str, float]:
-    """Size and latency of `p`'s compressed student before it is trained: they depend on its shape,
-    sparsity and bits, not on its weights, so an untrained student of that shape, pruned, quantized and
-    exported the same way, measures them (size to within the choice between mask and index encodings)."""
+def premeasure(ctx: TrialContext, p: TrialParams, data: Any, teacher: nn.Module, workdir: Path) -> tuple[dict[str, float], float]:
+    """The figures of `p`'s compressed student that do not depend on its weights (size, latency, memory),
+    before it is trained: an untrained student of that shape, pruned, quantized and exported the same
+    way, measured by the measurement service (size to within the choice between mask and index
+    encodings). Returns them with a `pre_` prefix, and the seconds queued for the service."""
+    cfg, task = ctx.config, ctx.task
     model = task.student(cfg, p, data, teacher)
-    c = compress(model, cfg.pipeline, sparsity=p.sparsity, bits=p.bits, group_size=p.group_size,
-                 artifact=workdir / "untrained.orc", meta=task.meta(data))
-    example = task.example(data)
-    m = cfg.measure
-    lat = measure_latency(c.model, example, threads=m.threads, warmup=m.warmup, repeats=m.repeats, reference=teacher)
-    (workdir / "untrained.orc").unlink()
-    return {"pre_size_mb": c.size_bytes / 1e6, "pre_latency_ms": lat.p50_ms}
+    artifact = workdir / "untrained.orc"
+    compress(model, cfg.pipeline, sparsity=p.sparsity, bits=p.bits, group_size=p.group_size, artifact=artifact, meta=task.meta(data))
+    figures = measured(OBJECTIVES, "artifact", SimpleNamespace(size_bytes=artifact.stat().st_size))
+    target, waited = measure_on_service(ctx.service, str(artifact), f"{workdir.name} (untrained)")
+    artifact.unlink()
+    figures.update({k: v for k, v in target.items() if k in OBJECTIVES})
+    return {f"pre_{k}": v for k, v in figures.items()}, waited
 
 
 def _early_stop_check(cfg: SweepConfig, ctx: TrialContext, pre: dict[str, float], report: Callable[[dict], None] | None) -> Check:
-    """Every `early_stopping.every` steps: report validation accuracy, then stop if the front makes the
+    """Every `early_stopping.every` steps: report the validation scores, then stop if the front makes the
     student hopeless (`stopping.stop_reason`)."""
     es = cfg.early_stopping
     limits = ObjectiveConstraints(cfg.constraints)
+    fixed = {k[len("pre_"):]: v for k, v in pre.items()}
 
-    def callback(step: int, val_accuracy: float) -> None:
+    def callback(step: int, val: dict[str, float]) -> None:
         if report is not None:
-            report({"distill_step": step, "val_accuracy": val_accuracy, **pre})
-        reason = stop_reason(val_accuracy, pre["pre_size_mb"], pre["pre_latency_ms"], margin=es.margin,
-                             front=read_front(ctx.sweep_dir), constraints=limits)
+            report({"distill_step": step, "val_accuracy": val["accuracy"], **pre})
+        reason = stop_reason(val, fixed, objectives=cfg.objectives, margin=es.margin,
+                             front=read_front(ctx.sweep_dir, cfg.objectives), constraints=limits)
         if reason is not None:
-            raise EarlyStopped(step, val_accuracy, reason)
+            raise EarlyStopped(step, val["accuracy"], reason)
 
     return Check(every=es.every, val_tokens=es.val_tokens, callback=callback)
 
@@ -98,8 +104,9 @@ def run_pipeline(
     check, pre = None, {}
     if cfg.early_stopping.enabled:
         t = time.perf_counter()
-        pre = premeasure(cfg, task, p, data, teacher, workdir)
-        timings["time_premeasure_s"] = time.perf_counter() - t
+        pre, waited = premeasure(ctx, p, data, teacher, workdir)
+        timings["time_premeasure_s"] = time.perf_counter() - t - waited
+        timings["time_measure_wait_s"] = waited
         check = _early_stop_check(cfg, ctx, pre, report)
 
     t = time.perf_counter()
@@ -111,7 +118,8 @@ def run_pipeline(
             timings["time_distill_s"] = time.perf_counter() - t
             return TrialOutcome(
                 status="STOPPED", metrics={"val_accuracy": stop.val_accuracy, **pre}, cache_hits={**hits, "distill": False},
-                timings={**timings, "time_stages_s": sum(timings.values())}, stop_reason=stop.reason,
+                timings={**timings, "time_stages_s": sum(v for k, v in timings.items() if k != "time_measure_wait_s")},
+                stop_reason=stop.reason,
                 stopped_at_step=stop.step,
             )
         distilled = json.loads((entry / "distill.json").read_text())
@@ -137,8 +145,10 @@ def run_pipeline(
     )
 
     t = time.perf_counter()
-    metrics = measure_model(task, c.model, c.size_bytes, data, cfg, reference=teacher, counts=(c.params, c.nonzero_params))
-    timings["time_measure_s"] = time.perf_counter() - t
+    m = measure_model(task, c.model, artifact, data, cfg, service=ctx.service, label=trial_id, counts=(c.params, c.nonzero_params))
+    metrics = m.metrics
+    timings["time_measure_s"] = time.perf_counter() - t - m.wait_seconds
+    timings["time_measure_wait_s"] = timings.get("time_measure_wait_s", 0.0) + m.wait_seconds  # orchestration, not a stage
     metrics["sparsity_measured"] = c.sparsity
     metrics["int8_layers"] = float(len(c.int8_layers))
 
@@ -150,8 +160,9 @@ def run_pipeline(
         **pre,
     )
     # stage time: the recovery's training loop is not split out (its worker start-up is small in-process)
-    timings["time_stages_s"] = sum(v for k, v in timings.items() if k != "time_distill_fit_s")
-    return TrialOutcome(status="COMPLETED", metrics=metrics, cache_hits=hits, timings=timings, artifact=str(artifact))
+    timings["time_stages_s"] = sum(v for k, v in timings.items() if k not in ("time_distill_fit_s", "time_measure_wait_s"))
+    return TrialOutcome(status="COMPLETED", metrics=metrics, cache_hits=hits, timings=timings, artifact=str(artifact),
+                        warnings=m.warnings)
 
 
 def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -160,4 +171,4 @@ def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     trial_id = ray.tune.get_context().get_trial_id()
     outcome = run_pipeline(TrialParams.from_config(config), ctx, trial_id=trial_id, report=ray.tune.report)
-    ray.tune.report(outcome.report())
+    ray.tune.report(outcome.report(ctx.config.objectives))

@@ -61,13 +61,13 @@ def test_progress_lines_say_what_each_trial_did(capsys):
     from orchestrator.outcome import TrialOutcome
 
     done = TrialOutcome("COMPLETED", {"accuracy": 0.3, "size_mb": 0.02, "latency_ms": 0.5}, cache_hits={"distill": True})
-    print_progress(SweepProgress(2, 5, 1, 0, 1, 0.12, "abc", "COMPLETED", done))
+    print_progress(SweepProgress(2, 5, 1, 0, 1, 0.12, "abc", "COMPLETED", done, objectives=("accuracy", "size_mb", "latency_ms")))
     stopped = TrialOutcome("STOPPED", {"val_accuracy": 0.15}, stopped_at_step=100,
                            stop_reason="dominated: accuracy <= 0.2000 at 0.05 MB, 1 ms")
     print_progress(SweepProgress(3, 5, 1, 0, 1, 0.12, "def", "STOPPED", stopped, stopped=1))
     print_progress(SweepProgress(4, 5, 0, 1, 1, 0.12, "ghi", "ERROR", None, stopped=1))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("[2/5] trial abc: accuracy 0.3000  size 0.0200 MB  latency 0.500 ms  (student reused: cache hit)")
+    assert lines[0].startswith("[2/5] trial abc: accuracy 0.3  size_mb 0.02 MB  latency_ms 0.5 ms  (student reused: cache hit)")
     assert "stopped early at step 100 (dominated: accuracy <= 0.2000" in lines[1] and "stopped early 1" in lines[1]
     assert "FAILED" in lines[2] and "failed 1, stopped early 1" in lines[2]
 
@@ -77,7 +77,8 @@ def test_an_outcome_travels_through_a_tune_result_as_itself():
 
     outcome = TrialOutcome("COMPLETED", {"accuracy": 0.4, "size_mb": 0.1, "latency_ms": 1.5, "test_accuracy": 0.38},
                            cache_hits={"teacher": True, "distill": False}, timings={"time_distill_s": 3.0}, artifact="a.orc")
-    result = {**outcome.report(), "done": True, "training_iteration": 1}  # Tune adds its own keys
-    assert {k: result[k] for k in ("accuracy", "size_mb", "latency_ms")} == outcome.objectives  # what Optuna reads
+    result = {**outcome.report(["accuracy", "size_mb", "latency_ms"]), "done": True, "training_iteration": 1}  # Tune adds its own keys
+    assert {k: result[k] for k in ("accuracy", "size_mb", "latency_ms")} == {"accuracy": 0.4, "size_mb": 0.1, "latency_ms": 1.5}  # what Optuna reads
+    assert "test_accuracy" not in result and outcome.report(["size_mb", "accuracy"]).keys() == {"size_mb", "accuracy", "outcome"}
     assert TrialOutcome.from_result(result) == outcome and TrialOutcome.from_result({"done": True}) is None
     assert outcome.row()["cache_hit_teacher"] == 1.0 and outcome.row()["cache_hit_distill"] == 0.0

@@ -3,7 +3,8 @@ import pytest
 
 from orchestrator.config import load_config, searched_grid
 from orchestrator.config.samplers import make_sampler
-from orchestrator.space import OBJECTIVES, DefineByRun
+from orchestrator.objectives import OBJECTIVES
+from orchestrator.space import DefineByRun
 
 
 def _sample(sampler_name, seed, n=6):
@@ -36,25 +37,38 @@ def test_same_seed_same_sequence_and_different_seed_differs():
         assert _sample(name, 3) != _sample(name, 4)
 
 
-def test_objectives_are_accuracy_size_and_latency():
-    assert OBJECTIVES == {"accuracy": "max", "size_mb": "min", "latency_ms": "min"}
+def test_the_default_objectives_are_accuracy_size_and_latency_and_the_registry_gives_their_directions():
+    from orchestrator.objectives import directions
+
+    assert load_config(None).objectives == ("accuracy", "size_mb", "latency_ms")
+    assert directions(["accuracy", "size_mb", "latency_ms"]) == ["max", "min", "min"]
+    assert {name: o.direction for name, o in OBJECTIVES.items()} == {
+        "accuracy": "max", "perplexity": "min", "size_mb": "min", "latency_ms": "min", "latency_p95_ms": "min",
+        "peak_memory_mb": "min", "throughput_tokens_per_s": "max", "decode_tokens_per_s": "max"}
 
 
 def test_constraints_are_computed_from_objective_values_and_reach_the_sampler():
     from orchestrator.config import ConstraintsConfig
     from orchestrator.space import ObjectiveConstraints
 
+    def point(accuracy, size_mb, latency_ms):
+        return {"accuracy": accuracy, "size_mb": size_mb, "latency_ms": latency_ms}
+
     limits = ConstraintsConfig(max_size_mb=0.05, max_latency_ms=None, min_accuracy=0.3)
     c = ObjectiveConstraints(limits)
-    assert c.violations(0.25, 0.07, 9.0) == {"max_size_mb": pytest.approx(0.02), "min_accuracy": pytest.approx(0.05)}
-    assert c.feasible(0.31, 0.05, 9.0) and not c.feasible(0.31, 0.051, 9.0)
-    assert ObjectiveConstraints(ConstraintsConfig()).violations(0.0, 9.0, 9.0) == {}
+    assert c.violations(point(0.25, 0.07, 9.0)) == {"max_size_mb": pytest.approx(0.02), "min_accuracy": pytest.approx(0.05)}
+    assert c.feasible(point(0.31, 0.05, 9.0)) and not c.feasible(point(0.31, 0.051, 9.0))
+    assert ObjectiveConstraints(ConstraintsConfig()).violations(point(0.0, 9.0, 9.0)) == {}
+    # any registered objective takes a limit either way
+    other = ObjectiveConstraints(ConstraintsConfig(max_peak_memory_mb=10.0, min_decode_tokens_per_s=100.0))
+    assert other.violations({"peak_memory_mb": 12.0, "decode_tokens_per_s": 150.0}) == {
+        "max_peak_memory_mb": pytest.approx(2.0), "min_decode_tokens_per_s": pytest.approx(-50.0)}
     # TPE steers by the values a trial records; an infeasible trial is never among its "good" trials
     from optuna.samplers._tpe.sampler import _get_infeasible_trial_score
 
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=make_sampler("tpe", seed=0))
     trial = study.ask()
-    for name, value in c.violations(0.25, 0.07, 1.0).items():  # what the sweep's searcher does before tell
+    for name, value in c.violations(point(0.25, 0.07, 1.0)).items():  # what the sweep's searcher does before tell
         trial.set_constraint(name, value)
     study.tell(trial, [0.25, 0.07, 1.0])
     assert study.trials[0].constraints == {"max_size_mb": pytest.approx(0.02), "min_accuracy": pytest.approx(0.05)}

@@ -29,13 +29,21 @@ def test_is_dominated_matches_brute_force(seed):
         assert is_dominated(p, front, ["max", "min", "min"]) == _dominated_brute(p, front)
 
 
+NAMES = ["accuracy", "size_mb", "latency_ms"]
+
+
+def _stop(val, size, latency, *, margin, front, constraints=NO_LIMITS):
+    return stop_reason({"accuracy": val}, {"size_mb": size, "latency_ms": latency}, objectives=NAMES, margin=margin,
+                       front=front, constraints=constraints)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_stops_exactly_the_trials_whose_optimistic_point_is_dominated(seed):
     rng = np.random.default_rng(seed)
     front = rng.random((6, 3))
     margin = 0.05
     for val, size, latency in rng.random((300, 3)):
-        reason = stop_reason(val, size, latency, margin=margin, front=front, constraints=NO_LIMITS)
+        reason = _stop(val, size, latency, margin=margin, front=front)
         optimistic = (min(1.0, val + margin), size, latency)
         if _dominated_brute(optimistic, front):
             assert reason is not None and reason.startswith("dominated")
@@ -45,27 +53,41 @@ def test_stops_exactly_the_trials_whose_optimistic_point_is_dominated(seed):
 
 def test_a_planted_dominated_trial_stops_and_a_smaller_one_never_does():
     front = np.array([[0.40, 0.02, 0.5]])
-    assert stop_reason(0.10, 0.05, 0.9, margin=0.05, front=front, constraints=NO_LIMITS).startswith("dominated")
+    assert _stop(0.10, 0.05, 0.9, margin=0.05, front=front).startswith("dominated")
     # the margin makes it optimistic: within it of the front's accuracy, it goes on
-    assert stop_reason(0.36, 0.05, 0.9, margin=0.05, front=front, constraints=NO_LIMITS) is None
+    assert _stop(0.36, 0.05, 0.9, margin=0.05, front=front) is None
     # smaller than every front point: it cannot be dominated, whatever its accuracy
-    assert stop_reason(0.0, 0.01, 0.9, margin=0.0, front=front, constraints=NO_LIMITS) is None
-    assert stop_reason(0.0, 0.05, 0.9, margin=0.0, front=np.zeros((0, 3)), constraints=NO_LIMITS) is None
+    assert _stop(0.0, 0.01, 0.9, margin=0.0, front=front) is None
+    assert _stop(0.0, 0.05, 0.9, margin=0.0, front=np.zeros((0, 3))) is None
 
 
 def test_a_trial_that_cannot_meet_the_constraints_stops():
     limits = ObjectiveConstraints(ConstraintsConfig(max_size_mb=0.03))
-    assert stop_reason(0.9, 0.05, 1.0, margin=0.05, front=np.zeros((0, 3)), constraints=limits).startswith("infeasible")
-    assert stop_reason(0.9, 0.02, 1.0, margin=0.05, front=np.zeros((0, 3)), constraints=limits) is None
+    assert _stop(0.9, 0.05, 1.0, margin=0.05, front=np.zeros((0, 3)), constraints=limits).startswith("infeasible")
+    assert _stop(0.9, 0.02, 1.0, margin=0.05, front=np.zeros((0, 3)), constraints=limits) is None
     at_least = ObjectiveConstraints(ConstraintsConfig(min_accuracy=0.5))
-    assert stop_reason(0.40, 0.02, 1.0, margin=0.05, front=np.zeros((0, 3)), constraints=at_least).startswith("infeasible")
-    assert stop_reason(0.46, 0.02, 1.0, margin=0.05, front=np.zeros((0, 3)), constraints=at_least) is None
+    assert _stop(0.40, 0.02, 1.0, margin=0.05, front=np.zeros((0, 3)), constraints=at_least).startswith("infeasible")
+    assert _stop(0.46, 0.02, 1.0, margin=0.05, front=np.zeros((0, 3)), constraints=at_least) is None
+
+
+def test_on_perplexity_the_optimistic_point_is_a_margin_lower_and_a_memory_limit_is_read_from_the_premeasured_figures():
+    names = ["perplexity", "peak_memory_mb"]
+    front = np.array([[10.0, 5.0]])
+    # 12 * (1 - 0.1) = 10.8 at more memory: dominated; 11 * 0.9 = 9.9 beats the front's 10: goes on
+    assert stop_reason({"perplexity": 12.0}, {"peak_memory_mb": 6.0}, objectives=names, margin=0.1, front=front,
+                       constraints=NO_LIMITS).startswith("dominated: perplexity >= 10.8")
+    assert stop_reason({"perplexity": 11.0}, {"peak_memory_mb": 6.0}, objectives=names, margin=0.1, front=front,
+                       constraints=NO_LIMITS) is None
+    memory = ObjectiveConstraints(ConstraintsConfig(max_peak_memory_mb=5.5))
+    assert stop_reason({"perplexity": 3.0}, {"peak_memory_mb": 6.0}, objectives=names, margin=0.1, front=front,
+                       constraints=memory).startswith("infeasible")
 
 
 def test_the_front_file_round_trips_and_starts_empty(tmp_path):
-    assert read_front(tmp_path).shape == (0, 3)
-    write_front(tmp_path, np.array([[0.3, 0.1, 1.0], [0.4, 0.2, 2.0]]))
-    np.testing.assert_array_equal(read_front(tmp_path), [[0.3, 0.1, 1.0], [0.4, 0.2, 2.0]])
-    write_front(tmp_path, np.zeros((0, 3)))
-    assert read_front(tmp_path).shape == (0, 3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["front.json"]
+    assert read_front(tmp_path, NAMES).shape == (0, 3)
+    write_front(tmp_path, NAMES, np.array([[0.3, 0.1, 1.0], [0.4, 0.2, 2.0]]))
+    np.testing.assert_array_equal(read_front(tmp_path, NAMES), [[0.3, 0.1, 1.0], [0.4, 0.2, 2.0]])
+    write_front(tmp_path, NAMES, np.zeros((0, 3)))
+    assert read_front(tmp_path, NAMES).shape == (0, 3)
+    with pytest.raises(ValueError, match="not \\['perplexity', 'size_mb'\\]"):
+        read_front(tmp_path, ["perplexity", "size_mb"])

@@ -148,6 +148,9 @@ def _check_known_key(parts: list[str], where: str, *, own_params: bool = False) 
             raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a searchable parameter; known: {', '.join(PARAM_NAMES)}")
         if len(parts) > 3 or (len(parts) == 3 and parts[2] not in ("choices", "low", "high", "log", "step")):
             raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; use params.NAME or params.NAME.low/high/log/step/choices")
+    elif parts[0] in _OBJECTIVE_SECTIONS:
+        if len(parts) > 2:
+            raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; use {parts[0]}.NAME, NAME keyed by an objective")
     elif parts[0] == "sampler_options":
         if len(parts) > 2:
             raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; use sampler_options.ARGUMENT")
@@ -161,8 +164,6 @@ _SECTIONS = {
     "distill": DistillConfig,
     "resources": ResourcesConfig,
     "measure": MeasureConfig,
-    "constraints": ConstraintsConfig,
-    "reference_point": ReferencePointConfig,
     "early_stopping": EarlyStoppingConfig,
 }
 
@@ -173,6 +174,13 @@ def _build_sweep(raw: dict[str, Any], source: str, *, own_params: bool = False) 
     points_raw = raw.pop("initial_points", None) or []
     options_raw = raw.pop("sampler_options", None) or {}
     kwargs: dict[str, Any] = {"pipeline": _build_pipeline(raw.pop("pipeline", None), source)}
+    for name, cls in _OBJECTIVE_SECTIONS.items():
+        kwargs[name] = _build_objective_section(cls, raw.pop(name, None), source, name)
+    objectives = raw.pop("objectives", None)
+    if objectives is not None:
+        if not isinstance(objectives, list):
+            raise ConfigError(f"{source}: `objectives` must be a list of objective names, e.g. [accuracy, size_mb], got {objectives!r}")
+        kwargs["objectives"] = tuple(objectives)
     for name, cls in _SECTIONS.items():
         section = raw.pop(name, None) or {}
         layer_map = None
@@ -182,7 +190,8 @@ def _build_sweep(raw: dict[str, Any], source: str, *, own_params: bool = False) 
         kwargs[name] = _build(cls, section, source, f"{name}.")
         if layer_map is not None:
             kwargs[name] = dataclasses.replace(kwargs[name], layer_map=layer_map)
-    top = _typed(SweepConfig, raw, source, "", exclude=set(_SECTIONS) | {"params", "initial_points", "sampler_options", "pipeline", "source"})
+    top = _typed(SweepConfig, raw, source, "", exclude=set(_SECTIONS) | set(_OBJECTIVE_SECTIONS) | {
+        "params", "initial_points", "sampler_options", "pipeline", "source", "objectives"})
     if not isinstance(options_raw, dict):
         raise ConfigError(f"{source}: `sampler_options` must be a mapping of Optuna sampler arguments, got {options_raw!r}")
     if not isinstance(params_raw, dict):
@@ -190,6 +199,26 @@ def _build_sweep(raw: dict[str, Any], source: str, *, own_params: bool = False) 
     params = build_params(params_raw, source, own_params=own_params)
     points = build_points(points_raw, params, source)
     return SweepConfig(**top, **kwargs, params=params, initial_points=points, sampler_options=options_raw, source=source)
+
+
+_OBJECTIVE_SECTIONS = {"constraints": ConstraintsConfig, "reference_point": ReferencePointConfig}
+
+
+def _build_objective_section(cls: type, raw: Any, source: str, name: str) -> Any:
+    """`constraints` / `reference_point`: a flat mapping keyed by objective names; its own checks, with the
+    file named first."""
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: `{name}` must be a mapping, e.g. {{max_size_mb: 5}}, got {raw!r}")
+    values = {}
+    for key, value in raw.items():
+        number = as_float(value) if value is not None else None
+        values[key] = number if number is not None and not isinstance(value, bool) else value
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: `{name}.{str(e).split('`', 2)[1]}`{str(e).split('`', 2)[2]}") from None
 
 
 _PIPELINE_EXAMPLE = "e.g. [distill, {prune: {method: magnitude}}, {quantize: {method: affine}}]"

@@ -47,6 +47,7 @@ _TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "databricks", "postgresq
 def check_sweep(cfg: SweepConfig) -> None:
     """Every rule that relates one part of a finished config to another; `ConfigError` on the first broken."""
     source = cfg.source
+    _check_objectives(cfg)
     _check_pipeline(cfg, {name for name, spec in cfg.params.items() if name in PARAM_RULES and spec != Fixed(PARAM_RULES[name].default)})
     if cfg.tracking_uri is not None and cfg.tracking_uri.split("://", 1)[0].split("+", 1)[0] not in _TRACKING_SCHEMES:
         raise ConfigError(
@@ -94,6 +95,32 @@ def check_sweep(cfg: SweepConfig) -> None:
         raise ConfigError(
             f"{source}: `task.chars` = {cfg.task.chars} leaves a test split shorter than `task.context`; raise it"
         )
+
+
+def _check_objectives(cfg: SweepConfig) -> None:
+    """2 to 4 registered objectives, each once; a reference point only for objectives of the sweep; a
+    measurement target that Ray can name."""
+    from orchestrator.objectives import OBJECTIVES, describe
+
+    source, names = cfg.source, cfg.objectives
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{source}: `objectives` must be a list of objective names, e.g. [accuracy, size_mb], got {names!r}")
+    for name in names:
+        if name not in OBJECTIVES:
+            raise ConfigError(f"{source}: `objectives` names {name!r}, which is not a registered objective; registered: {describe()}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"{source}: `objectives` lists {twice[0]} more than once; list each objective once")
+    if not 2 <= len(names) <= 4:
+        raise ConfigError(f"{source}: `objectives` must list 2 to 4 objectives, got {len(names)} ({', '.join(names)})")
+    extra = sorted(set(cfg.reference_point.values) - set(names))
+    if extra:
+        raise ConfigError(f"{source}: `reference_point.{extra[0]}` is not an objective of this sweep ({', '.join(names)}); "
+                          "drop it or add it to `objectives`")
+    target = cfg.measure.target
+    if not target.replace("_", "").replace("-", "").isalnum() or target in ("CPU", "GPU", "memory"):
+        raise ConfigError(f"{source}: `measure.target` must be local or the name of a Ray custom resource "
+                          f"(letters, digits, _ and -), got {target!r}")
 
 
 def _check_pipeline(cfg: SweepConfig, given: set[str]) -> None:

@@ -162,29 +162,82 @@ class ResourcesConfig(_Checked):
 
 @dataclass(frozen=True)
 class MeasureConfig(_Checked):
+    """How the sweep's measurement service times models: one Ray actor that holds its own resources for the
+    whole sweep and measures one exported artifact at a time (`orchestrator.service`)."""
+
     threads: int = _check(lambda v: v >= 1, "an integer >= 1", 1)  # torch threads for latency, fixed and recorded
     warmup: int = _check(lambda v: v >= 0, "an integer >= 0", 10)  # untimed forward passes first
-    repeats: int = _check(lambda v: v >= 5, "an integer >= 5", 50)  # timed batch-1 forward passes
+    repeats: int = _check(lambda v: v >= 5, "an integer >= 5", 50)  # timed batch-1 forward passes (each paired with one of the reference)
+    target: str = "local"  # where: local (the node that runs the sweep) or the name of a Ray custom resource its node type offers, e.g. latency_target
+    device: Literal["cpu", "cuda"] = "cpu"  # cuda: the service holds a GPU and times (and measures memory) there
+    cpus: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)  # logical CPUs it holds, kept from trials (null: `threads`)
 
 
-@dataclass(frozen=True)
-class ConstraintsConfig(_Checked):
-    """Limits a usable model must meet: trials outside them are kept and shown but never on the front,
-    and the TPE / NSGA-II samplers are told, so they steer toward the feasible region."""
+class _ObjectiveMapping:
+    """A section keyed by objective names (`orchestrator.objectives`), read from a flat YAML mapping."""
 
-    max_size_mb: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)
-    max_latency_ms: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)
-    min_accuracy: float | None = _check(lambda v: v is None or 0 <= v <= 1, "null or a number in [0, 1]", None)
+    _prefixes: tuple[str, ...] = ("",)
+
+    def __init__(self, **values: float | None) -> None:
+        from orchestrator.objectives import OBJECTIVES, describe
+
+        checked: dict[str, float] = {}
+        for key, value in values.items():
+            prefix = next((p for p in self._prefixes if key.startswith(p) and key[len(p):] in OBJECTIVES), None)
+            if prefix is None:
+                keys = " or ".join(f"{p}<objective>" for p in self._prefixes)
+                raise ConfigError(f"{type(self).__name__}: `{key}` is not a known key; use {keys} with an objective among {describe()}")
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{type(self).__name__}: `{key}` must be a number or null, got {_short(value)}")
+            low, high = OBJECTIVES[key[len(prefix):]].limits
+            if not low <= value <= high:
+                raise ConfigError(f"{type(self).__name__}: `{key}` must be a number in [{low:g}, {high:g}], got {_short(value)}")
+            if prefix == "" and OBJECTIVES[key].ideal == value:
+                raise ConfigError(f"{type(self).__name__}: `{key}` is {value:g}, the best value possible, so no trial could "
+                                  "beat it; give a worse one")
+            checked[key] = float(value)
+        object.__setattr__(self, "values", dict(sorted(checked.items())))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.values == other.values  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.values.items()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.values.items())})"
+
+    def to_raw(self) -> dict[str, float]:
+        return dict(self.values)
 
 
-@dataclass(frozen=True)
-class ReferencePointConfig(_Checked):
-    """The hypervolume's reference point: the worst corner it measures from. Null size or latency: the
-    teacher's (a student must beat the teacher there to count at all)."""
+class ConstraintsConfig(_ObjectiveMapping):
+    """Limits a usable model must meet, `max_<objective>` or `min_<objective>` for any registered objective
+    (an objective of the sweep or not: it is then measured too), e.g. max_size_mb: 5, min_accuracy: 0.3.
+    Trials outside them are kept and shown but never on the front, and the TPE / NSGA-II samplers are told,
+    so they steer toward the feasible region."""
 
-    accuracy: float = _check(lambda v: 0 <= v < 1, "a number in [0, 1)", 0.0)
-    size_mb: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)
-    latency_ms: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)
+    _prefixes = ("max_", "min_")
+    values: dict[str, float]
+
+    @property
+    def names(self) -> list[str]:
+        """The objectives these limits constrain."""
+        return sorted({key[4:] for key in self.values})
+
+
+class ReferencePointConfig(_ObjectiveMapping):
+    """The hypervolume's reference point, the worst corner it measures from: `<objective>: value`, null
+    (or absent) for the objective's default: accuracy 0, perplexity that of a uniform guess over the
+    model's outputs, and the teacher's own value for every measured cost or speed (a student must beat
+    the teacher there to count at all)."""
+
+    values: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -218,8 +271,9 @@ class SweepConfig(_Checked):
     distill: DistillConfig = DistillConfig()
     resources: ResourcesConfig = ResourcesConfig()
     measure: MeasureConfig = MeasureConfig()
-    constraints: ConstraintsConfig = ConstraintsConfig()
-    reference_point: ReferencePointConfig = ReferencePointConfig()
+    objectives: tuple[str, ...] = ("accuracy", "size_mb", "latency_ms")  # 2 to 4 registered objectives (orchestrator.objectives), the front is over these
+    constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
+    reference_point: ReferencePointConfig = field(default_factory=ReferencePointConfig)
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     pipeline: Pipeline = Pipeline()  # stages each trial runs: distill, prune, quantize (any can be absent) and their methods
     params: Mapping[str, ParamSpec] = field(default_factory=dict)  # every name in PARAM_NAMES, filled by defaults
@@ -253,6 +307,9 @@ class SweepConfig(_Checked):
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
         out = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in out.items()}
         out["task"]["options"] = dict(self.task.options)
+        out["objectives"] = list(self.objectives)
+        out["constraints"] = self.constraints.to_raw()
+        out["reference_point"] = self.reference_point.to_raw()
         out["pipeline"] = self.pipeline.to_raw()
         if self.distill.layer_map is not None:
             out["distill"]["layer_map"] = [list(pair) for pair in self.distill.layer_map]

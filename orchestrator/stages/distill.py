@@ -157,12 +157,12 @@ class _RayTrainSession:
 
 @dataclass(frozen=True)
 class Check:
-    """Score validation accuracy every `every` steps and hand it to `callback(step, accuracy)`, which may
-    raise to stop training (multi-objective early stopping)."""
+    """Score the validation split every `every` steps and hand the scores to `callback(step, scores)`,
+    which may raise to stop training (multi-objective early stopping)."""
 
     every: int
     val_tokens: int
-    callback: Callable[[int, float], None]
+    callback: Callable[[int, dict[str, float]], None]
 
 
 def fit(
@@ -246,7 +246,7 @@ def fit(
             for fq in fake_quant:
                 fq.active = True
         if check is not None and step % check.every == 0 and step < job.steps:
-            check.callback(step, task.evaluate(student, data, "val", max_examples=check.val_tokens)["accuracy"])
+            check.callback(step, task.evaluate(student, data, "val", max_examples=check.val_tokens))
             model.train()  # scoring put it in eval mode
 
     val = task.evaluate(student, data, "val", max_examples=job.val_tokens)  # as it will run (fake-quantized)

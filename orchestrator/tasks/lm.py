@@ -89,7 +89,8 @@ class LanguageModelTask(Task):
         return data.test[: self.cfg.context].long()[None]  # (1, T): a fixed held-out prompt
 
     def measure_extra(self, model: nn.Module, data: Any, *, threads: int) -> dict[str, float]:
-        decode = measure_decode(model, self.example(data), new_tokens=self.cfg.decode_tokens, threads=threads)
+        prompt = self.example(data).to(next(model.parameters()).device)
+        decode = measure_decode(model, prompt, new_tokens=self.cfg.decode_tokens, threads=threads)
         return {"decode_tokens_per_s": decode}
 
     def throughput_unit(self) -> str:
