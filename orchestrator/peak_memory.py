@@ -10,14 +10,15 @@ service writes them once per sweep.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import resource
 import sys
 from pathlib import Path
 
-import cloudpickle
 import torch
+from ray import cloudpickle
 
 from orchestrator.results import load_model
 
@@ -30,6 +31,15 @@ def _status_kb(field: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def _trim() -> None:
+    """Hand freed heap memory back to the OS (glibc), so the resident set holds only what is live: the
+    loading's transient buffers must not count as the model's."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reset_high_water_mark() -> bool:
@@ -57,6 +67,7 @@ def _warm_up_runtime(device: str) -> None:
 def peak_memory_bytes(artifact: str, task: object, example: torch.Tensor, device: str) -> float:
     _warm_up_runtime(device)
     gc.collect()
+    _trim()
     if device == "cuda":
         torch.cuda.init()
         before = torch.cuda.memory_allocated()
@@ -68,6 +79,7 @@ def peak_memory_bytes(artifact: str, task: object, example: torch.Tensor, device
     before_kb = _status_kb("VmRSS")
     model = load_model(artifact, task=task).eval()
     gc.collect()
+    _trim()
     if before_kb is None or not _reset_high_water_mark():  # not Linux: the process's lifetime peak
         before = 0 if before_kb is None else before_kb * 1024
         model(example)

@@ -125,7 +125,7 @@ class MeasurementService:
         its forward pass add to that process at their peak (resident set on CPU, CUDA's allocator on GPU)."""
         spec = Path(self.spec_dir)
         if not (spec / "task.pkl").exists():
-            import cloudpickle
+            from ray import cloudpickle
 
             (spec / "task.pkl").write_bytes(cloudpickle.dumps(self.task))
             torch.save(self.example.cpu(), spec / "example.pt")
@@ -180,6 +180,12 @@ def start_service(cfg: SweepConfig, task: Task, data_path: str, reference_artifa
     actor = ray.remote(MeasurementService).options(**options).remote(task, data_path, reference_artifact, m, asked)
     try:
         ray.get(actor.where.remote(), timeout=START_TIMEOUT_S)  # raises here if it cannot start
+    except ray.exceptions.ActorUnschedulableError:
+        raise RuntimeError(
+            f"the measurement service cannot run on this sweep's node (measure.target local) with "
+            f"{options['num_cpus']:g} CPUs{' and a GPU' if m.device == 'cuda' else ''}: that node cannot hold them. On a "
+            "cluster, give a node type a custom resource (e.g. latency_target: 1) and set measure.target to its name"
+        ) from None
     except ray.exceptions.GetTimeoutError:
         ray.kill(actor)
         wanted = {k: v for k, v in options.items() if k in ("num_cpus", "num_gpus", "resources")}

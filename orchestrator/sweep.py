@@ -204,6 +204,7 @@ class _Prepared:
     outputs: TeacherOutputsInfo | None
     seconds: float  # wall time of the teacher phase
     service: Any  # the measurement service (a Ray actor handle)
+    service_where: dict[str, Any]  # its node, cores and device
 
 
 def _prepare(cfg: SweepConfig, task: Task) -> _Prepared:
@@ -245,7 +246,7 @@ def _prepare(cfg: SweepConfig, task: Task) -> _Prepared:
             outputs.key, "cache hit, reused" if outputs.cache_hit else "computed now", cfg.distill.cache_blocks,
             outputs.size_bytes / 1e6, outputs.seconds, " (saved)" if outputs.cache_hit else "",
         )
-    return _Prepared(data, teacher, outputs, time.perf_counter() - t, service)
+    return _Prepared(data, teacher, outputs, time.perf_counter() - t, service, ray.get(service.where.remote()))
 
 
 def _check_measured(cfg: SweepConfig, task: Task, teacher: TeacherInfo) -> None:
@@ -272,6 +273,8 @@ def _start_tracking(cfg: SweepConfig, task: Task, sweep_id: str, prep: _Prepared
               "teacher_cache_hit": str(teacher.cache_hit).lower(),
               "teacher_measurements_cache_hit": str(teacher.measure_cache_hit).lower(), "storage": str(cfg.storage_path),
               "pipeline": cfg.pipeline.label, "objectives": ",".join(cfg.objectives),
+              "measure.node": prep.service_where["node"], "measure.device": prep.service_where["device"],
+              "measure.cores": ",".join(map(str, prep.service_where["cores"])),
               **({"warning": "; ".join(f"teacher: {w}" for w in teacher.warnings)} if teacher.warnings else {}),
               **({"resumed": "true", "previous_trials": str(resumed)} if resumed is not None else {}),
               **({"teacher_outputs_key": outputs.key, "teacher_outputs_cache_hit": str(outputs.cache_hit).lower()}

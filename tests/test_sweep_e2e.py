@@ -127,7 +127,7 @@ def test_second_sweep_reuses_the_teacher_through_the_cli(sweep, capsys):
     ])
     out = capsys.readouterr().out
     assert code == 0
-    assert "[1/1] trial" in out and "Pareto front: 1 of 1 trials" in out and "mlflow ui --backend-store-uri" in out
+    assert "[1/1] trial" in out and ": 1 of 1 trials (teacher:" in out and "mlflow ui --backend-store-uri" in out
     client = MlflowClient(uri)
     parents = client.search_runs([result.experiment_id], "tags.`orchestrator.role` = 'sweep'", order_by=["start_time DESC"])
     assert len(parents) == 2

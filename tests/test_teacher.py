@@ -5,7 +5,8 @@ import pytest
 
 from orchestrator import Sweep, load_config
 from orchestrator.stages.distill import load_teacher
-from orchestrator.teacher import build_teacher, prepare_data
+from orchestrator.service import start_service
+from orchestrator.teacher import build_teacher, measure_teacher, prepare_data
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +20,12 @@ def test_a_cached_teacher_is_measured_again_when_the_evaluation_or_timing_settin
         cfg = load_config(None, overrides={**base, **changes})
         task = Sweep(cfg).task
         data = prepare_data(cfg, task)
-        return build_teacher(cfg, task, data), task, data
+        weights = build_teacher(cfg, task, data)
+        service = start_service(cfg, task, data.path, weights.artifact)
+        try:
+            return measure_teacher(cfg, task, data, weights, service), task, data
+        finally:
+            ray_session.kill(service)
 
     first, _, _ = teacher()
     assert not first.cache_hit and not first.measure_cache_hit and first.seconds_now > 0
@@ -34,3 +40,7 @@ def test_a_cached_teacher_is_measured_again_when_the_evaluation_or_timing_settin
     assert more.test_accuracy == task.evaluate(model, loaded, "test")["accuracy"]
     timed, _, _ = teacher(**{"measure.repeats": 7})
     assert timed.cache_hit and not timed.measure_cache_hit and timed.seconds_now == pytest.approx(timed.measure_seconds)
+    # a figure asked for only on demand is measured then, with the rest
+    assert "peak_memory_mb" not in first.metrics
+    memory, _, _ = teacher(**{"measure.repeats": 7, "objectives": ["accuracy", "peak_memory_mb"]})
+    assert not memory.measure_cache_hit and memory.metrics["peak_memory_mb"] > 0
