@@ -3,7 +3,7 @@ Optuna, tracked in MLflow.
 
     >>> import orchestrator
     >>> sorted(orchestrator.__all__)
-    ['ConfigError', 'PythonTask', 'Sweep', 'SweepProgress', 'SweepResult', 'Task', 'TrialOutcome', 'TrialParams', 'export_pretrained', 'load_config', 'load_model', 'register_task']
+    ['ConfigError', 'Objective', 'PythonTask', 'Sweep', 'SweepProgress', 'SweepResult', 'Task', 'TrialOutcome', 'TrialParams', 'export_pretrained', 'load_config', 'load_model', 'register_objective', 'register_task']
 """
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import ConfigError, load_config
+from orchestrator.objectives import Objective, register_objective
 
 if TYPE_CHECKING:
     from orchestrator.sweep import Sweep, SweepProgress, SweepResult, export_pretrained, load_model
     from orchestrator.outcome import TrialOutcome
     from orchestrator.tasks import PythonTask, Task, TrialParams, register_task
 
-__all__ = ["ConfigError", "PythonTask", "Sweep", "SweepProgress", "SweepResult", "Task", "TrialOutcome", "TrialParams",
-           "export_pretrained", "load_config", "load_model", "register_task"]
+__all__ = ["ConfigError", "Objective", "PythonTask", "Sweep", "SweepProgress", "SweepResult", "Task", "TrialOutcome", "TrialParams",
+           "export_pretrained", "load_config", "load_model", "register_objective", "register_task"]
 
 _LAZY = {"Sweep": "sweep", "SweepProgress": "sweep", "SweepResult": "sweep", "export_pretrained": "sweep",
          "load_model": "sweep", "PythonTask": "tasks", "Task": "tasks", "TrialParams": "tasks",

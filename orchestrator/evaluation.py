@@ -34,10 +34,12 @@ class Measurement:
 
 def held_out_metrics(task: Task, model: nn.Module, data: Any, cfg: SweepConfig) -> Measurement:
     """Validation metrics under their own names, test metrics as `test_<name>` (loss left out: perplexity
-    says it), and a warning when a split scored fewer positions than `task.eval_tokens`."""
+    says it), each registered held-out objective among them, and a warning when a split scored fewer
+    positions than `task.eval_tokens`."""
     out, warnings = {}, []
     for split, prefix in (("val", ""), ("test", "test_")):
         scores = task.evaluate(model, data, split)
+        scores.update(measured(OBJECTIVES, "held_out", SimpleNamespace(held_out=scores)))  # registered ones the task does not name
         out.update({f"{prefix}{k}": v for k, v in scores.items() if k != "loss"})
         positions = scores.get("eval_positions")
         if positions is not None and positions < cfg.task.eval_tokens:

@@ -79,6 +79,13 @@ for _objective in (
     register_objective(_objective)
 
 
+def install(registry: Mapping[str, Objective]) -> None:
+    """Register in this process the objectives of `registry` (a sweep's snapshot of its driver's registry)
+    that it lacks: Ray's workers import this module afresh, without the objectives your code registered."""
+    for name, objective in registry.items():
+        OBJECTIVES.setdefault(name, objective)
+
+
 def directions(names: Sequence[str]) -> list[Direction]:
     return [OBJECTIVES[name].direction for name in names]
 

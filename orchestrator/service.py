@@ -30,7 +30,7 @@ import torch
 
 from orchestrator.config import MeasureConfig, SweepConfig
 from orchestrator.measure import measure_latency
-from orchestrator.objectives import measured, target_names
+from orchestrator.objectives import OBJECTIVES, Objective, install, measured, target_names
 from orchestrator.tasks.base import Task
 
 
@@ -80,7 +80,9 @@ class _Probe:
 class MeasurementService:
     """The Ray actor's class (see the module's docstring); `start_service` creates it."""
 
-    def __init__(self, task: Task, data_path: str, reference_artifact: str, settings: MeasureConfig, asked: list[str]) -> None:
+    def __init__(self, task: Task, data_path: str, reference_artifact: str, settings: MeasureConfig, asked: list[str],
+                 registry: dict[str, Objective]) -> None:
+        install(registry)  # objectives registered in the sweep's process
         self.task, self.settings = task, settings
         self.names = target_names(asked)
         self.device = torch.device(settings.device)
@@ -177,7 +179,8 @@ def start_service(cfg: SweepConfig, task: Task, data_path: str, reference_artifa
     else:
         options["resources"] = {m.target: 1}
     asked = [*cfg.objectives, *cfg.constraints.names]
-    actor = ray.remote(MeasurementService).options(**options).remote(task, data_path, reference_artifact, m, asked)
+    actor = ray.remote(MeasurementService).options(**options).remote(task, data_path, reference_artifact, m, asked,
+                                                                     dict(OBJECTIVES))
     try:
         ray.get(actor.where.remote(), timeout=START_TIMEOUT_S)  # raises here if it cannot start
     except ray.exceptions.ActorUnschedulableError:

@@ -52,8 +52,8 @@ def read_front(sweep_dir: str | os.PathLike[str], objectives: Sequence[str]) -> 
 
 def optimistic(val: Mapping[str, float], margin: float) -> dict[str, float]:
     """The best a student still training could end at: validation accuracy + `margin` (at most 1), and
-    validation perplexity less `margin` of itself (at least 1)."""
-    out = {}
+    validation perplexity less `margin` of itself (at least 1); any other validation figure as scored."""
+    out = dict(val)
     if "accuracy" in val:
         out["accuracy"] = min(1.0, val["accuracy"] + margin)
     if "perplexity" in val:

@@ -352,7 +352,8 @@ def _run(
             sweep_dir.mkdir(parents=True)
             (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         ctx = TrialContext(config=cfg, task=task, data=prep.data, teacher=prep.teacher,
-                           teacher_outputs=prep.outputs, sweep_dir=str(sweep_dir), service=prep.service)
+                           teacher_outputs=prep.outputs, sweep_dir=str(sweep_dir), service=prep.service,
+                           objectives=dict(OBJECTIVES))
         trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), trial_resources(cfg))
         tuner = tune.Tuner(
             trainable,

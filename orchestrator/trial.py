@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,7 +21,7 @@ from torch import nn
 
 from orchestrator.config import SweepConfig
 from orchestrator.evaluation import ARTIFACT, measure_model
-from orchestrator.objectives import OBJECTIVES, measured
+from orchestrator.objectives import OBJECTIVES, Objective, install, measured
 from orchestrator.service import measure_on_service
 from orchestrator.outcome import TrialOutcome
 from orchestrator.space import ObjectiveConstraints
@@ -45,6 +45,7 @@ class TrialContext:
     teacher_outputs: TeacherOutputsInfo | None  # None: distillation runs the teacher live (`distill.teacher_outputs`)
     sweep_dir: str  # <storage>/sweeps/<sweep id>
     service: Any = None  # the sweep's measurement service (a Ray actor handle, `orchestrator.service`)
+    objectives: Mapping[str, Objective] = field(default_factory=dict)  # the driver's objective registry (yours included)
 
 
 def premeasure(ctx: TrialContext, p: TrialParams, data: Any, teacher: nn.Module, workdir: Path) -> tuple[dict[str, float], float]:
@@ -71,6 +72,7 @@ def _early_stop_check(cfg: SweepConfig, ctx: TrialContext, pre: dict[str, float]
     fixed = {k[len("pre_"):]: v for k, v in pre.items()}
 
     def callback(step: int, val: dict[str, float]) -> None:
+        val = {**val, **measured(OBJECTIVES, "held_out", SimpleNamespace(held_out=val))}  # registered held-out ones too
         if report is not None:
             report({"distill_step": step, "val_accuracy": val["accuracy"], **pre})
         reason = stop_reason(val, fixed, objectives=cfg.objectives, margin=es.margin,
@@ -169,6 +171,7 @@ def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """The Ray Tune function: one trial's driver."""
     import ray.tune
 
+    install(ctx.objectives)
     trial_id = ray.tune.get_context().get_trial_id()
     outcome = run_pipeline(TrialParams.from_config(config), ctx, trial_id=trial_id, report=ray.tune.report)
     ray.tune.report(outcome.report(ctx.config.objectives))

@@ -11,13 +11,30 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna._hypervolume import compute_hypervolume
 
-from orchestrator import Sweep
+from orchestrator import Objective, Sweep, register_objective
 
 SMOKE = Path(__file__).parents[1] / "search_spaces" / "smoke.yaml"
 IDEAL = {"accuracy": 1.0, "perplexity": 1.0, "size_mb": 0.0, "latency_ms": 0.0, "peak_memory_mb": 0.0}
 MAXIMISED = {"accuracy"}
 
 pytestmark = pytest.mark.slow
+
+IDEAL["bits_per_char"] = 0.0
+
+
+@pytest.fixture
+def bits_per_char():
+    """An objective of the user's own, registered in the test's process (the sweep's workers get it from
+    the sweep) and removed afterwards."""
+    from orchestrator.objectives import OBJECTIVES
+
+    register_objective(Objective(
+        "bits_per_char", "min", "bits", "validation bits per character", "held_out",
+        lambda p: math.log2(p.held_out["perplexity"]) if "perplexity" in p.held_out else None,
+        ideal=0.0, reference=lambda teacher: math.log2(teacher["output_classes"]),
+    ))
+    yield "bits_per_char"
+    del OBJECTIVES["bits_per_char"]
 
 # three students of known shapes; the narrow 4-bit, 60%-sparse one is the smallest and the worst predictor
 POINTS = [
@@ -71,7 +88,7 @@ def test_a_two_objective_sweep_over_perplexity_and_size_with_a_perplexity_limit(
     names = ["perplexity", "size_mb"]
     result = Sweep.from_yaml(
         SMOKE, trials=3, storage=str(tmp_path / "runs"), tracking_uri=uri, objectives=names, initial_points=POINTS,
-        constraints={"max_perplexity": 30.0}, **{"distill.steps": 40},
+        constraints={"max_perplexity": 30.0}, **{"distill.steps": 40, "task.eval_tokens": 20_000},
     ).run()
     t = result.trials.set_index("width").sort_values("size_mb")
     assert (t["status"] == "COMPLETED").all(), t["error"].tolist()
@@ -82,6 +99,12 @@ def test_a_two_objective_sweep_over_perplexity_and_size_with_a_perplexity_limit(
     assert (result.trials["feasible"] == (result.trials["perplexity"] <= 30.0)).all()
     assert result.pareto["perplexity"].max() <= 30.0
     rows = _check_front_and_hypervolume(result, uri, names)
+    # the splits hold fewer positions than asked: every score says how many, and every run carries a warning
+    client = MlflowClient(uri)
+    assert (result.trials["eval_positions"] < 20_000).all()
+    assert client.get_run(result.run_id).data.tags["warning"].startswith("teacher: the val split scored")
+    for run_id in result.trials["run_id"]:
+        assert "fewer than task.eval_tokens = 20000" in client.get_run(run_id).data.tags["warning"]
     assert {r["trial_id"] for r in rows if not r["feasible"]} == set(result.trials.loc[~result.trials["feasible"], "trial_id"])
     sweep_id = MlflowClient(uri).get_run(result.run_id).data.tags["sweep_id"]
     study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{tmp_path / 'runs' / 'sweeps' / sweep_id / 'optuna.db'}")
@@ -117,3 +140,14 @@ def test_four_objectives_with_peak_memory_measured_one_model_at_a_time(ray_sessi
     assert any(a.start_time < b.end_time and b.start_time < a.end_time for a, b in itertools.combinations(runs, 2))
     sweep_dir = next((tmp_path / "runs" / "sweeps").iterdir())
     assert (sweep_dir / "pareto.png").stat().st_size > 0  # every pair of the four objectives
+
+
+def test_an_objective_registered_in_your_process_is_measured_searched_and_fronted(ray_session, tmp_path, bits_per_char):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = Sweep.from_yaml(SMOKE, trials=2, storage=str(tmp_path / "runs"), tracking_uri=uri,
+                             objectives=["bits_per_char", "size_mb"], **{"distill.steps": 10}).run()
+    t = result.trials
+    assert (t["status"] == "COMPLETED").all(), t["error"].tolist()
+    assert np.allclose(t["bits_per_char"], np.log2(t["perplexity"])) and np.allclose(t["test_bits_per_char"], np.log2(t["test_perplexity"]))
+    assert result.teacher.metrics["bits_per_char"] == pytest.approx(math.log2(result.teacher.perplexity))
+    _check_front_and_hypervolume(result, uri, ["bits_per_char", "size_mb"])

@@ -24,6 +24,10 @@ def test_readme_documents_every_param_and_section_key():
     readme = (ROOT / "README.md").read_text()
     for name in PARAM_NAMES:
         assert f"`{name}`" in readme, name
+    from orchestrator.objectives import OBJECTIVES
+
+    for name in OBJECTIVES:  # every registered objective
+        assert f"`{name}`" in readme, name
     cfg = load_config(None).to_dict()
     for section in ("task", "teacher", "distill", "resources", "measure"):
         for key in cfg[section]:

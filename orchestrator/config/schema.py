@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from orchestrator.config.techniques import Pipeline
+from orchestrator.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, describe
 
 
 class ConfigError(ValueError):
@@ -179,8 +180,6 @@ class _ObjectiveMapping:
     _prefixes: tuple[str, ...] = ("",)
 
     def __init__(self, **values: float | None) -> None:
-        from orchestrator.objectives import OBJECTIVES, describe
-
         checked: dict[str, float] = {}
         for key, value in values.items():
             prefix = next((p for p in self._prefixes if key.startswith(p) and key[len(p):] in OBJECTIVES), None)
@@ -271,7 +270,7 @@ class SweepConfig(_Checked):
     distill: DistillConfig = DistillConfig()
     resources: ResourcesConfig = ResourcesConfig()
     measure: MeasureConfig = MeasureConfig()
-    objectives: tuple[str, ...] = ("accuracy", "size_mb", "latency_ms")  # 2 to 4 registered objectives (orchestrator.objectives), the front is over these
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # 2 to 4 registered objectives (orchestrator.objectives), the front is over these
     constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
     reference_point: ReferencePointConfig = field(default_factory=ReferencePointConfig)
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
