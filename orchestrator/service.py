@@ -202,6 +202,13 @@ def start_service(cfg: SweepConfig, task: Task, data_path: str, reference_artifa
 START_TIMEOUT_S = 300  # how long a sweep waits for its measurement service's resources
 
 
+def stop_service(service: Any) -> None:
+    """End the measurement service (it holds resources for as long as it lives)."""
+    import ray
+
+    ray.kill(service, no_restart=True)
+
+
 def measure_on_service(service: Any, artifact: str, label: str) -> tuple[dict[str, float], float]:
     """(the target figures of `artifact`, seconds this caller waited in the service's queue)."""
     import ray

@@ -39,6 +39,8 @@ from orchestrator.results import (
     work_slot_seconds,
 )
 from orchestrator.objectives import OBJECTIVES, directions
+from orchestrator.resources import TRIAL_MEMORY_BYTES, check_fits, trial_resources
+from orchestrator.service import stop_service
 from orchestrator.space import ObjectiveConstraints
 from orchestrator.tasks import TASKS, Task, task_from_config
 from orchestrator.teacher import (
@@ -47,6 +49,7 @@ from orchestrator.teacher import (
     TeacherOutputsInfo,
     build_teacher,
     build_teacher_outputs,
+    check_measured,
     measure_teacher,
     prepare_data,
 )
@@ -56,7 +59,6 @@ log = logging.getLogger("orchestrator")
 # Ray Train settings for every process of a Ray the sweep starts (pass them too when you start your own):
 # a faster health-check poll saves ~2 s per trial; worker start-up on a loaded 2-core machine can near the
 # 60 s default timeout.
-TRIAL_MEMORY_BYTES = 512 * 1024**2  # logical memory each trial's driver reserves in Ray
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180"}
 
 
@@ -122,9 +124,13 @@ class Sweep:
                 runtime_env={"env_vars": RAY_ENV},
             )
         try:
-            if cfg.address is None:
-                check_fits(cfg, ray.cluster_resources())
-            return _run(cfg, self.task, started, progress, resume=resume, previous=previous or [])
+            slots = min(cfg.max_concurrent_trials, cfg.trials)
+            if cfg.address is None:  # a cluster may grow (autoscaling): only a local Ray is sized here
+                slots = check_fits(cfg, ray.cluster_resources())
+                if slots < min(cfg.max_concurrent_trials, cfg.trials):
+                    log.info("%d trial(s) at a time: this Ray's CPUs fit no more beside the measurement service "
+                             "(max_concurrent_trials %d; see resources.local_cpus, measure.cpus)", slots, cfg.max_concurrent_trials)
+            return _run(cfg, self.task, started, progress, resume=resume, previous=previous or [], slots=slots)
         finally:
             if own_ray:
                 ray.shutdown()
@@ -222,7 +228,7 @@ def _prepare(cfg: SweepConfig, task: Task) -> _Prepared:
     service = start_service(cfg, task, data.path, weights.artifact)
     try:
         teacher = measure_teacher(cfg, task, data, weights, service)
-        _check_measured(cfg, task, teacher)
+        check_measured(cfg, task, teacher)
         reference_point(cfg, teacher)  # a reference no trial could beat is a config error, said now
         ray.get(service.set_reference_ms.remote(teacher.latency_ms))
         for warning in teacher.warnings:
@@ -231,7 +237,7 @@ def _prepare(cfg: SweepConfig, task: Task) -> _Prepared:
         if cfg.distill.teacher_outputs == "cached":
             outputs = build_teacher_outputs(cfg, task, teacher, data)
     except BaseException:
-        _stop_service(service)
+        stop_service(service)
         raise
     log.info(
         "teacher %s (%s%s): validation accuracy %.4f (test %.4f), %.3f MB, %.3f ms",
@@ -247,17 +253,6 @@ def _prepare(cfg: SweepConfig, task: Task) -> _Prepared:
             outputs.size_bytes / 1e6, outputs.seconds, " (saved)" if outputs.cache_hit else "",
         )
     return _Prepared(data, teacher, outputs, time.perf_counter() - t, service, ray.get(service.where.remote()))
-
-
-def _check_measured(cfg: SweepConfig, task: Task, teacher: TeacherInfo) -> None:
-    """Every objective and constraint must be a figure this task measures (the teacher, measured like a
-    student, says which): `ConfigError` before any trial starts."""
-    for name in [*cfg.objectives, *cfg.constraints.names]:
-        if name not in teacher.metrics:
-            where = "objectives" if name in cfg.objectives else "constraints"
-            measures = [n for n in OBJECTIVES if n in teacher.metrics]
-            raise ConfigError(f"{cfg.source}: `{where}` names {name}, which task {task.name} does not measure "
-                              f"(its model gives {', '.join(measures)}); choose among those")
 
 
 def _start_tracking(cfg: SweepConfig, task: Task, sweep_id: str, prep: _Prepared, resumed: int | None) -> tuple[Any, str]:
@@ -320,7 +315,7 @@ def _searcher(cfg: SweepConfig, sweep_id: str, sweep_dir: Path, resume: str | No
 
 def _run(
     cfg: SweepConfig, task: Task, started: float, progress: Callable[[SweepProgress], None] | None, *,
-    resume: str | None, previous: list[dict[str, Any]],
+    resume: str | None, previous: list[dict[str, Any]], slots: int,
 ) -> SweepResult:
     import optuna
     from ray import tune
@@ -338,7 +333,7 @@ def _run(
     try:
         tracker, parent = _start_tracking(cfg, task, sweep_id, prep, len(previous) if resume else None)
     except BaseException:
-        _stop_service(prep.service)
+        stop_service(prep.service)
         raise
     reference = reference_point(cfg, prep.teacher)
     monitor = TrialMonitor(
@@ -376,24 +371,18 @@ def _run(
             tuner.fit()
         result = _finish(cfg, task, monitor, tracker, parent, prep, started=started, setup_seconds=setup_seconds,
                          tune_started=tune_started, tune_stopped=time.perf_counter(), previous=len(previous),
-                         sweep_dir=sweep_dir)
+                         sweep_dir=sweep_dir, slots=slots)
         status = "KILLED" if result.interrupted else "FINISHED"
         return result
     finally:
         tracker.end_sweep(status)
-        _stop_service(prep.service)
-
-
-def _stop_service(service: Any) -> None:
-    """End the measurement service (it holds resources for as long as it lives)."""
-    import ray
-
-    ray.kill(service, no_restart=True)
+        stop_service(prep.service)
 
 
 def _finish(
     cfg: SweepConfig, task: Task, monitor: TrialMonitor, tracker: Any, parent: str, prep: _Prepared, *,
     started: float, setup_seconds: float, tune_started: float, tune_stopped: float, previous: int, sweep_dir: Path,
+    slots: int,
 ) -> SweepResult:
     """After the trials: front and feasibility tags, the front files, overhead accounting, the result."""
     from orchestrator.plots import write_front_files
@@ -410,10 +399,10 @@ def _finish(
     for path in write_front_files(trials, sweep_dir, cfg.objectives):
         tracker.log_artifact(parent, path)
     wall = time.perf_counter() - started
-    # Slot time: setup and the teacher phase use one slot; the trial phase up to `max_concurrent_trials`,
-    # each only while a trial remained that could use it (a slot idle because the search had no trial
-    # left for it, as in the last trial of a sweep, is `tail_idle_seconds`, not orchestration).
-    slots = min(cfg.max_concurrent_trials, cfg.trials)
+    # Slot time: setup and the teacher phase use one slot; the trial phase `slots` (as many trials as run
+    # at once: `max_concurrent_trials`, or fewer when the resources fit fewer), each only while a trial
+    # remained that could use it (a slot idle because the search had no trial left for it, as in the last
+    # trial of a sweep, is `tail_idle_seconds`, not orchestration).
     ends = monitor.end_times + [tune_stopped] * len(monitor.running)  # unfinished (interrupted) trials
     busy = work_slot_seconds(ends, tune_started, tune_stopped, slots)
     capacity = wall - tune_seconds + busy
@@ -460,41 +449,6 @@ def _environ(**values: str | None) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def check_fits(cfg: SweepConfig, available: dict[str, float]) -> None:
-    """`ConfigError` unless one trial and the measurement service fit in this Ray's resources together
-    (else the sweep would wait forever for a trial to start)."""
-    from orchestrator.service import service_cpus
-
-    r, m = cfg.resources, cfg.measure
-    trial = trial_resources(cfg)
-    cpus = trial["cpu"] + (0.0 if cfg.distill_in_trial else r.num_workers * r.cpus_per_worker)
-    gpus = trial.get("gpu", 0) + (0 if cfg.distill_in_trial or not r.use_gpu else r.num_workers) + (1 if m.device == "cuda" else 0)
-    have_cpus, have_gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
-    if cpus + service_cpus(cfg) > have_cpus:
-        raise ConfigError(
-            f"{cfg.source}: a trial needs {cpus:g} CPUs and the measurement service holds {service_cpus(cfg):g} "
-            f"(`measure.cpus`), but this Ray has {have_cpus:g}; lower `resources.num_workers` / `resources.cpus_per_worker`, "
-            "or raise `resources.local_cpus`"
-        )
-    if gpus > have_gpus:
-        raise ConfigError(f"{cfg.source}: a trial and the measurement service need {gpus:g} GPUs together "
-                          f"(`resources.use_gpu`, `measure.device`), but this Ray has {have_gpus:g}")
-
-
-def trial_resources(cfg: SweepConfig) -> dict[str, float]:
-    """What one trial's driver reserves in Ray.
-
-    It always reserves memory (it loads models). When distillation runs in the trial's own process it holds
-    that worker's CPUs (and GPU); when it only waits on a Ray Train worker group it holds `trial_cpus`,
-    0 by default, so that two trials on a 2-CPU machine can each hold a 1-CPU worker instead of queueing
-    behind each other's driver.
-    """
-    r = cfg.resources
-    if not cfg.distill_in_trial:
-        return {"cpu": r.trial_cpus, "memory": TRIAL_MEMORY_BYTES}
-    return {"cpu": max(r.trial_cpus, r.cpus_per_worker), "gpu": 1 if r.use_gpu else 0, "memory": TRIAL_MEMORY_BYTES}
 
 
 __all__ = ["RAY_ENV", "TRIAL_MEMORY_BYTES", "Sweep", "SweepProgress", "SweepResult", "export_pretrained", "load_model",

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from orchestrator import cache
-from orchestrator.config import Fixed, SweepConfig
+from orchestrator.config import ConfigError, Fixed, SweepConfig
 from orchestrator.evaluation import ARTIFACT, measure_model
-from orchestrator.objectives import target_names
+from orchestrator.objectives import OBJECTIVES, target_names
 from orchestrator.stages.distill import DistillJob, DistillResult, load_teacher, run_distill
 from orchestrator.stages.export import export
 from orchestrator.stages.teacher_outputs import compute_teacher_outputs
@@ -172,6 +172,17 @@ def measure_teacher(cfg: SweepConfig, task: Task, data: PreparedData, weights: T
         measure_key=measure_key, measure_cache_hit=measure_hit, measure_seconds=m["measure_seconds"],
         metrics=m, artifact=weights.artifact, warnings=warnings,
     )
+
+
+def check_measured(cfg: SweepConfig, task: Task, teacher: TeacherInfo) -> None:
+    """Every objective and constraint must be a figure this task measures (the teacher, measured like a
+    student, says which): `ConfigError` before any trial starts."""
+    for name in [*cfg.objectives, *cfg.constraints.names]:
+        if name not in teacher.metrics:
+            where = "objectives" if name in cfg.objectives else "constraints"
+            measures = [n for n in OBJECTIVES if n in teacher.metrics]
+            raise ConfigError(f"{cfg.source}: `{where}` names {name}, which task {task.name} does not measure "
+                              f"(its model gives {', '.join(measures)}); choose among those")
 
 
 def build_teacher_outputs(cfg: SweepConfig, task: Task, teacher: TeacherInfo, data: PreparedData) -> TeacherOutputsInfo:

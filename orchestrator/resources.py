@@ -1,0 +1,52 @@
+"""What a sweep holds in Ray: each trial's resources, and how many trials fit at once beside the
+sweep's measurement service."""
+
+from __future__ import annotations
+
+from orchestrator.config import ConfigError, SweepConfig
+
+TRIAL_MEMORY_BYTES = 512 * 1024**2  # logical memory each trial's driver reserves in Ray
+
+
+def _trial_needs(cfg: SweepConfig) -> tuple[float, float]:
+    """(CPUs, GPUs) one trial holds while it trains: its driver's and its Ray Train workers'."""
+    r = cfg.resources
+    trial = trial_resources(cfg)
+    cpus = trial["cpu"] + (0.0 if cfg.distill_in_trial else r.num_workers * r.cpus_per_worker)
+    gpus = trial.get("gpu", 0) + (0 if cfg.distill_in_trial or not r.use_gpu else r.num_workers)
+    return cpus, gpus
+
+
+def check_fits(cfg: SweepConfig, available: dict[str, float]) -> int:
+    """How many trials run at once in a Ray with these resources beside the measurement service (at most
+    `max_concurrent_trials`); `ConfigError` when not even one fits (the sweep would wait forever)."""
+    from orchestrator.service import service_cpus
+
+    cpus, gpus = _trial_needs(cfg)
+    held_cpus, held_gpus = service_cpus(cfg), 1 if cfg.measure.device == "cuda" else 0
+    have_cpus, have_gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
+    if cpus + held_cpus > have_cpus:
+        raise ConfigError(
+            f"{cfg.source}: a trial needs {cpus:g} CPUs and the measurement service holds {held_cpus:g} "
+            f"(`measure.cpus`), but this Ray has {have_cpus:g}; lower `resources.num_workers` / `resources.cpus_per_worker`, "
+            "or raise `resources.local_cpus`"
+        )
+    if gpus + held_gpus > have_gpus:
+        raise ConfigError(f"{cfg.source}: a trial and the measurement service need {gpus + held_gpus:g} GPUs together "
+                          f"(`resources.use_gpu`, `measure.device`), but this Ray has {have_gpus:g}")
+    fit = [(have_cpus - held_cpus) // cpus if cpus else cfg.trials, (have_gpus - held_gpus) // gpus if gpus else cfg.trials]
+    return int(max(1, min(cfg.max_concurrent_trials, cfg.trials, *fit)))
+
+
+def trial_resources(cfg: SweepConfig) -> dict[str, float]:
+    """What one trial's driver reserves in Ray.
+
+    It always reserves memory (it loads models). When distillation runs in the trial's own process it holds
+    that worker's CPUs (and GPU); when it only waits on a Ray Train worker group it holds `trial_cpus`,
+    0 by default, so that two trials on a 2-CPU machine can each hold a 1-CPU worker instead of queueing
+    behind each other's driver.
+    """
+    r = cfg.resources
+    if not cfg.distill_in_trial:
+        return {"cpu": r.trial_cpus, "memory": TRIAL_MEMORY_BYTES}
+    return {"cpu": max(r.trial_cpus, r.cpus_per_worker), "gpu": 1 if r.use_gpu else 0, "memory": TRIAL_MEMORY_BYTES}
