@@ -17,11 +17,14 @@ def _trial_needs(cfg: SweepConfig) -> tuple[float, float]:
     return cpus, gpus
 
 
+def service_cpus(cfg: SweepConfig) -> float:
+    """Logical CPUs the measurement service holds from trials."""
+    return cfg.measure.cpus if cfg.measure.cpus is not None else float(cfg.measure.threads)
+
+
 def check_fits(cfg: SweepConfig, available: dict[str, float]) -> int:
     """How many trials run at once in a Ray with these resources beside the measurement service (at most
     `max_concurrent_trials`); `ConfigError` when not even one fits (the sweep would wait forever)."""
-    from orchestrator.service import service_cpus
-
     cpus, gpus = _trial_needs(cfg)
     held_cpus, held_gpus = service_cpus(cfg), 1 if cfg.measure.device == "cuda" else 0
     have_cpus, have_gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)

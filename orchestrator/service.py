@@ -31,6 +31,7 @@ import torch
 from orchestrator.config import MeasureConfig, SweepConfig
 from orchestrator.measure import measure_latency
 from orchestrator.objectives import OBJECTIVES, Objective, install, measured, target_names
+from orchestrator.resources import service_cpus
 from orchestrator.tasks.base import Task
 
 
@@ -159,11 +160,6 @@ def _pin_cores(threads: int) -> list[int]:
     cores = allowed[-threads:] if threads <= len(allowed) else allowed
     os.sched_setaffinity(0, cores)
     return cores
-
-
-def service_cpus(cfg: SweepConfig) -> float:
-    """Logical CPUs the measurement service holds from trials."""
-    return cfg.measure.cpus if cfg.measure.cpus is not None else float(cfg.measure.threads)
 
 
 def start_service(cfg: SweepConfig, task: Task, data_path: str, reference_artifact: str) -> Any:

@@ -172,6 +172,22 @@ def test_a_trial_reserves_its_workers_resources_when_it_distils_itself():
     assert trial_resources(ddp) == {"cpu": 0.5, "memory": TRIAL_MEMORY_BYTES}  # its workers hold their own
 
 
+def test_trials_fit_beside_the_measurement_service_or_the_sweep_is_refused():
+    from orchestrator.resources import check_fits
+
+    two = load_config(None, overrides={"max_concurrent_trials": 2})
+    assert check_fits(two, {"CPU": 2.0}) == 1  # the service holds one of the two CPUs
+    assert check_fits(two, {"CPU": 3.0}) == 2 and check_fits(two, {"CPU": 16.0}) == 2  # never more than asked
+    ddp = load_config(None, overrides={"resources": {"num_workers": 2}})
+    with pytest.raises(ConfigError, match="a trial needs 2 CPUs and the measurement service holds 1 .* this Ray has 2"):
+        check_fits(ddp, {"CPU": 2.0})
+    assert check_fits(load_config(None, overrides={"measure.cpus": 0.5, "max_concurrent_trials": 4}), {"CPU": 2.0}) == 1
+    cuda = load_config(None, overrides={"measure.device": "cuda"})
+    with pytest.raises(ConfigError, match="need 1 GPUs together .* this Ray has 0"):
+        check_fits(cuda, {"CPU": 4.0})
+    assert check_fits(cuda, {"CPU": 4.0, "GPU": 1.0}) == 1
+
+
 def test_every_section_round_trips_through_yaml(tmp_path):
     cfg = load_config(None, overrides={
         "sampler": "nsga2", "population_size": 6, "sampler_seed": 3, "sampler_options": {"mutation_prob": 0.2},
