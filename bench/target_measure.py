@@ -62,7 +62,7 @@ def main() -> None:
         service = start_service(cfg, task, data.path, str(Path(tmp) / "teacher.orc"))
         figures["service_start_s"] = round(time.perf_counter() - started, 1)
         figures["where"] = ray.get(service.where.remote())
-        alone, _ = measure_on_service(service, str(Path(tmp) / "teacher.orc"), "teacher")
+        alone, _ = measure_on_service(service, str(Path(tmp) / "teacher.orc"))
         ray.get(service.set_reference_ms.remote(alone["latency_ms"]))
         figures["teacher"] = {k: alone[k] for k in ("latency_ms", "latency_p95_ms", "peak_memory_mb", "throughput_tokens_per_s")}
         artifacts = []
@@ -73,7 +73,7 @@ def main() -> None:
             c = compress(task.student(cfg, p, loaded, teacher), cfg.pipeline, sparsity=sparsity, bits=bits, group_size=64,
                          artifact=path, meta=task.meta(loaded))
             artifacts.append(((layers, width, sparsity, bits), path, c.size_bytes))
-        rounds = [[measure_on_service(service, str(path), path.stem)[0] for _, path, _ in artifacts] for _ in range(2)]
+        rounds = [[measure_on_service(service, str(path))[0] for _, path, _ in artifacts] for _ in range(2)]
         for (shape, path, size), a, b in zip(artifacts, *rounds):
             row = {"layers": shape[0], "width": shape[1], "sparsity": shape[2], "bits": shape[3], "size_mb": size / 1e6}
             for name in ("latency_ms", "latency_raw_ms", "peak_memory_mb"):

@@ -32,14 +32,18 @@ class Measurement:
     wait_seconds: float = 0.0  # time queued for the measurement service
 
 
+def with_registered(scores: dict[str, float]) -> dict[str, float]:
+    """A split's scores from the task, with every registered held-out objective computed from them."""
+    return {**scores, **measured(OBJECTIVES, "held_out", SimpleNamespace(held_out=scores))}
+
+
 def held_out_metrics(task: Task, model: nn.Module, data: Any, cfg: SweepConfig) -> Measurement:
     """Validation metrics under their own names, test metrics as `test_<name>` (loss left out: perplexity
     says it), each registered held-out objective among them, and a warning when a split scored fewer
     positions than `task.eval_tokens`."""
     out, warnings = {}, []
     for split, prefix in (("val", ""), ("test", "test_")):
-        scores = task.evaluate(model, data, split)
-        scores.update(measured(OBJECTIVES, "held_out", SimpleNamespace(held_out=scores)))  # registered ones the task does not name
+        scores = with_registered(task.evaluate(model, data, split))
         out.update({f"{prefix}{k}": v for k, v in scores.items() if k != "loss"})
         positions = scores.get("eval_positions")
         if positions is not None and positions < cfg.task.eval_tokens:
@@ -48,7 +52,7 @@ def held_out_metrics(task: Task, model: nn.Module, data: Any, cfg: SweepConfig) 
 
 
 def measure_model(
-    task: Task, model: nn.Module, artifact: str | Path, data: Any, cfg: SweepConfig, *, service: Any, label: str,
+    task: Task, model: nn.Module, artifact: str | Path, data: Any, cfg: SweepConfig, *, service: Any,
     counts: tuple[int, int] | None = None,
 ) -> Measurement:
     """Held-out metrics of `model` (scored here), the size of `artifact`, and its target figures from the
@@ -57,7 +61,7 @@ def measure_model(
     result = held_out_metrics(task, model, data, cfg)
     size = Path(artifact).stat().st_size
     total, nonzero = counts or count_params(model)
-    target, waited = measure_on_service(service, str(artifact), label)
+    target, waited = measure_on_service(service, str(artifact))
     result.metrics.update({
         "size_bytes": float(size),
         **measured(OBJECTIVES, "artifact", SimpleNamespace(size_bytes=size)),

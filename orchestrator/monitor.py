@@ -111,7 +111,7 @@ class TrialMonitor(Callback):
         trials = pd.DataFrame(list(self.rows.values()))
         if trials.empty:
             trials = pd.DataFrame(columns=["trial_id", "status", "run_id", *self.param_names, *self.objectives, "artifact", "error"])
-        for column in (*self.objectives, *self.constraints.names, "artifact"):
+        for column in (*self.objectives, *self.constraints.names, "artifact"):  # the table's own figures
             if column not in trials:
                 trials[column] = np.nan if column != "artifact" else None
         done = trials["status"] == "COMPLETED"

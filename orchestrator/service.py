@@ -94,7 +94,6 @@ class MeasurementService:
         self.reference = self._load(reference_artifact)
         self.reference_ms: float | None = None
         self.spec_dir = tempfile.mkdtemp(prefix="orchestrator-measure-")
-        self.log: list[tuple[str, float, float]] = []  # (label, started, ended): what it measured when
 
     def _load(self, artifact: str) -> torch.nn.Module:
         from orchestrator.results import load_model
@@ -105,7 +104,7 @@ class MeasurementService:
         """The reference model's own latency (alone, on this target): the scale of corrected latencies."""
         self.reference_ms = ms
 
-    def measure(self, artifact: str, label: str) -> dict[str, Any]:
+    def measure(self, artifact: str) -> dict[str, Any]:
         """Every target figure of the model in `artifact`: {"metrics", "started", "ended"} (unix seconds)."""
         started = time.time()
         probe = _Probe(self, self._load(artifact), artifact)
@@ -119,9 +118,7 @@ class MeasurementService:
         })
         if lat.vs_reference is not None:
             metrics["latency_vs_teacher"] = lat.vs_reference
-        ended = time.time()
-        self.log.append((label, started, ended))
-        return {"metrics": metrics, "started": started, "ended": ended}
+        return {"metrics": metrics, "started": started, "ended": time.time()}
 
     def peak_memory_mb(self, artifact: str) -> float:
         """Peak memory of a batch-1 inference of `artifact` in a fresh process: what the loaded model and
@@ -147,9 +144,6 @@ class MeasurementService:
 
         return {"node": ray.get_runtime_context().get_node_id(), "cores": self.cores, "device": str(self.device)}
 
-    def history(self) -> list[tuple[str, float, float]]:
-        return list(self.log)
-
 
 def _pin_cores(threads: int) -> list[int]:
     """Pin this process to the last `threads` of the cores it may use (Linux), so its timing always runs
@@ -169,14 +163,13 @@ def start_service(cfg: SweepConfig, task: Task, data_path: str, reference_artifa
 
     m = cfg.measure
     options: dict[str, Any] = {"num_cpus": service_cpus(cfg), "num_gpus": 1 if m.device == "cuda" else 0,
-                               "max_restarts": 0, "name": None}
+                               "max_restarts": 0}
     if m.target == "local":  # the node this sweep runs on
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     else:
         options["resources"] = {m.target: 1}
-    asked = [*cfg.objectives, *cfg.constraints.names]
-    actor = ray.remote(MeasurementService).options(**options).remote(task, data_path, reference_artifact, m, asked,
-                                                                     dict(OBJECTIVES))
+    actor = ray.remote(MeasurementService).options(**options).remote(task, data_path, reference_artifact, m,
+                                                                     cfg.figures_asked, dict(OBJECTIVES))
     try:
         ray.get(actor.where.remote(), timeout=START_TIMEOUT_S)  # raises here if it cannot start
     except ray.exceptions.ActorUnschedulableError:
@@ -205,12 +198,12 @@ def stop_service(service: Any) -> None:
     ray.kill(service, no_restart=True)
 
 
-def measure_on_service(service: Any, artifact: str, label: str) -> tuple[dict[str, float], float]:
+def measure_on_service(service: Any, artifact: str) -> tuple[dict[str, float], float]:
     """(the target figures of `artifact`, seconds this caller waited in the service's queue)."""
     import ray
 
     t = time.perf_counter()
-    result = ray.get(service.measure.remote(str(artifact), label))
+    result = ray.get(service.measure.remote(str(artifact)))
     took = time.perf_counter() - t
     busy = result["ended"] - result["started"]
     metrics = {**result["metrics"], "measure_started_at": result["started"], "measure_ended_at": result["ended"]}

@@ -1,7 +1,7 @@
 """A sweep: the only place that builds a Ray Tune `Tuner`.
 
-`Sweep.run` is a few named steps: Ray up -> `_prepare` (the task's data, the teacher and its outputs,
-cached in storage) -> `_start_tracking` (the MLflow parent run) -> `_tuner` (OptunaSearch over
+`Sweep.run` is a few named steps: Ray up -> `prepare.prepared` (the task's data, the teacher, the
+measurement service and the teacher's outputs, cached in storage) -> `_start_tracking` (the MLflow parent run) -> `_tuner` (OptunaSearch over
 `trial.tune_trial`, with the tracking and monitoring callbacks) -> `_finish` (front tags, front files,
 overhead accounting, the `SweepResult`).
 """
@@ -20,7 +20,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +39,9 @@ from orchestrator.results import (
 )
 from orchestrator.objectives import OBJECTIVES, directions
 from orchestrator.resources import TRIAL_MEMORY_BYTES, check_fits, trial_resources
-from orchestrator.service import stop_service
+from orchestrator.prepare import Prepared, prepared
 from orchestrator.space import ObjectiveConstraints
 from orchestrator.tasks import TASKS, Task, task_from_config
-from orchestrator.teacher import (
-    PreparedData,
-    TeacherInfo,
-    TeacherOutputsInfo,
-    build_teacher,
-    build_teacher_outputs,
-    check_measured,
-    measure_teacher,
-    prepare_data,
-)
 
 log = logging.getLogger("orchestrator")
 
@@ -203,59 +192,7 @@ def _ship_by_value(task: Task) -> None:
         cloudpickle.register_pickle_by_value(module)
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    data: PreparedData
-    teacher: TeacherInfo
-    outputs: TeacherOutputsInfo | None
-    seconds: float  # wall time of the teacher phase
-    service: Any  # the measurement service (a Ray actor handle)
-    service_where: dict[str, Any]  # its node, cores and device
-
-
-def _prepare(cfg: SweepConfig, task: Task) -> _Prepared:
-    """The task's data, the teacher, the measurement service (the teacher measured on it first) and (with
-    `distill.teacher_outputs: cached`) the teacher's outputs, each cached in storage where it can be."""
-    import ray
-
-    from orchestrator.service import start_service
-
-    data = prepare_data(cfg, task)
-    t = time.perf_counter()
-    steps = task.teacher_steps(cfg)
-    log.info("teacher (task %s): %s ...", task.name, f"{steps} training steps" if steps else "as given")
-    weights = build_teacher(cfg, task, data)
-    service = start_service(cfg, task, data.path, weights.artifact)
-    try:
-        teacher = measure_teacher(cfg, task, data, weights, service)
-        check_measured(cfg, task, teacher)
-        reference_point(cfg, teacher)  # a reference no trial could beat is a config error, said now
-        ray.get(service.set_reference_ms.remote(teacher.latency_ms))
-        for warning in teacher.warnings:
-            log.warning("teacher: %s", warning)
-        outputs = None
-        if cfg.distill.teacher_outputs == "cached":
-            outputs = build_teacher_outputs(cfg, task, teacher, data)
-    except BaseException:
-        stop_service(service)
-        raise
-    log.info(
-        "teacher %s (%s%s): validation accuracy %.4f (test %.4f), %.3f MB, %.3f ms",
-        teacher.key, "cache hit, reused" if teacher.cache_hit else "built now",
-        "" if teacher.measure_cache_hit or not teacher.cache_hit else ", measured again for these settings", teacher.accuracy,
-        teacher.test_accuracy,
-        teacher.size_bytes / 1e6, teacher.latency_ms,
-    )
-    if outputs is not None:
-        log.info(
-            "teacher outputs %s (%s): %d examples, %.1f MB, %.1f s of teacher time%s",
-            outputs.key, "cache hit, reused" if outputs.cache_hit else "computed now", cfg.distill.cache_blocks,
-            outputs.size_bytes / 1e6, outputs.seconds, " (saved)" if outputs.cache_hit else "",
-        )
-    return _Prepared(data, teacher, outputs, time.perf_counter() - t, service, ray.get(service.where.remote()))
-
-
-def _start_tracking(cfg: SweepConfig, task: Task, sweep_id: str, prep: _Prepared, resumed: int | None) -> tuple[Any, str]:
+def _start_tracking(cfg: SweepConfig, task: Task, sweep_id: str, prep: Prepared, resumed: int | None) -> tuple[Any, str]:
     """The MLflow parent run: the whole config as params, what was reused as tags, the teacher's figures."""
     from orchestrator.tracking import SweepTracker
 
@@ -328,59 +265,54 @@ def _run(
     sweep_id = resume or f"{cfg.name}-{stamp}-{uuid.uuid4().hex[:6]}"
     sweep_dir = cfg.storage_path / "sweeps" / sweep_id
 
-    prep = _prepare(cfg, task)
-    setup_seconds = time.perf_counter() - started - prep.seconds
-    try:
+    with prepared(cfg, task) as prep:
+        setup_seconds = time.perf_counter() - started - prep.seconds
         tracker, parent = _start_tracking(cfg, task, sweep_id, prep, len(previous) if resume else None)
-    except BaseException:
-        stop_service(prep.service)
-        raise
-    reference = reference_point(cfg, prep.teacher)
-    monitor = TrialMonitor(
-        cfg.trials, progress, reference=reference, constraints=cfg.constraints, front_dir=str(sweep_dir),
-        run_ids=tracker.child_ids, previous=previous, param_names=tuple(cfg.params),
-        log_hypervolume=lambda hv, n: tracker.log_metrics(parent, {"hypervolume": hv}, step=n),
-    )
-    status = "FAILED"
-    try:
-        if not resume:
-            sweep_dir.mkdir(parents=True)
-            (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        ctx = TrialContext(config=cfg, task=task, data=prep.data, teacher=prep.teacher,
-                           teacher_outputs=prep.outputs, sweep_dir=str(sweep_dir), service=prep.service,
-                           objectives=dict(OBJECTIVES))
-        trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), trial_resources(cfg))
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=_searcher(cfg, sweep_id, sweep_dir, resume), num_samples=cfg.trials,
-                max_concurrent_trials=cfg.max_concurrent_trials,
-                reuse_actors=True,  # a trial's driver process (torch imported, teacher files warm) serves the next
-            ),
-            run_config=tune.RunConfig(
-                name=f"{sweep_id}-resumed-{stamp}" if resume else sweep_id,
-                storage_path=str(cfg.storage_path / "tune"),
-                callbacks=[TrialRunsCallback(tracker, tags={"pipeline": cfg.pipeline.label, "task": task.name}), monitor],
-                verbose=0,
-            ),
+        reference = reference_point(cfg, prep.teacher)
+        monitor = TrialMonitor(
+            cfg.trials, progress, reference=reference, constraints=cfg.constraints, front_dir=str(sweep_dir),
+            run_ids=tracker.child_ids, previous=previous, param_names=tuple(cfg.params),
+            log_hypervolume=lambda hv, n: tracker.log_metrics(parent, {"hypervolume": hv}, step=n),
         )
-        tune_started = time.perf_counter()
-        # Validation reports during distillation (and the result of a trial stopped early) hold no objectives,
-        # which Tune's strict metric check refuses; the searcher and the monitor handle them.
-        with _environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1" if cfg.early_stopping.enabled else None):
-            tuner.fit()
-        result = _finish(cfg, task, monitor, tracker, parent, prep, started=started, setup_seconds=setup_seconds,
-                         tune_started=tune_started, tune_stopped=time.perf_counter(), previous=len(previous),
-                         sweep_dir=sweep_dir, slots=slots)
-        status = "KILLED" if result.interrupted else "FINISHED"
-        return result
-    finally:
-        tracker.end_sweep(status)
-        stop_service(prep.service)
+        status = "FAILED"
+        try:
+            if not resume:
+                sweep_dir.mkdir(parents=True)
+                (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            ctx = TrialContext(config=cfg, task=task, data=prep.data, teacher=prep.teacher,
+                               teacher_outputs=prep.outputs, sweep_dir=str(sweep_dir), service=prep.service,
+                               objectives=dict(OBJECTIVES))
+            trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), trial_resources(cfg))
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=_searcher(cfg, sweep_id, sweep_dir, resume), num_samples=cfg.trials,
+                    max_concurrent_trials=cfg.max_concurrent_trials,
+                    reuse_actors=True,  # a trial's driver process (torch imported, teacher files warm) serves the next
+                ),
+                run_config=tune.RunConfig(
+                    name=f"{sweep_id}-resumed-{stamp}" if resume else sweep_id,
+                    storage_path=str(cfg.storage_path / "tune"),
+                    callbacks=[TrialRunsCallback(tracker, tags={"pipeline": cfg.pipeline.label, "task": task.name}), monitor],
+                    verbose=0,
+                ),
+            )
+            tune_started = time.perf_counter()
+            # Validation reports during distillation (and the result of a trial stopped early) hold no objectives,
+            # which Tune's strict metric check refuses; the searcher and the monitor handle them.
+            with _environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1" if cfg.early_stopping.enabled else None):
+                tuner.fit()
+            result = _finish(cfg, task, monitor, tracker, parent, prep, started=started, setup_seconds=setup_seconds,
+                             tune_started=tune_started, tune_stopped=time.perf_counter(), previous=len(previous),
+                             sweep_dir=sweep_dir, slots=slots)
+            status = "KILLED" if result.interrupted else "FINISHED"
+            return result
+        finally:
+            tracker.end_sweep(status)
 
 
 def _finish(
-    cfg: SweepConfig, task: Task, monitor: TrialMonitor, tracker: Any, parent: str, prep: _Prepared, *,
+    cfg: SweepConfig, task: Task, monitor: TrialMonitor, tracker: Any, parent: str, prep: Prepared, *,
     started: float, setup_seconds: float, tune_started: float, tune_stopped: float, previous: int, sweep_dir: Path,
     slots: int,
 ) -> SweepResult:

@@ -148,14 +148,14 @@ def measure_teacher(cfg: SweepConfig, task: Task, data: PreparedData, weights: T
     asked for, the task's evaluation settings), so a sweep that evaluates or times differently measures
     the cached teacher again."""
     entry = weights.entry
-    asked = target_names([*cfg.objectives, *cfg.constraints.names])
+    asked = target_names(cfg.figures_asked)
     measure_key = cache.content_key("teacher_measurements", weights.key, dataclasses.asdict(cfg.measure), asked,
                                     task.evaluation_settings(cfg))
 
     def measure(tmp: Path) -> None:
         t0 = time.perf_counter()
         teacher, loaded = load_teacher(task, entry / "teacher.pt"), task.load_data(data.path)
-        result = measure_model(task, teacher, entry / ARTIFACT, loaded, cfg, service=service, label="teacher")
+        result = measure_model(task, teacher, entry / ARTIFACT, loaded, cfg, service=service)
         with torch.inference_mode():
             result.metrics["output_classes"] = float(teacher(task.example(loaded))[0].shape[-1])
         result.metrics["measure_seconds"] = time.perf_counter() - t0 - result.wait_seconds
@@ -177,7 +177,7 @@ def measure_teacher(cfg: SweepConfig, task: Task, data: PreparedData, weights: T
 def check_measured(cfg: SweepConfig, task: Task, teacher: TeacherInfo) -> None:
     """Every objective and constraint must be a figure this task measures (the teacher, measured like a
     student, says which): `ConfigError` before any trial starts."""
-    for name in [*cfg.objectives, *cfg.constraints.names]:
+    for name in cfg.figures_asked:
         if name not in teacher.metrics:
             where = "objectives" if name in cfg.objectives else "constraints"
             measures = [n for n in OBJECTIVES if n in teacher.metrics]

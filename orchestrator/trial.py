@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from orchestrator.config import SweepConfig
-from orchestrator.evaluation import ARTIFACT, measure_model
+from orchestrator.evaluation import ARTIFACT, measure_model, with_registered
 from orchestrator.objectives import OBJECTIVES, Objective, install, measured
 from orchestrator.service import measure_on_service
 from orchestrator.outcome import TrialOutcome
@@ -58,7 +58,7 @@ def premeasure(ctx: TrialContext, p: TrialParams, data: Any, teacher: nn.Module,
     artifact = workdir / "untrained.orc"
     compress(model, cfg.pipeline, sparsity=p.sparsity, bits=p.bits, group_size=p.group_size, artifact=artifact, meta=task.meta(data))
     figures = measured(OBJECTIVES, "artifact", SimpleNamespace(size_bytes=artifact.stat().st_size))
-    target, waited = measure_on_service(ctx.service, str(artifact), f"{workdir.name} (untrained)")
+    target, waited = measure_on_service(ctx.service, str(artifact))
     artifact.unlink()
     figures.update({k: v for k, v in target.items() if k in OBJECTIVES})
     return {f"pre_{k}": v for k, v in figures.items()}, waited
@@ -72,7 +72,7 @@ def _early_stop_check(cfg: SweepConfig, ctx: TrialContext, pre: dict[str, float]
     fixed = {k[len("pre_"):]: v for k, v in pre.items()}
 
     def callback(step: int, val: dict[str, float]) -> None:
-        val = {**val, **measured(OBJECTIVES, "held_out", SimpleNamespace(held_out=val))}  # registered held-out ones too
+        val = with_registered(val)
         if report is not None:
             report({"distill_step": step, "val_accuracy": val["accuracy"], **pre})
         reason = stop_reason(val, fixed, objectives=cfg.objectives, margin=es.margin,
@@ -147,7 +147,7 @@ def run_pipeline(
     )
 
     t = time.perf_counter()
-    m = measure_model(task, c.model, artifact, data, cfg, service=ctx.service, label=trial_id, counts=(c.params, c.nonzero_params))
+    m = measure_model(task, c.model, artifact, data, cfg, service=ctx.service, counts=(c.params, c.nonzero_params))
     metrics = m.metrics
     timings["time_measure_s"] = time.perf_counter() - t - m.wait_seconds
     timings["time_measure_wait_s"] = timings.get("time_measure_wait_s", 0.0) + m.wait_seconds  # orchestration, not a stage

@@ -288,6 +288,11 @@ class SweepConfig(_Checked):
         check_sweep(self)
 
     @property
+    def figures_asked(self) -> list[str]:
+        """The objectives and the figures the constraints limit: what every trial must measure."""
+        return [*self.objectives, *(n for n in self.constraints.names if n not in self.objectives)]
+
+    @property
     def distill_in_trial(self) -> bool:
         """Distillation runs in the Tune trial's process rather than on a Ray Train worker group."""
         r = self.resources
