@@ -127,7 +127,7 @@ def run_rows(
         print(f"teacher: test accuracy {teacher.test_accuracy:.4f}, perplexity {teacher.test_perplexity:.2f}, "
               f"{teacher.size_bytes / 1e6:.3f} MB, {teacher.latency_ms:.2f} ms", flush=True)
         outputs = build_teacher_outputs(base, task, teacher, data)
-        ctx = TrialContext(config=base, task=task, data=data, teacher=teacher, teacher_outputs=outputs, sweep_dir=f"{tmp}/bench")
+        ctx = TrialContext(config=base, task=task, data=data, teacher=teacher, teacher_outputs=outputs, sweep_id="bench")
         by_name: dict[str, dict] = {}
         for i, (name, baseline, pipeline, fixed) in enumerate(rows):
             params = {**(student if D in pipeline else teacher_params), **fixed}

@@ -20,6 +20,7 @@ from orchestrator.config import SweepConfig
 from orchestrator.measure import count_params
 from orchestrator.objectives import OBJECTIVES, measured
 from orchestrator.service import measure_on_service
+from orchestrator.storage import fetch
 from orchestrator.tasks.base import Task
 
 ARTIFACT = "model.orc"  # a trial's packed artifact, in its directory of the sweep
@@ -55,11 +56,11 @@ def measure_model(
     task: Task, model: nn.Module, artifact: str | Path, data: Any, cfg: SweepConfig, *, service: Any,
     counts: tuple[int, int] | None = None,
 ) -> Measurement:
-    """Held-out metrics of `model` (scored here), the size of `artifact`, and its target figures from the
+    """Held-out metrics of `model` (scored here), the size of `artifact` (a storage location), and its target figures from the
     measurement `service`. `counts` (parameters, non-zero) of the compressed shape, when int8 layers hide
     them from torch."""
     result = held_out_metrics(task, model, data, cfg)
-    size = Path(artifact).stat().st_size
+    size = fetch(artifact).stat().st_size
     total, nonzero = counts or count_params(model)
     target, waited = measure_on_service(service, str(artifact))
     result.metrics.update({

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,10 +18,8 @@ from orchestrator.config import ConstraintsConfig
 from orchestrator.outcome import TrialOutcome
 from orchestrator.results import SweepProgress, front_of, normalized_hypervolume
 from orchestrator.space import ObjectiveConstraints
-from orchestrator.stopping import write_front
+from orchestrator.sweep_files import STUDY_FILE, TRIALS_FILE, SweepFiles
 from orchestrator.tracking import trial_error
-
-TRIALS_FILE = "trials.jsonl"  # one line per ended trial: what the trials table holds
 
 
 class ConstrainedOptunaSearch(OptunaSearch):
@@ -48,18 +45,18 @@ class ConstrainedOptunaSearch(OptunaSearch):
 class TrialMonitor(Callback):
     """Tune callback: records every trial's config, metrics and outcome (COMPLETED, STOPPED early or
     ERROR), logs the front's hypervolume to the parent run after each trial, writes the front where
-    trials that stop early read it (`front_dir`), and reports progress."""
+    trials that stop early read it (`files`), and reports progress."""
 
     def __init__(
         self, total: int, progress: Callable[[SweepProgress], None] | None, *, reference: Mapping[str, float],
-        constraints: ConstraintsConfig, log_hypervolume: Callable[[float, int], None], front_dir: str | None = None,
+        constraints: ConstraintsConfig, log_hypervolume: Callable[[float, int], None], files: SweepFiles | None = None,
         run_ids: dict[str, str] | None = None, previous: list[dict[str, Any]] | None = None,
         param_names: tuple[str, ...] = (),
     ) -> None:
-        """`front_dir` also gets `trials.jsonl`; `run_ids` maps trial ids to MLflow runs as they start;
+        """`files` get `front.json`, a line of `trials.jsonl` and the Optuna study after each trial; `run_ids` maps trial ids to MLflow runs as they start;
         `previous` are the rows of the sweep being resumed."""
         self.param_names = param_names  # the table's param columns before any trial ends
-        self.front_dir = front_dir
+        self.files = files
         self.run_ids = run_ids if run_ids is not None else {}
         self.total = total
         self.constraints = ObjectiveConstraints(constraints)
@@ -93,10 +90,10 @@ class TrialMonitor(Callback):
                **(outcome.row() if outcome is not None else {}), "error": error}
         self.rows[trial.trial_id] = row
         table = self.table()
-        if self.front_dir is not None:
-            write_front(self.front_dir, self.objectives, table.loc[table["pareto"], self.objectives].to_numpy(dtype=float))
-            with open(Path(self.front_dir) / TRIALS_FILE, "a") as f:
-                f.write(json.dumps(row, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
+        if self.files is not None:
+            self.files.write_front(self.objectives, table.loc[table["pareto"], self.objectives].to_numpy(dtype=float))
+            self.files.append_line(TRIALS_FILE, json.dumps(row, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+            self.files.publish(STUDY_FILE)  # a URI storage keeps the study as of the last ended trial
         hv = normalized_hypervolume(table, self.reference)
         self.log_hypervolume(hv, len(self.rows))
         if self.progress is not None:

@@ -21,6 +21,7 @@ from orchestrator.objectives import OBJECTIVES, directions, scale
 from orchestrator.space import ObjectiveConstraints
 from orchestrator.stages.export import load_artifact, read_manifest
 from orchestrator.tasks.base import Task
+from orchestrator.storage import fetch
 from orchestrator.teacher import TeacherInfo
 
 
@@ -107,10 +108,12 @@ class SweepResult:
 
 
 def load_model(path: str | os.PathLike[str], *, task: Task | None = None) -> nn.Module:
-    """Rebuild a compressed model from an exported artifact (`model.orc`). `model.vocab` holds a char_lm
+    """Rebuild a compressed model from an exported artifact (`model.orc`: a path, or its location in a URI
+    storage, downloaded once to this node's cache). `model.vocab` holds a char_lm
     model's vocabulary; `model.tokenizer` an hf_causal_lm model's tokenizer, or None. A model of a task of
     your own (task python) is rebuilt by that task: pass it as `task`; its weights come from the artifact
     and no code named in the artifact is imported."""
+    path = fetch(path)
     manifest = read_manifest(path)
     if task is None and manifest["architecture"] not in models.ARCHITECTURES:
         raise ValueError(f"{path}: a model of a task of your own ({manifest['architecture']!r}); "
@@ -132,7 +135,7 @@ def export_pretrained(artifact: str | os.PathLike[str], directory: str | os.Path
     from orchestrator.models.hf import HFCausalLM
     from orchestrator.tasks.hf_lm import save_pretrained
 
-    manifest = read_manifest(artifact)
+    manifest = read_manifest(fetch(artifact))
     low_bit = sorted({e["bits"] for e in manifest["tensors"] if e.get("encoding") == "quant"})
     if manifest["architecture"] != HFCausalLM.architecture:
         raise ValueError(f"{artifact}: a {manifest['architecture']} model, not a Hugging Face one; use load_model")

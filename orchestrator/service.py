@@ -32,6 +32,7 @@ from orchestrator.config import MeasureConfig, SweepConfig
 from orchestrator.measure import measure_latency
 from orchestrator.objectives import OBJECTIVES, Objective, install, measured, target_names
 from orchestrator.resources import service_cpus
+from orchestrator.storage import fetch
 from orchestrator.tasks.base import Task
 
 
@@ -89,7 +90,7 @@ class MeasurementService:
         self.device = torch.device(settings.device)
         torch.set_num_threads(settings.threads)
         self.cores = _pin_cores(settings.threads)
-        self.data = task.load_data(data_path)
+        self.data = task.load_data(fetch(data_path))
         self.example = task.example(self.data).to(self.device)
         self.reference = self._load(reference_artifact)
         self.reference_ms: float | None = None
@@ -131,7 +132,7 @@ class MeasurementService:
             torch.save(self.example.cpu(), spec / "example.pt")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         out = subprocess.run(
-            [sys.executable, "-m", "orchestrator.peak_memory", str(spec), artifact, self.settings.device, str(self.settings.threads)],
+            [sys.executable, "-m", "orchestrator.peak_memory", str(spec), str(fetch(artifact)), self.settings.device, str(self.settings.threads)],
             capture_output=True, text=True, env=env, timeout=600,
         )
         if out.returncode != 0:

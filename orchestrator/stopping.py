@@ -3,16 +3,13 @@
 A student's size, latency and memory depend on its shape, sparsity and bits, not on its weights, so a
 trial measures them before it trains. While it trains it scores the validation split every few steps; it
 stops when even those scores made optimistic by a `margin` would be dominated by the sweep's current
-front over its objectives, or would miss the sweep's constraints. The sweep writes its current front to `front.json` in the sweep's
-directory after every trial; trials read it there (a shared path on a cluster, like the rest of storage).
+front over its objectives, or would miss the sweep's constraints. The sweep writes its current front to `front.json` among the sweep's
+files after every trial; trials read it from the storage (`sweep_files.SweepFiles.read_front`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -20,34 +17,12 @@ from orchestrator.objectives import OBJECTIVES, directions
 from orchestrator.pareto import is_dominated
 from orchestrator.space import ObjectiveConstraints
 
-FRONT_FILE = "front.json"
-
-
 class EarlyStopped(Exception):
     """Raised inside distillation to stop it; the trial reports itself stopped (not failed)."""
 
     def __init__(self, step: int, val_accuracy: float, reason: str) -> None:
         super().__init__(f"stopped at step {step}: {reason}")
         self.step, self.val_accuracy, self.reason = step, val_accuracy, reason
-
-
-def write_front(sweep_dir: str | os.PathLike[str], objectives: Sequence[str], points: np.ndarray) -> None:
-    """The current front's rows (one column per objective, in order), replaced atomically."""
-    path = Path(sweep_dir) / FRONT_FILE
-    tmp = path.with_name(f".{FRONT_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"objectives": list(objectives), "points": np.asarray(points, float).tolist()}))
-    os.replace(tmp, path)
-
-
-def read_front(sweep_dir: str | os.PathLike[str], objectives: Sequence[str]) -> np.ndarray:
-    """(n, len(objectives)) rows of the current front; empty before any trial has finished."""
-    path = Path(sweep_dir) / FRONT_FILE
-    if not path.exists():
-        return np.zeros((0, len(objectives)))
-    front = json.loads(path.read_text())
-    if front["objectives"] != list(objectives):
-        raise ValueError(f"{path} holds a front over {front['objectives']}, not {list(objectives)}")
-    return np.asarray(front["points"], dtype=float).reshape(-1, len(objectives))
 
 
 def optimistic(val: Mapping[str, float], margin: float) -> dict[str, float]:

@@ -24,6 +24,7 @@ from orchestrator.stages.compress import quant_spec
 from orchestrator.stages.distill import Check, DistillJob, DistillResult, GradualSpec, run_distill
 from orchestrator.stages.prune import PruneResult
 from orchestrator.tasks.base import Task, TrialParams
+from orchestrator.storage import fetch
 from orchestrator.teacher import TeacherInfo, TeacherOutputsInfo
 
 
@@ -59,8 +60,9 @@ def save_checkpoint(task: Task, path: Path, model: nn.Module, masks: dict[str, t
 
 
 def load_checkpoint(task: Task, path: str | Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """A student checkpoint: the model and the keep-masks held while it trained (empty if none)."""
-    blob = torch.load(path, weights_only=True)
+    """A student checkpoint (a path or storage location): the model and the keep-masks held while it
+    trained (empty if none)."""
+    blob = torch.load(fetch(path), weights_only=True)
     model = task.build_model(blob["config"])
     model.load_state_dict(blob["state_dict"])
     return model, blob.get("masks", {})
@@ -69,7 +71,7 @@ def load_checkpoint(task: Task, path: str | Path) -> tuple[nn.Module, dict[str, 
 def _train(cfg: SweepConfig, job: DistillJob, *, name: str, check: Check | None = None) -> DistillResult:
     r = cfg.resources
     return run_distill(
-        job, name=name, storage_path=str(cfg.storage_path / "train"), num_workers=r.num_workers,
+        job, name=name, storage_path=cfg.store.location("train"), num_workers=r.num_workers,
         use_gpu=r.use_gpu, cpus_per_worker=r.cpus_per_worker, placement_strategy=r.placement_strategy,
         in_process=cfg.distill_in_trial, check=check,
     )
@@ -80,9 +82,13 @@ def _trained(cfg: SweepConfig, key: str, job: DistillJob, start: nn.Module, mask
     """The cache entry's builder: train `job` from `start` and keep student.pt and distill.json."""
 
     def build(tmp: Path) -> None:
-        save_checkpoint(job.task, tmp / "init.pt", start, masks)
-        result = _train(cfg, dataclasses.replace(job, init_path=str(tmp / "init.pt")), name=name, check=check)
-        (tmp / "init.pt").unlink()
+        init = tmp / "init.pt"
+        save_checkpoint(job.task, init, start, masks)
+        where = str(init) if cfg.distill_in_trial else cfg.store.publish(init)  # Ray Train workers read it on their nodes
+        try:
+            result = _train(cfg, dataclasses.replace(job, init_path=where), name=name, check=check)
+        finally:
+            cfg.store.discard(init)
         torch.save({"config": job.model, "state_dict": result.state_dict, **({"masks": masks} if masks else {})},
                    tmp / "student.pt")
         info = {"train_seconds": result.train_seconds, "val_accuracy": result.val_accuracy, "val_loss": result.val_loss}
@@ -112,7 +118,7 @@ def distill_student(
     source = outputs.key if outputs else teacher.key
     key = _job_key("student", source, job, cfg, teacher.key)
     build = _trained(cfg, key, job, start, {}, name=f"distill-{trial_id}", check=check)
-    return cache.get_or_build(cfg.storage_path / "students", key, build)
+    return cfg.store.entry("students", key, build)
 
 
 def recover_student(
@@ -130,6 +136,6 @@ def recover_student(
     start = {"method": method.method, **dataclasses.asdict(method), "sparsity": p.sparsity}
     key = _job_key("recovered", source, job, cfg, start)
     build = _trained(cfg, key, job, pruned.model, pruned.masks, name=f"recover-{trial_id}")
-    entry, hit = cache.get_or_build(cfg.storage_path / "students", key, build)
+    entry, hit = cfg.store.entry("students", key, build)
     model, masks = load_checkpoint(task, entry / "student.pt")
     return PruneResult(model.train(False), masks), hit

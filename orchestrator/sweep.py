@@ -20,14 +20,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
 from orchestrator.config import ConfigError, SweepConfig, load_config
-from orchestrator.monitor import TRIALS_FILE, ConstrainedOptunaSearch, TrialMonitor
+from orchestrator.monitor import ConstrainedOptunaSearch, TrialMonitor
 from orchestrator.results import (
     SweepProgress,
     SweepResult,
@@ -41,6 +40,7 @@ from orchestrator.objectives import OBJECTIVES, directions
 from orchestrator.resources import TRIAL_MEMORY_BYTES, check_fits, trial_resources
 from orchestrator.prepare import Prepared, prepared
 from orchestrator.space import ObjectiveConstraints
+from orchestrator.sweep_files import CONFIG_FILE, FRONT_FILE, STUDY_FILE, TRIALS_FILE, SweepFiles
 from orchestrator.tasks import TASKS, Task, task_from_config
 
 log = logging.getLogger("orchestrator")
@@ -106,15 +106,15 @@ class Sweep:
             for k, v in RAY_ENV.items():
                 os.environ.setdefault(k, v)
             ray.init(
-                address=cfg.address,
-                num_cpus=cfg.resources.local_cpus if cfg.address is None else None,
+                address=cfg.ray_address,
+                num_cpus=cfg.resources.local_cpus if cfg.ray_address is None else None,
                 include_dashboard=False,
                 log_to_driver=ray_logs,
                 runtime_env={"env_vars": RAY_ENV},
             )
         try:
             slots = min(cfg.max_concurrent_trials, cfg.trials)
-            if cfg.address is None:  # a cluster may grow (autoscaling): only a local Ray is sized here
+            if cfg.ray_address is None:  # a cluster may grow (autoscaling): only a local Ray is sized here
                 slots = check_fits(cfg, ray.cluster_resources())
                 if slots < min(cfg.max_concurrent_trials, cfg.trials):
                     log.info("%d trial(s) at a time: this Ray's CPUs fit no more beside the measurement service "
@@ -125,18 +125,26 @@ class Sweep:
                 ray.shutdown()
 
     def check_resume(self, sweep_id: str) -> list[dict[str, Any]]:
-        """The trials of sweep `sweep_id` in this storage; `ConfigError` unless it can be resumed with this
-        config (same searched params and pipeline, so that its Optuna study and its trials fit)."""
+        """The trials of sweep `sweep_id` in this storage (its files brought to this node); `ConfigError`
+        unless it can be resumed with this config (same searched params and pipeline, so that its Optuna
+        study and its trials fit)."""
         cfg = self.config
-        root = cfg.storage_path / "sweeps"
-        sweep_dir = root / sweep_id
-        if not (sweep_dir / "optuna.db").is_file() or not (sweep_dir / CONFIG_FILE).is_file():
-            known = sorted(p.name for p in root.iterdir() if (p / "optuna.db").is_file()) if root.is_dir() else []
+        files = SweepFiles(cfg.store, sweep_id)
+        there = cfg.store.listdir("sweeps", sweep_id)
+        if CONFIG_FILE not in there or (cfg.study_storage is None and STUDY_FILE not in there):
+            known = cfg.store.listdir("sweeps")
             raise ConfigError(
-                f"--resume {sweep_id}: no resumable sweep of that id under {root}; "
+                f"--resume {sweep_id}: no resumable sweep of that id under {cfg.store.location('sweeps')}; "
                 f"sweep ids there: {', '.join(known[-5:]) or 'none'} (give --storage of the original sweep)"
             )
-        earlier = load_config(sweep_dir / CONFIG_FILE, user_params=True)
+        files.pull(CONFIG_FILE, TRIALS_FILE, FRONT_FILE, *(() if cfg.study_storage else (STUDY_FILE,)))
+        if cfg.study_storage is not None:
+            import optuna
+
+            if sweep_id not in optuna.study.get_all_study_names(storage=cfg.study_storage):
+                raise ConfigError(f"--resume {sweep_id}: `study_storage` holds no study of that name; give the "
+                                  "study_storage the sweep ran with")
+        earlier = load_config(files.path(CONFIG_FILE), user_params=True)
         if earlier.objectives != cfg.objectives:
             raise ConfigError(
                 f"--resume {sweep_id}: `objectives` are {list(cfg.objectives)} here but {list(earlier.objectives)} in that "
@@ -155,13 +163,10 @@ class Sweep:
                     f"--resume {sweep_id}: `params.{name}` is {now[name]!r} here but {before.get(name)!r} in that sweep; "
                     "resume with the search space it started with"
                 )
-        rows_file = sweep_dir / TRIALS_FILE
+        rows_file = files.path(TRIALS_FILE)
         if not rows_file.is_file():
             return []
         return [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
-
-
-CONFIG_FILE = "config.yaml"  # the sweep's config, as run (a resumed sweep must match its params)
 
 
 def _import_later_modules() -> None:
@@ -203,7 +208,7 @@ def _start_tracking(cfg: SweepConfig, task: Task, sweep_id: str, prep: Prepared,
         params=cfg.to_dict(),
         tags={"sweep_id": sweep_id, "task": task.name, "teacher_key": teacher.key,
               "teacher_cache_hit": str(teacher.cache_hit).lower(),
-              "teacher_measurements_cache_hit": str(teacher.measure_cache_hit).lower(), "storage": str(cfg.storage_path),
+              "teacher_measurements_cache_hit": str(teacher.measure_cache_hit).lower(), "storage": cfg.store.where,
               "pipeline": cfg.pipeline.label, "objectives": ",".join(cfg.objectives),
               "measure.node": prep.service_where["node"], "measure.device": prep.service_where["device"],
               "measure.cores": ",".join(map(str, prep.service_where["cores"])),
@@ -224,16 +229,17 @@ def _start_tracking(cfg: SweepConfig, task: Task, sweep_id: str, prep: Prepared,
     return tracker, parent
 
 
-def _searcher(cfg: SweepConfig, sweep_id: str, sweep_dir: Path, resume: str | None) -> ConstrainedOptunaSearch:
-    """OptunaSearch over the space, its study in `<sweep dir>/optuna.db` (Optuna's own tools read it, and a
-    later sweep resumes it): optuna.load_study(study_name=<sweep id>, storage="sqlite:///<sweep dir>/optuna.db")."""
+def _searcher(cfg: SweepConfig, files: SweepFiles, resume: str | None) -> ConstrainedOptunaSearch:
+    """OptunaSearch over the space, its study named by the sweep id in `study_storage` or in the sweep's
+    `optuna.db` (Optuna's own tools read it, and a later sweep resumes it):
+    optuna.load_study(study_name=<sweep id>, storage="sqlite:///<storage>/sweeps/<sweep id>/optuna.db")."""
     import optuna
 
     from orchestrator.config import searched_grid
     from orchestrator.config.samplers import make_sampler
     from orchestrator.space import DefineByRun
 
-    study_url = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    study_url, sweep_id = files.study_url(cfg.study_storage), files.sweep_id
     sampler_seed = cfg.seed if cfg.sampler_seed is None else cfg.sampler_seed
     if resume:  # a sampler's random state is not stored: a fresh stream, or it would redo the first trials
         sampler_seed += len(optuna.load_study(study_name=sweep_id, storage=study_url).trials)
@@ -263,36 +269,35 @@ def _run(
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial INFO lines would drown the progress
     stamp = time.strftime("%Y%m%d-%H%M%S")
     sweep_id = resume or f"{cfg.name}-{stamp}-{uuid.uuid4().hex[:6]}"
-    sweep_dir = cfg.storage_path / "sweeps" / sweep_id
+    files = SweepFiles(cfg.store, sweep_id)
 
     with prepared(cfg, task) as prep:
         setup_seconds = time.perf_counter() - started - prep.seconds
         tracker, parent = _start_tracking(cfg, task, sweep_id, prep, len(previous) if resume else None)
         reference = reference_point(cfg, prep.teacher)
         monitor = TrialMonitor(
-            cfg.trials, progress, reference=reference, constraints=cfg.constraints, front_dir=str(sweep_dir),
+            cfg.trials, progress, reference=reference, constraints=cfg.constraints, files=files,
             run_ids=tracker.child_ids, previous=previous, param_names=tuple(cfg.params),
             log_hypervolume=lambda hv, n: tracker.log_metrics(parent, {"hypervolume": hv}, step=n),
         )
         status = "FAILED"
         try:
             if not resume:
-                sweep_dir.mkdir(parents=True)
-                (sweep_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+                files.write_text(CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             ctx = TrialContext(config=cfg, task=task, data=prep.data, teacher=prep.teacher,
-                               teacher_outputs=prep.outputs, sweep_dir=str(sweep_dir), service=prep.service,
+                               teacher_outputs=prep.outputs, sweep_id=sweep_id, service=prep.service,
                                objectives=dict(OBJECTIVES))
             trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), trial_resources(cfg))
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=_searcher(cfg, sweep_id, sweep_dir, resume), num_samples=cfg.trials,
+                    search_alg=_searcher(cfg, files, resume), num_samples=cfg.trials,
                     max_concurrent_trials=cfg.max_concurrent_trials,
                     reuse_actors=True,  # a trial's driver process (torch imported, teacher files warm) serves the next
                 ),
                 run_config=tune.RunConfig(
                     name=f"{sweep_id}-resumed-{stamp}" if resume else sweep_id,
-                    storage_path=str(cfg.storage_path / "tune"),
+                    storage_path=cfg.store.location("tune"),
                     callbacks=[TrialRunsCallback(tracker, tags={"pipeline": cfg.pipeline.label, "task": task.name}), monitor],
                     verbose=0,
                 ),
@@ -304,7 +309,7 @@ def _run(
                 tuner.fit()
             result = _finish(cfg, task, monitor, tracker, parent, prep, started=started, setup_seconds=setup_seconds,
                              tune_started=tune_started, tune_stopped=time.perf_counter(), previous=len(previous),
-                             sweep_dir=sweep_dir, slots=slots)
+                             files=files, slots=slots)
             status = "KILLED" if result.interrupted else "FINISHED"
             return result
         finally:
@@ -313,7 +318,7 @@ def _run(
 
 def _finish(
     cfg: SweepConfig, task: Task, monitor: TrialMonitor, tracker: Any, parent: str, prep: Prepared, *,
-    started: float, setup_seconds: float, tune_started: float, tune_stopped: float, previous: int, sweep_dir: Path,
+    started: float, setup_seconds: float, tune_started: float, tune_stopped: float, previous: int, files: SweepFiles,
     slots: int,
 ) -> SweepResult:
     """After the trials: front and feasibility tags, the front files, overhead accounting, the result."""
@@ -328,8 +333,10 @@ def _finish(
         tracker.set_tags(run_id, {"pareto": "true"})
     for run_id in trials.loc[(trials["status"] == "COMPLETED") & ~trials["feasible"], "run_id"]:
         tracker.set_tags(run_id, {"feasible": "false"})
-    for path in write_front_files(trials, sweep_dir, cfg.objectives):
+    for path in write_front_files(trials, files.path(), cfg.objectives):
         tracker.log_artifact(parent, path)
+        cfg.store.publish(path)
+    files.publish(STUDY_FILE)
     wall = time.perf_counter() - started
     # Slot time: setup and the teacher phase use one slot; the trial phase `slots` (as many trials as run
     # at once: `max_concurrent_trials`, or fewer when the resources fit fewer), each only while a trial

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from orchestrator import cache
+from orchestrator.storage import fetch
 from orchestrator.config import ConfigError, Fixed, SweepConfig
 from orchestrator.evaluation import ARTIFACT, measure_model
 from orchestrator.objectives import OBJECTIVES, target_names
@@ -27,14 +28,14 @@ from orchestrator.tasks.base import Task
 
 @dataclass(frozen=True)
 class PreparedData:
-    path: str  # the task's stored data (`Task.load_data`)
+    path: str  # location of the task's stored data (`Task.load_data` of `storage.fetch(path)`)
     key: str  # its content hash
 
 
 @dataclass(frozen=True)
 class TeacherInfo:
     key: str  # content hash of the teacher's source, recipe and data: its weights' cache entry
-    path: str  # checkpoint (description + state_dict) in storage
+    path: str  # location of its checkpoint (description + state_dict) in storage
     cache_hit: bool  # its weights reused from an earlier sweep
     accuracy: float
     perplexity: float  # NaN for tasks that have none
@@ -49,7 +50,7 @@ class TeacherInfo:
     test_accuracy: float = math.nan  # on the test split (reported only; `accuracy` is on validation, as for trials)
     test_perplexity: float = math.nan
     metrics: Mapping[str, float] = field(default_factory=dict)  # everything measured, by name (reference points read it)
-    artifact: str = ""  # its exported float32 artifact: the measurement service's reference model
+    artifact: str = ""  # location of its exported float32 artifact: the measurement service's reference model
     warnings: tuple[str, ...] = ()  # figures measured with less than asked
 
     @property
@@ -61,7 +62,7 @@ class TeacherInfo:
 @dataclass(frozen=True)
 class TeacherOutputsInfo:
     key: str  # content hash of the teacher, the pool of examples and what is kept: its cache entry
-    path: str  # `TeacherOutputs` file in storage
+    path: str  # location of the `TeacherOutputs` file in storage
     cache_hit: bool  # reused from an earlier sweep
     seconds: float  # time the teacher took to produce them when they were built
     size_bytes: int
@@ -70,8 +71,8 @@ class TeacherOutputsInfo:
 def prepare_data(cfg: SweepConfig, task: Task) -> PreparedData:
     """The task's data, stored once under a hash of its content."""
     key = task.data_key(cfg)
-    entry, _ = cache.get_or_build(cfg.storage_path / "data", key, lambda d: task.write_data(cfg, d / "data.pt"))
-    return PreparedData(path=str(entry / "data.pt"), key=key)
+    entry, _ = cfg.store.entry("data", key, lambda d: task.write_data(cfg, d / "data.pt"))
+    return PreparedData(path=cfg.store.located(entry / "data.pt"), key=key)
 
 
 def _train_in_task(cfg: SweepConfig, job: DistillJob, *, cpus: float) -> DistillResult:
@@ -82,7 +83,7 @@ def _train_in_task(cfg: SweepConfig, job: DistillJob, *, cpus: float) -> Distill
     gpus = 1 if cfg.resources.use_gpu else 0
     remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_distill)
     return ray.get(remote.remote(
-        job, name="teacher", storage_path=str(cfg.storage_path / "train"), num_workers=1,
+        job, name="teacher", storage_path=cfg.store.location("train"), num_workers=1,
         use_gpu=cfg.resources.use_gpu, cpus_per_worker=cpus, in_process=True,
     ))
 
@@ -90,12 +91,9 @@ def _train_in_task(cfg: SweepConfig, job: DistillJob, *, cpus: float) -> Distill
 @dataclass(frozen=True)
 class TeacherWeights:
     key: str
-    entry: Path  # its cache entry: teacher.pt, the exported artifact, built.json
+    entry: Path  # its cache entry on this node: teacher.pt, the exported artifact, built.json
     cache_hit: bool
-
-    @property
-    def artifact(self) -> str:
-        return str(self.entry / ARTIFACT)
+    artifact: str  # the artifact's location in storage
 
 
 def build_teacher(cfg: SweepConfig, task: Task, data: PreparedData) -> TeacherWeights:
@@ -109,7 +107,7 @@ def build_teacher(cfg: SweepConfig, task: Task, data: PreparedData) -> TeacherWe
 
     def build(tmp: Path) -> None:
         t0 = time.perf_counter()
-        loaded = task.load_data(data.path)
+        loaded = task.load_data(fetch(data.path))
         model = task.teacher(cfg, loaded)
         description = task.describe(model)
         train_seconds = 0.0
@@ -120,16 +118,16 @@ def build_teacher(cfg: SweepConfig, task: Task, data: PreparedData) -> TeacherWe
                 task=task, data_path=data.path, teacher_path=None, teacher_outputs_path=None, model=description,
                 steps=steps, batch_size=t.batch_size, warmup=min(100, steps // 10), lr=t.lr, optimizer="adamw",
                 seed=cfg.seed, weights=None, val_tokens=cfg.distill.val_tokens, threads=max(1, int(cpus)),
-                weight_decay=0.01, init_path=str(tmp / "init.pt"),
+                weight_decay=0.01, init_path=cfg.store.publish(tmp / "init.pt"),  # where every node reads it
             )
             if cfg.distill_in_trial:  # one worker: a Ray task holding its CPUs (and GPU) runs the loop itself
                 result = _train_in_task(cfg, job, cpus=cpus)
             else:
                 r = cfg.resources
-                result = run_distill(job, name=f"teacher-{key}", storage_path=str(cfg.storage_path / "train"),
+                result = run_distill(job, name=f"teacher-{key}", storage_path=cfg.store.location("train"),
                                      num_workers=r.num_workers, use_gpu=r.use_gpu, cpus_per_worker=cpus,
                                      placement_strategy=r.placement_strategy)
-            (tmp / "init.pt").unlink()
+            cfg.store.discard(tmp / "init.pt")
             model.load_state_dict(result.state_dict)
             train_seconds = result.train_seconds
             t0 = time.perf_counter()
@@ -138,8 +136,8 @@ def build_teacher(cfg: SweepConfig, task: Task, data: PreparedData) -> TeacherWe
         built = {"train_seconds": train_seconds, "build_seconds": train_seconds + time.perf_counter() - t0}
         (tmp / "built.json").write_text(json.dumps(built))
 
-    entry, hit = cache.get_or_build(cfg.storage_path / "teachers", key, build)
-    return TeacherWeights(key, entry, hit)
+    entry, hit = cfg.store.entry("teachers", key, build)
+    return TeacherWeights(key, entry, hit, cfg.store.located(entry / ARTIFACT))
 
 
 def measure_teacher(cfg: SweepConfig, task: Task, data: PreparedData, weights: TeacherWeights, service: Any) -> TeacherInfo:
@@ -154,18 +152,18 @@ def measure_teacher(cfg: SweepConfig, task: Task, data: PreparedData, weights: T
 
     def measure(tmp: Path) -> None:
         t0 = time.perf_counter()
-        teacher, loaded = load_teacher(task, entry / "teacher.pt"), task.load_data(data.path)
-        result = measure_model(task, teacher, entry / ARTIFACT, loaded, cfg, service=service)
+        teacher, loaded = load_teacher(task, entry / "teacher.pt"), task.load_data(fetch(data.path))
+        result = measure_model(task, teacher, weights.artifact, loaded, cfg, service=service)
         with torch.inference_mode():
             result.metrics["output_classes"] = float(teacher(task.example(loaded))[0].shape[-1])
         result.metrics["measure_seconds"] = time.perf_counter() - t0 - result.wait_seconds
         (tmp / "teacher.json").write_text(json.dumps({**result.metrics, "warnings": result.warnings}, indent=1))
 
-    measured, measure_hit = cache.get_or_build(cfg.storage_path / "teacher_measurements", measure_key, measure)
+    measured, measure_hit = cfg.store.entry("teacher_measurements", measure_key, measure)
     b, m = json.loads((entry / "built.json").read_text()), json.loads((measured / "teacher.json").read_text())
     warnings = tuple(m.pop("warnings", ()))
     return TeacherInfo(
-        key=weights.key, path=str(entry / "teacher.pt"), cache_hit=weights.cache_hit, accuracy=m["accuracy"],
+        key=weights.key, path=cfg.store.located(entry / "teacher.pt"), cache_hit=weights.cache_hit, accuracy=m["accuracy"],
         perplexity=m.get("perplexity", float("nan")), test_accuracy=m["test_accuracy"],
         test_perplexity=m.get("test_perplexity", math.nan), size_bytes=int(m["size_bytes"]), latency_ms=m["latency_ms"],
         params=int(m["params"]), train_seconds=b["train_seconds"], build_seconds=b["build_seconds"],
@@ -198,7 +196,7 @@ def build_teacher_outputs(cfg: SweepConfig, task: Task, teacher: TeacherInfo, da
         torch.set_num_threads(max(1, int(cfg.teacher.cpus_per_worker or cfg.resources.cpus_per_worker)))
         try:
             model = load_teacher(task, teacher.path)
-            inputs, targets = task.batch(task.load_data(data.path), "train", d.cache_blocks, torch.Generator().manual_seed(cfg.seed))
+            inputs, targets = task.batch(task.load_data(fetch(data.path)), "train", d.cache_blocks, torch.Generator().manual_seed(cfg.seed))
             with torch.inference_mode():
                 width = model(inputs[:1])[0].shape[-1]
             top_k = d.top_k if d.top_k is not None and d.top_k < width else None  # k >= V: all logits
@@ -209,7 +207,8 @@ def build_teacher_outputs(cfg: SweepConfig, task: Task, teacher: TeacherInfo, da
         outputs.save(tmp / "teacher_outputs.pt")
         (tmp / "teacher_outputs.json").write_text(json.dumps({"seconds": seconds}))  # read back on every hit
 
-    entry, hit = cache.get_or_build(cfg.storage_path / "teacher_outputs", key, build)
+    entry, hit = cfg.store.entry("teacher_outputs", key, build)
     path = entry / "teacher_outputs.pt"
     seconds = json.loads((entry / "teacher_outputs.json").read_text())["seconds"]
-    return TeacherOutputsInfo(key=key, path=str(path), cache_hit=hit, seconds=seconds, size_bytes=path.stat().st_size)
+    return TeacherOutputsInfo(key=key, path=cfg.store.located(path), cache_hit=hit, seconds=seconds,
+                              size_bytes=path.stat().st_size)

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from orchestrator.outcome import TrialOutcome
+from orchestrator.storage import fetch
 
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
 
@@ -166,7 +167,7 @@ class TrialRunsCallback(Callback):
         if outcome.warnings:  # measured with less than asked (e.g. fewer held-out positions)
             self.tracker.set_tags(run_id, {"warning": "; ".join(outcome.warnings)})
         if outcome.artifact:
-            self.tracker.log_artifact(run_id, outcome.artifact)
+            self.tracker.log_artifact(run_id, fetch(outcome.artifact))  # from this node's copy of the storage
             self.tracker.set_tags(run_id, {"artifact": outcome.artifact})
         self.tracker.end(run_id, "FINISHED")
 

@@ -28,7 +28,9 @@ from orchestrator.space import ObjectiveConstraints
 from orchestrator.stages.compress import Compressed, compress
 from orchestrator.stages.distill import Check, load_teacher
 from orchestrator.stages.prune import PruneResult
-from orchestrator.stopping import EarlyStopped, read_front, stop_reason
+from orchestrator.stopping import EarlyStopped, stop_reason
+from orchestrator.storage import fetch
+from orchestrator.sweep_files import SweepFiles
 from orchestrator.students import distill_student, load_checkpoint, recover_student
 from orchestrator.tasks.base import Task, TrialParams
 from orchestrator.teacher import PreparedData, TeacherInfo, TeacherOutputsInfo
@@ -43,7 +45,7 @@ class TrialContext:
     data: PreparedData
     teacher: TeacherInfo
     teacher_outputs: TeacherOutputsInfo | None  # None: distillation runs the teacher live (`distill.teacher_outputs`)
-    sweep_dir: str  # <storage>/sweeps/<sweep id>
+    sweep_id: str  # its files are under sweeps/<sweep id> in the storage (`config.store`)
     service: Any = None  # the sweep's measurement service (a Ray actor handle, `orchestrator.service`)
     objectives: Mapping[str, Objective] = field(default_factory=dict)  # the driver's objective registry (yours included)
 
@@ -58,8 +60,8 @@ def premeasure(ctx: TrialContext, p: TrialParams, data: Any, teacher: nn.Module,
     artifact = workdir / "untrained.orc"
     compress(model, cfg.pipeline, sparsity=p.sparsity, bits=p.bits, group_size=p.group_size, artifact=artifact, meta=task.meta(data))
     figures = measured(OBJECTIVES, "artifact", SimpleNamespace(size_bytes=artifact.stat().st_size))
-    target, waited = measure_on_service(ctx.service, str(artifact))
-    artifact.unlink()
+    target, waited = measure_on_service(ctx.service, cfg.store.publish(artifact))
+    cfg.store.discard(artifact)
     figures.update({k: v for k, v in target.items() if k in OBJECTIVES})
     return {f"pre_{k}": v for k, v in figures.items()}, waited
 
@@ -76,7 +78,7 @@ def _early_stop_check(cfg: SweepConfig, ctx: TrialContext, pre: dict[str, float]
         if report is not None:
             report({"distill_step": step, "val_accuracy": val["accuracy"], **pre})
         reason = stop_reason(val, fixed, objectives=cfg.objectives, margin=es.margin,
-                             front=read_front(ctx.sweep_dir, cfg.objectives), constraints=limits)
+                             front=SweepFiles(cfg.store, ctx.sweep_id).read_front(cfg.objectives), constraints=limits)
         if reason is not None:
             raise EarlyStopped(step, val["accuracy"], reason)
 
@@ -93,9 +95,9 @@ def run_pipeline(
     validation results.
     """
     cfg, p, task = ctx.config, params, ctx.task
-    data = task.load_data(ctx.data.path)
+    data = task.load_data(fetch(ctx.data.path))
     timings: dict[str, float] = {}
-    workdir = Path(ctx.sweep_dir) / "trials" / trial_id
+    workdir = cfg.store.path("sweeps", ctx.sweep_id, "trials", trial_id)  # this node's copy
     workdir.mkdir(parents=True, exist_ok=True)
     teacher = load_teacher(task, ctx.teacher.path)
     hits = {"teacher": ctx.teacher.cache_hit}
@@ -147,7 +149,8 @@ def run_pipeline(
     )
 
     t = time.perf_counter()
-    m = measure_model(task, c.model, artifact, data, cfg, service=ctx.service, counts=(c.params, c.nonzero_params))
+    location = cfg.store.publish(artifact)  # where the measurement service, the tracking and a user read it
+    m = measure_model(task, c.model, location, data, cfg, service=ctx.service, counts=(c.params, c.nonzero_params))
     metrics = m.metrics
     timings["time_measure_s"] = time.perf_counter() - t - m.wait_seconds
     timings["time_measure_wait_s"] = timings.get("time_measure_wait_s", 0.0) + m.wait_seconds  # orchestration, not a stage
@@ -163,7 +166,7 @@ def run_pipeline(
     )
     # stage time: the recovery's training loop is not split out (its worker start-up is small in-process)
     timings["time_stages_s"] = sum(v for k, v in timings.items() if k not in ("time_distill_fit_s", "time_measure_wait_s"))
-    return TrialOutcome(status="COMPLETED", metrics=metrics, cache_hits=hits, timings=timings, artifact=str(artifact),
+    return TrialOutcome(status="COMPLETED", metrics=metrics, cache_hits=hits, timings=timings, artifact=location,
                         warnings=m.warnings)
 
 

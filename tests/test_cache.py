@@ -1,19 +1,21 @@
-"""Content-addressed cache entries: built once, whole or absent, safe when processes race for a key."""
+"""Content-addressed cache entries in a directory storage: built once, whole or absent, safe when processes race
+for a key."""
 
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from orchestrator.cache import content_key, get_or_build
+from orchestrator.cache import content_key
+from orchestrator.storage import Storage
 
 
 RACER = """
 import sys, time
-from pathlib import Path
-from orchestrator.cache import get_or_build
+from orchestrator.storage import Storage
 
-root, tag, start_at = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+root, tag, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
 
 def build(d):
     (d / "a.txt").write_text(tag)
@@ -21,7 +23,7 @@ def build(d):
     (d / "b.txt").write_text(tag)
 
 time.sleep(max(0.0, start_at - time.time()))
-entry, hit = get_or_build(root, "k", build)
+entry, hit = Storage(root).entry("kind", "k", build)
 print((entry / "a.txt").read_text(), (entry / "b.txt").read_text(), hit)
 """
 
@@ -35,12 +37,14 @@ def test_racing_processes_leave_one_whole_entry(tmp_path):
         out, _ = p.communicate(timeout=60)
         assert p.returncode == 0
         seen.append(out.split())
-    winner = (tmp_path / "k" / "a.txt").read_text()
+    winner = (tmp_path / "kind" / "k" / "a.txt").read_text()
     assert all(a == b == winner for a, b, _ in seen)  # everyone reads the same, whole entry
     assert [hit for _, _, hit in seen].count("False") >= 2  # they did race (found no entry, built one)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]  # no temporary directories left behind
-    entry, hit = get_or_build(tmp_path, "k", lambda d: (_ for _ in ()).throw(AssertionError("rebuilt")))
-    assert hit and entry == tmp_path / "k"
+    assert sorted(p.name for p in (tmp_path / "kind").iterdir()) == ["k"]  # no temporary directories left behind
+    entry, hit = Storage(str(tmp_path)).entry("kind", "k", lambda d: (_ for _ in ()).throw(AssertionError("rebuilt")))
+    assert hit and entry == tmp_path / "kind" / "k"
+    manifest = json.loads((entry / ".complete").read_text())  # what a node downloading it checks
+    assert manifest["key"] == "k" and sorted(manifest["files"]) == ["a.txt", "b.txt"]
 
 
 def test_a_failed_build_leaves_nothing(tmp_path):
@@ -49,10 +53,10 @@ def test_a_failed_build_leaves_nothing(tmp_path):
         raise RuntimeError("boom")
 
     try:
-        get_or_build(tmp_path, "k", build)
+        Storage(str(tmp_path)).entry("kind", "k", build)
     except RuntimeError:
         pass
-    assert list(tmp_path.iterdir()) == []
+    assert list((tmp_path / "kind").iterdir()) == []
 
 
 def test_content_key_depends_on_every_part_and_not_on_dict_order():

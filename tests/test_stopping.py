@@ -6,7 +6,9 @@ import pytest
 from orchestrator.config import ConstraintsConfig
 from orchestrator.pareto import is_dominated
 from orchestrator.space import ObjectiveConstraints
-from orchestrator.stopping import read_front, stop_reason, write_front
+from orchestrator.stopping import stop_reason
+from orchestrator.storage import Storage
+from orchestrator.sweep_files import SweepFiles
 
 NO_LIMITS = ObjectiveConstraints(ConstraintsConfig())
 
@@ -84,10 +86,11 @@ def test_on_perplexity_the_optimistic_point_is_a_margin_lower_and_a_memory_limit
 
 
 def test_the_front_file_round_trips_and_starts_empty(tmp_path):
-    assert read_front(tmp_path, NAMES).shape == (0, 3)
-    write_front(tmp_path, NAMES, np.array([[0.3, 0.1, 1.0], [0.4, 0.2, 2.0]]))
-    np.testing.assert_array_equal(read_front(tmp_path, NAMES), [[0.3, 0.1, 1.0], [0.4, 0.2, 2.0]])
-    write_front(tmp_path, NAMES, np.zeros((0, 3)))
-    assert read_front(tmp_path, NAMES).shape == (0, 3)
+    files = SweepFiles(Storage(str(tmp_path)), "s")
+    assert files.read_front(NAMES).shape == (0, 3)
+    files.write_front(NAMES, np.array([[0.3, 0.1, 1.0], [0.4, 0.2, 2.0]]))
+    np.testing.assert_array_equal(files.read_front(NAMES), [[0.3, 0.1, 1.0], [0.4, 0.2, 2.0]])
+    files.write_front(NAMES, np.zeros((0, 3)))
+    assert files.read_front(NAMES).shape == (0, 3)
     with pytest.raises(ValueError, match="not \\['perplexity', 'size_mb'\\]"):
-        read_front(tmp_path, ["perplexity", "size_mb"])
+        files.read_front(["perplexity", "size_mb"])

@@ -95,7 +95,7 @@ def test_an_image_classifier_from_python_is_distilled_pruned_quantized_and_reloa
     assert set(children) == set(result.trials["trial_id"])
     assert {c.data.tags.get("task") for c in children.values()} == {"python"}
     assert {c.data.tags["trial_id"] for c in children.values() if c.data.tags.get("pareto") == "true"} == set(result.pareto["trial_id"])
-    data = task.load_data(result.config.storage_path / "data" / task.data_key(result.config) / "data.pt")
+    data = task.load_data(result.config.store.path("data") / task.data_key(result.config) / "data.pt")
     for row in result.trials.itertuples():
         run = children[row.trial_id]
         assert run.data.params["activation"] == row.activation and "errors" in run.data.metrics

@@ -8,12 +8,14 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import os
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.config.schema import PARAM_RULES, Choice, ConfigError, Fixed, ParamSpec, Range, SweepConfig  # noqa: F401 (Range: the doctest)
 from orchestrator.config.techniques import MagnitudePruning, SemiStructuredPruning
+from orchestrator.storage import SCHEMES
 
 
 def param_values(spec: ParamSpec) -> list[Any] | None:
@@ -44,6 +46,25 @@ def searched_grid(params: Mapping[str, ParamSpec]) -> dict[str, list[Any]] | Non
 _TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "databricks", "postgresql", "mysql", "mssql")
 
 
+_STUDY_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+
+
+def _check_storage(cfg: SweepConfig) -> None:
+    store, source = cfg.store, cfg.source
+    named = "`storage`" if cfg.storage else "$ORCHESTRATOR_STORAGE" if os.environ.get("ORCHESTRATOR_STORAGE") else "`storage`"
+    if store.remote:
+        scheme = store.where.split("://", 1)[0]
+        if scheme not in SCHEMES:
+            raise ConfigError(f"{source}: {named} {store.where!r} has scheme {scheme}://, which no filesystem here reaches; "
+                              f"use one of {', '.join(s + '://' for s in SCHEMES)} or a directory path")
+    elif store.root.exists() and not store.root.is_dir():
+        raise ConfigError(f"{source}: {named} {store.where!r} is a file; give a directory (it is created if missing)")
+    study = cfg.study_storage
+    if study is not None and study.split("://", 1)[0].split("+", 1)[0] not in _STUDY_SCHEMES:
+        raise ConfigError(f"{source}: `study_storage` must be a database URL Optuna reaches, such as "
+                          f"postgresql://user:pw@host/db or mysql+pymysql://..., got {study!r}")
+
+
 def check_sweep(cfg: SweepConfig) -> None:
     """Every rule that relates one part of a finished config to another; `ConfigError` on the first broken."""
     source = cfg.source
@@ -54,8 +75,7 @@ def check_sweep(cfg: SweepConfig) -> None:
             f"{source}: `tracking_uri` must be an MLflow URI such as sqlite:///mlflow.db or http://127.0.0.1:5000, "
             f"got {cfg.tracking_uri!r}"
         )
-    if cfg.storage_path.exists() and not cfg.storage_path.is_dir():
-        raise ConfigError(f"{source}: `storage` {cfg.storage!r} is a file; give a directory (it is created if missing)")
+    _check_storage(cfg)
     widths, heads = param_values(cfg.params["width"]), param_values(cfg.params["heads"])
     bad = [(w, h) for w, h in itertools.product(widths or [], heads or []) if w % h]
     if bad:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any, Literal, Union
 
 from orchestrator.config.techniques import Pipeline
 from orchestrator.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, describe
+from orchestrator.storage import Storage
 
 
 class ConfigError(ValueError):
@@ -261,10 +263,11 @@ class SweepConfig(_Checked):
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     sampler_options: Mapping[str, Any] = field(default_factory=dict)  # more keyword arguments of the Optuna sampler, e.g. {n_startup_trials: 5, multivariate: true} for tpe
     population_size: int | None = _check(lambda v: v is None or v >= 2, "null or an integer >= 2", None)  # NSGA-II's generation size (null: Optuna's 50)
-    storage: str = "orchestrator_runs"  # teachers, trial artifacts, Ray results (shared path on a cluster)
-    tracking_uri: str | None = None  # MLflow; null: sqlite:///<cwd>/mlflow.db
+    storage: str | None = None  # teachers, students, artifacts, the sweep's files, Ray results: a directory or a URI (s3://...); null: $ORCHESTRATOR_STORAGE or ./orchestrator_runs
+    study_storage: str | None = None  # the Optuna study's database URL (postgresql://..., mysql://...); null: SQLite in the sweep's directory
+    tracking_uri: str | None = None  # MLflow; null: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
     experiment: str | None = None  # MLflow experiment; null: the sweep's name
-    address: str | None = None  # Ray cluster address; null: start a local Ray
+    address: str | None = None  # Ray cluster address; null: $RAY_ADDRESS (set in a Ray job) or start a local Ray
     task: TaskConfig = TaskConfig()
     teacher: TeacherConfig = TeacherConfig()
     distill: DistillConfig = DistillConfig()
@@ -299,12 +302,19 @@ class SweepConfig(_Checked):
         return r.launcher == "in_trial" or (r.launcher == "auto" and r.num_workers == 1)
 
     @property
-    def storage_path(self) -> Path:
-        return Path(self.storage).expanduser().resolve()
+    def store(self) -> Storage:
+        """The sweep's storage (`orchestrator.storage`): `storage`, else $ORCHESTRATOR_STORAGE (what a cluster's
+        nodes set), else ./orchestrator_runs."""
+        return Storage(self.storage or os.environ.get("ORCHESTRATOR_STORAGE") or "orchestrator_runs")
+
+    @property
+    def ray_address(self) -> str | None:
+        """The Ray cluster to join: `address`, else $RAY_ADDRESS (a Ray job's driver has it); None: a local Ray."""
+        return self.address or os.environ.get("RAY_ADDRESS") or None
 
     @property
     def resolved_tracking_uri(self) -> str:
-        return self.tracking_uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-able dict that `load_config` turns back into an equal config."""

@@ -5,7 +5,7 @@ validation and builds the model from its description. With several workers (or `
 it runs on every worker of a `TorchTrainer` (`train_loop` is what a worker runs) and the student comes
 back through a Ray Train checkpoint; with one worker it runs inside the Tune trial's process, which
 already holds the resources, and no worker group is started. `run_distill` picks the path. Big things (data, teacher weights, cached
-teacher outputs) travel by path in the sweep's storage.
+teacher outputs) travel as locations in the sweep's storage (`storage.fetch` gives each node its own copy).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from orchestrator.losses import HiddenProjection, LossWeights, distillation_loss
 from orchestrator.stages.prune import GradualPruner, apply_masks_
 from orchestrator.stages.quantize import QuantSpec, add_fake_quant, remove_fake_quant
 from orchestrator.stages.teacher_outputs import TeacherOutputs
+from orchestrator.storage import fetch
 from orchestrator.tasks.base import Task
 
 
@@ -109,8 +110,8 @@ class _Distillee(nn.Module):
 
 
 def load_teacher(task: Task, path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """A frozen model from a checkpoint ({"config": description, "state_dict": ...})."""
-    blob = torch.load(path, map_location=device, weights_only=True)
+    """A frozen model from a checkpoint ({"config": description, "state_dict": ...}) at a path or storage location."""
+    blob = torch.load(fetch(path), map_location=device, weights_only=True)
     model = task.build_model(blob["config"]).to(device)
     model.load_state_dict(blob["state_dict"])
     return model.eval().requires_grad_(False)
@@ -173,13 +174,13 @@ def fit(
     torch.set_num_threads(job.threads)
     device, rank = session.device, session.rank
     task = job.task
-    data = task.load_data(job.data_path)
+    data = task.load_data(fetch(job.data_path))
 
     torch.manual_seed(job.seed)  # same init on every rank (DDP also broadcasts rank 0's)
     student = task.build_model(job.model)
     held: dict[str, torch.Tensor] = {}  # keep-masks held through training (recovery after one-shot pruning)
     if job.init_path:
-        blob = torch.load(job.init_path, map_location="cpu", weights_only=True)
+        blob = torch.load(fetch(job.init_path), map_location="cpu", weights_only=True)
         if blob["config"] != job.model:
             raise ValueError(f"init checkpoint {job.init_path} holds a {blob['config']} model, the job trains {job.model}")
         student.load_state_dict(blob["state_dict"])
@@ -194,7 +195,7 @@ def fit(
     if job.teacher_path and job.teacher_outputs_path:
         raise ValueError("a DistillJob takes a live teacher or cached teacher outputs, not both")
     teacher = load_teacher(task, job.teacher_path, device) if job.teacher_path else None
-    cached = TeacherOutputs.load(job.teacher_outputs_path) if job.teacher_outputs_path else None
+    cached = TeacherOutputs.load(fetch(job.teacher_outputs_path)) if job.teacher_outputs_path else None
     if (teacher is None and cached is None) != (job.weights is None):
         raise ValueError("a DistillJob needs loss weights exactly when it has a teacher")
     projection, pairs = None, []
@@ -318,7 +319,7 @@ def run_distill(
 
     Args:
         name: the Ray Train run name; derived from the trial id so that a restarted trial resumes.
-        storage_path: where Ray Train keeps the run and its checkpoint (shared on a cluster).
+        storage_path: where Ray Train keeps the run and its checkpoint: a directory every node sees, or a URI.
         in_process: run `fit` right here instead (one worker only): the caller's process must hold the
             resources, as a Tune trial does. Saves starting a worker group (seconds per trial).
         check: validation checks during training (in-process only).
