@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     print(f"sweep {cfg.name}: {cfg.trials} {'more ' if args.resume else ''}trials, sampler {cfg.sampler}, "
-          f"up to {cfg.max_concurrent_trials} at once; storage {cfg.store.where}", flush=True)
+          f"up to {cfg.max_concurrent_trials or 'as many as fit'} at once; storage {cfg.store.where}", flush=True)
     try:
         result = sweep.run(progress=print_progress, ray_logs=args.ray_logs, resume=args.resume)
     except ConfigError as e:  # what only the prepared teacher can tell (e.g. an objective the task does not measure)

@@ -67,7 +67,11 @@ def _ready(cfg: SweepConfig, task: Task, data: PreparedData, weights: TeacherWei
     for warning in teacher.warnings:
         log.warning("teacher: %s", warning)
     outputs = None
-    if cfg.distill.teacher_outputs == "cached":
+    if cfg.distill.teacher_outputs == "cached" and cfg.resources.use_gpu:  # on a GPU node, in a task that holds one
+        cpus = cfg.teacher.cpus_per_worker or cfg.resources.cpus_per_worker
+        remote = ray.remote(num_gpus=1, num_cpus=cpus, max_retries=0)(build_teacher_outputs)
+        outputs = ray.get(remote.remote(cfg, task, teacher, data, device="cuda"))
+    elif cfg.distill.teacher_outputs == "cached":
         outputs = build_teacher_outputs(cfg, task, teacher, data)
     log.info(
         "teacher %s (%s%s): validation accuracy %.4f (test %.4f), %.3f MB, %.3f ms",

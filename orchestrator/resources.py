@@ -22,12 +22,17 @@ def service_cpus(cfg: SweepConfig) -> float:
     return cfg.measure.cpus if cfg.measure.cpus is not None else float(cfg.measure.threads)
 
 
-def check_fits(cfg: SweepConfig, available: dict[str, float]) -> int:
+def check_fits(cfg: SweepConfig, available: dict[str, float], *, strict: bool = True) -> int:
     """How many trials run at once in a Ray with these resources beside the measurement service (at most
-    `max_concurrent_trials`); `ConfigError` when not even one fits (the sweep would wait forever)."""
+    `max_concurrent_trials`, or the trials' count when it is null); `ConfigError` when not even one fits
+    (the sweep would wait forever). `strict=False` (a cluster, which may grow) gives at least 1 instead."""
     cpus, gpus = _trial_needs(cfg)
     held_cpus, held_gpus = service_cpus(cfg), 1 if cfg.measure.device == "cuda" else 0
     have_cpus, have_gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
+    wanted = min(cfg.max_concurrent_trials or cfg.trials, cfg.trials)
+    if not strict:
+        fit = [(have_cpus - held_cpus) // cpus if cpus else wanted, (have_gpus - held_gpus) // gpus if gpus else wanted]
+        return int(max(1, min(wanted, *fit)))
     if cpus + held_cpus > have_cpus:
         raise ConfigError(
             f"{cfg.source}: a trial needs {cpus:g} CPUs and the measurement service holds {held_cpus:g} "
@@ -38,7 +43,7 @@ def check_fits(cfg: SweepConfig, available: dict[str, float]) -> int:
         raise ConfigError(f"{cfg.source}: a trial and the measurement service need {gpus + held_gpus:g} GPUs together "
                           f"(`resources.use_gpu`, `measure.device`), but this Ray has {have_gpus:g}")
     fit = [(have_cpus - held_cpus) // cpus if cpus else cfg.trials, (have_gpus - held_gpus) // gpus if gpus else cfg.trials]
-    return int(max(1, min(cfg.max_concurrent_trials, cfg.trials, *fit)))
+    return int(max(1, min(wanted, *fit)))
 
 
 def trial_resources(cfg: SweepConfig) -> dict[str, float]:
@@ -47,9 +52,11 @@ def trial_resources(cfg: SweepConfig) -> dict[str, float]:
     It always reserves memory (it loads models). When distillation runs in the trial's own process it holds
     that worker's CPUs (and GPU); when it only waits on a Ray Train worker group it holds `trial_cpus`,
     0 by default, so that two trials on a 2-CPU machine can each hold a 1-CPU worker instead of queueing
-    behind each other's driver.
+    behind each other's driver; with `driver_resource` it asks for a share of that custom resource, so
+    that drivers run where it is (cluster.yaml's head node) and never take a training node's place.
     """
     r = cfg.resources
     if not cfg.distill_in_trial:
-        return {"cpu": r.trial_cpus, "memory": TRIAL_MEMORY_BYTES}
+        where = {r.driver_resource: 0.001} if r.driver_resource else {}  # e.g. the head node, which never trains
+        return {"cpu": r.trial_cpus, "memory": TRIAL_MEMORY_BYTES, **where}
     return {"cpu": max(r.trial_cpus, r.cpus_per_worker), "gpu": 1 if r.use_gpu else 0, "memory": TRIAL_MEMORY_BYTES}

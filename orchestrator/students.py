@@ -43,6 +43,7 @@ def distill_job(
         threads=max(1, int(cfg.resources.cpus_per_worker)), weight_decay=p.weight_decay,
         temperature_end=cfg.distill.temperature_end, layer_map=cfg.distill.layer_map, init_path=init_path,
         gradual=gradual, qat=spec if cfg.pipeline.qat and spec is not None and spec.integer else None,
+        precision=cfg.distill.precision,
     )
 
 
@@ -91,7 +92,8 @@ def _trained(cfg: SweepConfig, key: str, job: DistillJob, start: nn.Module, mask
             cfg.store.discard(init)
         torch.save({"config": job.model, "state_dict": result.state_dict, **({"masks": masks} if masks else {})},
                    tmp / "student.pt")
-        info = {"train_seconds": result.train_seconds, "val_accuracy": result.val_accuracy, "val_loss": result.val_loss}
+        info = {"train_seconds": result.train_seconds, "val_accuracy": result.val_accuracy, "val_loss": result.val_loss,
+                "worker_nodes": list(result.worker_nodes), "worker_weights": list(result.worker_weights)}
         (tmp / "distill.json").write_text(json.dumps(info))
 
     return build

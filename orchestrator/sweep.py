@@ -113,12 +113,14 @@ class Sweep:
                 runtime_env={"env_vars": RAY_ENV},
             )
         try:
-            slots = min(cfg.max_concurrent_trials, cfg.trials)
-            if cfg.ray_address is None:  # a cluster may grow (autoscaling): only a local Ray is sized here
-                slots = check_fits(cfg, ray.cluster_resources())
-                if slots < min(cfg.max_concurrent_trials, cfg.trials):
-                    log.info("%d trial(s) at a time: this Ray's CPUs fit no more beside the measurement service "
-                             "(max_concurrent_trials %d; see resources.local_cpus, measure.cpus)", slots, cfg.max_concurrent_trials)
+            local = cfg.ray_address is None  # a cluster may grow (autoscaling): it is not held to what it has now
+            slots = check_fits(cfg, ray.cluster_resources(), strict=local)
+            if cfg.max_concurrent_trials is None:
+                log.info("%d trial(s) at a time: as many as this Ray's CPUs and GPUs %sfit beside the measurement service "
+                         "(max_concurrent_trials null)", slots, "" if local else "now ")
+            elif slots < min(cfg.max_concurrent_trials, cfg.trials):
+                log.info("%d trial(s) at a time: this Ray's CPUs and GPUs fit no more beside the measurement service "
+                         "(max_concurrent_trials %d; see resources.*, measure.cpus)", slots, cfg.max_concurrent_trials)
             return _run(cfg, self.task, started, progress, resume=resume, previous=previous or [], slots=slots)
         finally:
             if own_ray:
@@ -292,7 +294,7 @@ def _run(
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=_searcher(cfg, files, resume), num_samples=cfg.trials,
-                    max_concurrent_trials=cfg.max_concurrent_trials,
+                    max_concurrent_trials=slots,
                     reuse_actors=True,  # a trial's driver process (torch imported, teacher files warm) serves the next
                 ),
                 run_config=tune.RunConfig(

@@ -183,10 +183,11 @@ def check_measured(cfg: SweepConfig, task: Task, teacher: TeacherInfo) -> None:
                               f"(its model gives {', '.join(measures)}); choose among those")
 
 
-def build_teacher_outputs(cfg: SweepConfig, task: Task, teacher: TeacherInfo, data: PreparedData) -> TeacherOutputsInfo:
+def build_teacher_outputs(cfg: SweepConfig, task: Task, teacher: TeacherInfo, data: PreparedData,
+                          device: str = "cpu") -> TeacherOutputsInfo:
     """Run the teacher once over a pool of `distill.cache_blocks` training examples (drawn by the task)
-    and keep its outputs for every trial. Hidden states are kept only when some trial can weigh them
-    (`params.beta` not fixed at 0)."""
+    on `device` and keep its outputs for every trial. Hidden states are kept only when some trial can weigh
+    them (`params.beta` not fixed at 0)."""
     d = cfg.distill
     hidden = cfg.params["beta"] != Fixed(0.0)
     key = cache.content_key("teacher_outputs", teacher.key, d.cache_blocks, cfg.seed, hidden, d.top_k, cfg.task.context)
@@ -195,10 +196,10 @@ def build_teacher_outputs(cfg: SweepConfig, task: Task, teacher: TeacherInfo, da
         t, threads = time.perf_counter(), torch.get_num_threads()
         torch.set_num_threads(max(1, int(cfg.teacher.cpus_per_worker or cfg.resources.cpus_per_worker)))
         try:
-            model = load_teacher(task, teacher.path)
+            model = load_teacher(task, teacher.path, device)
             inputs, targets = task.batch(task.load_data(fetch(data.path)), "train", d.cache_blocks, torch.Generator().manual_seed(cfg.seed))
             with torch.inference_mode():
-                width = model(inputs[:1])[0].shape[-1]
+                width = model(inputs[:1].to(device))[0].shape[-1]
             top_k = d.top_k if d.top_k is not None and d.top_k < width else None  # k >= V: all logits
             outputs = compute_teacher_outputs(model, inputs, targets, hidden=hidden, top_k=top_k)
         finally:

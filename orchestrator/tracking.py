@@ -164,6 +164,8 @@ class TrialRunsCallback(Callback):
             self.tracker.set_tags(run_id, {f"cache_hit.{stage}": str(hit).lower() for stage, hit in outcome.cache_hits.items()})
         if outcome.status == "STOPPED":
             self.tracker.set_tags(run_id, {"early_stopped": "true", "stop_reason": outcome.stop_reason})
+        if outcome.tags:
+            self.tracker.set_tags(run_id, outcome.tags)
         if outcome.warnings:  # measured with less than asked (e.g. fewer held-out positions)
             self.tracker.set_tags(run_id, {"warning": "; ".join(outcome.warnings)})
         if outcome.artifact:

@@ -104,6 +104,7 @@ def run_pipeline(
     if ctx.teacher_outputs is not None:
         hits["teacher_outputs"] = ctx.teacher_outputs.cache_hit
     trained: dict[str, float] = {}  # the float student's validation figures
+    tags = {"node": _node()}
 
     check, pre = None, {}
     if cfg.early_stopping.enabled:
@@ -125,6 +126,7 @@ def run_pipeline(
                 timings={**timings, "time_stages_s": sum(v for k, v in timings.items() if k != "time_measure_wait_s")},
                 stop_reason=stop.reason,
                 stopped_at_step=stop.step,
+                tags=tags,
             )
         distilled = json.loads((entry / "distill.json").read_text())
         timings["time_distill_s"] = 0.0 if hit else distilled["train_seconds"]
@@ -133,6 +135,9 @@ def run_pipeline(
         source = entry.name
         trained = {"val_accuracy": distilled["val_accuracy"], "val_loss": distilled["val_loss"]}
         hits["distill"] = hit
+        if distilled.get("worker_nodes"):  # when it was trained (a reused student keeps its own)
+            tags["distill.worker_nodes"] = ",".join(distilled["worker_nodes"])
+            tags["distill.worker_weights"] = ",".join(distilled["worker_weights"])  # one digest per rank
     else:  # the pipeline compresses the teacher itself
         student, source = copy.deepcopy(teacher), ctx.teacher.key  # `teacher` stays the uncompressed reference
 
@@ -167,7 +172,14 @@ def run_pipeline(
     # stage time: the recovery's training loop is not split out (its worker start-up is small in-process)
     timings["time_stages_s"] = sum(v for k, v in timings.items() if k not in ("time_distill_fit_s", "time_measure_wait_s"))
     return TrialOutcome(status="COMPLETED", metrics=metrics, cache_hits=hits, timings=timings, artifact=location,
-                        warnings=m.warnings)
+                        warnings=m.warnings, tags=tags)
+
+
+def _node() -> str:
+    """The Ray node this process runs on (empty outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:

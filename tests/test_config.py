@@ -185,7 +185,21 @@ def test_trials_fit_beside_the_measurement_service_or_the_sweep_is_refused():
     cuda = load_config(None, overrides={"measure.device": "cuda"})
     with pytest.raises(ConfigError, match="need 1 GPUs together .* this Ray has 0"):
         check_fits(cuda, {"CPU": 4.0})
-    assert check_fits(cuda, {"CPU": 4.0, "GPU": 1.0}) == 1
+    assert check_fits(cuda, {"CPU": 4.0, "GPU": 1.0}) == 3  # max_concurrent_trials null: as many as fit
+    gpus = load_config(None, overrides={"resources.use_gpu": True, "trials": 20})
+    assert check_fits(gpus, {"CPU": 64.0, "GPU": 8.0}) == 8  # one GPU per trial: the cluster's GPUs decide
+    assert check_fits(gpus, {"CPU": 2.0}, strict=False) == 1  # a cluster whose GPU nodes are not up yet
+    ddp_gpus = load_config(None, overrides={"resources": {"use_gpu": True, "num_workers": 2}, "trials": 20})
+    assert check_fits(ddp_gpus, {"CPU": 64.0, "GPU": 8.0}) == 4
+
+
+def test_trial_drivers_can_be_held_to_a_node_that_never_trains():
+    from orchestrator.sweep import TRIAL_MEMORY_BYTES, trial_resources
+
+    ddp = load_config(None, overrides={"resources": {"num_workers": 2, "driver_resource": "trial_driver"}})
+    assert trial_resources(ddp) == {"cpu": 0.0, "memory": TRIAL_MEMORY_BYTES, "trial_driver": 0.001}
+    in_trial = load_config(None, overrides={"resources": {"driver_resource": "trial_driver"}})
+    assert "trial_driver" not in trial_resources(in_trial)  # that driver trains: it goes where the workers go
 
 
 def test_every_section_round_trips_through_yaml(tmp_path):

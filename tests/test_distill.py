@@ -1,5 +1,8 @@
 """Distillation through a real Ray Train V2 TorchTrainer (gloo DDP on CPU), and in the caller's process."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -195,3 +198,13 @@ def test_qat_switched_on_mid_training_and_gradual_pruning_under_ddp(ray_session,
     student = build_model(len(CharData.load(data_path).vocab), 16, layers=1, width=8, heads=2)
     student.load_state_dict(result.state_dict)
     assert measured_sparsity(student) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_bf16_autocast_trains_a_different_float32_student(data_path, teacher_path):
+    """`distill.precision: bf16` runs the forward pass and loss in bfloat16 (CPU autocast here, CUDA on a GPU):
+    it learns, its weights stay float32, and it is not the float32 run under another name."""
+    job = _student_job(data_path, teacher_path=teacher_path)
+    fp32, bf16 = _fit(job), _fit(dataclasses.replace(job, precision="bf16"))
+    assert all(v.dtype == torch.float32 for v in bf16.state_dict.values())
+    assert any(not torch.equal(v, bf16.state_dict[k]) for k, v in fp32.state_dict.items())
+    assert bf16.val_accuracy > 0.5 * fp32.val_accuracy and math.isfinite(bf16.val_loss)

@@ -39,6 +39,12 @@ def test_cli_sweep_on_a_three_node_cluster_with_workers_on_distinct_nodes(tmp_pa
         runs = MlflowClient(uri).search_runs(["1"], "tags.`orchestrator.role` = 'trial'")
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
         assert runs[0].data.metrics["accuracy"] > 0 and runs[0].data.metrics["latency_ms"] > 0
+        tags = runs[0].data.tags
+        workers = {n.node_id for n in cluster.worker_nodes} - {timing.node_id}
+        assert set(tags["distill.worker_nodes"].split(",")) == workers  # one rank on each training node
+        digests = tags["distill.worker_weights"].split(",")
+        assert len(digests) == 2 and len(set(digests)) == 1  # every rank ended with the same weights: DDP synced them
+        assert tags["node"] in {n.node_id for n in cluster.list_all_nodes()}
         parent = MlflowClient(uri).search_runs(["1"], "tags.`orchestrator.role` = 'sweep'")[0]
         assert parent.data.tags["measure.node"] == timing.node_id  # every figure was measured on the timing node
     finally:

@@ -150,6 +150,7 @@ class DistillConfig(_Checked):
     student: str | None = None  # hf_causal_lm: a named Hugging Face config (hub id or local directory) for a randomly initialised student, instead of `params.layers` of the teacher's layers
     layer_map: tuple[tuple[int, int], ...] | None = None  # hidden-state term's [student layer, teacher layer] pairs (0-based; null: evenly spaced, last meets last)
     temperature_end: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)  # anneal T linearly from `params.temperature` to this over the steps (null: constant)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the student's forward pass and loss under torch.autocast in bfloat16 (weights and optimizer stay float32)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ class ResourcesConfig(_Checked):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # where a trial's DDP workers go; STRICT_SPREAD: one per node
     launcher: Literal["auto", "ray_train", "in_trial"] = "auto"  # where distillation runs: a Ray Train worker group, or the trial's own process (one worker; no start-up cost); auto: in_trial when num_workers is 1
     local_cpus: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # logical CPUs of a local Ray (null: all)
+    driver_resource: str | None = None  # a Ray custom resource each trial's driver asks for (a 0.001 share) when it only waits on its Ray Train workers, e.g. trial_driver on cluster.yaml's head node
 
 
 @dataclass(frozen=True)
@@ -259,7 +261,7 @@ class SweepConfig(_Checked):
     seed: int = 0  # every model's torch seed (teacher, students, data order) and, by default, the sampler's
     sampler_seed: int | None = None  # the sampler's own seed (null: `seed`): vary the search, keep the training
     trials: int = _check(lambda v: v >= 1, "an integer >= 1", 8)
-    max_concurrent_trials: int = _check(lambda v: v >= 1, "an integer >= 1", 1)
+    max_concurrent_trials: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # null: as many as the Ray's CPUs and GPUs fit beside the measurement service
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     sampler_options: Mapping[str, Any] = field(default_factory=dict)  # more keyword arguments of the Optuna sampler, e.g. {n_startup_trials: 5, multivariate: true} for tpe
     population_size: int | None = _check(lambda v: v is None or v >= 2, "null or an integer >= 2", None)  # NSGA-II's generation size (null: Optuna's 50)

@@ -11,6 +11,7 @@ teacher outputs) travel as locations in the sweep's storage (`storage.fetch` giv
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import tempfile
 import time
@@ -64,6 +65,7 @@ class DistillJob:
     init_path: str | None = None  # start from this checkpoint (config, state_dict[, masks held at zero])
     gradual: GradualSpec | None = None  # gradual magnitude pruning
     qat: QuantSpec | None = None  # fake quantization (`qat_start` of the steps trained in float first)
+    precision: str = "fp32"  # bf16: forward and loss under autocast in bfloat16
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class DistillResult:
     fit_seconds: float  # wall time of the whole stage, worker start-up included
     val_accuracy: float
     val_loss: float  # validation cross-entropy, nats per symbol
+    worker_nodes: tuple[str, ...] = ()  # Ray Train: the node of each rank, in rank order (in-process: none)
+    worker_weights: tuple[str, ...] = ()  # and a digest of each rank's final weights (all equal: checked)
 
 
 def make_optimizer(name: str, params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -220,19 +224,20 @@ def fit(
     model.train()
     batches = _batches(job, data, gen, device, teacher, cached, sorted({j for _, j in pairs}))
     for step, (x, y, signal) in enumerate(batches, start=1):
-        logits, states = model(x)  # (B, T, V), per-layer (B, T, C)
-        if signal is None:
-            loss = task.hard_loss(logits, y)
-        else:
-            t_logits, t_indices, t_states = signal
-            hidden = projection(states, t_states) if projection is not None else None
-            weights = job.weights
-            if job.temperature_end is not None:
-                progress = (step - 1) / max(1, job.steps - 1)
-                T = weights.temperature + (job.temperature_end - weights.temperature) * progress
-                weights = dataclasses.replace(weights, temperature=T)
-            loss = distillation_loss(logits, t_logits, y, weights, hidden=hidden, teacher_indices=t_indices,
-                                     hard=task.hard_loss)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=job.precision == "bf16"):
+            logits, states = model(x)  # (B, T, V), per-layer (B, T, C)
+            if signal is None:
+                loss = task.hard_loss(logits, y)
+            else:
+                t_logits, t_indices, t_states = signal
+                hidden = projection(states, t_states) if projection is not None else None
+                weights = job.weights
+                if job.temperature_end is not None:
+                    progress = (step - 1) / max(1, job.steps - 1)
+                    T = weights.temperature + (job.temperature_end - weights.temperature) * progress
+                    weights = dataclasses.replace(weights, temperature=T)
+                loss = distillation_loss(logits, t_logits, y, weights, hidden=hidden, teacher_indices=t_indices,
+                                         hard=task.hard_loss)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training diverged: loss {loss.item()} at lr {job.lr} (lower `lr`)")
         optimizer.zero_grad(set_to_none=True)
@@ -294,6 +299,10 @@ def train_loop(config: dict[str, Any]) -> None:
     job: DistillJob = config["job"]
     session = _RayTrainSession()
     metrics, student = fit(job, session)
+    # every rank's node and a digest of its final weights: DDP must have left them identical
+    ranks: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(ranks, (ray.get_runtime_context().get_node_id(), _digest(student)))
+    metrics = {**metrics, "worker_nodes": ",".join(n for n, _ in ranks), "worker_weights": ",".join(d for _, d in ranks)}
     if session.rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
             state = {k: v.detach() for k, v in student.state_dict().items()}
@@ -301,6 +310,14 @@ def train_loop(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
         ray.train.report(metrics, checkpoint=None)
+
+
+def _digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def run_distill(
@@ -342,6 +359,8 @@ def run_distill(
         fit_seconds=time.perf_counter() - t,
         val_accuracy=float(metrics["val_accuracy"]),
         val_loss=float(metrics["val_loss"]),
+        worker_nodes=tuple(metrics["worker_nodes"].split(",")) if "worker_nodes" in metrics else (),
+        worker_weights=tuple(metrics["worker_weights"].split(",")) if "worker_weights" in metrics else (),
     )
 
 
@@ -367,6 +386,10 @@ def _fit_with_ray_train(
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"distillation run {name} reported no checkpoint")
+    digests = result.metrics["worker_weights"].split(",")
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"distillation run {name}: its DDP ranks ended with different weights ({digests}); "
+                           "gradients were not synchronised")
     with result.checkpoint.as_directory() as d:
         blob = torch.load(Path(d) / "model.pt", weights_only=True)
     return result.metrics, blob["state_dict"]

@@ -67,14 +67,15 @@ def compute_teacher_outputs(
     """
     logits, indices, states = [], [], []
     teacher.eval()
+    device = next(teacher.parameters()).device  # the pool runs where the teacher is (a GPU with use_gpu)
     for i in range(0, len(inputs), batch_size):
-        out, layer_states = teacher(inputs[i : i + batch_size], hidden=hidden)  # (b, ..., V)
+        out, layer_states = teacher(inputs[i : i + batch_size].to(device), hidden=hidden)  # (b, ..., V)
         if top_k is not None:
             out, idx = out.topk(top_k, dim=-1)
-            indices.append(idx)
-        logits.append(out.half())
+            indices.append(idx.cpu())
+        logits.append(out.half().cpu())
         if hidden:
-            states.append(torch.stack(layer_states).half())  # (L, b, ..., C)
+            states.append(torch.stack(layer_states).half().cpu())  # (L, b, ..., C)
     return TeacherOutputs(
         inputs=inputs,
         targets=targets,
