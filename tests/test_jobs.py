@@ -1,0 +1,105 @@
+"""A sweep submitted as a Ray job (`ray job submit --working-dir . -- orchestrator sweep ...`) to a real head
+node started with `ray start --head` (its own ports, token authentication on), followed to SUCCEEDED, found in
+MLflow; another job stopped with `ray job stop`."""
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def head(tmp_path):
+    """A Ray head on free ports with token auth; yields (job server URL, env with the token); stopped after."""
+    from orchestrator.sweep import RAY_ENV
+
+    env = {**os.environ, **RAY_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    ports = {flag: free_port() for flag in (
+        "--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port", "--node-manager-port",
+        "--object-manager-port")}
+    low = free_port()
+    proc = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--num-cpus", "3", "--include-dashboard", "true", "--dashboard-host",
+         "127.0.0.1", "--min-worker-port", str(low), "--max-worker-port", str(low + 200),
+         *(x for flag, port in ports.items() for x in (flag, str(port)))],
+        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{ports['--dashboard-port']}"
+    try:
+        for _ in range(120):
+            if proc.poll() is not None:
+                pytest.fail(f"ray start exited: {(tmp_path / 'head.log').read_text()[-2000:]}")
+            if _ray(["job", "list", "--address", url], env, check=False).returncode == 0:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("the job server did not answer within 120 s")
+        yield url, env
+    finally:
+        os.killpg(proc.pid, 15)  # `ray start --block` stops the head's processes on SIGTERM
+        proc.wait(timeout=60)
+
+
+def _ray(args, env, check=True):
+    out = subprocess.run(["ray", *args], env=env, capture_output=True, text=True, timeout=120)
+    assert not check or out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out
+
+
+def _submit(url, env, *sweep):
+    out = _ray(["job", "submit", "--address", url, "--working-dir", str(ROOT), "--no-wait", "--",
+                "orchestrator", "sweep", *sweep], env)
+    return re.search(r"Job '(raysubmit_\w+)' submitted successfully", out.stdout + out.stderr).group(1)
+
+
+_STATUS = {"succeeded": "SUCCEEDED", "was stopped": "STOPPED", "failed": "FAILED"}  # `ray job status` wording
+
+
+def _wait(url, env, job, until, timeout=420):
+    """Poll `ray job status` until the job is in one of `until` or has ended; returns its status."""
+    status = None
+    for _ in range(timeout // 2):
+        out = _ray(["job", "status", "--address", url, job], env).stdout
+        said = re.search(rf"Status for job '{job}': (\w+)", out)
+        status = said.group(1) if said else next((s for words, s in _STATUS.items() if f"'{job}' {words}" in out), None)
+        if status in until or status in _STATUS.values():
+            return status
+        time.sleep(2)
+    pytest.fail(f"job {job} still {status} after {timeout} s")
+
+
+def test_a_sweep_runs_as_a_ray_job_and_lands_in_mlflow(head, tmp_path):
+    url, env = head
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = _submit(url, env, "search_spaces/smoke.yaml", "--trials", "2", "--storage", str(tmp_path / "runs"),
+                  "--tracking-uri", uri)
+    status = _wait(url, env, job, ("SUCCEEDED",))
+    logs = _ray(["job", "logs", "--address", url, job], env).stdout
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert "[2/2] trial" in logs and "Pareto front over accuracy, size_mb, latency_ms: 2 of 2 trials" in logs
+    sweep_id = re.search(r"MLflow run (\w+)", logs).group(1)
+    parent = MlflowClient(uri).get_run(sweep_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_completed"] == 2
+
+    bad = {**env, "RAY_AUTH_TOKEN": "0" * 32}  # token authentication is on: a wrong token is refused
+    assert _ray(["job", "list", "--address", url], bad, check=False).returncode != 0
+
+    long = _submit(url, env, "search_spaces/smoke.yaml", "--trials", "40", "--storage", str(tmp_path / "runs"),
+                   "--tracking-uri", uri)
+    assert _wait(url, env, long, ("RUNNING",)) == "RUNNING"
+    _ray(["job", "stop", "--address", url, long], env)
+    assert _wait(url, env, long, ("STOPPED",)) == "STOPPED"
