@@ -263,3 +263,13 @@ def test_the_task_name_must_be_registered_and_the_task_checks_its_own_settings()
         Sweep(load_config(None, overrides={"task.name": "nope"}))
     with pytest.raises(ConfigError, match="`teacher.model` .* is for task hf_causal_lm"):
         Sweep(load_config(None, overrides={"teacher.model": "x"}))
+
+
+def test_char_lm_reads_local_text_files_instead_of_the_corpus(tmp_path):
+    from orchestrator.sweep import Sweep
+    from orchestrator.tasks.lm import text_key
+
+    (tmp_path / "a.txt").write_text("In the beginning " * 50)
+    cfg = load_config(Path(__file__).parents[1] / "search_spaces" / "smoke.yaml",
+                      overrides={"task.files": str(tmp_path / "*.txt"), "task.chars": None})
+    assert Sweep(cfg).task.data_key(cfg) == text_key("In the beginning " * 50)

@@ -88,8 +88,6 @@ class CharLMTask(LanguageModelTask):
         if cfg.teacher.model is not None:
             raise ConfigError(f"{src}: `teacher.model` ({cfg.teacher.model!r}) is for task hf_causal_lm; char_lm trains its "
                               "teacher from `teacher.layers/width/heads`: drop it or set `task.name: hf_causal_lm`")
-        if cfg.task.files is not None or cfg.task.dataset is not None:
-            raise ConfigError(f"{src}: `task.files` / `task.dataset` are for task hf_causal_lm; char_lm reads `task.corpus`")
 
     def _read(self, cfg: SweepConfig) -> str:
         if self._text is None or self._text[0] != cfg:
