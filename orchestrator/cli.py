@@ -37,9 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a compression sweep from a search-space YAML")
     sweep.add_argument("space", help="search-space YAML, e.g. search_spaces/quickstart.yaml")
     sweep.add_argument("--trials", type=int, help="number of trials (overrides `trials`)")
-    sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///./mlflow.db)")
-    sweep.add_argument("--storage", help="directory for teachers, artifacts and Ray results (default: ./orchestrator_runs)")
-    sweep.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    sweep.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    sweep.add_argument("--storage", help="a directory or a URI (s3://bucket/prefix, gs://...) for teachers, students, "
+                                         "artifacts and Ray results (default: $ORCHESTRATOR_STORAGE, else ./orchestrator_runs)")
+    sweep.add_argument("--address", help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001 (default: $RAY_ADDRESS, "
+                                         "set in a Ray job, else start a local Ray)")
     sweep.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
         help="override any YAML key, e.g. --set distill.steps=100 --set 'params.bits={choices: [4, 8]}'",

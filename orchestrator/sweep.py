@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from orchestrator.client import is_client, run_on_cluster
 from orchestrator.config import ConfigError, SweepConfig, load_config
 from orchestrator.monitor import ConstrainedOptunaSearch, TrialMonitor
 from orchestrator.results import (
@@ -121,6 +122,10 @@ class Sweep:
             elif slots < min(cfg.max_concurrent_trials, cfg.trials):
                 log.info("%d trial(s) at a time: this Ray's CPUs and GPUs fit no more beside the measurement service "
                          "(max_concurrent_trials %d; see resources.*, measure.cpus)", slots, cfg.max_concurrent_trials)
+            if is_client(cfg.ray_address):  # Tune would run on the cluster anyway: run the whole driver there
+                task = self.task
+                return run_on_cluster(lambda send: _run(cfg, task, time.perf_counter(), send, resume=resume,
+                                                        previous=previous or [], slots=slots), progress)
             return _run(cfg, self.task, started, progress, resume=resume, previous=previous or [], slots=slots)
         finally:
             if own_ray:

@@ -1,6 +1,6 @@
-"""A sweep submitted as a Ray job (`ray job submit --working-dir . -- orchestrator sweep ...`) to a real head
-node started with `ray start --head` (its own ports, token authentication on), followed to SUCCEEDED, found in
-MLflow; another job stopped with `ray job stop`."""
+"""A real head node started with `ray start --head` (its own ports, token authentication on): a sweep submitted
+to it as a Ray job (`ray job submit --working-dir . -- orchestrator sweep ...`), followed to SUCCEEDED and found
+in MLflow, another job stopped with `ray job stop`; and a sweep driven from a Ray Client (`--address ray://`)."""
 
 import os
 import re
@@ -20,11 +20,13 @@ ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def head(tmp_path):
-    """A Ray head on free ports with token auth; yields (job server URL, env with the token); stopped after."""
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A Ray head on free ports with token auth; yields (job server URL, env with the token, Ray Client
+    address); stopped after."""
     from orchestrator.sweep import RAY_ENV
 
+    tmp_path = tmp_path_factory.mktemp("head")
     env = {**os.environ, **RAY_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     ports = {flag: free_port() for flag in (
@@ -43,15 +45,22 @@ def head(tmp_path):
         for _ in range(120):
             if proc.poll() is not None:
                 pytest.fail(f"ray start exited: {(tmp_path / 'head.log').read_text()[-2000:]}")
-            if _ray(["job", "list", "--address", url], env, check=False).returncode == 0:
+            if _ray(["job", "list", "--address", url], env, check=False).returncode == 0 and _listening(ports["--ray-client-server-port"]):
                 break
             time.sleep(1)
         else:
             pytest.fail("the job server did not answer within 120 s")
-        yield url, env
+        yield url, env, f"ray://127.0.0.1:{ports['--ray-client-server-port']}"
     finally:
         os.killpg(proc.pid, 15)  # `ray start --block` stops the head's processes on SIGTERM
         proc.wait(timeout=60)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _ray(args, env, check=True):
@@ -83,7 +92,7 @@ def _wait(url, env, job, until, timeout=420):
 
 
 def test_a_sweep_runs_as_a_ray_job_and_lands_in_mlflow(head, tmp_path):
-    url, env = head
+    url, env, _ = head
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = _submit(url, env, "search_spaces/smoke.yaml", "--trials", "2", "--storage", str(tmp_path / "runs"),
                   "--tracking-uri", uri)
@@ -103,3 +112,21 @@ def test_a_sweep_runs_as_a_ray_job_and_lands_in_mlflow(head, tmp_path):
     assert _wait(url, env, long, ("RUNNING",)) == "RUNNING"
     _ray(["job", "stop", "--address", url, long], env)
     assert _wait(url, env, long, ("STOPPED",)) == "STOPPED"
+
+
+def test_a_sweep_driven_from_a_ray_client_reports_here(head, tmp_path):
+    """Through Ray Client the sweep's driver runs on the head; its progress lines, log lines, front table and
+    exit status come back to this process as for a local sweep."""
+    _, env, client = head
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = subprocess.run(
+        ["orchestrator", "sweep", str(ROOT / "search_spaces" / "smoke.yaml"), "--trials", "2", "--address", client,
+         "--storage", str(tmp_path / "runs"), "--tracking-uri", uri],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=420,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "[1/2] trial" in out.stdout and "[2/2] trial" in out.stdout  # progress, relayed
+    assert re.search(r"teacher \w+ \((built now|cache hit, reused)\)", out.stderr)  # the driver's log lines, relayed
+    assert "Pareto front over accuracy, size_mb, latency_ms: 2 of 2 trials" in out.stdout
+    sweep_id = re.search(r"MLflow run (\w+)", out.stdout).group(1)
+    assert MlflowClient(uri).get_run(sweep_id).data.metrics["trials_completed"] == 2
