@@ -2,7 +2,7 @@
 CPU per worker node), with the storage in an S3 bucket on a local S3-protocol server (moto) and each node
 keeping its own cache, as nodes without a shared disk do.
 
-    python bench/scale.py [--space search_spaces/smoke.yaml] [--trials 8] [--steps 150] [--out bench/results/scale.json]
+    python bench/scale.py [--space search_spaces/smoke.yaml] [--trials 8] [--steps 1000] [--out bench/results/scale.json]
 
 The head node runs the sweep's driver and the measurement service (it offers `latency_target` and one CPU,
 which the service holds); the worker nodes each offer one CPU, so one trial trains per worker node. Both
@@ -89,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="search_spaces/smoke.yaml")
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=150, help="distillation steps per trial (the trials' work)")
+    parser.add_argument("--steps", type=int, default=1000, help="distillation steps per trial (the trials' work)")
     parser.add_argument("--out", default="bench/results/scale.json")
     args = parser.parse_args()
     server, s3 = _s3_server()
@@ -104,7 +104,7 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=10)
     ratio = rows[1]["trials_per_hour"] / rows[0]["trials_per_hour"]
-    print(f"\n| worker nodes | trials | trial phase (s) | trials/hour | distill s/trial | overhead |\n|---|---|---|---|---|---|")
+    print("\n| worker nodes | trials | trial phase (s) | trials/hour | distill s/trial | overhead |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['nodes']} | {r['trials_completed']} | {r['trials_seconds']:.1f} | {r['trials_per_hour']:.0f} | "
               f"{r['distill_seconds_per_trial']:.2f} | {r['orchestration_overhead']:.0%} |")

@@ -24,12 +24,14 @@ Example (a directory storage: locations are its paths, and nothing is copied):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -131,6 +133,19 @@ def fetch(location: str | os.PathLike[str]) -> Path:
     sha = json.loads(blob).get("files", {}).get(name) if blob else None
     _download(uri, local, sha)
     return local
+
+
+@contextlib.contextmanager
+def fetched_once(location: str) -> Iterator[Path]:
+    """A local file for a one-off `location` (a checkpoint to start from), kept only for the `with` block: a
+    path as it is; a URI's object downloaded to a private temporary file, unless this node wrote it."""
+    local = fetch(location) if not is_uri(location) or _local_copy(location).is_file() else None
+    if local is not None:
+        yield local
+        return
+    with tempfile.TemporaryDirectory(prefix="orchestrator-fetch-") as tmp:
+        _download(location, Path(tmp) / "file")
+        yield Path(tmp) / "file"
 
 
 @dataclass(frozen=True)

@@ -91,3 +91,21 @@ def test_a_directory_storage_copies_nothing(tmp_path):
     location = store.located(entry / "data.pt")
     assert location == str(tmp_path / "runs" / "data" / "k" / "data.pt") and fetch(location) == entry / "data.pt"
     assert store.publish(entry / "data.pt") == location
+
+
+def test_a_one_off_file_is_read_from_a_private_copy_that_does_not_stay(s3_server, node, tmp_path):
+    from orchestrator.storage import fetched_once
+
+    node("driver")
+    store = Storage(s3_server.format("once"))
+    init = store.path("students", ".k.tmp", "init.pt")
+    init.parent.mkdir(parents=True)
+    init.write_bytes(b"weights")
+    location = store.publish(init)
+    with fetched_once(location) as path:
+        assert path == init  # the node that wrote it reads its own file
+    cache = node("worker")
+    with fetched_once(location) as path:
+        assert path.read_bytes() == b"weights" and not path.is_relative_to(cache)
+    assert not path.exists() and not cache.exists()  # nothing left on the worker's node
+    store.discard(init)

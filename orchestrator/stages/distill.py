@@ -28,7 +28,7 @@ from orchestrator.losses import HiddenProjection, LossWeights, distillation_loss
 from orchestrator.stages.prune import GradualPruner, apply_masks_
 from orchestrator.stages.quantize import QuantSpec, add_fake_quant, remove_fake_quant
 from orchestrator.stages.teacher_outputs import TeacherOutputs
-from orchestrator.storage import fetch
+from orchestrator.storage import fetch, fetched_once
 from orchestrator.tasks.base import Task
 
 
@@ -184,7 +184,8 @@ def fit(
     student = task.build_model(job.model)
     held: dict[str, torch.Tensor] = {}  # keep-masks held through training (recovery after one-shot pruning)
     if job.init_path:
-        blob = torch.load(fetch(job.init_path), map_location="cpu", weights_only=True)
+        with fetched_once(job.init_path) as path:  # a worker on another node does not keep it
+            blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob["config"] != job.model:
             raise ValueError(f"init checkpoint {job.init_path} holds a {blob['config']} model, the job trains {job.model}")
         student.load_state_dict(blob["state_dict"])
