@@ -19,6 +19,27 @@ def is_client(address: str | None) -> bool:
     return str(address or "").startswith("ray://")
 
 
+def connect(address: str, attempts: int = 3, **init: Any) -> None:
+    """`ray.init(address, **init)` through Ray Client, tried `attempts` times: the client server on the head
+    starts a server process per client and now and then loses the race with its start-up (its
+    `ZombieProcess` / "Initialization failure from server"); a second try gets a fresh one."""
+    import time
+
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, **init)
+            return
+        except ConnectionError as e:
+            if attempt == attempts:
+                raise ConnectionError(f"Ray Client could not connect to {address} in {attempts} tries: "
+                                      f"{str(e).strip().splitlines()[-1]}") from e
+            log.warning("Ray Client connection to %s failed (%s); trying again", address, str(e).strip().splitlines()[-1])
+            ray.shutdown()
+            time.sleep(2 * attempt)
+
+
 class _QueueHandler(logging.Handler):
     def __init__(self, queue: Any) -> None:
         super().__init__(logging.INFO)

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from orchestrator.client import is_client, run_on_cluster
+from orchestrator.client import connect, is_client, run_on_cluster
 from orchestrator.config import ConfigError, SweepConfig, load_config
 from orchestrator.monitor import ConstrainedOptunaSearch, TrialMonitor
 from orchestrator.results import (
@@ -106,13 +106,11 @@ class Sweep:
         if own_ray:
             for k, v in RAY_ENV.items():
                 os.environ.setdefault(k, v)
-            ray.init(
-                address=cfg.ray_address,
-                num_cpus=cfg.resources.local_cpus if cfg.ray_address is None else None,
-                include_dashboard=False,
-                log_to_driver=ray_logs,
-                runtime_env={"env_vars": RAY_ENV},
-            )
+            init = dict(include_dashboard=False, log_to_driver=ray_logs, runtime_env={"env_vars": RAY_ENV})
+            if is_client(cfg.ray_address):
+                connect(cfg.ray_address, **init)
+            else:
+                ray.init(address=cfg.ray_address, num_cpus=cfg.resources.local_cpus if cfg.ray_address is None else None, **init)
         try:
             local = cfg.ray_address is None  # a cluster may grow (autoscaling): it is not held to what it has now
             slots = check_fits(cfg, ray.cluster_resources(), strict=local)
@@ -144,7 +142,7 @@ class Sweep:
                 f"--resume {sweep_id}: no resumable sweep of that id under {cfg.store.location('sweeps')}; "
                 f"sweep ids there: {', '.join(known[-5:]) or 'none'} (give --storage of the original sweep)"
             )
-        files.pull(CONFIG_FILE, TRIALS_FILE, FRONT_FILE, *(() if cfg.study_storage else (STUDY_FILE,)))
+        files.pull(CONFIG_FILE)
         if cfg.study_storage is not None:
             import optuna
 
@@ -170,10 +168,8 @@ class Sweep:
                     f"--resume {sweep_id}: `params.{name}` is {now[name]!r} here but {before.get(name)!r} in that sweep; "
                     "resume with the search space it started with"
                 )
-        rows_file = files.path(TRIALS_FILE)
-        if not rows_file.is_file():
-            return []
-        return [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+        rows = files.read_text(TRIALS_FILE) or ""
+        return [json.loads(line) for line in rows.splitlines() if line.strip()]
 
 
 def _import_later_modules() -> None:
@@ -277,6 +273,8 @@ def _run(
     stamp = time.strftime("%Y%m%d-%H%M%S")
     sweep_id = resume or f"{cfg.name}-{stamp}-{uuid.uuid4().hex[:6]}"
     files = SweepFiles(cfg.store, sweep_id)
+    if resume:  # the driver's node continues the sweep's files (and its SQLite study) from the storage
+        files.pull(TRIALS_FILE, FRONT_FILE, *(() if cfg.study_storage else (STUDY_FILE,)))
 
     with prepared(cfg, task) as prep:
         setup_seconds = time.perf_counter() - started - prep.seconds

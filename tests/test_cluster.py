@@ -2,6 +2,7 @@
 real tracking server whose artifacts go to the bucket, each node with its own local cache."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,26 +10,27 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.storage import CACHE_ENV
+from orchestrator.storage import CACHE_ENV, Storage
 
 SMOKE = Path(__file__).parents[1] / "search_spaces" / "smoke.yaml"
 
 pytestmark = pytest.mark.slow
 
 
-def _sweep(address: str, storage: str, tracking: str, cache: Path, cwd: Path) -> subprocess.CompletedProcess:
+def _sweep(address: str, storage: str, tracking: str, cache: Path, cwd: Path, *more: str) -> subprocess.CompletedProcess:
     from orchestrator.sweep import RAY_ENV
 
     env = {**os.environ, **RAY_ENV, CACHE_ENV: str(cache)}
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", "sweep", str(SMOKE), "--address", address, "--trials", "2",
          "--storage", storage, "--tracking-uri", tracking, "--set", "max_concurrent_trials=2",
-         "--set", "measure.target=latency_target"],
+         "--set", "measure.target=latency_target", *more],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
     )
 
 
-def test_a_sweep_on_s3_storage_reuses_the_bucket_and_writes_no_shared_local_directory(tmp_path, s3_server, mlflow_server):
+def test_a_sweep_on_s3_storage_reuses_the_bucket_and_writes_no_shared_local_directory(tmp_path, s3_server, mlflow_server,
+                                                                                         monkeypatch):
     import shutil
 
     from ray.cluster_utils import Cluster
@@ -37,7 +39,8 @@ def test_a_sweep_on_s3_storage_reuses_the_bucket_and_writes_no_shared_local_dire
     from orchestrator.sweep import RAY_ENV
 
     storage = s3_server.format("cluster")
-    caches = {name: tmp_path / "caches" / name for name in ("head", "a", "b", "head2")}
+    caches = {name: tmp_path / "caches" / name for name in ("head", "a", "b", "head2", "head3", "test")}
+    monkeypatch.setenv(CACHE_ENV, str(caches["test"]))  # what this test process reads back
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     os.environ.update(RAY_ENV)
@@ -78,5 +81,17 @@ def test_a_sweep_on_s3_storage_reuses_the_bucket_and_writes_no_shared_local_dire
         assert sorted(os.listdir(tmp_path)) == ["caches", "cwd"]
         model = load_model(artifact)
         assert sum(p.numel() for p in model.parameters()) > 0
+
+        # resumed from a driver with an empty cache: the study and the trials so far come from the bucket
+        first_id = parents[0].data.tags["sweep_id"]
+        third = _sweep(cluster.address, storage, mlflow_server, caches["head3"], cwd, "--resume", first_id, "--trials", "1")
+        assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+        assert re.search(r": \d of 3 trials \(teacher:", third.stdout)  # the earlier two count in the front
+        rows = Storage(storage).read_text("sweeps", first_id, "trials.jsonl").splitlines()
+        assert len(rows) == 3  # the bucket's trials.jsonl continued, not replaced
+        import optuna
+
+        study = Storage(storage).pull("sweeps", first_id, "optuna.db")
+        assert len(optuna.load_study(study_name=first_id, storage=f"sqlite:///{study}").trials) == 3
     finally:
         cluster.shutdown()
