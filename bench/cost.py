@@ -93,7 +93,7 @@ def prepare_teacher(cfg: SweepConfig) -> tuple[TeacherInfo, str]:
     from orchestrator.sweep import RAY_ENV, Sweep
     from orchestrator.teacher import build_teacher, prepare_data
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
     try:
         task = Sweep(cfg).task
         data = prepare_data(cfg, task)

@@ -86,7 +86,7 @@ def main() -> None:
     from orchestrator.sweep import RAY_ENV
 
     os.environ.update(RAY_ENV)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
     started = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory() as tmp:

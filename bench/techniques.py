@@ -117,7 +117,7 @@ def run_rows(
     with tempfile.TemporaryDirectory() as tmp:
         common = {"storage": f"{tmp}/runs", "resources.cpus_per_worker": os.cpu_count() or 1, **overrides}
         base = orchestrator.load_config(space, overrides={**common, "params.beta": 0.0})  # logits-only teacher outputs
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
         try:
             task = orchestrator.Sweep(base).task
             data = prepare_data(base, task)

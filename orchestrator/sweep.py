@@ -103,16 +103,16 @@ class Sweep:
         threading.Thread(target=_import_later_modules, name="orchestrator-imports", daemon=True).start()
         _ship_by_value(self.task)
         own_ray = not ray.is_initialized()
+        local = cfg.ray_address is None  # a Ray of its own; a cluster may grow (autoscaling): not held to what it has now
         if own_ray:
             for k, v in RAY_ENV.items():
                 os.environ.setdefault(k, v)
             init = dict(include_dashboard=False, log_to_driver=ray_logs, runtime_env={"env_vars": RAY_ENV})
             if is_client(cfg.ray_address):
                 connect(cfg.ray_address, **init)
-            else:
-                ray.init(address=cfg.ray_address, num_cpus=cfg.resources.local_cpus if cfg.ray_address is None else None, **init)
+            else:  # "local": never a cluster that a `ray start` on this machine left running or behind
+                ray.init(address=cfg.ray_address or "local", num_cpus=cfg.resources.local_cpus if local else None, **init)
         try:
-            local = cfg.ray_address is None  # a cluster may grow (autoscaling): it is not held to what it has now
             slots = check_fits(cfg, ray.cluster_resources(), strict=local)
             if cfg.max_concurrent_trials is None:
                 log.info("%d trial(s) at a time: as many as this Ray's CPUs and GPUs %sfit beside the measurement service "

@@ -16,7 +16,7 @@ def ray_session():
     os.environ.update(RAY_ENV)
     # 3 logical CPUs on a 2-core machine: room for two 1-CPU trials (or one 2-CPU one) beside the sweep's
     # measurement service, as `resources.local_cpus: 3` gives a sweep
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
     try:
         yield ray
     finally:

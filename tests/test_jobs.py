@@ -54,6 +54,9 @@ def head(tmp_path_factory):
     finally:
         os.killpg(proc.pid, 15)  # `ray start --block` stops the head's processes on SIGTERM
         proc.wait(timeout=60)
+        current = Path("/tmp/ray/ray_current_cluster")  # what `ray stop` would remove: no later ray.init() joins it
+        if current.is_file() and current.read_text().strip().endswith(f":{ports['--port']}"):
+            current.unlink()
 
 
 def _listening(port: int) -> bool:

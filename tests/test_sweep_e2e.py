@@ -247,6 +247,20 @@ def test_a_sweep_resumes_its_study_and_keeps_its_trials(sweep):
     assert parent["sweep_id"] == sweep_id and parent["resumed"] == "true" and parent["previous_trials"] == "2"
 
 
+def test_the_study_lives_in_a_database_when_study_storage_names_one(sweep):
+    result, root, uri = sweep
+    db = f"sqlite:///{root / 'studies.db'}"  # a PostgreSQL or MySQL URL on a cluster; SQLite is the same code
+    kw = dict(storage=str(root / "runs"), tracking_uri=uri, experiment="study", study_storage=db)
+    first = Sweep.from_yaml(SMOKE, trials=1, **kw).run()
+    sweep_id = MlflowClient(uri).get_run(first.run_id).data.tags["sweep_id"]
+    assert not (root / "runs" / "sweeps" / sweep_id / "optuna.db").exists()
+    with pytest.raises(ConfigError, match="`study_storage` holds no study of that name"):
+        Sweep.from_yaml(SMOKE, trials=1, **{**kw, "study_storage": f"sqlite:///{root / 'other.db'}"}).check_resume(sweep_id)
+    more = Sweep.from_yaml(SMOKE, trials=1, **kw).run(resume=sweep_id)
+    assert len(more.trials) == 2
+    assert [t.state.name for t in optuna.load_study(study_name=sweep_id, storage=db).trials] == ["COMPLETE"] * 2
+
+
 RECIPE = {"params.beta": 0.0, "params.lambda": 0.5, "params.temperature": 2.0, "params.optimizer": "adamw", "params.lr": 0.005}
 
 
