@@ -18,41 +18,16 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import subprocess
+import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import orchestrator
 from orchestrator.storage import CACHE_ENV
 from orchestrator.sweep import RAY_ENV
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _s3_server() -> tuple[subprocess.Popen, str]:
-    import pyarrow.fs
-
-    port = _free_port()
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    proc = subprocess.Popen([shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    pyarrow.fs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True).create_dir("bench")
-    return proc, f"s3://bench/{{}}?endpoint_override=127.0.0.1:{port}&scheme=http"
+sys.path.insert(0, str(Path(__file__).parents[1]))  # the repository root: its tests' server helpers
+from tests.servers import start_s3, stop  # noqa: E402  (the same real S3 server the tests start)
 
 
 def _run(nodes: int, args: argparse.Namespace, storage: str, tmp: Path) -> dict:
@@ -92,7 +67,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="distillation steps per trial (the trials' work)")
     parser.add_argument("--out", default="bench/results/scale.json")
     args = parser.parse_args()
-    server, s3 = _s3_server()
+    server, s3 = start_s3("bench")
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -101,8 +76,7 @@ def main() -> None:
                 print(f"{nodes} node(s): {rows[-1]['trials_completed']} trials in {rows[-1]['trials_seconds']:.1f} s of "
                       f"trial phase = {rows[-1]['trials_per_hour']:.0f} trials/hour", flush=True)
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        stop(server)
     ratio = rows[1]["trials_per_hour"] / rows[0]["trials_per_hour"]
     print("\n| worker nodes | trials | trial phase (s) | trials/hour | distill s/trial | overhead |\n|---|---|---|---|---|---|")
     for r in rows:

@@ -23,46 +23,19 @@ def ray_session():
         ray.shutdown()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """A real S3-protocol server (moto) on 127.0.0.1 with a bucket `sweeps`; yields a storage URI prefix
-    that reaches it (`s3://sweeps/<prefix>?endpoint_override=...&scheme=http`, with `{}` for the prefix).
-    Credentials are set for this process and the processes it starts (Ray's workers inherit them)."""
-    import shutil
-    import subprocess
-    import time
-    import urllib.request
+    """A real S3-protocol server (moto) on 127.0.0.1 with a bucket `sweeps`; yields a storage URI template
+    that reaches it (`s3://sweeps/{}?endpoint_override=...&scheme=http`, `{}` for the prefix). Credentials
+    are set for this process and the processes it starts (Ray's workers inherit them)."""
+    from tests.servers import start_s3, stop
 
-    if shutil.which("moto_server") is None:
-        pytest.fail("moto_server is missing: pip install 'moto[server]' (the [test] extra has it)")
-    port = free_port()
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc, uri = start_s3("sweeps")
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("moto_server did not start within 10 s")
-        import pyarrow.fs
-
-        pyarrow.fs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True).create_dir("sweeps")
-        yield f"s3://sweeps/{{}}?endpoint_override=127.0.0.1:{port}&scheme=http"
+        yield uri
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop(proc)
 
 
 @pytest.fixture
@@ -70,29 +43,19 @@ def mlflow_server(tmp_path_factory, s3_server):
     """A real `mlflow server` on a free port: runs in SQLite, artifacts proxied to the S3 server's bucket
     (`mlflow/`), so no client writes an artifact to its own disk. Yields its URL; stopped afterwards."""
     import subprocess
-    import time
-    import urllib.request
+
+    from tests.servers import executable, free_port, stop, wait_for
 
     port, root = free_port(), tmp_path_factory.mktemp("mlflow_server")
     endpoint = s3_server.split("endpoint_override=")[1].split("&")[0]
     env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": f"http://{endpoint}", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(
-        ["mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
+        [executable("mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
          "s3://sweeps/mlflow", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         env=env, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"), start_new_session=True,
     )
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.1)
-        else:
-            pytest.fail("mlflow server did not answer within 60 s")
+        wait_for(f"http://127.0.0.1:{port}/health", proc, 60, root / "server.log")
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+        stop(proc)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import free_port
+from tests.servers import executable, free_port
 
 ROOT = Path(__file__).parents[1]
 
@@ -35,7 +35,7 @@ def head(tmp_path_factory):
         "--object-manager-port")}
     low = free_port()
     proc = subprocess.Popen(
-        ["ray", "start", "--head", "--block", "--num-cpus", "3", "--include-dashboard", "true", "--dashboard-host",
+        [executable("ray"), "start", "--head", "--block", "--num-cpus", "3", "--include-dashboard", "true", "--dashboard-host",
          "127.0.0.1", "--min-worker-port", str(low), "--max-worker-port", str(low + 200),
          *(x for flag, port in ports.items() for x in (flag, str(port)))],
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
@@ -67,7 +67,7 @@ def _listening(port: int) -> bool:
 
 
 def _ray(args, env, check=True):
-    out = subprocess.run(["ray", *args], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([executable("ray"), *args], env=env, capture_output=True, text=True, timeout=120)
     assert not check or out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return out
 
@@ -123,7 +123,7 @@ def test_a_sweep_driven_from_a_ray_client_reports_here(head, tmp_path):
     _, env, client = head
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = subprocess.run(
-        ["orchestrator", "sweep", str(ROOT / "search_spaces" / "smoke.yaml"), "--trials", "2", "--address", client,
+        [executable("orchestrator"), "sweep", str(ROOT / "search_spaces" / "smoke.yaml"), "--trials", "2", "--address", client,
          "--storage", str(tmp_path / "runs"), "--tracking-uri", uri],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=420,
     )
