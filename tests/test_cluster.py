@@ -1,8 +1,11 @@
-"""A sweep across nodes that share no disk: storage in an S3 bucket (a real S3-protocol server), MLflow on a
-real tracking server whose artifacts go to the bucket, each node with its own local cache."""
+"""A sweep on a three-node cluster laid out as cluster.yaml lays it out, with nodes that share no disk: the
+head runs the trial drivers (`trial_driver`) and never trains, DDP puts one rank on each worker node, the
+measurement service runs on the `latency_target` node; storage in an S3 bucket (a real S3-protocol server),
+MLflow on a real tracking server whose artifacts go to the bucket, each node with its own local cache."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +16,8 @@ from mlflow.tracking import MlflowClient
 from orchestrator.storage import CACHE_ENV, Storage
 
 SMOKE = Path(__file__).parents[1] / "search_spaces" / "smoke.yaml"
+DDP = ["--set", "resources.num_workers=2", "--set", "resources.cpus_per_worker=1", "--set",
+       "resources.placement_strategy=STRICT_SPREAD", "--set", "resources.driver_resource=trial_driver"]
 
 pytestmark = pytest.mark.slow
 
@@ -23,16 +28,12 @@ def _sweep(address: str, storage: str, tracking: str, cache: Path, cwd: Path, *m
     env = {**os.environ, **RAY_ENV, CACHE_ENV: str(cache)}
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", "sweep", str(SMOKE), "--address", address, "--trials", "2",
-         "--storage", storage, "--tracking-uri", tracking, "--set", "max_concurrent_trials=2",
-         "--set", "measure.target=latency_target", *more],
+         "--storage", storage, "--tracking-uri", tracking, "--set", "measure.target=latency_target", *DDP, *more],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
     )
 
 
-def test_a_sweep_on_s3_storage_reuses_the_bucket_and_writes_no_shared_local_directory(tmp_path, s3_server, mlflow_server,
-                                                                                         monkeypatch):
-    import shutil
-
+def test_a_ddp_sweep_on_s3_storage_across_nodes_that_share_no_disk(tmp_path, s3_server, mlflow_server, monkeypatch):
     from ray.cluster_utils import Cluster
 
     from orchestrator import load_model
@@ -45,10 +46,11 @@ def test_a_sweep_on_s3_storage_reuses_the_bucket_and_writes_no_shared_local_dire
     cwd.mkdir()
     os.environ.update(RAY_ENV)
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "env_vars": {CACHE_ENV: str(caches["head"])}})
+        "num_cpus": 0, "resources": {"trial_driver": 100}, "include_dashboard": False,
+        "env_vars": {CACHE_ENV: str(caches["head"])}})
     try:
-        cluster.add_node(num_cpus=2, resources={"latency_target": 1}, env_vars={CACHE_ENV: str(caches["a"])})
-        cluster.add_node(num_cpus=1, env_vars={CACHE_ENV: str(caches["b"])})
+        a = cluster.add_node(num_cpus=2, resources={"latency_target": 1}, env_vars={CACHE_ENV: str(caches["a"])})
+        b = cluster.add_node(num_cpus=1, env_vars={CACHE_ENV: str(caches["b"])})
         cluster.wait_for_nodes()
 
         first = _sweep(cluster.address, storage, mlflow_server, caches["head"], cwd)
@@ -57,14 +59,25 @@ def test_a_sweep_on_s3_storage_reuses_the_bucket_and_writes_no_shared_local_dire
         experiment = client.get_experiment_by_name("smoke").experiment_id
         trials = client.search_runs([experiment], "tags.`orchestrator.role` = 'trial'")
         assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
+        for run in trials:
+            tags = run.data.tags
+            assert run.data.metrics["accuracy"] > 0 and run.data.metrics["latency_ms"] > 0
+            assert tags["node"] == cluster.head_node.node_id  # the driver waited on the head, which never trains
+            assert sorted(tags["distill.worker_nodes"].split(",")) == sorted([a.node_id, b.node_id])  # a rank per node
+            digests = tags["distill.worker_weights"].split(",")
+            assert len(digests) == 2 and len(set(digests)) == 1  # every rank ended with the same weights: DDP synced
+        parent = client.search_runs([experiment], "tags.`orchestrator.role` = 'sweep'")[0]
+        assert parent.data.tags["measure.node"] == a.node_id  # every figure was measured on the latency_target node
         artifact = trials[0].data.tags["artifact"]
         assert artifact.startswith("s3://sweeps/cluster/sweeps/") and artifact.split("?")[0].endswith("/model.orc")
         assert [f.path for f in client.list_artifacts(trials[0].info.run_id)] == ["model.orc"]
         assert trials[0].info.artifact_uri.startswith("mlflow-artifacts:")  # proxied to the bucket, not a local path
+        for node in ("a", "b"):  # each rank read the data and the teacher's outputs into its own node's cache
+            assert list((caches[node] / "s3" / "sweeps" / "cluster" / "teacher_outputs").glob("*/teacher_outputs.pt"))
 
         # the second sweep: a fresh driver cache and emptied node caches, so everything comes from the bucket
-        for name in ("a", "b"):
-            shutil.rmtree(caches[name], ignore_errors=True)
+        for node in ("head", "a", "b"):
+            shutil.rmtree(caches[node])
         second = _sweep(cluster.address, storage, mlflow_server, caches["head2"], cwd)
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         assert "cache hit, reused" in second.stdout + second.stderr
@@ -73,10 +86,9 @@ def test_a_sweep_on_s3_storage_reuses_the_bucket_and_writes_no_shared_local_dire
         assert parents[1].data.tags["teacher_outputs_cache_hit"] == "true" and parents[1].data.tags["storage"] == storage
         again = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parents[1].info.run_id}'")
         assert [r.data.tags["cache_hit.distill"] for r in again] == ["true", "true"]  # students from the bucket
+        assert list((caches["head"] / "s3" / "sweeps" / "cluster" / "students").glob("*/student.pt"))  # the drivers' node
 
-        # each node read what it needed into its own cache, and nothing else was written locally
-        downloaded = [p for p in (caches["a"], caches["b"]) if (p / "s3" / "sweeps" / "cluster" / "students").is_dir()]
-        assert downloaded, "no node fetched a student from the bucket"
+        # nothing was written to a local directory two nodes share
         assert sorted(os.listdir(cwd)) == []  # no ./orchestrator_runs, no ./mlruns, no mlflow.db
         assert sorted(os.listdir(tmp_path)) == ["caches", "cwd"]
         model = load_model(artifact)
