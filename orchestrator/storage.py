@@ -119,8 +119,8 @@ def _read_remote(uri: str) -> bytes | None:
 
 
 def fetch(location: str | os.PathLike[str]) -> Path:
-    """A local file for `location` on this node: a path as it is; a URI's object downloaded once per node
-    (checked against the manifest of the entry it belongs to, when it has one)."""
+    """A local file for `location` on this node: a path as it is; a URI's object downloaded once per node,
+    with the rest of the cache entry it belongs to (checked against the entry's manifest), when it has one."""
     if not is_uri(location):
         return Path(location)
     uri = str(location)
@@ -128,10 +128,12 @@ def fetch(location: str | os.PathLike[str]) -> Path:
     if local.is_file():
         return local
     scheme, path, query = _split(uri)
-    parent, name = path.rsplit("/", 1)
-    blob = _read_remote(f"{scheme}://{parent}/{MANIFEST}{'?' + query if query else ''}")
-    sha = json.loads(blob).get("files", {}).get(name) if blob else None
-    _download(uri, local, sha)
+    entry = f"{scheme}://{path.rsplit('/', 1)[0]}{'?' + query if query else ''}"
+    blob = _read_remote(_join(entry, MANIFEST))
+    if blob is not None:  # a file of a cache entry: the node takes the whole entry, as `Storage.entry` would
+        _download_entry(entry, local.parent, json.loads(blob))
+    if not local.is_file():  # not part of an entry (or not in its manifest): the object alone
+        _download(uri, local)
     return local
 
 
@@ -239,7 +241,7 @@ class Storage:
         if self.remote:
             blob = _read_remote(self.location(kind, key, MANIFEST))
             if blob is not None:
-                self._download_entry(kind, key, json.loads(blob))
+                _download_entry(self.location(kind, key), local, json.loads(blob))
                 return local, True
         _build_entry(local, key, build)
         if self.remote:
@@ -250,23 +252,31 @@ class Storage:
                 _upload(local / MANIFEST, self.location(kind, key, MANIFEST))
         return local, False
 
-    def _download_entry(self, kind: str, key: str, manifest: dict) -> None:
-        if manifest.get("key") != key:
-            raise OSError(f"{self.location(kind, key)}: its manifest names key {manifest.get('key')!r}, not its own "
-                          "directory's; delete that entry in storage and run again")
-        local = self.path(kind, key)
-        tmp = local.with_name(f".{key}.{uuid.uuid4().hex}.tmp")
+def _join(uri: str, name: str) -> str:
+    scheme, path, query = _split(uri)
+    return f"{scheme}://{path}/{name}{'?' + query if query else ''}"
+
+
+def _download_entry(uri: str, local: Path, manifest: dict) -> None:
+    """Copy the whole entry at `uri` into `local` (every file of its manifest, each checked, then the
+    manifest) through a temporary directory renamed into place: a node never holds half an entry."""
+    key = local.name
+    if manifest.get("key") != key:
+        raise OSError(f"{uri}: its manifest names key {manifest.get('key')!r}, not its own directory's; delete "
+                      "that entry in storage and run again")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f".{key}.{uuid.uuid4().hex}.tmp")
+    try:
+        for name, sha in manifest["files"].items():
+            _download(_join(uri, name), tmp / name, sha)
+        (tmp / MANIFEST).write_text(json.dumps(manifest))
         try:
-            for name, sha in manifest["files"].items():
-                _download(self.location(kind, key, name), tmp / name, sha)
-            (tmp / MANIFEST).write_text(json.dumps(manifest))
-            try:
-                os.rename(tmp, local)
-            except OSError:  # another process of this node downloaded it first
-                if not (local / MANIFEST).exists():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            os.rename(tmp, local)
+        except OSError:  # another process of this node downloaded it first
+            if not (local / MANIFEST).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _build_entry(entry: Path, key: str, build: Callable[[Path], None]) -> None:

@@ -41,6 +41,12 @@ def test_an_entry_built_on_one_node_is_reused_on_another_through_the_bucket(s3_s
     assert (entry_b / "sub" / "meta.json").read_text() == '{"a": 1}'
     assert not list(cache_b.rglob("*.tmp"))  # downloaded under a temporary name, renamed into place
 
+    cache_c = node("c")  # a node that first reads one file of the entry (a DDP rank) takes the whole entry
+    local = fetch(Storage(where).location("teachers", "k1", "weights.pt"))
+    assert local == cache_c / "s3" / "sweeps" / "entries" / "teachers" / "k1" / "weights.pt"
+    assert (local.parent / ".complete").is_file() and (local.parent / "sub" / "meta.json").is_file()
+    assert Storage(where).entry("teachers", "k1", build) == (local.parent, True) and builds == [1]
+
 
 def test_fetch_downloads_once_per_node_and_refuses_content_that_does_not_match_the_manifest(s3_server, node):
     import pyarrow.fs
