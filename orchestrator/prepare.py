@@ -67,12 +67,8 @@ def _ready(cfg: SweepConfig, task: Task, data: PreparedData, weights: TeacherWei
     for warning in teacher.warnings:
         log.warning("teacher: %s", warning)
     outputs = None
-    if cfg.distill.teacher_outputs == "cached" and cfg.resources.use_gpu:  # on a GPU node, in a task that holds one
-        cpus = cfg.teacher.cpus_per_worker or cfg.resources.cpus_per_worker
-        remote = ray.remote(num_gpus=1, num_cpus=cpus, max_retries=0)(build_teacher_outputs)
-        outputs = ray.get(remote.remote(cfg, task, teacher, data, device="cuda"))
-    elif cfg.distill.teacher_outputs == "cached":
-        outputs = build_teacher_outputs(cfg, task, teacher, data)
+    if cfg.distill.teacher_outputs == "cached":
+        outputs = _teacher_outputs(cfg, task, teacher, data)
     log.info(
         "teacher %s (%s%s): validation accuracy %.4f (test %.4f), %.3f MB, %.3f ms",
         teacher.key, "cache hit, reused" if teacher.cache_hit else "built now",
@@ -87,3 +83,12 @@ def _ready(cfg: SweepConfig, task: Task, data: PreparedData, weights: TeacherWei
             outputs.size_bytes / 1e6, outputs.seconds, " (saved)" if outputs.cache_hit else "",
         )
     return Prepared(data, teacher, outputs, time.perf_counter() - started, service, ray.get(service.where.remote()))
+
+
+def _teacher_outputs(cfg: SweepConfig, task: Task, teacher: TeacherInfo, data: PreparedData) -> TeacherOutputsInfo:
+    """The teacher's outputs: here, or with `use_gpu` in a Ray task that holds a GPU (on a GPU node)."""
+    if not cfg.resources.use_gpu:
+        return build_teacher_outputs(cfg, task, teacher, data)
+    cpus = cfg.teacher.cpus_per_worker or cfg.resources.cpus_per_worker
+    remote = ray.remote(num_gpus=1, num_cpus=cpus, max_retries=0)(build_teacher_outputs)
+    return ray.get(remote.remote(cfg, task, teacher, data, device="cuda"))

@@ -30,19 +30,16 @@ def check_fits(cfg: SweepConfig, available: dict[str, float], *, strict: bool = 
     held_cpus, held_gpus = service_cpus(cfg), 1 if cfg.measure.device == "cuda" else 0
     have_cpus, have_gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
     wanted = min(cfg.max_concurrent_trials or cfg.trials, cfg.trials)
-    if not strict:
-        fit = [(have_cpus - held_cpus) // cpus if cpus else wanted, (have_gpus - held_gpus) // gpus if gpus else wanted]
-        return int(max(1, min(wanted, *fit)))
-    if cpus + held_cpus > have_cpus:
+    fit = [(have_cpus - held_cpus) // cpus if cpus else wanted, (have_gpus - held_gpus) // gpus if gpus else wanted]
+    if strict and cpus + held_cpus > have_cpus:
         raise ConfigError(
             f"{cfg.source}: a trial needs {cpus:g} CPUs and the measurement service holds {held_cpus:g} "
             f"(`measure.cpus`), but this Ray has {have_cpus:g}; lower `resources.num_workers` / `resources.cpus_per_worker`, "
             "or raise `resources.local_cpus`"
         )
-    if gpus + held_gpus > have_gpus:
+    if strict and gpus + held_gpus > have_gpus:
         raise ConfigError(f"{cfg.source}: a trial and the measurement service need {gpus + held_gpus:g} GPUs together "
                           f"(`resources.use_gpu`, `measure.device`), but this Ray has {have_gpus:g}")
-    fit = [(have_cpus - held_cpus) // cpus if cpus else cfg.trials, (have_gpus - held_gpus) // gpus if gpus else cfg.trials]
     return int(max(1, min(wanted, *fit)))
 
 

@@ -108,12 +108,17 @@ def _upload(path: Path, uri: str) -> None:
         shutil.copyfileobj(src, dst, 1 << 22)
 
 
-def _read_remote(uri: str) -> bytes | None:
+def _exists(uri: str) -> bool:
     import pyarrow.fs
 
     fs, path = _filesystem(uri)
-    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def _read_remote(uri: str) -> bytes | None:
+    if not _exists(uri):
         return None
+    fs, path = _filesystem(uri)
     with fs.open_input_stream(path) as f:
         return f.read()
 
@@ -189,14 +194,11 @@ class Storage:
 
     def discard(self, path: Path) -> None:
         """Delete a file written under `root`, and its uploaded copy if any."""
-        import pyarrow.fs
-
         where = self.located(path)
         Path(path).unlink(missing_ok=True)
-        if self.remote:
+        if self.remote and _exists(where):
             fs, remote = _filesystem(where)
-            if fs.get_file_info(remote).type != pyarrow.fs.FileType.NotFound:
-                fs.delete_file(remote)
+            fs.delete_file(remote)
 
     def read_text(self, *parts: str) -> str | None:
         """The text of a (small) file in the storage, read there, not from the node's copy; None if absent."""
@@ -211,7 +213,7 @@ class Storage:
         if not self.remote:
             p = self.path(*parts)
             return p if p.is_file() else None
-        if _read_remote(self.location(*parts)) is None:
+        if not _exists(self.location(*parts)):  # (a check, not a second download)
             return None
         _download(self.location(*parts), self.path(*parts))
         return self.path(*parts)
@@ -246,7 +248,7 @@ class Storage:
         _build_entry(local, key, build)
         if self.remote:
             manifest = json.loads((local / MANIFEST).read_text())
-            if _read_remote(self.location(kind, key, MANIFEST)) is None:  # another node may have finished first
+            if not _exists(self.location(kind, key, MANIFEST)):  # another node may have finished first
                 for name in manifest["files"]:
                     _upload(local / name, self.location(kind, key, name))
                 _upload(local / MANIFEST, self.location(kind, key, MANIFEST))
