@@ -1,4 +1,4 @@
-"""One trial, top to bottom: [premeasure ->] distill -> prune [-> recover] -> quantize -> export -> measure.
+"""One trial, top to bottom: [premeasure ->] distill -> prune [-> recover] -> quantize [-> recover] -> export -> measure.
 
 `tune_trial` is the Ray Tune function (the driver). It distils in its own process (one worker) or starts
 a Ray Train run (DDP), unless an earlier trial already distilled the same student (`students`); then it
@@ -9,6 +9,7 @@ of the sweep's `Task`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -17,21 +18,25 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import torch
 from torch import nn
 
+from orchestrator import cache
 from orchestrator.config import SweepConfig
 from orchestrator.evaluation import ARTIFACT, measure_model, with_registered
 from orchestrator.objectives import OBJECTIVES, Objective, install, measured
 from orchestrator.service import measure_on_service
 from orchestrator.outcome import TrialOutcome
 from orchestrator.space import ObjectiveConstraints
-from orchestrator.stages.compress import Compressed, compress
+from orchestrator.stages.compress import Compressed, Quantized, compress
 from orchestrator.stages.distill import Check, load_teacher
+from orchestrator.stages.gptq import gptq_quantize_
 from orchestrator.stages.prune import PruneResult
+from orchestrator.stages.quantize import QuantizedTensor, QuantSpec, dequantize, quantizable_weights
 from orchestrator.stopping import EarlyStopped, stop_reason
 from orchestrator.storage import fetch
 from orchestrator.sweep_files import SweepFiles
-from orchestrator.students import distill_student, load_checkpoint, recover_student
+from orchestrator.students import distill_student, load_checkpoint, recover_student, tune_quantized
 from orchestrator.tasks.base import Task, TrialParams
 from orchestrator.teacher import PreparedData, TeacherInfo, TeacherOutputsInfo
 
@@ -58,7 +63,8 @@ def premeasure(ctx: TrialContext, p: TrialParams, data: Any, teacher: nn.Module,
     cfg, task = ctx.config, ctx.task
     model = task.student(cfg, p, data, teacher)
     artifact = workdir / "untrained.orc"
-    compress(model, cfg.pipeline, sparsity=p.sparsity, bits=p.bits, group_size=p.group_size, artifact=artifact, meta=task.meta(data))
+    compress(model, cfg.pipeline, sparsity=p.sparsity, bits=p.bits, group_size=p.group_size, artifact=artifact, meta=task.meta(data),
+             entropy=cfg.export.entropy)
     figures = measured(OBJECTIVES, "artifact", SimpleNamespace(size_bytes=artifact.stat().st_size))
     target, waited = measure_on_service(ctx.service, cfg.store.publish(artifact))
     cfg.store.discard(artifact)
@@ -133,7 +139,7 @@ def run_pipeline(
         timings["time_distill_fit_s"] = time.perf_counter() - t  # includes Ray Train worker start-up
         student, _ = load_checkpoint(task, entry / "student.pt")
         source = entry.name
-        trained = {"val_accuracy": distilled["val_accuracy"], "val_loss": distilled["val_loss"]}
+        trained = {"val_accuracy": distilled["val_accuracy"], "val_loss": distilled["val_loss"], "distill_steps": distilled["steps"]}
         hits["distill"] = hit
         if distilled.get("worker_nodes"):  # when it was trained (a reused student keeps its own)
             tags["distill.worker_nodes"] = ",".join(distilled["worker_nodes"])
@@ -147,10 +153,20 @@ def run_pipeline(
         hits["recover"] = hit
         return result
 
+    def tune(model: nn.Module, spec: QuantSpec, masks: dict[str, torch.Tensor], quantized: Quantized) -> nn.Module:
+        tuned, hit = tune_quantized(cfg, task, p, model, spec, masks, quantized, data_path=ctx.data.path,
+                                    teacher=ctx.teacher, outputs=ctx.teacher_outputs, trial_id=trial_id)
+        hits["quantize_recover"] = hit
+        return tuned
+
+    def gptq(model: nn.Module, spec: QuantSpec, masks: dict[str, torch.Tensor]) -> Quantized:
+        quantized, hits["gptq"] = gptq_cached(cfg, task, data, ctx.data.key, model, spec, masks)
+        return quantized
+
     artifact = workdir / ARTIFACT
     c: Compressed = compress(
         student.eval(), cfg.pipeline, sparsity=p.sparsity, bits=p.bits, group_size=p.group_size, artifact=artifact,
-        meta=task.meta(data), recover=recover, timings=timings,
+        meta=task.meta(data), recover=recover, gptq=gptq, tune=tune, entropy=cfg.export.entropy, timings=timings,
     )
 
     t = time.perf_counter()
@@ -173,6 +189,32 @@ def run_pipeline(
     timings["time_stages_s"] = sum(v for k, v in timings.items() if k not in ("time_distill_fit_s", "time_measure_wait_s"))
     return TrialOutcome(status="COMPLETED", metrics=metrics, cache_hits=hits, timings=timings, artifact=location,
                         warnings=m.warnings, tags=tags)
+
+
+@torch.no_grad()
+def gptq_cached(cfg: SweepConfig, task: Task, data: Any, data_key: str, model: nn.Module, spec: QuantSpec,
+                masks: dict[str, torch.Tensor]) -> tuple[Quantized, bool]:
+    """GPTQ of `model` in place, calibrated on `calibration_windows` training windows (drawn with the sweep's
+    seed). Its result is cached under the model's exact weights and masks, the method, bits and group
+    size, and the data: a later trial that quantizes the same model the same way reads it back. Returns
+    (the integer weights, whether they came from the cache)."""
+    method = spec.method
+    key = cache.content_key("gptq", cache.tensors_digest(model.state_dict()), cache.tensors_digest(masks),
+                            dataclasses.asdict(method), spec.bits, spec.group_size, data_key, cfg.seed, task.fingerprint())
+
+    def build(tmp: Path) -> None:
+        windows, _ = task.batch(data, "train", method.calibration_windows, torch.Generator().manual_seed(cfg.seed))
+        quantized = gptq_quantize_(copy.deepcopy(model), spec, list(windows.split(32)), masks,
+                                   act_order=method.act_order, damping=method.damping)
+        torch.save({name: dataclasses.asdict(qt) for name, qt in quantized.items()}, tmp / "gptq.pt")
+
+    entry, hit = cfg.store.entry("gptq", key, build)
+    blob = torch.load(entry / "gptq.pt", weights_only=True)
+    quantized: Quantized = {name: QuantizedTensor(**fields) for name, fields in blob.items()}
+    weights = quantizable_weights(model, embeddings=method.embeddings)
+    for name, qt in quantized.items():
+        weights[name].copy_(dequantize(qt, masks.get(name)))
+    return quantized, hit
 
 
 def _node() -> str:

@@ -119,7 +119,7 @@ def test_overrides_take_dotted_keys_and_nested_dicts():
         ("pipeline: [{quantize: {method: symmetric, gruop: 1}}]", "`pipeline[0].quantize.gruop` is not a known key"),
         ("pipeline: [{distill: {steps: 3}}]", "`pipeline[0].distill` takes no options here; set them in the `distill:` section"),
         ("pipeline: [prune, {quantize: {mode: qat}}]", "quantize mode qat runs during distillation, and there is no distill stage"),
-        ("pipeline: [prune]\nparams: {width: {choices: [32, 64]}}", "`params.width` shapes a student, but `pipeline` has no distill stage"),
+        ("pipeline: [prune]\nparams: {width: {choices: [32, 64]}}", "`params.width` applies to students, but `pipeline` has no distill stage"),
         ("pipeline: [distill, quantize]\nparams: {sparsity: 0.5}", "`params.sparsity` is searched but `pipeline` has no prune stage"),
         ("pipeline: [distill, prune]\nparams: {bits: {choices: [4, 8]}}", "`params.bits` is searched but `pipeline` has no quantize stage"),
         ("pipeline: [distill, {prune: {method: nm}}]\nparams: {sparsity: 0.3}", "`params.sparsity` is not used by prune method nm: its 2:4 pattern"),
@@ -132,6 +132,16 @@ def test_overrides_take_dotted_keys_and_nested_dicts():
         ("distill: {layer_map: [0, 1]}", "`distill.layer_map` must be a list of [student layer, teacher layer] pairs"),
         ("distill: {temperature_end: 0}", "`distill.temperature_end` must be null or a number > 0, got 0"),
         ("params: {weight_decay: -1}", "`params.weight_decay` must be a number >= 0, got -1"),
+        ("pipeline: [distill, {quantize: {method: gptq, mode: qat}}]", "quantize method gptq is applied after training, not during it"),
+        ("pipeline: [distill, {quantize: {method: codebook, mode: qat}}]", "quantize method codebook is applied after training"),
+        ("pipeline: [distill, {quantize: {mode: qat, recovery_steps: 10}}]", "quantize `mode: qat` already trains the quantized weights"),
+        ("pipeline: [{quantize: {method: gptq, damping: 0}}]", "`pipeline[0].quantize.damping` must be a number in (0, 1), got 0"),
+        ("pipeline: [{quantize: {method: gptq, calibration_windows: 0}}]", "`pipeline[0].quantize.calibration_windows` must be an integer >= 1"),
+        ("pipeline: [{quantize: {method: codebook, recovery_steps: -1}}]", "`pipeline[0].quantize.recovery_steps` must be an integer >= 0"),
+        ("pipeline: [quantize]\nparams: {steps: {choices: [100, 200]}}", "`params.steps` applies to students, but `pipeline` has no distill stage"),
+        ("params: {steps: 0}", "`params.steps` must be an integer >= 1, got 0"),
+        ("distill: {patience: 0}", "`distill.patience` must be null or an integer >= 1, got 0"),
+        ("export: {entropy: gzip}", "`export.entropy` must be one of none, zstd, got 'gzip'"),
     ],
 )
 def test_bad_values_name_the_file_the_key_and_the_value(tmp_path, yaml_text, message):
@@ -209,7 +219,8 @@ def test_every_section_round_trips_through_yaml(tmp_path):
         "initial_points": [{"bits": 8, "width": 64}],
         "reference_point": {"accuracy": 0.1, "size_mb": 2.0},
         "early_stopping": {"enabled": True, "margin": 0.1, "every": 50},
-        "distill": {"teacher_outputs": "live", "top_k": 8}, "resources": {"launcher": "in_trial"},
+        "distill": {"teacher_outputs": "live", "top_k": 8, "patience": 2, "check_every": 50}, "resources": {"launcher": "in_trial"},
+        "export": {"entropy": "none"}, "params.steps": {"choices": [100, 400]},
     })
     again = tmp_path / "again.yaml"
     again.write_text(yaml.safe_dump(cfg.to_dict()))
@@ -224,6 +235,10 @@ def test_every_section_round_trips_through_yaml(tmp_path):
      {"quantize": {"method": "affine", "granularity": "group", "mode": "qat", "embeddings": False}}],
     ["distill", {"prune": {"method": "structured", "target": "both", "norm": "l1", "recovery_steps": 40}}],
     ["distill", {"prune": {"method": "nm", "n": 1, "m": 4, "recovery_steps": 10}}, "quantize"],
+    ["distill", {"quantize": {"method": "gptq", "granularity": "group", "act_order": False, "damping": 0.05,
+                              "calibration_windows": 16, "recovery_steps": 20}}],
+    [{"prune": {"method": "nm", "recovery_steps": 10}}, {"quantize": {"method": "codebook", "granularity": "channel",
+                                                                     "iterations": 5, "recovery_steps": 30}}],
 ])
 def test_every_technique_config_round_trips_through_yaml(tmp_path, pipeline):
     extra = {"params.group_size": {"choices": [16, 32]}} if "group" in str(pipeline) else {}

@@ -10,6 +10,8 @@ from orchestrator.stages.export import export, load_artifact, pack_bits, read_ma
 from orchestrator.config.techniques import (
     QUANTIZE_METHODS,
     AffineQuantization,
+    CodebookQuantization,
+    GPTQQuantization,
     MagnitudePruning,
     Pipeline,
     SemiStructuredPruning,
@@ -17,6 +19,7 @@ from orchestrator.config.techniques import (
     SymmetricQuantization,
 )
 from orchestrator.stages.compress import compress
+from orchestrator.stages.gptq import gptq_quantize_
 from orchestrator.stages.prune import prune
 from orchestrator.stages.quantize import QuantSpec, quantize_
 from orchestrator.models.gpt import GPT, GPTConfig
@@ -100,18 +103,28 @@ QUANTS = {
     "affine-tensor": AffineQuantization(granularity="tensor"),
     "symmetric-group": SymmetricQuantization(granularity="group"),
     "affine-group-dequantized": AffineQuantization(granularity="group", kernel="dequantized"),
+    "gptq-group": GPTQQuantization(granularity="group"),
+    "codebook-tensor": CodebookQuantization(),
+    "codebook-channel": CodebookQuantization(granularity="channel"),
     None: None,
 }
 
 
+def _calibrated(model, spec, masks):
+    x = torch.randint(11, (16, 8), generator=torch.Generator().manual_seed(2))
+    return gptq_quantize_(model, spec, [x], masks)
+
+
+@pytest.mark.parametrize("entropy", ["none", "zstd"])
 @pytest.mark.parametrize("prune_name,quant_name,bits", [
     (p, q, b) for p in PIPELINES for q in QUANTS for b in ([3, 8] if q else [32])
 ])
-def test_every_technique_and_combination_reloads_bit_exact(tmp_path, prune_name, quant_name, bits):
+def test_every_technique_and_combination_reloads_bit_exact(tmp_path, prune_name, quant_name, bits, entropy):
     torch.manual_seed(0)
     model = GPT(dataclasses.replace(CFG, width=32, heads=4)).eval()
     pipeline = Pipeline(prune=PIPELINES[prune_name], quantize=QUANTS[quant_name])
-    c = compress(model, pipeline, sparsity=0.5, bits=bits, group_size=8, artifact=tmp_path / "m.orc", meta={})
+    c = compress(model, pipeline, sparsity=0.5, bits=bits, group_size=8, artifact=tmp_path / "m.orc", meta={},
+                 gptq=_calibrated, entropy=entropy)
     loaded, _ = load_artifact(tmp_path / "m.orc")
     assert c.size_bytes == artifact_bytes(tmp_path / "m.orc")
     assert [type(m).__name__ for m in loaded.modules()] == [type(m).__name__ for m in c.model.modules()]
@@ -136,3 +149,35 @@ def test_an_older_format_is_refused_with_the_fix(tmp_path):
     old.write_bytes(b"ORCHPK01" + bytes(8))
     with pytest.raises(ValueError, match="older orchestrator format"):
         load_artifact(old)
+
+
+FORMATS = {  # (bits, prune sparsity, quantize method): every way a tensor can be stored
+    "float32": (32, 0.0, None), "float16": (16, 0.0, AffineQuantization()), "float32 masked": (32, 0.5, None),
+    "float32 by index": (32, 0.97, None), **{f"affine {b}-bit": (b, 0.0, AffineQuantization()) for b in range(2, 9)},
+    "symmetric 4-bit": (4, 0.0, SymmetricQuantization()), "affine 3-bit masked": (3, 0.5, AffineQuantization()),
+    "group-8 3-bit": (3, 0.0, AffineQuantization(granularity="group")),
+    **{f"codebook {b}-bit": (b, 0.0, CodebookQuantization()) for b in (2, 3, 4)},
+    "codebook 3-bit masked": (3, 0.5, CodebookQuantization(granularity="channel")),
+}
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_entropy_coding_is_lossless_and_never_larger_for_every_format(tmp_path, name):
+    bits, sparsity, method = FORMATS[name]
+    torch.manual_seed(0)
+    sizes, outputs = {}, {}
+    for entropy in ("none", "zstd"):
+        pipeline = Pipeline(distill=False, prune=MagnitudePruning() if sparsity else None, quantize=method)
+        torch.manual_seed(0)
+        model = GPT(dataclasses.replace(CFG, width=32, heads=4)).eval()
+        c = compress(model, pipeline, sparsity=sparsity, bits=bits, group_size=8, artifact=tmp_path / f"{entropy}.orc",
+                     meta={}, entropy=entropy)
+        loaded, _ = load_artifact(tmp_path / f"{entropy}.orc")
+        for (key, a), b in zip(c.model.state_dict().items(), loaded.state_dict().values()):
+            assert torch.equal(a, b), key
+        sizes[entropy], outputs[entropy] = c.size_bytes, loaded.state_dict()
+    assert sizes["zstd"] <= sizes["none"]
+    for key, value in outputs["none"].items():
+        assert torch.equal(value, outputs["zstd"][key]), key  # the same model either way
+    coded = [e for e in read_manifest(tmp_path / "zstd.orc")["tensors"] if len(e.get("values", [])) > 2]
+    assert coded, "nothing was entropy-coded"

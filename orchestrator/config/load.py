@@ -23,6 +23,7 @@ from orchestrator.config.schema import (
     ConstraintsConfig,
     DistillConfig,
     EarlyStoppingConfig,
+    ExportConfig,
     MeasureConfig,
     ReferencePointConfig,
     ResourcesConfig,
@@ -165,6 +166,7 @@ _SECTIONS = {
     "resources": ResourcesConfig,
     "measure": MeasureConfig,
     "early_stopping": EarlyStoppingConfig,
+    "export": ExportConfig,
 }
 
 

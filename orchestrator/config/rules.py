@@ -69,7 +69,8 @@ def check_sweep(cfg: SweepConfig) -> None:
     """Every rule that relates one part of a finished config to another; `ConfigError` on the first broken."""
     source = cfg.source
     _check_objectives(cfg)
-    _check_pipeline(cfg, {name for name, spec in cfg.params.items() if name in PARAM_RULES and spec != Fixed(PARAM_RULES[name].default)})
+    defaults = {name: Fixed(rule.default) for name, rule in PARAM_RULES.items()} | {"steps": Fixed(cfg.distill.steps)}
+    _check_pipeline(cfg, {name for name, spec in cfg.params.items() if name in PARAM_RULES and spec != defaults[name]})
     if cfg.tracking_uri is not None and cfg.tracking_uri.split("://", 1)[0].split("+", 1)[0] not in _TRACKING_SCHEMES:
         raise ConfigError(
             f"{source}: `tracking_uri` must be an MLflow URI such as sqlite:///mlflow.db or http://127.0.0.1:5000, "
@@ -149,10 +150,10 @@ def _check_pipeline(cfg: SweepConfig, given: set[str]) -> None:
     pipe, source = cfg.pipeline, cfg.source
     where = "`pipeline`"
     if not pipe.distill:
-        for name in ("layers", "width", "heads"):
+        for name in ("layers", "width", "heads", "steps"):
             if name in given:
                 raise ConfigError(
-                    f"{source}: `params.{name}` shapes a student, but {where} has no distill stage, so the model "
+                    f"{source}: `params.{name}` applies to students, but {where} has no distill stage, so the model "
                     "compressed is the teacher (`teacher.*`); remove the param or add distill to the pipeline"
                 )
         if pipe.qat or pipe.gradual_pruning:
@@ -176,6 +177,12 @@ def _check_pipeline(cfg: SweepConfig, given: set[str]) -> None:
         raise ConfigError(f"{source}: `prune.end` ({pipe.prune.end}) must be greater than `prune.start` ({pipe.prune.start})")
     if pipe.gradual_pruning and pipe.prune.recovery_steps:
         raise ConfigError(f"{source}: `prune.recovery_steps` follows one-shot pruning; gradual pruning recovers as it trains: set it to 0")
+    if pipe.qat and pipe.quantize.method in ("gptq", "codebook"):
+        raise ConfigError(f"{source}: quantize method {pipe.quantize.method} is applied after training, not during it: set "
+                          "`mode: ptq` (and `recovery_steps: N` to fine-tune the quantized model)")
+    if pipe.qat and pipe.quantize.recovery_steps:
+        raise ConfigError(f"{source}: quantize `mode: qat` already trains the quantized weights; set `recovery_steps` to 0 "
+                          "or use `mode: ptq`")
     if isinstance(pipe.prune, SemiStructuredPruning) and pipe.prune.n >= pipe.prune.m:
         raise ConfigError(f"{source}: prune method nm needs n < m, got {pipe.prune.n}:{pipe.prune.m}")
     if cfg.distill.layer_map is not None:

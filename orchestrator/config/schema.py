@@ -73,6 +73,7 @@ PARAM_RULES: dict[str, ParamRule] = {
     "lr": ParamRule(float, lambda v: v > 0, "a number > 0", 1e-3),
     "weight_decay": ParamRule(float, lambda v: v >= 0, "a number >= 0", 0.0),
     "group_size": ParamRule(int, lambda v: v >= 2, "an integer >= 2", 64),  # quantization groups (granularity group)
+    "steps": ParamRule(int, lambda v: v >= 1, "an integer >= 1", None),  # distillation steps (not given: `distill.steps`)
 }
 PARAM_NAMES = tuple(PARAM_RULES)
 FLOAT_BITS = {16: "float16", 32: "float32"}  # `bits` values that store floats, not 2^b integer levels
@@ -151,6 +152,8 @@ class DistillConfig(_Checked):
     layer_map: tuple[tuple[int, int], ...] | None = None  # hidden-state term's [student layer, teacher layer] pairs (0-based; null: evenly spaced, last meets last)
     temperature_end: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)  # anneal T linearly from `params.temperature` to this over the steps (null: constant)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the student's forward pass and loss under torch.autocast in bfloat16 (weights and optimizer stay float32)
+    patience: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", 3)  # stop once validation accuracy has not improved for this many checks (a converged student); null: train every step
+    check_every: int = _check(lambda v: v >= 1, "an integer >= 1", 100)  # steps between those checks (each scores up to 4096 validation positions)
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,13 @@ class EarlyStoppingConfig(_Checked):
 
 
 @dataclass(frozen=True)
+class ExportConfig(_Checked):
+    """How the packed artifact is written (`stages/export.py`); its byte length is `size_mb`."""
+
+    entropy: Literal["none", "zstd"] = "zstd"  # zstd: entropy-code the packed levels, masks and values where it saves bytes (lossless; reloads stay bit-exact)
+
+
+@dataclass(frozen=True)
 class SweepConfig(_Checked):
     name: str = "sweep"  # MLflow parent run name (default: the YAML file's stem)
     seed: int = 0  # every model's torch seed (teacher, students, data order) and, by default, the sampler's
@@ -279,6 +289,7 @@ class SweepConfig(_Checked):
     constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
     reference_point: ReferencePointConfig = field(default_factory=ReferencePointConfig)
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    export: ExportConfig = ExportConfig()
     pipeline: Pipeline = Pipeline()  # stages each trial runs: distill, prune, quantize (any can be absent) and their methods
     params: Mapping[str, ParamSpec] = field(default_factory=dict)  # every name in PARAM_NAMES, filled by defaults
     initial_points: tuple[Mapping[str, Any], ...] = ()  # configs to evaluate first (e.g. a known baseline), then the sampler takes over
@@ -289,7 +300,10 @@ class SweepConfig(_Checked):
         from orchestrator.config.rules import check_sweep  # the domain rules: they read the finished config
 
         filled = {name: Fixed(rule.default) for name, rule in PARAM_RULES.items()}
-        object.__setattr__(self, "params", {**filled, **self.params})
+        params = {**filled, **self.params}
+        if params["steps"] == Fixed(None):  # not searched: every student trains `distill.steps`
+            params["steps"] = Fixed(self.distill.steps)
+        object.__setattr__(self, "params", params)
         check_sweep(self)
 
     @property

@@ -76,6 +76,7 @@ class QuantizeMethod:
     qat_start: float = _check(lambda v: 0 <= v < 1, "a number in [0, 1)", 0.5)  # qat: fraction of the steps trained in float before fake quantization starts
     kernel: Literal["auto", "dequantized"] = "auto"  # auto: 8-bit symmetric per-tensor/channel Linear layers run torch's int8 kernels; dequantized: float always
     embeddings: bool = True  # also quantize the token and position tables
+    recovery_steps: int = _check(lambda v: v >= 0, "an integer >= 0", 0)  # distillation steps after quantizing (from the teacher's outputs; without `distill`, the teacher fine-tunes its own compressed copy): QAT from the quantized weights (codebook: the centroids, assignments fixed)
 
 
 @_method(QUANTIZE_METHODS, "affine")
@@ -88,6 +89,28 @@ class AffineQuantization(QuantizeMethod):
 @dataclass(frozen=True)
 class SymmetricQuantization(QuantizeMethod):
     """Symmetric: levels −(2^(b−1)−1)..2^(b−1)−1 times max|w| / (2^(b−1)−1); zero point fixed."""
+
+
+@_method(QUANTIZE_METHODS, "gptq")
+@dataclass(frozen=True)
+class GPTQQuantization(QuantizeMethod):
+    """GPTQ: the affine grid, each Linear layer's rounding error compensated through the inverse Hessian of
+    its inputs on calibration windows from the training split (`stages/gptq.py`); post-training only."""
+
+    act_order: bool = True  # visit input columns in decreasing order of their Hessian diagonal (static group scales)
+    damping: float = _check(lambda v: 0 < v < 1, "a number in (0, 1)", 0.01)  # added to H's diagonal, as a fraction of its mean
+    calibration_windows: int = _check(lambda v: v >= 1, "an integer >= 1", 128)  # training windows (examples) whose inputs give each layer's Hessian
+
+
+@_method(QUANTIZE_METHODS, "codebook")
+@dataclass(frozen=True)
+class CodebookQuantization(QuantizeMethod):
+    """Trained weight sharing (Deep Compression): each tensor, row or group shares a k-means codebook of
+    2^b centroids; weights store b-bit indices. `recovery_steps` fine-tunes the centroids by distillation
+    with the assignments fixed (`stages/codebook.py`)."""
+
+    granularity: Literal["tensor", "channel", "group"] = "tensor"  # one codebook per tensor, per output row, or per `group_size` inputs of a row
+    iterations: int = _check(lambda v: v >= 1, "an integer >= 1", 25)  # k-means (Lloyd) iterations, from centroids spaced evenly over [min, max]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ teacher outputs) travel as locations in the sweep's storage (`storage.fetch` giv
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import tempfile
 import time
@@ -23,8 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from orchestrator.cache import tensors_digest
 from orchestrator.config.techniques import MagnitudePruning
 from orchestrator.losses import HiddenProjection, LossWeights, distillation_loss, layer_map
+from orchestrator.stages.codebook import share_weights, unshare_weights
 from orchestrator.stages.prune import GradualPruner, apply_masks_
 from orchestrator.stages.quantize import QuantSpec, add_fake_quant, remove_fake_quant
 from orchestrator.stages.teacher_outputs import TeacherOutputs
@@ -62,10 +63,12 @@ class DistillJob:
     weight_decay: float = 0.0
     temperature_end: float | None = None  # anneal T linearly from weights.temperature to this (None: constant)
     layer_map: tuple[tuple[int, int], ...] | None = None  # hidden-state pairs (None: evenly spaced)
-    init_path: str | None = None  # start from this checkpoint (config, state_dict[, masks held at zero])
+    init_path: str | None = None  # start from this checkpoint (config, state_dict[, masks held at zero][, codebook: train its centroids])
     gradual: GradualSpec | None = None  # gradual magnitude pruning
     qat: QuantSpec | None = None  # fake quantization (`qat_start` of the steps trained in float first)
     precision: str = "fp32"  # bf16: forward and loss under autocast in bfloat16
+    patience: int | None = None  # stop after this many validation checks without a better accuracy (converged)
+    check_every: int = 100  # steps between those checks
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class DistillResult:
     val_loss: float  # validation cross-entropy, nats per symbol
     worker_nodes: tuple[str, ...] = ()  # Ray Train: the node of each rank, in rank order (in-process: none)
     worker_weights: tuple[str, ...] = ()  # and a digest of each rank's final weights (all equal: checked)
+    steps: int = 0  # optimizer steps taken (fewer than asked when it converged: `patience`)
 
 
 def make_optimizer(name: str, params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -183,6 +187,7 @@ def fit(
     torch.manual_seed(job.seed)  # same init on every rank (DDP also broadcasts rank 0's)
     student = task.build_model(job.model)
     held: dict[str, torch.Tensor] = {}  # keep-masks held through training (recovery after one-shot pruning)
+    shared: dict[str, Any] = {}
     if job.init_path:
         with fetched_once(job.init_path) as path:  # a worker on another node does not keep it
             blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -190,6 +195,9 @@ def fit(
             raise ValueError(f"init checkpoint {job.init_path} holds a {blob['config']} model, the job trains {job.model}")
         student.load_state_dict(blob["state_dict"])
         held = blob.get("masks", {})
+        shared = blob.get("codebook", {})  # trained weight sharing: only the centroids train
+        if shared:
+            share_weights(student, shared, held)
     qat_from, fake_quant = None, []  # the step after which fake quantization is on
     if job.qat is not None:
         qat_from = min(job.steps - 1, round(job.qat.method.qat_start * job.steps))
@@ -224,6 +232,8 @@ def fit(
 
     model.train()
     batches = _batches(job, data, gen, device, teacher, cached, sorted({j for _, j in pairs}))
+    plateau = _Plateau(job, after=max(qat_from or 0, job.steps if pruner is not None else 0))
+    step = 0
     for step, (x, y, signal) in enumerate(batches, start=1):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=job.precision == "bf16"):
             logits, states = model(x)  # (B, T, V), per-layer (B, T, C)
@@ -255,16 +265,46 @@ def fit(
         if check is not None and step % check.every == 0 and step < job.steps:
             check.callback(step, task.evaluate(student, data, "val", max_examples=check.val_tokens))
             model.train()  # scoring put it in eval mode
+        if plateau.due(step):
+            converged = plateau.converged(task.evaluate(student, data, "val", max_examples=plateau.tokens)["accuracy"])
+            model.train()
+            if converged:  # every DDP rank scores the same weights on the same positions: all stop here
+                break
 
     val = task.evaluate(student, data, "val", max_examples=job.val_tokens)  # as it will run (fake-quantized)
     if qat_from is not None:
         remove_fake_quant(student)  # the latent weights; the quantize stage applies the same quantizer to them
+    if shared:
+        unshare_weights(student)  # each weight its trained centroid
     metrics = {
+        "steps": step,
         "train_seconds": time.perf_counter() - t0,
         "val_accuracy": val["accuracy"],
         "val_loss": val.get("loss", math.nan),
     }
     return metrics, student.cpu()
+
+
+class _Plateau:
+    """Convergence: every `check_every` steps (after step `after`: QAT on, gradual pruning done) score
+    validation accuracy; `patience` checks in a row without a better one mean the student has converged."""
+
+    tokens = 4096  # validation positions per check
+
+    def __init__(self, job: DistillJob, after: int) -> None:
+        self.job, self.after = job, after
+        self.best, self.stale = -math.inf, 0
+
+    def due(self, step: int) -> bool:
+        job = self.job
+        return job.patience is not None and step > self.after and step % job.check_every == 0 and step < job.steps
+
+    def converged(self, accuracy: float) -> bool:
+        if accuracy > self.best:
+            self.best, self.stale = accuracy, 0
+        else:
+            self.stale += 1
+        return self.stale >= (self.job.patience or 0)
 
 
 Signal = tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]  # teacher logits, their ids (top-k), states by layer
@@ -302,7 +342,7 @@ def train_loop(config: dict[str, Any]) -> None:
     metrics, student = fit(job, session)
     # every rank's node and a digest of its final weights: DDP must have left them identical
     ranks: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(ranks, (ray.get_runtime_context().get_node_id(), _digest(student)))
+    torch.distributed.all_gather_object(ranks, (ray.get_runtime_context().get_node_id(), tensors_digest(student.state_dict())))
     metrics = {**metrics, "worker_nodes": ",".join(n for n, _ in ranks), "worker_weights": ",".join(d for _, d in ranks)}
     if session.rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
@@ -311,14 +351,6 @@ def train_loop(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
         ray.train.report(metrics, checkpoint=None)
-
-
-def _digest(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def run_distill(
@@ -362,6 +394,7 @@ def run_distill(
         val_loss=float(metrics["val_loss"]),
         worker_nodes=tuple(metrics["worker_nodes"].split(",")) if "worker_nodes" in metrics else (),
         worker_weights=tuple(metrics["worker_weights"].split(",")) if "worker_weights" in metrics else (),
+        steps=int(metrics["steps"]),
     )
 
 

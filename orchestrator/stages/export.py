@@ -6,9 +6,14 @@ architecture and task metadata (e.g. the vocabulary) and, per tensor, how it is 
 - ``float32`` / ``float16``: raw little-endian values (16 bits: the `bits = 16` setting);
 - ``quant``: b-bit level indices packed densely (eight 3-bit values in three bytes), plus a float32
   scale per group and, for affine quantization, a b-bit zero point per group (symmetric: fixed);
+- ``codebook``: b-bit indices packed densely, plus the float16 centroids of each tensor, row or group;
 - ``tied_to``: the same tensor as an earlier entry (a tied LM head), stored once;
 - any of these, sparse: values for kept entries only, located by a packed bitmask (1 bit per weight) or
   by their flat indices (uint16/uint32), whichever is smaller.
+
+With `entropy="zstd"` every blob is also compressed with Zstandard where that makes it smaller (its
+reference then says so); level indices are coded one byte per index, unpacked, when that codes smaller,
+since the coder's Huffman stage sees whole symbols then. Decoding is lossless: reloads stay bit-exact.
 
 The manifest names the model (`models.describe`: a registered architecture and its config, or a task's
 own description) and also lists the Linear layers that run on int8 kernels (`quantize.to_int8_kernels`).
@@ -27,13 +32,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import zstandard
 from torch import nn
 
 from orchestrator import models
-from orchestrator.stages.quantize import QuantizedTensor, dequantize, to_int8_kernels, zero_levels
+from orchestrator.stages.quantize import CodebookTensor, QuantizedTensor, dequantize, to_int8_kernels, zero_levels
 
-MAGIC = b"ORCHPK02"
-FORMAT = "orchestrator.packed/2"
+MAGIC = b"ORCHPK03"
+READABLE = (b"ORCHPK02", MAGIC)  # format 2 had no entropy coding and no codebooks: it reads the same
+FORMAT = "orchestrator.packed/3"
+ENTROPY = ("none", "zstd")
+ZSTD_LEVEL = 19
 
 
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
@@ -59,6 +68,7 @@ def export(
     quantized: dict[str, QuantizedTensor] | None = None,
     meta: dict[str, Any] | None = None,
     int8_layers: list[str] | None = None,
+    entropy: str = "none",
 ) -> int:
     """Write `model` in packed form to `path` (atomically) and return the file's size in bytes.
 
@@ -70,17 +80,29 @@ def export(
         meta: JSON-able task metadata stored with the model (e.g. ``{"vocab": "..."}``).
         int8_layers: Linear layers the model runs on int8 kernels (their weights must be in `quantized`).
             `model` is the float form, before `to_int8_kernels`.
+        entropy: "zstd" entropy-codes every blob where that saves bytes (see the module docstring).
     """
+    if entropy not in ENTROPY:
+        raise ValueError(f"entropy must be one of {ENTROPY}, got {entropy!r}")
     masks, quantized = masks or {}, quantized or {}
     description = models.describe(model)
     blobs: list[bytes] = []
     offset = 0
+    coder = zstandard.ZstdCompressor(level=ZSTD_LEVEL) if entropy == "zstd" else None
 
-    def add(data: bytes) -> list[int]:
+    def add(data: bytes, *alternatives: tuple[str, bytes]) -> list[Any]:
+        """Store a blob; `alternatives` are (layout, bytes) other forms of it to try under the coder. The
+        reference is [offset, length] or, coded, [offset, length, "zstd", raw length(, layout)]."""
         nonlocal offset
-        blobs.append(data)
-        ref = [offset, len(data)]
-        offset += len(data)
+        stored, ref_tail = data, []
+        if coder is not None:
+            for layout, raw in (("", data), *alternatives):
+                coded = coder.compress(raw)
+                if len(coded) < len(stored):
+                    stored, ref_tail = coded, ["zstd", len(raw), *([layout] if layout else [])]
+        blobs.append(stored)
+        ref = [offset, len(stored), *ref_tail]
+        offset += len(stored)
         return ref
 
     # Tied weights (an LM head sharing the token embedding) are one tensor: stored once, under the name
@@ -118,14 +140,23 @@ def export(
                 entry["index_dtype"] = index_dtype
             else:
                 entry["mask"] = add(bitmask)
-        if name in quantized:
+        if name in quantized and isinstance(quantized[name], CodebookTensor):
+            ct = quantized[name]
+            indices = ct.q.numpy().reshape(-1)[kept]
+            entry.update(
+                encoding="codebook", bits=ct.bits, granularity=ct.granularity, group_size=ct.group_size,
+                values=add(pack_bits(indices, ct.bits), ("bytes", indices.astype(np.uint8).tobytes())),
+                centroids=add(ct.centroids.numpy().astype("<f2").tobytes()), centroid_shape=list(ct.centroids.shape),
+            )
+        elif name in quantized:
             qt = quantized[name]
+            levels = qt.q.numpy().reshape(-1)[kept]
             entry.update(
                 encoding="quant",
                 bits=qt.bits,
                 granularity=qt.granularity,
                 group_size=qt.group_size,
-                values=add(pack_bits(qt.q.numpy().reshape(-1)[kept], qt.bits)),
+                values=add(pack_bits(levels, qt.bits), ("bytes", levels.astype(np.uint8).tobytes())),
                 scale=add(qt.scale.numpy().astype("<f4").tobytes()),
                 scale_shape=list(qt.scale.shape),
             )
@@ -162,7 +193,7 @@ def export(
 
 def _split(path: str | os.PathLike[str]) -> tuple[dict[str, Any], memoryview]:
     data = Path(path).read_bytes()
-    if data[: len(MAGIC)] != MAGIC:
+    if data[: len(MAGIC)] not in READABLE:
         old = data[: len(MAGIC) - 2] == MAGIC[:-2]
         raise ValueError(f"{path}: " + ("an artifact of an older orchestrator format; export it again with this version"
                                          if old else "not an orchestrator packed artifact (bad magic bytes)"))
@@ -184,8 +215,17 @@ def load_artifact(
     manifest, blobs = _split(path)
     model = build({"architecture": manifest["architecture"], "config": manifest["config"]})
 
-    def blob(ref: list[int]) -> bytes:
-        return bytes(blobs[ref[0] : ref[0] + ref[1]])
+    decoder = zstandard.ZstdDecompressor()
+
+    def blob(ref: list[Any]) -> bytes:
+        data = bytes(blobs[ref[0] : ref[0] + ref[1]])
+        return decoder.decompress(data, max_output_size=ref[3]) if len(ref) > 2 and ref[2] == "zstd" else data
+
+    def levels(ref: list[Any], bits: int, count: int) -> np.ndarray:
+        """Level or centroid indices: packed `bits` each, or (an entropy-coded layout) one byte each."""
+        if len(ref) > 4 and ref[4] == "bytes":
+            return np.frombuffer(blob(ref), dtype=np.uint8)[:count]
+        return unpack_bits(blob(ref), bits, count)
 
     state, quantized = {}, {}
     for e in manifest["tensors"]:
@@ -203,10 +243,18 @@ def load_artifact(
             mask = torch.from_numpy(flat).view(shape)
         where = mask.numpy().reshape(-1) if mask is not None else slice(None)
         kept = numel if mask is None else int(mask.sum())
-        if e["encoding"] == "quant":
+        if e["encoding"] == "codebook":
+            q = np.zeros(numel, dtype=np.uint8)
+            q[where] = levels(e["values"], e["bits"], kept)
+            centroids = np.frombuffer(blob(e["centroids"]), dtype="<f2").astype(np.float32)
+            ct = CodebookTensor(q=torch.from_numpy(q).view(shape), centroids=torch.from_numpy(centroids).view(e["centroid_shape"]),
+                                bits=e["bits"], granularity=e["granularity"], group_size=e["group_size"])
+            quantized[e["name"]] = ct
+            state[e["name"]] = dequantize(ct, mask)
+        elif e["encoding"] == "quant":
             bits = e["bits"]
             q = np.zeros(numel, dtype=np.uint8)
-            q[where] = unpack_bits(blob(e["values"]), bits, kept)
+            q[where] = levels(e["values"], bits, kept)
             scale = torch.from_numpy(np.frombuffer(blob(e["scale"]), dtype="<f4").copy()).view(e["scale_shape"])
             groups = scale.numel()
             if "zero_points" in e:

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from orchestrator.config import FLOAT_BITS
-from orchestrator.config.techniques import AffineQuantization, QuantizeMethod, SymmetricQuantization
+from orchestrator.config.techniques import AffineQuantization, CodebookQuantization, GPTQQuantization, QuantizeMethod, SymmetricQuantization
 
 QParams = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 SCHEMES: dict[type[QuantizeMethod], QParams] = {}
@@ -41,6 +41,7 @@ def register_scheme(config_cls: type[QuantizeMethod]) -> Callable[[QParams], QPa
     return register
 
 
+@register_scheme(GPTQQuantization)  # GPTQ rounds onto the affine grid (`gptq.py` chooses the levels)
 @register_scheme(AffineQuantization)
 def affine_qparams(groups: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     levels = 2**bits - 1
@@ -88,6 +89,17 @@ class QuantizedTensor:
     symmetric: bool
 
 
+@dataclass(frozen=True)
+class CodebookTensor:
+    """Weight sharing: each weight is one of its group's 2^b centroids (`codebook.py`)."""
+
+    q: torch.Tensor  # (rows, cols) uint8 centroid index in [0, 2^b − 1]
+    centroids: torch.Tensor  # (R, G, 2^b) float32 values, each exactly a float16
+    bits: int
+    granularity: str  # tensor | channel | group: which weights share a codebook
+    group_size: int  # columns per group (granularity group)
+
+
 def _layout(shape: torch.Size, granularity: str, group_size: int) -> tuple[int, int, int]:
     """(R, G, g): how a (rows, cols) tensor, its columns padded to G·g, splits into groups."""
     rows, cols = shape
@@ -114,11 +126,16 @@ def _ungrouped(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return t.reshape(rows, -1)[:, :cols] if t.numel() != rows * cols else t.reshape(shape)
 
 
-def quantize_tensor(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
-    """Quantize a 2-D weight with `spec`'s scheme, bits and granularity."""
+def quantize_tensor(w: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None = None) -> QuantizedTensor | CodebookTensor:
+    """Quantize a 2-D weight with `spec`'s scheme, bits and granularity (a codebook is fitted to the weights
+    `mask` keeps)."""
     if not 2 <= spec.bits <= 8:
         raise ValueError(f"bits must be in 2..8 for integer quantization, got {spec.bits}")
     method = spec.method
+    if isinstance(method, CodebookQuantization):
+        from orchestrator.stages.codebook import fit_codebook
+
+        return fit_codebook(w, spec, mask)
     w = w.detach().float()
     groups = _grouped(w, method.granularity, spec.group_size)  # (R, G, g)
     scale, zero_point = SCHEMES[type(method)](groups, spec.bits)  # (R, G) each
@@ -131,8 +148,13 @@ def quantize_tensor(w: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
     )
 
 
-def dequantize(qt: QuantizedTensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """w' = (q − z) · s, zero where `mask` is False. The loader calls this too, so reloads are bit-exact."""
+def dequantize(qt: QuantizedTensor | CodebookTensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """w' = (q − z) · s (a codebook: w' = centroids[q]), zero where `mask` is False. The loader calls this
+    too, so reloads are bit-exact."""
+    if isinstance(qt, CodebookTensor):
+        idx = _grouped(qt.q.long(), qt.granularity, qt.group_size)  # (R, G, g)
+        w = _ungrouped(torch.gather(qt.centroids, -1, idx), qt.q.shape)
+        return w if mask is None else torch.where(mask, w, torch.zeros_like(w))
     q = _grouped(qt.q.float(), qt.granularity, qt.group_size)  # (R, G, g)
     w = _ungrouped((q - qt.zero_point.float()[..., None]) * qt.scale[..., None], qt.q.shape)
     return w if mask is None else torch.where(mask, w, torch.zeros_like(w))
@@ -167,7 +189,7 @@ def quantizable_weights(model: nn.Module, *, embeddings: bool = True) -> dict[st
 
 
 @torch.no_grad()
-def quantize_(model: nn.Module, spec: QuantSpec, masks: dict[str, torch.Tensor] | None = None) -> dict[str, QuantizedTensor]:
+def quantize_(model: nn.Module, spec: QuantSpec, masks: dict[str, torch.Tensor] | None = None) -> dict[str, QuantizedTensor | CodebookTensor]:
     """Replace each quantizable weight by its quantized value in place (pruned entries stay 0).
 
     Returns the integer form of every weight (empty for 16 and 32 bits) for the exporter.
@@ -180,7 +202,7 @@ def quantize_(model: nn.Module, spec: QuantSpec, masks: dict[str, torch.Tensor] 
         if spec.float16:
             w.copy_(w.half().float())
             continue
-        qt = quantize_tensor(w, spec)
+        qt = quantize_tensor(w, spec, masks.get(name))
         w.copy_(dequantize(qt, masks.get(name)))
         out[name] = qt
     return out
@@ -224,7 +246,7 @@ def remove_fake_quant(model: nn.Module) -> None:
 
 def int8_kernel_eligible(qt: QuantizedTensor) -> bool:
     """torch's dynamic int8 Linear takes 8-bit symmetric weights with one scale per tensor or row."""
-    return qt.bits == 8 and qt.symmetric and qt.granularity in ("tensor", "channel")
+    return isinstance(qt, QuantizedTensor) and qt.bits == 8 and qt.symmetric and qt.granularity in ("tensor", "channel")
 
 
 class Int8Linear(nn.Module):

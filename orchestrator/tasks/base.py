@@ -60,6 +60,7 @@ class TrialParams:
     lr: float
     weight_decay: float = 0.0
     group_size: int = 64
+    steps: int | None = None  # distillation steps (None: `distill.steps`)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod

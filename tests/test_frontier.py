@@ -1,0 +1,81 @@
+"""The frontier methods inside real trials (`trial.run_pipeline`, in this process): GPTQ calibrated on the
+training split and cached, QAT and codebook recovery after quantization (cached, also on the teacher
+itself), entropy-coded artifacts, students that stop once converged."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import orchestrator
+from orchestrator.stages.export import load_artifact, read_manifest
+from orchestrator.storage import fetch
+from orchestrator.tasks import TrialParams
+from orchestrator.prepare import prepared
+from orchestrator.trial import TrialContext, run_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ctx(ray_session, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("frontier") / "runs"
+    cfg = orchestrator.load_config("search_spaces/smoke.yaml", overrides={"storage": str(storage), "params.beta": 0.0})
+    task = orchestrator.Sweep(cfg).task
+    with prepared(cfg, task) as p:  # the data, the teacher and its outputs; the measurement service
+        yield TrialContext(config=cfg, task=task, data=p.data, teacher=p.teacher, teacher_outputs=p.outputs, sweep_id="t",
+                           service=p.service)
+
+
+def _trial(ctx, trial_id, pipeline, **params):
+    shape = {"layers": 1, "width": 32} if "distill" in pipeline else {"layers": 2, "width": 64}  # the teacher's: defaults
+    fixed = {**shape, "heads": 2, "beta": 0.0, "lambda": 0.5, "temperature": 2.0, "optimizer": "adamw", "lr": 5e-3,
+             "sparsity": 0.0, "bits": 32}
+    cfg = orchestrator.load_config("search_spaces/smoke.yaml", overrides={
+        "storage": ctx.config.storage, "pipeline": pipeline, "params": {**fixed, **params}})
+    values = {name: spec.value for name, spec in cfg.params.items()}
+    return run_pipeline(TrialParams.from_config(values), dataclasses.replace(ctx, config=cfg), trial_id=trial_id)
+
+
+def _encodings(outcome):
+    return {e["encoding"] for e in read_manifest(fetch(outcome.artifact))["tensors"] if "encoding" in e}
+
+
+def test_gptq_with_recovery_is_calibrated_cached_and_reloads_exactly(ctx):
+    pipeline = ["distill", {"quantize": {"method": "gptq", "granularity": "group", "calibration_windows": 32, "recovery_steps": 10}}]
+    first = _trial(ctx, "g1", pipeline, bits=3, group_size=16)
+    assert first.status == "COMPLETED" and first.cache_hits["gptq"] is False and first.cache_hits["quantize_recover"] is False
+    assert _encodings(first) == {"quant", "float32"}
+    again = _trial(ctx, "g2", pipeline, bits=3, group_size=16)
+    assert again.cache_hits == {**first.cache_hits, "gptq": True, "quantize_recover": True, "distill": True}
+    assert again.metrics["accuracy"] == first.metrics["accuracy"] and again.metrics["size_mb"] == first.metrics["size_mb"]
+    model, _ = load_artifact(fetch(first.artifact))
+    x = ctx.task.example(ctx.task.load_data(fetch(ctx.data.path)))
+    reloaded, _ = load_artifact(fetch(again.artifact))
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], reloaded(x)[0])
+
+
+def test_the_teacher_fine_tunes_its_own_codebook_and_pruned_copy(ctx):
+    pipeline = [{"prune": {"method": "nm", "recovery_steps": 10}},
+                {"quantize": {"method": "codebook", "granularity": "channel", "recovery_steps": 10}}]
+    tuned = _trial(ctx, "c1", pipeline, bits=2)
+    plain = _trial(ctx, "c0", [{"prune": {"method": "nm", "recovery_steps": 10}}, {"quantize": {"method": "codebook", "granularity": "channel"}}], bits=2)
+    assert tuned.status == "COMPLETED" and "codebook" in _encodings(tuned)
+    assert tuned.cache_hits["quantize_recover"] is False and tuned.cache_hits["recover"] is False
+    assert plain.cache_hits["recover"] is True  # the same pruned teacher, recovered once
+    # the same indices and layout, other centroid values (entropy coding: sizes equal to within the coded centroids)
+    assert tuned.metrics["size_mb"] == pytest.approx(plain.metrics["size_mb"], rel=0.02)
+    assert tuned.metrics["perplexity"] != plain.metrics["perplexity"]
+    assert _trial(ctx, "c2", pipeline, bits=2).cache_hits["quantize_recover"] is True
+
+
+def test_a_converged_student_stops_and_says_how_many_steps_it_took(ctx):
+    cfg = orchestrator.load_config("search_spaces/smoke.yaml", overrides={
+        "storage": ctx.config.storage, "distill": {"steps": 300, "check_every": 10, "patience": 1, "warmup": 2},
+        "pipeline": ["distill"], "params": {"layers": 1, "width": 16, "heads": 2, "beta": 0.0, "lambda": 0.5,
+                                            "temperature": 2.0, "optimizer": "sgd", "lr": 1e-3, "sparsity": 0.0, "bits": 32}})
+    values = {name: spec.value for name, spec in cfg.params.items()}
+    outcome = run_pipeline(TrialParams.from_config(values), dataclasses.replace(ctx, config=cfg), trial_id="p")
+    assert outcome.status == "COMPLETED"
+    assert 20 <= outcome.metrics["distill_steps"] < 300
