@@ -25,7 +25,7 @@ from typing import Any
 
 import orchestrator
 from orchestrator.tasks import TrialParams
-from orchestrator.teacher import TeacherInfo, build_teacher, build_teacher_outputs, prepare_data
+from orchestrator.teacher import TeacherInfo
 from orchestrator.trial import TrialContext, run_pipeline
 
 STUDENT = {"layers": 2, "width": 96, "heads": 4, "beta": 0.0, "lambda": 0.5, "temperature": 2.0,
@@ -102,63 +102,74 @@ ROWS: list[tuple[str, str, list, dict]] = [
 
 def run_rows(
     space: str, rows: list[tuple[str, str, list, dict]], *, student: dict, teacher_params: dict, group_size: int,
-    overrides: dict[str, Any], extra: Callable[[TrialContext], dict] | None = None,
+    overrides: dict[str, Any], extra: Callable[[TrialContext], dict] | None = None, storage: str | None = None,
 ) -> tuple[TeacherInfo, list[dict], dict]:
-    """Run each row as one trial (`run_pipeline`) in a temporary storage; returns the teacher, the rows and
-    what `extra(ctx)` measured in the same storage afterwards.
+    """Run each row as one trial (`run_pipeline`) in a storage (a temporary one unless given: a kept one
+    reuses its teacher); returns the teacher, the rows and what `extra(ctx)` measured afterwards.
 
     `student` / `teacher_params` are the fixed params of rows with and without a distill stage;
-    `overrides` apply to the space for every row (e.g. fewer distillation steps)."""
+    `overrides` apply to the space for every row (e.g. fewer distillation steps). Rows are timed
+    everything included (a reused student's or recovery's training is not repeated)."""
     import ray
 
+    from orchestrator.prepare import prepared
     from orchestrator.sweep import RAY_ENV
 
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        common = {"storage": f"{tmp}/runs", "resources.cpus_per_worker": os.cpu_count() or 1, **overrides}
+        common = {"storage": storage or f"{tmp}/runs", "resources.cpus_per_worker": os.cpu_count() or 1, **overrides}
         base = orchestrator.load_config(space, overrides={**common, "params.beta": 0.0})  # logits-only teacher outputs
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
         try:
             task = orchestrator.Sweep(base).task
-            data = prepare_data(base, task)
-            teacher = build_teacher(base, task, data)
+            with prepared(base, task) as ready:  # data, teacher (measured on the service), its outputs
+                teacher = ready.teacher
+                print(f"teacher: test accuracy {teacher.test_accuracy:.4f}, perplexity {teacher.test_perplexity:.2f}, "
+                      f"{teacher.size_bytes / 1e6:.3f} MB, {teacher.latency_ms:.2f} ms", flush=True)
+                ctx = TrialContext(config=base, task=task, data=ready.data, teacher=teacher, teacher_outputs=ready.outputs,
+                                   sweep_id="bench", service=ready.service)
+                by_name: dict[str, dict] = {}
+                for i, (name, baseline, pipeline, fixed) in enumerate(rows):
+                    row = _row(space, common, ctx, i, name, pipeline, fixed, student, teacher_params, group_size)
+                    ref = by_name.get(baseline)
+                    if ref is not None:
+                        row["accuracy_points_vs_baseline"] = round(100 * (row["accuracy"] - ref["accuracy"]), 2)
+                        row["latency_speedup_vs_baseline"] = round(ref["latency_vs_teacher"] / row["latency_vs_teacher"], 2)
+                    by_name[name] = row
+                    results.append(row)
+                    print(f"{name:<58} size {row['size_vs_teacher']:7.2%}  acc {row['accuracy']:.4f} "
+                          f"({row['accuracy_retained']:6.1%})  ppl {row['perplexity']:9.2f}  lat x{row['latency_vs_teacher']:.2f}  "
+                          f"d_acc {row.get('accuracy_points_vs_baseline', 0):+6.2f} pt  {row['seconds']:5.1f} s", flush=True)
+                measured = extra(ctx) if extra is not None else {}
         finally:
             ray.shutdown()
-        print(f"teacher: test accuracy {teacher.test_accuracy:.4f}, perplexity {teacher.test_perplexity:.2f}, "
-              f"{teacher.size_bytes / 1e6:.3f} MB, {teacher.latency_ms:.2f} ms", flush=True)
-        outputs = build_teacher_outputs(base, task, teacher, data)
-        ctx = TrialContext(config=base, task=task, data=data, teacher=teacher, teacher_outputs=outputs, sweep_id="bench")
-        by_name: dict[str, dict] = {}
-        for i, (name, baseline, pipeline, fixed) in enumerate(rows):
-            params = {**(student if D in pipeline else teacher_params), **fixed}
-            if "'group'" in str(pipeline):
-                params["group_size"] = group_size
-            cfg = orchestrator.load_config(space, overrides={**common, "pipeline": pipeline, "params": params})
-            t = time.perf_counter()
-            m = run_pipeline(TrialParams.from_config(cfg_params(cfg)), dataclasses.replace(ctx, config=cfg), trial_id=f"row{i}").row()
-            row = {
-                "name": name, "pipeline": cfg.pipeline.label, **fixed,
-                "size_vs_teacher": round(m["size_bytes"] / teacher.size_bytes, 4),
-                # reported on the test split, as before validation became what the search reads
-                "accuracy": round(m["test_accuracy"], 4), "perplexity": round(m["test_perplexity"], 3),
-                "accuracy_retained": round(m["test_accuracy_retained"], 4),
-                "latency_vs_teacher": round(m["latency_vs_teacher"], 3),
-                "size_mb": round(m["size_mb"], 4), "bits_per_weight": round(m["bits_per_weight"], 2),
-                "params": int(m["params"]), "sparsity_measured": round(m["sparsity_measured"], 3),
-                "int8_layers": int(m["int8_layers"]), "latency_ms": round(m["latency_ms"], 3),
-                "decode_tokens_per_s": round(m["decode_tokens_per_s"], 2), "seconds": round(time.perf_counter() - t, 1),
-            }
-            ref = by_name.get(baseline)
-            if ref is not None:
-                row["accuracy_points_vs_baseline"] = round(100 * (row["accuracy"] - ref["accuracy"]), 2)
-                row["latency_speedup_vs_baseline"] = round(ref["latency_vs_teacher"] / m["latency_vs_teacher"], 2)
-            by_name[name] = row
-            results.append(row)
-            print(f"{name:<58} size {row['size_vs_teacher']:7.2%}  acc {row['accuracy']:.4f} "
-                  f"({row['accuracy_retained']:6.1%})  ppl {row['perplexity']:9.2f}  lat x{row['latency_vs_teacher']:.2f}  "
-                  f"d_acc {row.get('accuracy_points_vs_baseline', 0):+6.2f} pt  {row['seconds']:5.1f} s", flush=True)
-        measured = extra(ctx) if extra is not None else {}
     return teacher, results, measured
+
+
+def _row(space: str, common: dict, ctx: TrialContext, i: int, name: str, pipeline: list, fixed: dict, student: dict,
+         teacher_params: dict, group_size: int) -> dict:
+    params = {**(student if D in pipeline else teacher_params), **fixed}
+    if "'group'" in str(pipeline) and "group_size" not in fixed:
+        params["group_size"] = group_size
+    cfg = orchestrator.load_config(space, overrides={**common, "pipeline": pipeline, "params": params})
+    t = time.perf_counter()
+    m = run_pipeline(TrialParams.from_config(cfg_params(cfg)), dataclasses.replace(ctx, config=cfg), trial_id=f"row{i}").row()
+    teacher = ctx.teacher
+    return {
+        "name": name, "pipeline": cfg.pipeline.label, **fixed,
+        "size_vs_teacher": round(m["size_bytes"] / teacher.size_bytes, 4),
+        # reported on the test split, as before validation became what the search reads
+        "accuracy": round(m["test_accuracy"], 4), "perplexity": round(m["test_perplexity"], 3),
+        "accuracy_retained": round(m["test_accuracy_retained"], 4),
+        "val_accuracy_retained": round(m["accuracy"] / teacher.accuracy, 4),
+        "latency_vs_teacher": round(m["latency_vs_teacher"], 3),
+        "size_mb": round(m["size_mb"], 4), "bits_per_weight": round(m["bits_per_weight"], 2),
+        "params": int(m["params"]), "sparsity_measured": round(m["sparsity_measured"], 3),
+        "int8_layers": int(m["int8_layers"]), "latency_ms": round(m["latency_ms"], 3),
+        "decode_tokens_per_s": round(m["decode_tokens_per_s"], 2),
+        **({"distill_steps": int(m["distill_steps"])} if "distill_steps" in m and m["distill_steps"] == m["distill_steps"] else {}),
+        "seconds": round(time.perf_counter() - t, 1),
+    }
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ OUTCOME_KEY = "outcome"  # the Tune result field that holds the JSON outcome
 class TrialOutcome:
     status: Literal["COMPLETED", "STOPPED"]  # STOPPED: early stopping ended its distillation (no test metrics)
     metrics: dict[str, float]  # every measured number by name, the objectives among them
-    cache_hits: dict[str, bool] = field(default_factory=dict)  # stage (teacher, teacher_outputs, distill, recover) -> reused
+    cache_hits: dict[str, bool] = field(default_factory=dict)  # stage (teacher, teacher_outputs, distill, recover, gptq, quantize_recover) -> reused
     timings: dict[str, float] = field(default_factory=dict)  # time_<stage>_s -> seconds inside that stage
     artifact: str | None = None  # the packed model (COMPLETED)
     stop_reason: str | None = None  # STOPPED: why

@@ -79,3 +79,10 @@ def test_a_converged_student_stops_and_says_how_many_steps_it_took(ctx):
     outcome = run_pipeline(TrialParams.from_config(values), dataclasses.replace(ctx, config=cfg), trial_id="p")
     assert outcome.status == "COMPLETED"
     assert 20 <= outcome.metrics["distill_steps"] < 300
+
+
+def test_searched_steps_set_each_students_training(ctx):
+    short = _trial(ctx, "s1", ["distill"], steps=12)
+    longer = _trial(ctx, "s2", ["distill"], steps=24)
+    assert (short.metrics["distill_steps"], longer.metrics["distill_steps"]) == (12, 24)
+    assert short.cache_hits["distill"] is False and longer.cache_hits["distill"] is False  # steps are part of the student

@@ -160,7 +160,8 @@ def test_gptq_on_a_hugging_face_llama_processes_its_decoder_layers():
     quantize_(rtn, QuantSpec(AffineQuantization(granularity="group"), 3, 16))
     linears = [n for n in quantized if ".layers." in n]
     assert len(linears) == 2 * 7  # q, k, v, o, gate, up, down in each decoder layer
-    assert "lm.model.embed_tokens.weight" in quantized and "lm.lm_head.weight" not in quantized  # tied: once
+    assert "lm.model.embed_tokens.weight" in quantized and "lm.lm_head.weight" not in quantized  # tied: once, as the head
+    assert gptq.lm.lm_head.weight is gptq.lm.model.embed_tokens.weight  # still tied
     with torch.no_grad():
         e_gptq = ((gptq(held_out)[0] - reference) ** 2).mean()
         e_rtn = ((rtn(held_out)[0] - reference) ** 2).mean()

@@ -16,7 +16,8 @@ columns are visited out of order); per channel and per tensor from the original 
 The model is processed one block at a time (the blocks are its largest `nn.ModuleList`: a built-in GPT's
 `blocks`, a Hugging Face model's decoder layers): every block sees the outputs of the blocks before it as
 they are once quantized. Layers outside the blocks (an untied LM head) come last, from one forward pass of
-the quantized model; embeddings use round-to-nearest (they are lookups, not products).
+the quantized model, an LM head tied to the token embedding among them (the embedding then looks up the
+head's levels); other embeddings use round-to-nearest (they are lookups, not products).
 """
 
 from __future__ import annotations
@@ -151,12 +152,13 @@ def _block_inputs(model: nn.Module, first: nn.Module, batches: Sequence[torch.Te
 
 
 def _quantize_layers(layers: dict[str, nn.Linear], stats: dict[str, _Hessian], spec: QuantSpec, masks: dict[str, torch.Tensor],
-                     out: dict[str, QuantizedTensor], **options: Any) -> None:
+                     out: dict[str, QuantizedTensor], names: dict[int, str], **options: Any) -> None:
     for name, linear in layers.items():
         stats[name].handle.remove()
-        qt = gptq_tensor(linear.weight, stats[name].H, spec, mask=masks.get(f"{name}.weight"), **options)
-        linear.weight.copy_(dequantize(qt, masks.get(f"{name}.weight")))
-        out[f"{name}.weight"] = qt
+        key = names[id(linear.weight)]
+        qt = gptq_tensor(linear.weight, stats[name].H, spec, mask=masks.get(key), **options)
+        linear.weight.copy_(dequantize(qt, masks.get(key)))
+        out[key] = qt
 
 
 @torch.no_grad()
@@ -170,7 +172,10 @@ def gptq_quantize_(
     was_training = model.training
     model.eval()
     targets = quantizable_weights(model, embeddings=spec.method.embeddings)
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and f"{n}.weight" in targets}
+    by_tensor = {id(w): name for name, w in targets.items()}
+    # each weight once, by the name `quantizable_weights` gives it: an LM head tied to the token embedding is
+    # quantized as the head (a product, whose inputs GPTQ sees), and the embedding looks its rows up
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m.weight) in by_tensor}
     out: dict[str, QuantizedTensor] = {}
     options = {"act_order": act_order, "damping": damping}
 
@@ -185,14 +190,14 @@ def gptq_quantize_(
             stats = {n: _Hessian(m) for n, m in here.items()}
             for args, kwargs in calls:
                 block(*args, **kwargs)
-            _quantize_layers(here, stats, spec, masks, out, **options)
+            _quantize_layers(here, stats, spec, masks, out, by_tensor, **options)
             calls = [((_first(block(*args, **kwargs)), *args[1:]), kwargs) for args, kwargs in calls]
     rest = {n: m for n, m in linears.items() if n not in inside}
     if rest:  # e.g. an untied LM head: its inputs from the quantized blocks
         stats = {n: _Hessian(m) for n, m in rest.items()}
         for x in batches:
             model(x)
-        _quantize_layers(rest, stats, spec, masks, out, **options)
+        _quantize_layers(rest, stats, spec, masks, out, by_tensor, **options)
     for name, w in targets.items():  # embeddings (and any weight not in a Linear): round to nearest
         if name not in out:
             qt = quantize_tensor(w, spec)
