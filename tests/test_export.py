@@ -181,3 +181,17 @@ def test_entropy_coding_is_lossless_and_never_larger_for_every_format(tmp_path, 
         assert torch.equal(value, outputs["zstd"][key]), key  # the same model either way
     coded = [e for e in read_manifest(tmp_path / "zstd.orc")["tensors"] if len(e.get("values", [])) > 2]
     assert coded, "nothing was entropy-coded"
+
+
+def test_scales_are_stored_as_float16_unless_float16_cannot_hold_them(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(CFG).eval()
+    with torch.no_grad():
+        model.blocks[0].fc.weight.mul_(1e-7)  # scales below float16's smallest value: kept float32
+    quantized = quantize_(model, QuantSpec(method=AffineQuantization(granularity="group"), bits=4, group_size=8))
+    export(model, tmp_path / "m.orc", quantized=quantized)
+    dtypes = {e["name"]: e["scale_dtype"] for e in read_manifest(tmp_path / "m.orc")["tensors"] if "scale_dtype" in e}
+    assert dtypes.pop("blocks.0.fc.weight") == "<f4" and set(dtypes.values()) == {"<f2"}
+    loaded, _ = load_artifact(tmp_path / "m.orc")
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -34,7 +34,7 @@ def _w(rows=12, cols=40, seed=0):
 def test_8_bit_affine_per_channel_matches_torch_fake_quantize_per_channel_affine():
     w = _w()
     lo, hi = w.amin(1).clamp(max=0), w.amax(1).clamp(min=0)  # the range, widened to hold 0
-    scale = (hi - lo) / 255
+    scale = ((hi - lo) / 255).half().float()  # scales are stored, and used, as float16
     zero_point = torch.round(-lo / scale).int()
     ref = torch.fake_quantize_per_channel_affine(w, scale, zero_point, 0, 0, 255)
     assert torch.equal(dequantize(quantize_tensor(w, spec(8))), ref)
@@ -42,7 +42,7 @@ def test_8_bit_affine_per_channel_matches_torch_fake_quantize_per_channel_affine
 
 def test_8_bit_symmetric_per_tensor_matches_torch_fake_quantize_per_tensor_affine():
     w = _w(seed=1)
-    scale = float(w.abs().max() / 127)
+    scale = float((w.abs().max() / 127).half())
     ref = torch.fake_quantize_per_tensor_affine(w, scale, 128, 0, 255)
     assert torch.equal(dequantize(quantize_tensor(w, spec(8, "symmetric", "tensor"))), ref)
 

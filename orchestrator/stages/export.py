@@ -4,8 +4,9 @@ Layout: ``MAGIC | u32 manifest length | manifest JSON | blobs``. The manifest ho
 architecture and task metadata (e.g. the vocabulary) and, per tensor, how it is stored:
 
 - ``float32`` / ``float16``: raw little-endian values (16 bits: the `bits = 16` setting);
-- ``quant``: b-bit level indices packed densely (eight 3-bit values in three bytes), plus a float32
-  scale per group and, for affine quantization, a b-bit zero point per group (symmetric: fixed);
+- ``quant``: b-bit level indices packed densely (eight 3-bit values in three bytes), plus a scale per
+  group (float16 when every scale of the tensor is one, as `quantize.storable` makes them; else float32)
+  and, for affine quantization, a b-bit zero point per group (symmetric: fixed);
 - ``codebook``: b-bit indices packed densely, plus the float16 centroids of each tensor, row or group;
 - ``tied_to``: the same tensor as an earlier entry (a tied LM head), stored once;
 - any of these, sparse: values for kept entries only, located by a packed bitmask (1 bit per weight) or
@@ -151,14 +152,15 @@ def export(
         elif name in quantized:
             qt = quantized[name]
             levels = qt.q.numpy().reshape(-1)[kept]
+            scale_dtype = "<f2" if torch.equal(qt.scale, qt.scale.half().float()) else "<f4"
             entry.update(
                 encoding="quant",
                 bits=qt.bits,
                 granularity=qt.granularity,
                 group_size=qt.group_size,
                 values=add(pack_bits(levels, qt.bits), ("bytes", levels.astype(np.uint8).tobytes())),
-                scale=add(qt.scale.numpy().astype("<f4").tobytes()),
-                scale_shape=list(qt.scale.shape),
+                scale=add(qt.scale.numpy().astype(scale_dtype).tobytes()),
+                scale_shape=list(qt.scale.shape), scale_dtype=scale_dtype,
             )
             if qt.symmetric:
                 entry["zero_point"] = 2 ** (qt.bits - 1)
@@ -255,7 +257,8 @@ def load_artifact(
             bits = e["bits"]
             q = np.zeros(numel, dtype=np.uint8)
             q[where] = levels(e["values"], bits, kept)
-            scale = torch.from_numpy(np.frombuffer(blob(e["scale"]), dtype="<f4").copy()).view(e["scale_shape"])
+            scale_values = np.frombuffer(blob(e["scale"]), dtype=e.get("scale_dtype", "<f4")).astype(np.float32)
+            scale = torch.from_numpy(scale_values).view(e["scale_shape"])
             groups = scale.numel()
             if "zero_points" in e:
                 zp = torch.from_numpy(unpack_bits(blob(e["zero_points"]), bits, groups)).view(e["scale_shape"])

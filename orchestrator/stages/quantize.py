@@ -8,7 +8,8 @@ Each group of weights gets a float scale s and an integer zero point z (DESIGN.m
   so 0.0 is a level and pruned weights stay exactly zero;
 - symmetric: s = max|w| / (2^(b−1) − 1), z = 2^(b−1).
 
-b bits give 2^b levels and 2^b − 1 steps. 16 bits means a float16 copy; 32 leaves weights alone. A scheme
+Scales are rounded to float16 where float16 holds them (the exporter then stores 16 bits per group, not
+32), and the model runs on the rounded value. b bits give 2^b levels and 2^b − 1 steps. 16 bits means a float16 copy; 32 leaves weights alone. A scheme
 is a config class (`config/techniques.py`) plus its registered `qparams` function here. Quantization-aware
 training runs `fake_quantize`, the same quantizer with a straight-through gradient, during distillation.
 8-bit symmetric per-tensor/channel Linear weights can run on torch's int8 CPU kernels (`to_int8_kernels`).
@@ -41,6 +42,13 @@ def register_scheme(config_cls: type[QuantizeMethod]) -> Callable[[QParams], QPa
     return register
 
 
+def storable(scale: torch.Tensor) -> torch.Tensor:
+    """Each scale as the float16 the artifact stores, unless float16 cannot hold it (below 2^-24, above
+    65504): then float32 stays."""
+    half = scale.half().float()
+    return torch.where((half > 0) & torch.isfinite(half), half, scale)
+
+
 @register_scheme(GPTQQuantization)  # GPTQ rounds onto the affine grid (`gptq.py` chooses the levels)
 @register_scheme(AffineQuantization)
 def affine_qparams(groups: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +56,7 @@ def affine_qparams(groups: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch
     lo = groups.amin(-1).clamp(max=0)
     hi = groups.amax(-1).clamp(min=0)
     scale = (hi - lo) / levels
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: any scale is exact
+    scale = storable(torch.where(scale > 0, scale, torch.ones_like(scale)))  # an all-zero group: any scale is exact
     zero_point = torch.round(-lo / scale).clamp(0, levels)
     return scale, zero_point
 
@@ -57,7 +65,7 @@ def affine_qparams(groups: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch
 def symmetric_qparams(groups: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     half = 2 ** (bits - 1) - 1
     scale = groups.abs().amax(-1) / half
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    scale = storable(torch.where(scale > 0, scale, torch.ones_like(scale)))
     return scale, torch.full_like(scale, 2 ** (bits - 1))
 
 
