@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,9 @@ def entropy(storage: str) -> None:
             sizes = {}
             for coder in ("none", "zstd"):
                 model = load_teacher(ctx.task, ctx.teacher.path)
-                c = compress(model, Pipeline(distill=False, prune=prune, quantize=quantize), sparsity=sparsity, bits=bits,
-                             group_size=32, artifact=Path(storage) / f"entropy-{coder}.orc", meta={}, entropy=coder)
+                with tempfile.TemporaryDirectory() as tmp:
+                    c = compress(model, Pipeline(distill=False, prune=prune, quantize=quantize), sparsity=sparsity, bits=bits,
+                                 group_size=32, artifact=Path(tmp) / "model.orc", meta={}, entropy=coder)
                 sizes[coder] = c.size_bytes
             row = {"format": name, "bytes": sizes["none"], "bytes_zstd": sizes["zstd"],
                    "saved": round(1 - sizes["zstd"] / sizes["none"], 4),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from orchestrator.outcome import TrialOutcome
 from orchestrator.space import ObjectiveConstraints
 from orchestrator.stages.compress import Compressed, Quantized, compress
 from orchestrator.stages.distill import Check, load_teacher
-from orchestrator.stages.gptq import gptq_quantize_
+from orchestrator.stages.gptq import GPTQ_FORMAT, gptq_quantize_
 from orchestrator.stages.prune import PruneResult
 from orchestrator.stages.quantize import QuantizedTensor, QuantSpec, dequantize, quantizable_weights
 from orchestrator.stopping import EarlyStopped, stop_reason
@@ -139,7 +140,8 @@ def run_pipeline(
         timings["time_distill_fit_s"] = time.perf_counter() - t  # includes Ray Train worker start-up
         student, _ = load_checkpoint(task, entry / "student.pt")
         source = entry.name
-        trained = {"val_accuracy": distilled["val_accuracy"], "val_loss": distilled["val_loss"], "distill_steps": distilled["steps"]}
+        trained = {"val_accuracy": distilled["val_accuracy"], "val_loss": distilled["val_loss"],
+                   "distill_steps": distilled.get("steps", math.nan)}  # (an entry of an older version kept no steps)
         hits["distill"] = hit
         if distilled.get("worker_nodes"):  # when it was trained (a reused student keeps its own)
             tags["distill.worker_nodes"] = ",".join(distilled["worker_nodes"])
@@ -199,7 +201,7 @@ def gptq_cached(cfg: SweepConfig, task: Task, data: Any, data_key: str, model: n
     size, and the data: a later trial that quantizes the same model the same way reads it back. Returns
     (the integer weights, whether they came from the cache)."""
     method = spec.method
-    key = cache.content_key("gptq", cache.tensors_digest(model.state_dict()), cache.tensors_digest(masks),
+    key = cache.content_key("gptq", GPTQ_FORMAT, cache.tensors_digest(model.state_dict()), cache.tensors_digest(masks),
                             dataclasses.asdict(method), spec.bits, spec.group_size, data_key, cfg.seed, task.fingerprint())
 
     def build(tmp: Path) -> None:

@@ -289,10 +289,9 @@ class _Plateau:
     """Convergence: every `check_every` steps (after step `after`: QAT on, gradual pruning done) score
     validation accuracy; `patience` checks in a row without a better one mean the student has converged."""
 
-    tokens = 4096  # validation positions per check
-
     def __init__(self, job: DistillJob, after: int) -> None:
         self.job, self.after = job, after
+        self.tokens = min(4096, job.val_tokens)  # validation positions per check
         self.best, self.stale = -math.inf, 0
 
     def due(self, step: int) -> bool:

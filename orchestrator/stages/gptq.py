@@ -30,6 +30,8 @@ from torch import nn
 
 from orchestrator.stages.quantize import SCHEMES, QuantizedTensor, QuantSpec, _layout, dequantize, quantizable_weights, quantize_tensor
 
+GPTQ_FORMAT = 2  # part of the cache key of GPTQ's results: raise it when what they hold changes (2: float16 scales)
+
 
 @torch.no_grad()
 def gptq_tensor(
@@ -211,4 +213,4 @@ def _first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-__all__ = ["gptq_quantize_", "gptq_tensor"]
+__all__ = ["GPTQ_FORMAT", "gptq_quantize_", "gptq_tensor"]
