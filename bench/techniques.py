@@ -169,6 +169,9 @@ def _row(space: str, common: dict, ctx: TrialContext, i: int, name: str, pipelin
         "decode_tokens_per_s": round(m["decode_tokens_per_s"], 2),
         **({"distill_steps": int(m["distill_steps"])} if "distill_steps" in m and m["distill_steps"] == m["distill_steps"] else {}),
         "seconds": round(time.perf_counter() - t, 1),
+        # stages read from storage instead of computed (their build time is not in `seconds`)
+        "reused": sorted(k[len("cache_hit_"):] for k, v in m.items() if k.startswith("cache_hit_") and v == 1
+                         and k not in ("cache_hit_teacher", "cache_hit_teacher_outputs")),
     }
 
 

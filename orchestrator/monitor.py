@@ -24,12 +24,43 @@ from orchestrator.tracking import trial_error
 
 class ConstrainedOptunaSearch(OptunaSearch):
     """OptunaSearch that records a finished trial's constraint values on its Optuna trial
-    (`Trial.set_constraint`, read by TPE and NSGA-II) just before telling the study, and tells a trial that
-    stopped early as PRUNED (Ray's OptunaSearch would tell it COMPLETE with no values, which Optuna refuses)."""
+    (`Trial.set_constraint`, read by TPE and NSGA-II) just before telling the study, tells a trial that
+    stopped early as PRUNED (Ray's OptunaSearch would tell it COMPLETE with no values, which Optuna refuses),
+    and never spends a trial on a configuration that already completed: the sampler is told that
+    configuration's figures again and asked for another (at most `max_asks` times per trial; a space
+    with nothing new left to sample then runs the repeat)."""
+
+    max_asks = 100
 
     def __init__(self, *args: Any, limits: ObjectiveConstraints, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._limits = limits
+        self.repeats_skipped = 0  # configurations the sampler proposed again and was answered from the study
+
+    def suggest(self, trial_id: str) -> dict | None:
+        for _ in range(self.max_asks):
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials.get(trial_id)
+            if config is None or ot_trial is None:
+                return config
+            earlier = self._completed_with(ot_trial.params, ot_trial.number)
+            if earlier is None:
+                return config
+            for name, value in earlier.constraints.items():  # what the sampler learnt the first time, again
+                ot_trial.set_constraint(name, value)
+            self._ot_study.tell(ot_trial, earlier.values)
+            del self._ot_trials[trial_id]
+            self.repeats_skipped += 1
+        return config
+
+    def _completed_with(self, params: Mapping[str, Any], number: int) -> Any:
+        """The study's completed trial with exactly these parameters (None if there is none)."""
+        import optuna
+
+        for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if t.number != number and t.params == params:
+                return t
+        return None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)

@@ -293,10 +293,11 @@ def _run(
                                teacher_outputs=prep.outputs, sweep_id=sweep_id, service=prep.service,
                                objectives=dict(OBJECTIVES))
             trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), trial_resources(cfg))
+            searcher = _searcher(cfg, files, resume)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=_searcher(cfg, files, resume), num_samples=cfg.trials,
+                    search_alg=searcher, num_samples=cfg.trials,
                     max_concurrent_trials=slots,
                     reuse_actors=True,  # a trial's driver process (torch imported, teacher files warm) serves the next
                 ),
@@ -312,6 +313,9 @@ def _run(
             # which Tune's strict metric check refuses; the searcher and the monitor handle them.
             with _environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1" if cfg.early_stopping.enabled else None):
                 tuner.fit()
+            if searcher.repeats_skipped:  # configurations proposed again after they completed: answered, not run
+                log.info("%d repeated configurations were answered from the study instead of run", searcher.repeats_skipped)
+                tracker.log_metrics(parent, {"repeats_skipped": searcher.repeats_skipped})
             result = _finish(cfg, task, monitor, tracker, parent, prep, started=started, setup_seconds=setup_seconds,
                              tune_started=tune_started, tune_stopped=time.perf_counter(), previous=len(previous),
                              files=files, slots=slots)

@@ -113,3 +113,33 @@ def test_sampler_options_reach_the_optuna_sampler():
     cfg = load_config(None, overrides={"sampler_options": {"n_startup_trials": 3, "multivariate": True}})
     sampler = make_sampler("tpe", seed=0, options=cfg.sampler_options)
     assert sampler._n_startup_trials == 3 and sampler._multivariate
+
+
+def test_a_configuration_that_completed_is_told_again_not_run_again():
+    from orchestrator.monitor import ConstrainedOptunaSearch
+    from orchestrator.outcome import TrialOutcome
+    from orchestrator.space import ObjectiveConstraints
+
+    cfg = load_config(None, overrides={"params.bits": {"choices": [4, 8]}, "constraints": {"max_size_mb": 0.5}})
+    search = ConstrainedOptunaSearch(
+        space=DefineByRun(cfg.params), metric=["accuracy", "size_mb"], mode=["max", "min"],
+        sampler=optuna.samplers.RandomSampler(seed=0), limits=ObjectiveConstraints(cfg.constraints),
+    )
+    search.max_asks = 20
+
+    def result(accuracy, size_mb):
+        return TrialOutcome(status="COMPLETED", metrics={"accuracy": accuracy, "size_mb": size_mb}).report(["accuracy", "size_mb"])
+
+    first = search.suggest("t1")
+    search.on_trial_complete("t1", result=result(0.5, 1.0))
+    second = search.suggest("t2")
+    assert second["bits"] != first["bits"]  # only two configurations: the other one, whatever the sampler drew
+    search.on_trial_complete("t2", result=result(0.4, 0.25))
+    third = search.suggest("t3")  # nothing new left: after max_asks the repeat runs
+    assert third["bits"] in (4, 8) and search.repeats_skipped >= 20
+    told = [t for t in search._ot_study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(told) >= 2 + 20
+    for t in told[2:]:  # every repeat was told what its first run measured, the missed size limit included
+        earlier = told[0] if t.params == told[0].params else told[1]
+        assert t.values == earlier.values and t.constraints == earlier.constraints
+    assert told[0].constraints == {"max_size_mb": 0.5}
