@@ -12,8 +12,8 @@ architecture and task metadata (e.g. the vocabulary) and, per tensor, how it is 
 - any of these, sparse: values for kept entries only, located by a packed bitmask (1 bit per weight) or
   by their flat indices (uint16/uint32), whichever is smaller.
 
-With `entropy="zstd"` every blob is also compressed with Zstandard where that makes it smaller (its
-reference then says so); level indices are coded one byte per index, unpacked, when that codes smaller,
+With `entropy="zstd"` every blob is also compressed with Zstandard (`zstd_level`) where that makes it
+smaller (its reference then says so); level indices are coded one byte per index, unpacked, when that codes smaller,
 since the coder's Huffman stage sees whole symbols then. Decoding is lossless: reloads stay bit-exact.
 
 The manifest names the model (`models.describe`: a registered architecture and its config, or a task's
@@ -43,7 +43,14 @@ MAGIC = b"ORCHPK03"
 READABLE = (b"ORCHPK02", MAGIC)  # format 2 had no entropy coding and no codebooks: it reads the same
 FORMAT = "orchestrator.packed/3"
 ENTROPY = ("none", "zstd")
-ZSTD_LEVEL = 19
+
+
+def zstd_level(size: int, floats: bool) -> int:
+    """Zstandard's effort for one blob: float values code no smaller above level 3 (their exponent bytes
+    are what repeats), so they take the fast level; indices and masks gain from level 19 (its Huffman
+    stage models them best) up to 4 MB, and take level 9 beyond, where 19 would cost a minute per
+    hundred MB."""
+    return 3 if floats else 19 if size <= 4_000_000 else 9
 
 
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
@@ -89,15 +96,18 @@ def export(
     description = models.describe(model)
     blobs: list[bytes] = []
     offset = 0
-    coder = zstandard.ZstdCompressor(level=ZSTD_LEVEL) if entropy == "zstd" else None
+    coders: dict[int, Any] = {}
 
-    def add(data: bytes, *alternatives: tuple[str, bytes]) -> list[Any]:
-        """Store a blob; `alternatives` are (layout, bytes) other forms of it to try under the coder. The
-        reference is [offset, length] or, coded, [offset, length, "zstd", raw length(, layout)]."""
+    def add(data: bytes, *alternatives: tuple[str, bytes], floats: bool = False) -> list[Any]:
+        """Store a blob (`floats`: of float values); `alternatives` are (layout, bytes) other forms of it to
+        try under the coder. The reference is [offset, length] or, coded, [offset, length, "zstd", raw
+        length(, layout)]."""
         nonlocal offset
         stored, ref_tail = data, []
-        if coder is not None:
+        if entropy == "zstd":
             for layout, raw in (("", data), *alternatives):
+                level = zstd_level(len(raw), floats)
+                coder = coders.setdefault(level, zstandard.ZstdCompressor(level=level))
                 coded = coder.compress(raw)
                 if len(coded) < len(stored):
                     stored, ref_tail = coded, ["zstd", len(raw), *([layout] if layout else [])]
@@ -147,7 +157,7 @@ def export(
             entry.update(
                 encoding="codebook", bits=ct.bits, granularity=ct.granularity, group_size=ct.group_size,
                 values=add(pack_bits(indices, ct.bits), ("bytes", indices.astype(np.uint8).tobytes())),
-                centroids=add(ct.centroids.numpy().astype("<f2").tobytes()), centroid_shape=list(ct.centroids.shape),
+                centroids=add(ct.centroids.numpy().astype("<f2").tobytes(), floats=True), centroid_shape=list(ct.centroids.shape),
             )
         elif name in quantized:
             qt = quantized[name]
@@ -159,7 +169,7 @@ def export(
                 granularity=qt.granularity,
                 group_size=qt.group_size,
                 values=add(pack_bits(levels, qt.bits), ("bytes", levels.astype(np.uint8).tobytes())),
-                scale=add(qt.scale.numpy().astype(scale_dtype).tobytes()),
+                scale=add(qt.scale.numpy().astype(scale_dtype).tobytes(), floats=True),
                 scale_shape=list(qt.scale.shape), scale_dtype=scale_dtype,
             )
             if qt.symmetric:
@@ -170,7 +180,7 @@ def export(
             is_matrix = t.dim() == 2
             dtype = "<f2" if float16 and is_matrix else "<f4"
             values = t.numpy().reshape(-1)[kept]
-            entry.update(encoding="float16" if dtype == "<f2" else "float32", values=add(values.astype(dtype).tobytes()))
+            entry.update(encoding="float16" if dtype == "<f2" else "float32", values=add(values.astype(dtype).tobytes(), floats=True))
         entries.append(entry)
 
     manifest = {
