@@ -13,8 +13,9 @@ architecture and task metadata (e.g. the vocabulary) and, per tensor, how it is 
   by their flat indices (uint16/uint32), whichever is smaller.
 
 With `entropy="zstd"` every blob is also compressed with Zstandard (`zstd_level`) where that makes it
-smaller (its reference then says so); level indices are coded one byte per index, unpacked, when that codes smaller,
-since the coder's Huffman stage sees whole symbols then. Decoding is lossless: reloads stay bit-exact.
+smaller (its reference then says so); level indices are coded one byte per index, unpacked, when that
+codes smaller, since the coder's Huffman stage sees whole symbols then. Decoding is lossless: reloads
+stay bit-exact.
 
 The manifest names the model (`models.describe`: a registered architecture and its config, or a task's
 own description) and also lists the Linear layers that run on int8 kernels (`quantize.to_int8_kernels`).

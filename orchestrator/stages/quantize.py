@@ -9,8 +9,8 @@ Each group of weights gets a float scale s and an integer zero point z (DESIGN.m
 - symmetric: s = max|w| / (2^(b−1) − 1), z = 2^(b−1).
 
 Scales are rounded to float16 where float16 holds them (the exporter then stores 16 bits per group, not
-32), and the model runs on the rounded value. b bits give 2^b levels and 2^b − 1 steps. 16 bits means a float16 copy; 32 leaves weights alone. A scheme
-is a config class (`config/techniques.py`) plus its registered `qparams` function here. Quantization-aware
+32), and the model runs on the rounded value. b bits give 2^b levels and 2^b − 1 steps. 16 bits means a
+float16 copy; 32 leaves weights alone. A scheme is a config class (`config/techniques.py`) plus its registered `qparams` function here. Quantization-aware
 training runs `fake_quantize`, the same quantizer with a straight-through gradient, during distillation.
 8-bit symmetric per-tensor/channel Linear weights can run on torch's int8 CPU kernels (`to_int8_kernels`).
 """
