@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import tempfile
@@ -167,7 +168,7 @@ def _row(space: str, common: dict, ctx: TrialContext, i: int, name: str, pipelin
         "params": int(m["params"]), "sparsity_measured": round(m["sparsity_measured"], 3),
         "int8_layers": int(m["int8_layers"]), "latency_ms": round(m["latency_ms"], 3),
         "decode_tokens_per_s": round(m["decode_tokens_per_s"], 2),
-        **({"distill_steps": int(m["distill_steps"])} if "distill_steps" in m and m["distill_steps"] == m["distill_steps"] else {}),
+        **({"distill_steps": int(m["distill_steps"])} if not math.isnan(m.get("distill_steps", math.nan)) else {}),
         "seconds": round(time.perf_counter() - t, 1),
         # stages read from storage instead of computed (their build time is not in `seconds`)
         "reused": sorted(k[len("cache_hit_"):] for k, v in m.items() if k.startswith("cache_hit_") and v == 1

@@ -98,8 +98,9 @@ def _trained(cfg: SweepConfig, key: str, job: DistillJob, start: nn.Module, mask
             cfg.store.discard(init)
         torch.save({"config": job.model, "state_dict": result.state_dict, **({"masks": masks} if masks else {})},
                    tmp / "student.pt")
-        info = {"steps": result.steps, "train_seconds": result.train_seconds, "val_accuracy": result.val_accuracy, "val_loss": result.val_loss,
-                "worker_nodes": list(result.worker_nodes), "worker_weights": list(result.worker_weights)}
+        info = {"steps": result.steps, "train_seconds": result.train_seconds, "val_accuracy": result.val_accuracy,
+                "val_loss": result.val_loss, "worker_nodes": list(result.worker_nodes),
+                "worker_weights": list(result.worker_weights)}
         (tmp / "distill.json").write_text(json.dumps(info))
 
     return build

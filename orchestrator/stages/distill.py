@@ -262,14 +262,16 @@ def fit(
         if step == qat_from:
             for fq in fake_quant:
                 fq.active = True
+        scored = None  # this step's validation scores, computed once for both checks
         if check is not None and step % check.every == 0 and step < job.steps:
-            check.callback(step, task.evaluate(student, data, "val", max_examples=check.val_tokens))
-            model.train()  # scoring put it in eval mode
+            scored = task.evaluate(student, data, "val", max_examples=check.val_tokens)
+            check.callback(step, scored)
         if plateau.due(step):
-            converged = plateau.converged(task.evaluate(student, data, "val", max_examples=plateau.tokens)["accuracy"])
-            model.train()
-            if converged:  # every DDP rank scores the same weights on the same positions: all stop here
+            scored = scored or task.evaluate(student, data, "val", max_examples=plateau.tokens)
+            if plateau.converged(scored["accuracy"]):  # every DDP rank scores the same weights: all stop here
                 break
+        if scored is not None:
+            model.train()  # scoring put it in eval mode
 
     val = task.evaluate(student, data, "val", max_examples=job.val_tokens)  # as it will run (fake-quantized)
     if qat_from is not None:
