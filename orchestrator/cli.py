@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ PARAM_COLUMNS = ["layers", "width", "sparsity", "bits", "optimizer"]  # the fron
 
 def front_columns(objectives: Sequence[str]) -> list[str]:
     """The front table's columns: the objectives, each held-out one's test score beside it, then ratios."""
-    columns = ["trial_id"]
+    columns = ["run_name"]
     for name in objectives:
         columns += [name, f"test_{name}"]
     return [*columns, "compression_ratio", "accuracy_retained", *PARAM_COLUMNS]
@@ -46,14 +47,53 @@ def _parser() -> argparse.ArgumentParser:
         "--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
         help="override any YAML key, e.g. --set distill.steps=100 --set 'params.bits={choices: [4, 8]}'",
     )
+    sweep.add_argument("--register", metavar="NAME", help="register the front's models in the MLflow Model Registry under "
+                                                          "NAME, with aliases recommended, smallest, fastest, most-accurate")
     sweep.add_argument("--resume", metavar="SWEEP_ID", help="run --trials more trials in an earlier sweep's study (same storage and params)")
     sweep.add_argument("--ray-logs", action="store_true", help="show Ray workers' own log lines")
+    tracking = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)"
+    ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 and print the last sweep's pages")
+    ui.add_argument("--tracking-uri", help=tracking)
+    ui.add_argument("--port", type=int, default=5000, help="the UI's port (default 5000)")
+    compare = sub.add_parser("compare", help="print the fronts of several sweeps side by side, with their hypervolumes")
+    compare.add_argument("sweep_ids", nargs="+", metavar="SWEEP_ID", help="sweep ids (their MLflow parent runs' names)")
+    compare.add_argument("--tracking-uri", help=tracking)
+    compare.add_argument("--plot", default="fronts.png", help="where to write the plot of all fronts (default fronts.png)")
     return parser
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    import os
+    from pathlib import Path
+
+    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def compare_main(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from orchestrator.tracking.compare import compare
+
+    try:
+        table = compare(args.sweep_ids, tracking_uri=_tracking_uri(args), plot=args.plot)
+    except ConfigError as e:
+        print(f"orchestrator: error: {e}", file=sys.stderr)
+        return 2
+    objectives = table.attrs["objectives"]
+    reference = ", ".join(f"{n} {v:.4g}" for n, v in table.attrs["reference"].items())
+    print(f"fronts over {', '.join(objectives)}; hypervolumes from the shared reference point ({reference}):")
+    for sweep, hv in table.attrs["hypervolumes"].items():
+        print(f"  {sweep}: {int((table['sweep'] == sweep).sum())} front points, hypervolume {hv:.4f}")
+    columns = [c for c in ["sweep", "run_name", *objectives, *(f"test_{n}" for n in objectives), *PARAM_COLUMNS] if c in table]
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        print(table[columns].to_string(index=False))
+    print(f"plot of all fronts: {args.plot}")
+    return 0
 
 
 def _config(args: argparse.Namespace) -> SweepConfig:
     overrides = dict(parse_set(item) for item in args.sets)
-    for key in ("trials", "tracking_uri", "storage", "address"):
+    for key in ("trials", "tracking_uri", "storage", "address", "register"):
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
@@ -74,7 +114,7 @@ def print_progress(p: SweepProgress) -> None:
         what = "FAILED (see its MLflow run's `error` tag)"
     stopped = f", stopped early {p.stopped}" if p.stopped else ""
     print(
-        f"[{p.done}/{p.total}] trial {p.trial_id}: {what}  | running {p.running}, failed {p.failed}{stopped}, "
+        f"[{p.done}/{p.total}] {p.run_name or 'trial ' + p.trial_id}: {what}  | running {p.running}, failed {p.failed}{stopped}, "
         f"front {p.front_size}, hypervolume {p.hypervolume:.4f}",
         flush=True,
     )
@@ -92,17 +132,27 @@ def print_result(result: SweepResult) -> None:
         print(front[columns].to_string(index=False))
     pick = result.recommend()
     if pick is not None:
-        print(f"recommended (knee of the front): trial {pick['trial_id']}: {_figures(pick, result.objectives)}")
+        print(f"recommended (knee of the front): {pick['run_name']}: {_figures(pick, result.objectives)}"
+              + (f"\n  model: {pick['model_uri']}" if isinstance(pick.get("model_uri"), str) else ""))
     infeasible = int(((result.trials["status"] == "COMPLETED") & ~result.trials["feasible"]).sum())
     if infeasible:
         print(f"{infeasible} completed trials miss the sweep's constraints and are left off the front")
     print(f"\nwall time {result.wall_seconds:.0f} s, orchestration overhead {result.overhead:.0%}")
-    print(f"MLflow run {result.run_id}. Open it with:\n  mlflow ui --backend-store-uri {result.tracking_uri}\n"
-          f"  then http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs")
+    if result.config.register and result.models:
+        print(f"registered {len(result.models)} front models as {result.config.register}: "
+              f"models:/{result.config.register}@recommended (and @smallest, @fastest, @most-accurate)")
+    uri = "" if result.tracking_uri == f"sqlite:///{Path.cwd() / 'mlflow.db'}" else f" --tracking-uri {result.tracking_uri}"
+    print(f"MLflow: sweep run {result.run_id} in experiment {result.experiment_id}. Open it with:\n  orchestrator ui{uri}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "ui":
+        from orchestrator.tracking.ui import run_ui
+
+        return run_ui(_tracking_uri(args), args.port)
+    if args.command == "compare":
+        return compare_main(args)
     try:
         cfg = _config(args)
         from orchestrator.sweep import Sweep

@@ -82,7 +82,7 @@ class TrialMonitor(Callback):
         self, total: int, progress: Callable[[SweepProgress], None] | None, *, reference: Mapping[str, float],
         constraints: ConstraintsConfig, log_hypervolume: Callable[[float, int], None], files: SweepFiles | None = None,
         run_ids: dict[str, str] | None = None, previous: list[dict[str, Any]] | None = None,
-        param_names: tuple[str, ...] = (),
+        param_names: tuple[str, ...] = (), run_names: dict[str, str] | None = None,
     ) -> None:
         """`files` get `front.json`, a line of `trials.jsonl` and the Optuna study after each trial; `run_ids` maps trial ids to MLflow runs as they start;
         `previous` are the rows of the sweep being resumed."""
@@ -99,6 +99,8 @@ class TrialMonitor(Callback):
         self.total += len(self.rows)
         self.running: set[str] = set()
         self.end_times: list[float] = []  # perf_counter() when each trial ended
+        self.hypervolumes: list[tuple[int, float]] = []  # (trials ended, hypervolume) after each trial
+        self.run_names = run_names if run_names is not None else {}  # trial id -> its MLflow run's name (trial-0001)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)
@@ -117,7 +119,8 @@ class TrialMonitor(Callback):
         self.running.discard(trial.trial_id)
         self.end_times.append(time.perf_counter())
         params = dict(trial.config)
-        row = {"trial_id": trial.trial_id, "status": status, "run_id": self.run_ids.get(trial.trial_id), **params,
+        row = {"trial_id": trial.trial_id, "run_name": self.run_names.get(trial.trial_id), "status": status,
+               "run_id": self.run_ids.get(trial.trial_id), **params,
                **(outcome.row() if outcome is not None else {}), "error": error}
         self.rows[trial.trial_id] = row
         table = self.table()
@@ -126,6 +129,7 @@ class TrialMonitor(Callback):
             self.files.append_line(TRIALS_FILE, json.dumps(row, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
             self.files.publish(STUDY_FILE)  # a URI storage keeps the study as of the last ended trial
         hv = normalized_hypervolume(table, self.reference)
+        self.hypervolumes.append((len(self.rows), hv))
         self.log_hypervolume(hv, len(self.rows))
         if self.progress is not None:
             self.progress(SweepProgress(
@@ -133,12 +137,13 @@ class TrialMonitor(Callback):
                 failed=int((table["status"] == "ERROR").sum()), front_size=int(table["pareto"].sum()),
                 hypervolume=hv, trial_id=trial.trial_id, status=status, outcome=outcome,
                 stopped=int((table["status"] == "STOPPED").sum()), objectives=tuple(self.objectives),
+                run_name=self.run_names.get(trial.trial_id, ""),
             ))
 
     def table(self) -> pd.DataFrame:
         trials = pd.DataFrame(list(self.rows.values()))
         if trials.empty:
-            trials = pd.DataFrame(columns=["trial_id", "status", "run_id", *self.param_names, *self.objectives, "artifact", "error"])
+            trials = pd.DataFrame(columns=["trial_id", "run_name", "status", "run_id", *self.param_names, *self.objectives, "artifact", "error"])
         for column in (*self.objectives, *self.constraints.names, "artifact"):  # the table's own figures
             if column not in trials:
                 trials[column] = np.nan if column != "artifact" else None

@@ -26,6 +26,7 @@ class TrialOutcome:
     stopped_at_step: int | None = None  # STOPPED: the distillation step
     warnings: list[str] = field(default_factory=list)  # what the trial measured with less than it was asked for
     tags: dict[str, str] = field(default_factory=dict)  # where it ran: `node` (its driver's), `distill.worker_nodes` (each DDP rank's)
+    curves: dict[str, list[list[float]]] = field(default_factory=dict)  # name -> [[step, value], ...]: distill_loss, distill_val_accuracy
 
     def objectives(self, names: Sequence[str]) -> dict[str, float]:
         """The values of the objectives `names` (empty for a trial stopped early)."""

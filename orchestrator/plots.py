@@ -63,3 +63,25 @@ def write_front_files(trials: pd.DataFrame, out_dir: Path, objectives: Sequence[
     figure.savefig(png, dpi=110)
     plt.close(figure)
     return [csv, html, png]
+
+
+def write_hypervolume_plot(points: Sequence[tuple[int, float]], out_dir: Path) -> Path:
+    """hypervolume.png: the front's normalized hypervolume after each trial ended."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure, ax = plt.subplots(figsize=(5.5, 3.6))
+    if points:
+        ax.step([n for n, _ in points], [hv for _, hv in points], where="post", marker="o", c="C0")
+    ax.set_xlabel("trials ended")
+    ax.set_ylabel("hypervolume (fraction of the reference box)")
+    ax.set_title("Hypervolume of the front as the sweep went on")
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    path = out_dir / "hypervolume.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,7 @@ class SweepProgress:
     outcome: TrialOutcome | None  # what it reported (None when it failed)
     stopped: int = 0  # trials stopped early so far
     objectives: tuple[str, ...] = ()  # the sweep's objectives
+    run_name: str = ""  # the trial's MLflow run (trial-0001, ...)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class SweepResult:
     interrupted: bool  # stopped (Ctrl-C) before every trial ran
     hypervolume: float  # of the final front, normalized as in `normalized_hypervolume`
     task: Task | None = None  # the sweep's task: rebuilds models of a task of your own
+    models: Mapping[str, str] = dataclasses.field(default_factory=dict)  # trial id -> MLflow model URI (front points)
 
     @property
     def objectives(self) -> tuple[str, ...]:
@@ -107,12 +110,19 @@ class SweepResult:
         return export_pretrained(self._artifact(trial_id), directory)
 
 
-def load_model(path: str | os.PathLike[str], *, task: Task | None = None) -> nn.Module:
+def load_model(path: str | os.PathLike[str], *, task: Task | None = None, tracking_uri: str | None = None) -> nn.Module:
     """Rebuild a compressed model from an exported artifact (`model.orc`: a path, or its location in a URI
-    storage, downloaded once to this node's cache). `model.vocab` holds a char_lm
+    storage, downloaded once to this node's cache), or from an MLflow model a sweep logged
+    (``runs:/<run>/model``, ``models:/<name>@<alias>``, ``models:/<name>/<version>``, read from
+    `tracking_uri`, default $MLFLOW_TRACKING_URI). `model.vocab` holds a char_lm
     model's vocabulary; `model.tokenizer` an hf_causal_lm model's tokenizer, or None. A model of a task of
     your own (task python) is rebuilt by that task: pass it as `task`; its weights come from the artifact
     and no code named in the artifact is imported."""
+    if str(path).startswith(("runs:/", "models:/")):
+        from orchestrator.tracking.models import download_model
+        from orchestrator.tracking.pyfunc import ARTIFACT_FILE
+
+        path = download_model(str(path), tracking_uri) / ARTIFACT_FILE
     path = fetch(path)
     manifest = read_manifest(path)
     if task is None and manifest["architecture"] not in models.ARCHITECTURES:

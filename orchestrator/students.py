@@ -100,7 +100,7 @@ def _trained(cfg: SweepConfig, key: str, job: DistillJob, start: nn.Module, mask
                    tmp / "student.pt")
         info = {"steps": result.steps, "train_seconds": result.train_seconds, "val_accuracy": result.val_accuracy,
                 "val_loss": result.val_loss, "worker_nodes": list(result.worker_nodes),
-                "worker_weights": list(result.worker_weights)}
+                "worker_weights": list(result.worker_weights), "curves": result.curves}
         (tmp / "distill.json").write_text(json.dumps(info))
 
     return build

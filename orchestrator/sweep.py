@@ -9,6 +9,7 @@ overhead accounting, the `SweepResult`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import inspect
 import json
@@ -41,6 +42,7 @@ from orchestrator.objectives import OBJECTIVES, directions
 from orchestrator.resources import TRIAL_MEMORY_BYTES, check_fits, trial_resources
 from orchestrator.prepare import Prepared, prepared
 from orchestrator.space import ObjectiveConstraints
+from orchestrator.storage import fetch
 from orchestrator.sweep_files import CONFIG_FILE, FRONT_FILE, STUDY_FILE, TRIALS_FILE, SweepFiles
 from orchestrator.tasks import TASKS, Task, task_from_config
 
@@ -200,38 +202,6 @@ def _ship_by_value(task: Task) -> None:
         cloudpickle.register_pickle_by_value(module)
 
 
-def _start_tracking(cfg: SweepConfig, task: Task, sweep_id: str, prep: Prepared, resumed: int | None) -> tuple[Any, str]:
-    """The MLflow parent run: the whole config as params, what was reused as tags, the teacher's figures."""
-    from orchestrator.tracking import SweepTracker
-
-    teacher, outputs = prep.teacher, prep.outputs
-    tracker = SweepTracker(cfg.resolved_tracking_uri, cfg.experiment or cfg.name)
-    parent = tracker.start(
-        run_name=sweep_id,
-        params=cfg.to_dict(),
-        tags={"sweep_id": sweep_id, "task": task.name, "teacher_key": teacher.key,
-              "teacher_cache_hit": str(teacher.cache_hit).lower(),
-              "teacher_measurements_cache_hit": str(teacher.measure_cache_hit).lower(), "storage": cfg.store.where,
-              "pipeline": cfg.pipeline.label, "objectives": ",".join(cfg.objectives),
-              "measure.node": prep.service_where["node"], "measure.device": prep.service_where["device"],
-              "measure.cores": ",".join(map(str, prep.service_where["cores"])),
-              **({"warning": "; ".join(f"teacher: {w}" for w in teacher.warnings)} if teacher.warnings else {}),
-              **({"resumed": "true", "previous_trials": str(resumed)} if resumed is not None else {}),
-              **({"teacher_outputs_key": outputs.key, "teacher_outputs_cache_hit": str(outputs.cache_hit).lower()}
-                 if outputs else {})},
-    )
-    tracker.log_metrics(parent, {
-        "teacher_accuracy": teacher.accuracy, "teacher_perplexity": teacher.perplexity,
-        "teacher_test_accuracy": teacher.test_accuracy,
-        "teacher_size_mb": teacher.size_bytes / 1e6, "teacher_latency_ms": teacher.latency_ms,
-        "teacher_params": teacher.params,
-        **{f"teacher_{k}": v for k, v in teacher.metrics.items() if k in OBJECTIVES},
-        **{f"hypervolume_ref_{k}": v for k, v in reference_point(cfg, teacher).items()},
-        **({"teacher_outputs_mb": outputs.size_bytes / 1e6, "teacher_outputs_seconds": outputs.seconds} if outputs else {}),
-    })
-    return tracker, parent
-
-
 def _searcher(cfg: SweepConfig, files: SweepFiles, resume: str | None) -> ConstrainedOptunaSearch:
     """OptunaSearch over the space, its study named by the sweep id in `study_storage` or in the sweep's
     `optuna.db` (Optuna's own tools read it, and a later sweep resumes it):
@@ -266,7 +236,7 @@ def _run(
     import optuna
     from ray import tune
 
-    from orchestrator.tracking import TrialRunsCallback
+    from orchestrator.tracking.sweep_run import start_sweep_run, trial_runs
     from orchestrator.trial import TrialContext, tune_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial INFO lines would drown the progress
@@ -278,11 +248,11 @@ def _run(
 
     with prepared(cfg, task) as prep:
         setup_seconds = time.perf_counter() - started - prep.seconds
-        tracker, parent = _start_tracking(cfg, task, sweep_id, prep, len(previous) if resume else None)
+        tracker, parent, env = start_sweep_run(cfg, task, sweep_id, prep, len(previous) if resume else None)
         reference = reference_point(cfg, prep.teacher)
         monitor = TrialMonitor(
             cfg.trials, progress, reference=reference, constraints=cfg.constraints, files=files,
-            run_ids=tracker.child_ids, previous=previous, param_names=tuple(cfg.params),
+            run_ids=tracker.child_ids, run_names=tracker.run_names, previous=previous, param_names=tuple(cfg.params),
             log_hypervolume=lambda hv, n: tracker.log_metrics(parent, {"hypervolume": hv}, step=n),
         )
         status = "FAILED"
@@ -304,7 +274,7 @@ def _run(
                 run_config=tune.RunConfig(
                     name=f"{sweep_id}-resumed-{stamp}" if resume else sweep_id,
                     storage_path=cfg.store.location("tune"),
-                    callbacks=[TrialRunsCallback(tracker, tags={"pipeline": cfg.pipeline.label, "task": task.name}), monitor],
+                    callbacks=[trial_runs(cfg, task, tracker, env, first_number=len(previous) + 1), monitor],
                     verbose=0,
                 ),
             )
@@ -332,18 +302,15 @@ def _finish(
 ) -> SweepResult:
     """After the trials: front and feasibility tags, the front files, overhead accounting, the result."""
     from orchestrator.plots import write_front_files
+    from orchestrator.tracking.sweep_run import record_front
 
     trials = monitor.table()
     tune_seconds = tune_stopped - tune_started
     interrupted = len(trials) - previous < cfg.trials  # Tune returns early on Ctrl-C instead of raising
     if interrupted:
         log.warning("sweep interrupted after %d of %d trials; the front below covers those", len(trials) - previous, cfg.trials)
-    for run_id in trials.loc[trials["pareto"], "run_id"]:
-        tracker.set_tags(run_id, {"pareto": "true"})
-    for run_id in trials.loc[(trials["status"] == "COMPLETED") & ~trials["feasible"], "run_id"]:
-        tracker.set_tags(run_id, {"feasible": "false"})
-    for path in write_front_files(trials, files.path(), cfg.objectives):
-        tracker.log_artifact(parent, path)
+    front_files = write_front_files(trials, files.path(), cfg.objectives)
+    for path in front_files:
         cfg.store.publish(path)
     files.publish(STUDY_FILE)
     wall = time.perf_counter() - started
@@ -378,10 +345,11 @@ def _finish(
         hypervolume=normalized_hypervolume(trials, reference_point(cfg, teacher)), task=task,
     )
     pick = result.recommend()
-    if pick is not None:
-        tracker.set_tags(pick["run_id"], {"recommended": "true"})
-        tracker.set_tags(parent, {"recommended_trial": pick["trial_id"]})
-    return result
+    example = task.example(task.load_data(fetch(prep.data.path))).numpy()  # the models' input example
+    models = record_front(cfg, task, tracker, parent, trials, files=front_files, hypervolumes=monitor.hypervolumes, example=example,
+                 recommended=None if pick is None else pick["trial_id"], sweep_id=files.sweep_id, out_dir=files.path())
+    trials["model_uri"] = trials["trial_id"].map(models)
+    return dataclasses.replace(result, models=models)
 
 
 @contextlib.contextmanager

@@ -111,6 +111,7 @@ def run_pipeline(
     if ctx.teacher_outputs is not None:
         hits["teacher_outputs"] = ctx.teacher_outputs.cache_hit
     trained: dict[str, float] = {}  # the float student's validation figures
+    curves: dict[str, list[list[float]]] = {}  # its training curves
     tags = {"node": _node()}
 
     check, pre = None, {}
@@ -143,6 +144,7 @@ def run_pipeline(
         trained = {"val_accuracy": distilled["val_accuracy"], "val_loss": distilled["val_loss"],
                    "distill_steps": distilled.get("steps", math.nan)}  # (an entry of an older version kept no steps)
         hits["distill"] = hit
+        curves = distilled.get("curves", {})  # (an entry of an older version kept none)
         if distilled.get("worker_nodes"):  # when it was trained (a reused student keeps its own)
             tags["distill.worker_nodes"] = ",".join(distilled["worker_nodes"])
             tags["distill.worker_weights"] = ",".join(distilled["worker_weights"])  # one digest per rank
@@ -190,7 +192,7 @@ def run_pipeline(
     # stage time: the recovery's training loop is not split out (its worker start-up is small in-process)
     timings["time_stages_s"] = sum(v for k, v in timings.items() if k not in ("time_distill_fit_s", "time_measure_wait_s"))
     return TrialOutcome(status="COMPLETED", metrics=metrics, cache_hits=hits, timings=timings, artifact=location,
-                        warnings=m.warnings, tags=tags)
+                        warnings=m.warnings, tags=tags, curves=curves)
 
 
 @torch.no_grad()

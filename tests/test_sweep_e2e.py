@@ -53,14 +53,18 @@ def test_mlflow_holds_a_parent_and_one_child_per_trial(sweep):
         row = result.trials.set_index("trial_id").loc[child.data.tags["trial_id"]]
         assert child.data.metrics["accuracy"] == pytest.approx(row["accuracy"])
         assert child.data.params["bits"] == str(row["bits"])
-        assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["model.orc"]
+        on_front = child.data.tags["pareto"] == "true"
+        assert [a.path for a in client.list_artifacts(child.info.run_id)] == (["model", "model.orc"] if on_front else ["model.orc"])
+        assert child.info.run_name == row["run_name"] and child.info.run_name.startswith("trial-000")
+    assert sorted(c.info.run_name for c in children) == ["trial-0001", "trial-0002", "trial-0003"]
     parent_files = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"pareto.csv", "pareto.html", "pareto.png"} <= parent_files
+    assert {"pareto.csv", "pareto.html", "pareto.png", "trials.csv", "hypervolume.png"} <= parent_files
     assert parents[0].data.metrics["trials_completed"] == 3
     tagged = {c.data.tags["trial_id"] for c in children if c.data.tags.get("pareto") == "true"}
     assert tagged == set(result.pareto["trial_id"])
     recommended = [c.data.tags["trial_id"] for c in children if c.data.tags.get("recommended") == "true"]
-    assert recommended == [result.recommend()["trial_id"]] == [parents[0].data.tags["recommended_trial"]]
+    assert recommended == [result.recommend()["trial_id"]]
+    assert parents[0].data.tags["recommended_trial"] == result.recommend()["run_name"]
     assert recommended[0] in tagged
 
 
@@ -127,7 +131,7 @@ def test_second_sweep_reuses_the_teacher_through_the_cli(sweep, capsys):
     ])
     out = capsys.readouterr().out
     assert code == 0
-    assert "[1/1] trial" in out and ": 1 of 1 trials (teacher:" in out and "mlflow ui --backend-store-uri" in out
+    assert "[1/1] trial-0001" in out and ": 1 of 1 trials (teacher:" in out and f"orchestrator ui --tracking-uri {uri}" in out
     client = MlflowClient(uri)
     parents = client.search_runs([result.experiment_id], "tags.`orchestrator.role` = 'sweep'", order_by=["start_time DESC"])
     assert len(parents) == 2

@@ -9,8 +9,8 @@ def test_parent_and_children_and_a_stopped_sweep(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = SweepTracker(uri, "exp")
     parent = tracker.start(run_name="s", params={"a": {"b": 1}, "params": {"bits": 4}}, tags={"k": "v"})
-    done = tracker.start_trial("t1", {"bits": 4, "lambda": 0.5})
-    left = tracker.start_trial("t2", {"bits": 8, "lambda": 0.1})
+    done = tracker.start_trial("t1", {"bits": 4, "lambda": 0.5}, number=1)
+    left = tracker.start_trial("t2", {"bits": 8, "lambda": 0.1}, number=2)
     tracker.log_metrics(done, {"accuracy": 0.5, "size_mb": 0.1, "flag": True, "name": "x"})
     tracker.end(done, "FINISHED")
     tracker.end_sweep("KILLED")
@@ -23,6 +23,59 @@ def test_parent_and_children_and_a_stopped_sweep(tmp_path):
     assert d.info.status == "FINISHED" and d.data.metrics == {"accuracy": 0.5, "size_mb": 0.1}
     assert d.data.tags["mlflow.parentRunId"] == parent and d.data.params["lambda"] == "0.5"
     assert l.info.status == "KILLED" and "stopped before this trial finished" in l.data.tags["error"]
+    assert (d.info.run_name, l.info.run_name) == ("trial-0001", "trial-0002") and tracker.run_names == {"t1": "trial-0001", "t2": "trial-0002"}
+    assert tracker.seconds > 0 and tracker.failures == []
+
+
+def test_results_curves_and_tags_go_in_one_batch_and_curves_keep_their_steps(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri, "exp")
+    tracker.start(run_name="s", params={}, tags={})
+    run = tracker.start_trial("t1", {}, number=7)
+    calls = []
+    batch = tracker.client.log_batch
+    tracker.client.log_batch = lambda *a, **k: calls.append(k) or batch(*a, **k)
+    curve = [[s, 1.0 / s] for s in range(1, 1201)]  # more points than one batch holds
+    tracker.record(run, metrics={"accuracy": 0.5}, step=1200, curves={"distill_loss": curve}, tags={"k": "v"})
+    assert len(calls) == 2 and len(calls[0]["metrics"]) == 1000 and calls[1]["tags"] == []
+    client = MlflowClient(uri)
+    history = client.get_metric_history(run, "distill_loss")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(s, v) for s, v in curve]
+    got = client.get_run(run)
+    assert got.info.run_name == "trial-0007" and got.data.metrics["accuracy"] == 0.5 and got.data.tags["k"] == "v"
+
+
+def test_a_tracking_call_is_retried_then_given_up_with_a_warning(tmp_path, caplog, monkeypatch):
+    import orchestrator.tracking.runs as runs
+
+    monkeypatch.setattr(runs.time, "sleep", lambda s: None)
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp")
+    tries = []
+
+    def flaky():
+        tries.append(1)
+        if len(tries) < 3:
+            raise ConnectionError("server away")
+        return "ok"
+
+    assert tracker.call("flaky", flaky) == (True, "ok") and len(tries) == 3
+
+    def down():
+        raise ConnectionError("connection refused")
+
+    assert tracker.call("log metrics", down) == (False, None)
+    assert len(tracker.failures) == 1 and "log metrics failed 3 times (ConnectionError: connection refused)" in tracker.failures[0]
+    assert "the sweep goes on without it" in caplog.text
+
+    def missing():
+        tries.append(1)
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+        raise MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST)
+
+    tries.clear()
+    assert tracker.call("get", missing)[0] is False and len(tries) == 1  # a 4xx answer is not retried
 
 
 def test_artifacts_live_next_to_the_sqlite_file_and_experiments_are_reused(tmp_path):

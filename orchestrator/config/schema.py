@@ -279,6 +279,8 @@ class SweepConfig(_Checked):
     study_storage: str | None = None  # the Optuna study's database URL (postgresql://..., mysql://...); null: SQLite in the sweep's directory
     tracking_uri: str | None = None  # MLflow; null: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
     experiment: str | None = None  # MLflow experiment; null: the sweep's name
+    register: str | None = _check(lambda v: v is None or (v.strip() != "" and not set(v) & set("/:")),
+                                  "null or a name without '/' or ':'", None)  # register the front under this Model Registry name, with aliases recommended, smallest, fastest, most-accurate
     address: str | None = None  # Ray cluster address; null: $RAY_ADDRESS (set in a Ray job) or start a local Ray
     task: TaskConfig = TaskConfig()
     teacher: TeacherConfig = TeacherConfig()

@@ -8,12 +8,21 @@ strength of a technique (`sparsity`, `bits`, `group_size`) is a searchable param
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 PRUNE_METHODS: dict[str, type["PruneMethod"]] = {}
 QUANTIZE_METHODS: dict[str, type["QuantizeMethod"]] = {}
 STAGES = ("distill", "prune", "quantize")  # the order stages run in; any of them can be left out
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _pct(value: Any) -> str:
+    return f"{float(value):.0%}" if value is not None else "?"
 
 
 def _check(pred: Any, need: str, default: Any) -> Any:
@@ -138,6 +147,40 @@ class Pipeline:
     def label(self) -> str:
         """One line for tags and logs, e.g. ``distill > prune:structured > quantize:symmetric``."""
         return " > ".join(s if s == "distill" else f"{s}:{getattr(self, s).method}" for s in self.stages) or "(none)"
+
+    def describe(self, p: Mapping[str, Any]) -> str:
+        """One trial's pipeline in words, from its parameters `p` (YAML names), e.g. "Distil a 2-layer,
+        64-wide student for 300 steps (...). Prune 50% of the weights by magnitude (global, one-shot).
+        Quantize to 4 bits: affine, per channel. Pack the weights and measure the model." """
+        g = p.get
+        words = []
+        if self.distill:
+            words.append(f"Distil a {g('layers')}-layer, {g('width')}-wide student ({g('heads')} heads) from the teacher for "
+                         f"{g('steps')} steps: loss = soft (temperature {_num(g('temperature'))}) + {_num(g('lambda'))} x hard "
+                         f"+ {_num(g('beta'))} x hidden, {g('optimizer')} at lr {_num(g('lr'))}.")
+        else:
+            words.append("Compress the teacher itself.")
+        prune = self.prune
+        if isinstance(prune, SemiStructuredPruning):
+            words.append(f"Prune {prune.n}:{prune.m} (keep {prune.n} of every {prune.m} weights)")
+        elif isinstance(prune, StructuredPruning):
+            words.append(f"Prune {_pct(g('sparsity'))} of the {prune.target} units by {prune.norm} norm")
+        elif isinstance(prune, MagnitudePruning):
+            words.append(f"Prune {_pct(g('sparsity'))} of the weights by magnitude ({prune.scope}, {prune.schedule})")
+        if prune is not None:
+            words[-1] += f", then {prune.recovery_steps} recovery steps." if prune.recovery_steps else "."
+        quant = self.quantize
+        if quant is not None:
+            bits = g("bits")
+            if bits is not None and int(bits) >= 32:
+                words.append("Keep float32 weights (bits 32).")
+            else:
+                grain = f"in groups of {g('group_size')}" if quant.granularity == "group" else f"per {quant.granularity}"
+                extra = ", trained with fake quantization (QAT)" if quant.mode == "qat" else ""
+                extra += f", then {quant.recovery_steps} recovery steps" if quant.recovery_steps else ""
+                words.append(f"Quantize to {bits} bits: {quant.method}, {grain}{extra}.")
+        words.append("Pack the weights and measure the model.")
+        return " ".join(words)
 
     def to_raw(self) -> list[Any]:
         """The YAML form: ``[distill, {prune: {method: ..., ...}}, {quantize: {...}}]``."""

@@ -11,6 +11,7 @@ teacher outputs) travel as locations in the sweep's storage (`storage.fetch` giv
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tempfile
 import time
@@ -81,6 +82,7 @@ class DistillResult:
     worker_nodes: tuple[str, ...] = ()  # Ray Train: the node of each rank, in rank order (in-process: none)
     worker_weights: tuple[str, ...] = ()  # and a digest of each rank's final weights (all equal: checked)
     steps: int = 0  # optimizer steps taken (fewer than asked when it converged: `patience`)
+    curves: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)  # see `Curves`
 
 
 def make_optimizer(name: str, params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -233,6 +235,7 @@ def fit(
     model.train()
     batches = _batches(job, data, gen, device, teacher, cached, sorted({j for _, j in pairs}))
     plateau = _Plateau(job, after=max(qat_from or 0, job.steps if pruner is not None else 0))
+    curves = Curves(job.steps)
     step = 0
     for step, (x, y, signal) in enumerate(batches, start=1):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=job.precision == "bf16"):
@@ -249,8 +252,10 @@ def fit(
                     weights = dataclasses.replace(weights, temperature=T)
                 loss = distillation_loss(logits, t_logits, y, weights, hidden=hidden, teacher_indices=t_indices,
                                          hard=task.hard_loss)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"training diverged: loss {loss.item()} at lr {job.lr} (lower `lr`)")
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training diverged: loss {value} at lr {job.lr} (lower `lr`)")
+        curves.loss(step, value)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -271,9 +276,11 @@ def fit(
             if plateau.converged(scored["accuracy"]):  # every DDP rank scores the same weights: all stop here
                 break
         if scored is not None:
+            curves.val(step, scored["accuracy"])
             model.train()  # scoring put it in eval mode
 
     val = task.evaluate(student, data, "val", max_examples=job.val_tokens)  # as it will run (fake-quantized)
+    curves.val(step, val["accuracy"])
     if qat_from is not None:
         remove_fake_quant(student)  # the latent weights; the quantize stage applies the same quantizer to them
     if shared:
@@ -283,8 +290,30 @@ def fit(
         "train_seconds": time.perf_counter() - t0,
         "val_accuracy": val["accuracy"],
         "val_loss": val.get("loss", math.nan),
+        "curves": json.dumps(curves.points),  # a string: Ray Train reports flat metrics
     }
     return metrics, student.cpu()
+
+
+class Curves:
+    """What training looked like, for the trial's MLflow run: `distill_loss`, the mean loss over each of
+    about 100 equal spans of the steps, and `distill_val_accuracy` at every validation check and at the end."""
+
+    def __init__(self, steps: int) -> None:
+        self.every = max(1, steps // 100)
+        self.points: dict[str, list[list[float]]] = {"distill_loss": [], "distill_val_accuracy": []}
+        self._sum, self._n = 0.0, 0
+
+    def loss(self, step: int, value: float) -> None:
+        self._sum, self._n = self._sum + value, self._n + 1
+        if step % self.every == 0:
+            self.points["distill_loss"].append([step, self._sum / self._n])
+            self._sum, self._n = 0.0, 0
+
+    def val(self, step: int, accuracy: float) -> None:
+        points = self.points["distill_val_accuracy"]
+        if not points or points[-1][0] != step:
+            points.append([step, accuracy])
 
 
 class _Plateau:
@@ -396,6 +425,7 @@ def run_distill(
         worker_nodes=tuple(metrics["worker_nodes"].split(",")) if "worker_nodes" in metrics else (),
         worker_weights=tuple(metrics["worker_weights"].split(",")) if "worker_weights" in metrics else (),
         steps=int(metrics["steps"]),
+        curves=json.loads(metrics.get("curves", "{}")),
     )
 
 

@@ -169,6 +169,11 @@ class Task(abc.ABC):
         """An untrained model from `describe`'s dict."""
         return models.build(description)
 
+    def model_builder(self) -> "Task":
+        """What a logged MLflow model keeps to rebuild a student (`build_model`): the task itself by
+        default; a task holding large things students do not need returns a lighter copy."""
+        return self
+
 
 def task_from_config(cfg: SweepConfig) -> Task:
     """The registered task `cfg.task.name` names."""

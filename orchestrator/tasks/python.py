@@ -272,6 +272,12 @@ class PythonTask(Task):
             raise TypeError(f"the student builder returned a {type(net).__name__}, not an nn.Module")
         return UserModel(net, {"role": "student", "params": args, "seed": seed})
 
+    def model_builder(self) -> "PythonTask":
+        """A copy without the teacher: a student is built by the student function alone."""
+        light = copy.copy(self)
+        light._teacher = None
+        return light
+
     def build_model(self, description: dict[str, Any]) -> nn.Module:
         if description["architecture"] != UserModel.architecture:
             return super().build_model(description)
