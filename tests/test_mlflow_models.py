@@ -1,6 +1,7 @@
 """Front models in MLflow (SQLite store): the pyfunc flavour, orchestrator.load_model of runs:/ and
 models:/ URIs, the registry's versions, tags and aliases."""
 
+import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
@@ -39,8 +40,11 @@ def _front(tmp_path, n=3):
 def test_a_front_model_loads_through_pyfunc_and_as_the_torch_module(tmp_path):
     uri, tracker, trials, nets, models = _front(tmp_path, n=1)
     assert models == {"t0": f"runs:/{trials['run_id'][0]}/model"}
-    mlflow.set_tracking_uri(uri)
-    pyfunc = mlflow.pyfunc.load_model(models["t0"])
+    mlflow.set_tracking_uri(uri)  # also sets $MLFLOW_TRACKING_URI: unset below, or later sweeps would use it
+    try:
+        pyfunc = mlflow.pyfunc.load_model(models["t0"])
+    finally:
+        mlflow.set_tracking_uri(None)
     x = torch.randint(20, (5, 11))  # fewer positions than the context: any window length up to it
     with torch.no_grad():
         expected = nets["t0"](x)[0].argmax(-1).numpy()

@@ -145,9 +145,9 @@ def register_front(tracker: SweepTracker, name: str, trials: pd.DataFrame, model
     return aliases
 
 
-def download_model(uri: str, tracking_uri: str | None = None) -> Path:
+def download_model(uri: str, tracking_uri: str | None = None, into: str | Path | None = None) -> Path:
     """The `data/artifact` directory of the MLflow model at `uri` (runs:/<run>/model, models:/<name>@<alias>,
-    models:/<name>/<version>), downloaded to a local temporary directory. The registry is the tracking
+    models:/<name>/<version>), downloaded into `into` (default: a new temporary directory). The registry is the tracking
     store's (`tracking_uri`, default $MLFLOW_TRACKING_URI): no process-wide MLflow setting is read or changed."""
     import os
 
@@ -166,7 +166,7 @@ def download_model(uri: str, tracking_uri: str | None = None) -> Path:
             raise ValueError(f"{uri}: version {version.version} comes from {version.source}, not from a sweep's run")
         uri = version.source
     run_id, _, path = uri[len("runs:/"):].partition("/")
-    local = Path(client.download_artifacts(run_id, path or MODEL_PATH, tempfile.mkdtemp(prefix="orchestrator-model-")))
+    local = Path(client.download_artifacts(run_id, path or MODEL_PATH, str(into or tempfile.mkdtemp(prefix="orchestrator-model-"))))
     artifact = local / "data" / "artifact"  # where save_model's `data_path` lands
     if not (artifact / ARTIFACT_FILE).exists():
         raise ValueError(f"{uri}: not a model logged by orchestrator (no data/artifact/{ARTIFACT_FILE} in it)")
