@@ -9,7 +9,8 @@ The figures are the sweep's own (parent-run metrics the product measures by timi
   one batch, its `model.orc`, its end; the parent's hypervolume after it; the front's tags and files),
   divided by the trials: the sweep run's own start, once per sweep, is left out;
 - `tracking_seconds`: every MLflow call of the sweep, that start included;
-- `front_models_seconds`: writing and logging the front points' MLflow models (and registering them).
+- `front_models_seconds`: writing and logging the front points' MLflow models (and registering them);
+- the parent run's `tracking.json`: every call's time by kind, printed here per trial.
 Both sweeps use the same seed and storage (the teacher is trained once). Not a test: load moves the figures.
 """
 
@@ -35,8 +36,12 @@ def _sweep(args: argparse.Namespace, uri: str, storage: Path, where: str) -> dic
 
     result = orchestrator.Sweep.from_yaml(args.space, trials=args.trials, storage=str(storage), tracking_uri=uri,
                                           experiment=f"tracking-{where}", register=f"tracking-{where}").run()
-    metrics = MlflowClient(uri).get_run(result.run_id).data.metrics
-    return {"store": where, "trials": len(result.trials), "front": int(result.trials["pareto"].sum()),
+    client = MlflowClient(uri)
+    metrics = client.get_run(result.run_id).data.metrics
+    with tempfile.TemporaryDirectory() as tmp:
+        by_call = json.loads(Path(client.download_artifacts(result.run_id, "tracking.json", tmp)).read_text())["seconds_by_call"]
+    return {"ms_per_trial_by_call": {k: round(1000 * v / len(result.trials), 1) for k, v in sorted(by_call.items(), key=lambda kv: -kv[1])},
+            "store": where, "trials": len(result.trials), "front": int(result.trials["pareto"].sum()),
             "tracking_ms_per_trial": metrics["tracking_ms_per_trial"], "tracking_seconds": metrics["tracking_seconds"],
             "front_models_seconds": metrics["front_models_seconds"], "tracking_failures": metrics["tracking_failures"],
             "wall_seconds": result.wall_seconds}
@@ -70,6 +75,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['store']:8} {r['trials']:>6} {r['front']:>5} {r['tracking_ms_per_trial']:>9.1f} {r['tracking_seconds']:>11.2f} "
               f"{r['front_models_seconds']:>14.2f} {r['wall_seconds']:>7.0f}")
+        print(f"         ms per trial by call (the sweep's start and the front models included): {r['ms_per_trial_by_call']}")
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "space": args.space, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

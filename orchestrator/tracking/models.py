@@ -123,7 +123,7 @@ def register_front(tracker: SweepTracker, name: str, trials: pd.DataFrame, model
         run_id = row["run_id"]
         figures = {k: f"{row[k]:.6g}" for k in dict.fromkeys([*objectives, *VERSION_TAGS]) if k in row and pd.notna(row[k])}
         done, version = tracker.call(
-            f"register {uri} as {name}", client.create_model_version, name, source=uri, run_id=run_id,
+            f"register version {uri} as {name}", client.create_model_version, name, source=uri, run_id=run_id,
             tags={**figures, "sweep_id": sweep_id, "trial": tracker.run_names.get(trial_id, trial_id),
                   "objectives": ",".join(objectives)},
             description=f"sweep {sweep_id}, {tracker.run_names.get(trial_id, trial_id)}",

@@ -90,6 +90,7 @@ class SweepTracker:
         self.client = MlflowClient(tracking_uri)
         self.seconds = 0.0  # spent inside MLflow calls: the sweep's tracking cost
         self.setup_seconds = 0.0  # of which the sweep's own run before its trials (`start_sweep_run` sets it)
+        self.seconds_by_call: dict[str, float] = {}  # the same, by what the call did (its first word or two)
         found = self.retried("find the experiment", self.client.get_experiment_by_name, experiment)
         if found is None:
             self.experiment_id = self.retried("create the experiment", self.client.create_experiment, experiment,
@@ -116,7 +117,10 @@ class SweepTracker:
                     time.sleep(2.0 ** (attempt - 1))
             return fn(*args, **kwargs)
         finally:
-            self.seconds += time.perf_counter() - started
+            spent = time.perf_counter() - started
+            self.seconds += spent
+            kind = " ".join(what.split()[:2])
+            self.seconds_by_call[kind] = self.seconds_by_call.get(kind, 0.0) + spent
 
     def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[bool, T | None]:
         """(done, result) of a `retried` call. A call that failed every try is logged as a warning and kept

@@ -37,7 +37,7 @@ def sweep_description(cfg: SweepConfig, task: Task) -> str:
     searched = [name for name, spec in cfg.params.items() if type(spec).__name__ != "Fixed"]
     return (f"Sweep `{cfg.name}`: {cfg.trials} trials of task {task.name}, pipeline {cfg.pipeline.label}, "
             f"sampler {cfg.sampler}, searching {', '.join(searched) or 'nothing'}; the front is over "
-            f"{', '.join(cfg.objectives)}. Its files: pareto.csv, pareto.html, pareto.png, trials.csv, hypervolume.png.")
+            f"{', '.join(cfg.objectives)}. Its files: pareto.csv, pareto.html, pareto.png, trials.csv, hypervolume.png, tracking.json.")
 
 
 def start_sweep_run(cfg: SweepConfig, task: Task, sweep_id: str, prep: Prepared, resumed: int | None) -> tuple[SweepTracker, str, dict[str, str]]:
@@ -140,6 +140,9 @@ def record_front(cfg: SweepConfig, task: Task, tracker: SweepTracker, parent: st
     tracker.log_metrics(parent, {"tracking_seconds": tracker.seconds, "front_models_seconds": time.perf_counter() - t,
                                  **({"tracking_ms_per_trial": per_trial} if per_trial is not None else {}),
                                  "tracking_failures": len(tracker.failures)})
+    cost = out_dir / "tracking.json"  # where the tracking time went, by kind of call, and what failed
+    cost.write_text(json.dumps({"seconds_by_call": tracker.seconds_by_call, "failures": tracker.failures}, indent=1))
+    tracker.log_artifact(parent, cost)
     return models
 
 
