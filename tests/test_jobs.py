@@ -29,11 +29,17 @@ def head(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("head")
     env = {**os.environ, **RAY_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    ports = {flag: free_port() for flag in (
+    low = free_port()  # the workers' port range: the named ports below must fall outside it, or Ray refuses to start
+
+    def outside():
+        while low <= (port := free_port()) <= low + 200:
+            pass
+        return port
+
+    ports = {flag: outside() for flag in (
         "--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
         "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port", "--node-manager-port",
         "--object-manager-port")}
-    low = free_port()
     proc = subprocess.Popen(
         [executable("ray"), "start", "--head", "--block", "--num-cpus", "3", "--include-dashboard", "true", "--dashboard-host",
          "127.0.0.1", "--min-worker-port", str(low), "--max-worker-port", str(low + 200),

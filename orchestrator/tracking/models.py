@@ -112,9 +112,9 @@ def register_front(tracker: SweepTracker, name: str, trials: pd.DataFrame, model
     from mlflow.exceptions import MlflowException
 
     try:
-        tracker.retried("find the registered model", client.get_registered_model, name)
+        tracker.retried("find registered model", client.get_registered_model, name)
     except MlflowException:
-        tracker.retried("create the registered model", client.create_registered_model, name,
+        tracker.retried("create registered model", client.create_registered_model, name,
                         description="Pareto-front models of orchestrator sweeps")
     versions: dict[str, str] = {}  # trial id -> version
     rows = trials.set_index("trial_id")

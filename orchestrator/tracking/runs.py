@@ -91,9 +91,9 @@ class SweepTracker:
         self.seconds = 0.0  # spent inside MLflow calls: the sweep's tracking cost
         self.setup_seconds = 0.0  # of which the sweep's own run before its trials (`start_sweep_run` sets it)
         self.seconds_by_call: dict[str, float] = {}  # the same, by what the call did (its first word or two)
-        found = self.retried("find the experiment", self.client.get_experiment_by_name, experiment)
+        found = self.retried("find experiment", self.client.get_experiment_by_name, experiment)
         if found is None:
-            self.experiment_id = self.retried("create the experiment", self.client.create_experiment, experiment,
+            self.experiment_id = self.retried("create experiment", self.client.create_experiment, experiment,
                                               artifact_location=_artifact_root(tracking_uri, experiment))
         else:
             self.experiment_id = found.experiment_id
@@ -137,7 +137,7 @@ class SweepTracker:
     def start(self, *, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str], description: str = "") -> str:
         """The sweep's parent run (strict: without it the sweep has nowhere to log, so it stops here)."""
         tags = {"orchestrator.role": "sweep", **tags, **({"mlflow.note.content": description} if description else {})}
-        run = self.retried("create the sweep's run", self.client.create_run, self.experiment_id, run_name=run_name, tags=tags)
+        run = self.retried("create run (the sweep's)", self.client.create_run, self.experiment_id, run_name=run_name, tags=tags)
         self.parent_id, self.sweep_id = run.info.run_id, run_name
         self._open.add(self.parent_id)
         self.log_params(self.parent_id, params)
@@ -186,7 +186,7 @@ class SweepTracker:
             raise RuntimeError("start() the sweep's parent run before its trials")
         name = run_name(number)
         _, run = self.call(
-            f"create the run of {name}", self.client.create_run, self.experiment_id, run_name=name,
+            f"create run {name}", self.client.create_run, self.experiment_id, run_name=name,
             tags={"mlflow.parentRunId": self.parent_id, "orchestrator.role": "trial", "trial_id": trial_id,
                   "trial_number": str(number), **(tags or {}),
                   **({"mlflow.note.content": description} if description else {})},

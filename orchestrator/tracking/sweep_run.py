@@ -71,7 +71,7 @@ def start_sweep_run(cfg: SweepConfig, task: Task, sweep_id: str, prep: Prepared,
         **{f"hypervolume_ref_{k}": v for k, v in reference_point(cfg, teacher).items()},
         **({"teacher_outputs_mb": outputs.size_bytes / 1e6, "teacher_outputs_seconds": outputs.seconds} if outputs else {}),
     })
-    tracker.call("save the runs table's view", tracker.client.set_experiment_tag, tracker.experiment_id,
+    tracker.call("save view (the runs table's)", tracker.client.set_experiment_tag, tracker.experiment_id,
                  VIEW_TAG + parent, json.dumps(runs_view(cfg, sweep_id)))
     tracker.setup_seconds = tracker.seconds
     return tracker, parent, env
