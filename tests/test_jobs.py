@@ -58,8 +58,15 @@ def head(tmp_path_factory):
             pytest.fail("the job server did not answer within 120 s")
         yield url, env, f"ray://127.0.0.1:{ports['--ray-client-server-port']}"
     finally:
-        os.killpg(proc.pid, 15)  # `ray start --block` stops the head's processes on SIGTERM
+        # SIGTERM to `ray start --block` alone: it drains and stops the head's processes in order (~2 s). Sent
+        # to the whole group, GCS dies first and the drain waits out its timeout (~60 s).
+        os.kill(proc.pid, 15)
         proc.wait(timeout=60)
+        time.sleep(3)
+        try:
+            os.killpg(proc.pid, 9)  # anything of the head's still there
+        except ProcessLookupError:
+            pass
         current = Path("/tmp/ray/ray_current_cluster")  # what `ray stop` would remove: no later ray.init() joins it
         if current.is_file() and current.read_text().strip().endswith(f":{ports['--port']}"):
             current.unlink()
