@@ -345,7 +345,7 @@ def _finish(
         hypervolume=normalized_hypervolume(trials, reference_point(cfg, teacher)), task=task,
     )
     pick = result.recommend()
-    example = task.example(task.load_data(fetch(prep.data.path))).numpy()  # the models' input example
+    example = task.example(task.load_data(fetch(prep.data.path)))  # the models' input example
     models = record_front(cfg, task, tracker, parent, trials, files=front_files, hypervolumes=monitor.hypervolumes, example=example,
                  recommended=None if pick is None else pick["trial_id"], sweep_id=files.sweep_id, out_dir=files.path())
     trials["model_uri"] = trials["trial_id"].map(models)

@@ -76,6 +76,7 @@ def test_a_tracking_call_is_retried_then_given_up_with_a_warning(tmp_path, caplo
 
     tries.clear()
     assert tracker.call("get", missing)[0] is False and len(tries) == 1  # a 4xx answer is not retried
+    assert "get failed (not retried: MLflow refused it) (MlflowException: no such run)" in tracker.failures[-1]
 
 
 def test_artifacts_live_next_to_the_sqlite_file_and_experiments_are_reused(tmp_path):

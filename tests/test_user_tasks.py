@@ -4,6 +4,8 @@ and the YAML `task.entry` route."""
 
 import textwrap
 
+import mlflow
+import mlflow.pyfunc
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -105,6 +107,18 @@ def test_an_image_classifier_from_python_is_distilled_pruned_quantized_and_reloa
             for split, name in (("val", "accuracy"), ("test", "test_accuracy")):
                 x, y = data[split]
                 assert accuracy_and_loss(model.net.eval(), x, y)["accuracy"] == pytest.approx(run.data.metrics[name])
+    # a front point's MLflow model: rebuilt by the pickled task (without its teacher), it predicts the classes
+    front = result.pareto.iloc[0]
+    x, _ = data["test"]
+    mlflow.set_tracking_uri(uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(result.models[front["trial_id"]])
+    finally:
+        mlflow.set_tracking_uri(None)
+    with torch.no_grad():
+        expected = result.load_model(front["trial_id"]).net.eval()(x).argmax(-1).numpy()
+    assert (pyfunc.predict(x.numpy()) == expected).all()
+    assert pyfunc.metadata.get_output_schema().inputs[0].shape == (-1,)  # one class per image
     with pytest.raises(ValueError, match="task of your own"):
         orchestrator.load_model(result.trials["artifact"].iloc[0])
     assert orchestrator.load_model(result.trials["artifact"].iloc[0], task=task).net.activation in ("relu", "tanh")

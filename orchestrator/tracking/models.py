@@ -78,9 +78,12 @@ def save_model(path: Path, artifact: str, example: np.ndarray, *, task: Any = No
             from ray import cloudpickle  # its modules are registered to pickle by value (sweep._ship_by_value)
 
             (data / TASK_FILE).write_bytes(cloudpickle.dumps(task.model_builder(), protocol=pickle.DEFAULT_PROTOCOL))
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(example.dtype, (-1,) * example.ndim)]),  # unnamed: an array in, an array out
-            outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,) * example.ndim)]),
+        from orchestrator.tracking.pyfunc import _load_pyfunc
+
+        predicted = _load_pyfunc(str(data)).predict(example)  # what the loader will give back, on the example
+        signature = ModelSignature(  # unnamed tensors: an array in, an array out (any batch, any length)
+            inputs=Schema([TensorSpec(example.dtype, (-1,) * example.ndim)]),
+            outputs=Schema([TensorSpec(predicted.dtype, (-1,) * predicted.ndim)]),
         )
         mlflow.pyfunc.save_model(
             path, loader_module="orchestrator.tracking.pyfunc", data_path=str(data), code_paths=[str(code)],

@@ -88,6 +88,7 @@ class SweepTracker:
     def __init__(self, tracking_uri: str, experiment: str) -> None:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
+        self.attempts = 0  # tries of the last call
         self.seconds = 0.0  # spent inside MLflow calls: the sweep's tracking cost
         self.setup_seconds = 0.0  # of which the sweep's own run before its trials (`start_sweep_run` sets it)
         self.seconds_by_call: dict[str, float] = {}  # the same, by what the call did (its first word or two)
@@ -108,13 +109,14 @@ class SweepTracker:
         """`fn(*args, **kwargs)`, timed, tried `RETRIES` times with a growing pause; the last error is raised."""
         started = time.perf_counter()
         try:
-            for attempt in range(1, RETRIES):
+            for self.attempts in range(1, RETRIES):
                 try:
                     return fn(*args, **kwargs)
                 except Exception as e:  # a refused connection, a 5xx, a locked SQLite file; not a 4xx
                     if isinstance(e, MlflowException) and 400 <= e.get_http_status_code() < 500:
                         raise
-                    time.sleep(2.0 ** (attempt - 1))
+                    time.sleep(2.0 ** (self.attempts - 1))
+            self.attempts = RETRIES
             return fn(*args, **kwargs)
         finally:
             spent = time.perf_counter() - started
@@ -128,7 +130,8 @@ class SweepTracker:
         try:
             return True, self.retried(what, fn, *args, **kwargs)
         except Exception as e:
-            line = (f"MLflow at {self.tracking_uri}: {what} failed {RETRIES} times ({type(e).__name__}: "
+            times = f"{self.attempts} times" if self.attempts > 1 else "(not retried: MLflow refused it)"
+            line = (f"MLflow at {self.tracking_uri}: {what} failed {times} ({type(e).__name__}: "
                     f"{' '.join(str(e).split())[:300]}); the sweep goes on without it")
             log.warning("%s", line)
             self.failures.append(line)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from orchestrator.objectives import OBJECTIVES
@@ -124,7 +125,13 @@ def record_front(cfg: SweepConfig, task: Task, tracker: SweepTracker, parent: st
     # hypervolume, front tags and files (not the sweep run's own start, once per sweep; not the front's models)
     per_trial = 1000 * (tracker.seconds - tracker.setup_seconds) / started if started else None
     t = time.perf_counter()
-    models = log_front_models(tracker, trials, example, task=task)
+    try:  # a model MLflow cannot take costs the sweep its MLflow model, never its results
+        models = log_front_models(tracker, trials, np.asarray(example), task=task)
+    except Exception as e:
+        line = f"the front's MLflow models were not logged ({type(e).__name__}: {e}); each trial keeps its model.orc"
+        log.warning("%s", line)
+        tracker.failures.append(line)
+        models = {}
     run_ids = trials.set_index("trial_id")["run_id"]
     for trial_id in {*models, *([recommended] if isinstance(run_ids.get(recommended), str) else [])}:
         tracker.set_tags(run_ids[trial_id], {**({"model_uri": models[trial_id]} if trial_id in models else {}),
