@@ -64,7 +64,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _tracking_uri(args: argparse.Namespace) -> str:
     import os
-    from pathlib import Path
 
     return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 

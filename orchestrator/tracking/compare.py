@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.config import ConfigError
 from orchestrator.objectives import OBJECTIVES, directions, scale
 from orchestrator.pareto import hypervolume
+from orchestrator.tracking.runs import quiet_downloads
 
 
 def find_sweep(client: MlflowClient, sweep_id: str) -> Any:
@@ -38,7 +39,8 @@ def find_sweep(client: MlflowClient, sweep_id: str) -> Any:
 def _front(client: MlflowClient, run: Any) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(run.info.run_id, "pareto.csv", tmp)
+            with quiet_downloads():
+                path = client.download_artifacts(run.info.run_id, "pareto.csv", tmp)
         except Exception as e:
             raise ConfigError(f"compare: sweep {run.info.run_name} has no pareto.csv ({e}); it did not finish") from None
         try:

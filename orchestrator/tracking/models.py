@@ -26,7 +26,7 @@ import pandas as pd
 
 from orchestrator.storage import fetch
 from orchestrator.tracking.pyfunc import ARTIFACT_FILE, TASK_FILE
-from orchestrator.tracking.runs import SweepTracker
+from orchestrator.tracking.runs import SweepTracker, quiet_downloads
 
 log = logging.getLogger("orchestrator")
 
@@ -169,7 +169,8 @@ def download_model(uri: str, tracking_uri: str | None = None, into: str | Path |
             raise ValueError(f"{uri}: version {version.version} comes from {version.source}, not from a sweep's run")
         uri = version.source
     run_id, _, path = uri[len("runs:/"):].partition("/")
-    local = Path(client.download_artifacts(run_id, path or MODEL_PATH, str(into or tempfile.mkdtemp(prefix="orchestrator-model-"))))
+    with quiet_downloads():
+        local = Path(client.download_artifacts(run_id, path or MODEL_PATH, str(into or tempfile.mkdtemp(prefix="orchestrator-model-"))))
     artifact = local / "data" / "artifact"  # where save_model's `data_path` lands
     if not (artifact / ARTIFACT_FILE).exists():
         raise ValueError(f"{uri}: not a model logged by orchestrator (no data/artifact/{ARTIFACT_FILE} in it)")

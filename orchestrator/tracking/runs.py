@@ -8,12 +8,14 @@ its MLflow record of that call, with a warning, never a trial.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +35,20 @@ T = TypeVar("T")
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
 RETRIES = 3  # tries of each tracking call (MLflow's HTTP client retries a refused connection inside each)
 VERSIONED = ("orchestrator", "ray", "torch", "optuna", "mlflow")  # packages whose versions every run carries
+
+
+@contextlib.contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """No MLflow progress bars while artifacts download (a command's output stays readable)."""
+    before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
 
 
 def run_name(number: int) -> str:
