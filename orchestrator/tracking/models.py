@@ -85,11 +85,17 @@ def save_model(path: Path, artifact: str, example: np.ndarray, *, task: Any = No
             inputs=Schema([TensorSpec(example.dtype, (-1,) * example.ndim)]),
             outputs=Schema([TensorSpec(predicted.dtype, (-1,) * predicted.ndim)]),
         )
-        mlflow.pyfunc.save_model(
-            path, loader_module="orchestrator.tracking.pyfunc", data_path=str(data), code_paths=[str(code)],
-            signature=signature, input_example=example, pip_requirements=pinned_requirements(manifest["architecture"]),
-            metadata={"architecture": manifest["architecture"], "format": "orchestrator packed artifact"},
-        )
+        quiet = logging.getLogger("mlflow.pyfunc")  # its "Validating input example" line, once per front point
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            mlflow.pyfunc.save_model(
+                path, loader_module="orchestrator.tracking.pyfunc", data_path=str(data), code_paths=[str(code)],
+                signature=signature, input_example=example, pip_requirements=pinned_requirements(manifest["architecture"]),
+                metadata={"architecture": manifest["architecture"], "format": "orchestrator packed artifact"},
+            )
+        finally:
+            quiet.setLevel(level)
 
 
 def log_front_models(tracker: SweepTracker, trials: pd.DataFrame, example: np.ndarray, *, task: Any = None) -> dict[str, str]:
