@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from orchestrator.config import PARAM_NAMES, ConfigError, SweepConfig, load_config, parse_set
+from orchestrator.config import PARAM_NAMES, ConfigError, SweepConfig, load_config, parse_set, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from orchestrator.sweep import SweepProgress, SweepResult
@@ -62,19 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tracking_uri(args: argparse.Namespace) -> str:
-    import os
-
-    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
 def compare_main(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from orchestrator.tracking.compare import compare
 
     try:
-        table = compare(args.sweep_ids, tracking_uri=_tracking_uri(args), plot=args.plot)
+        table = compare(args.sweep_ids, tracking_uri=args.tracking_uri, plot=args.plot)
     except ConfigError as e:
         print(f"orchestrator: error: {e}", file=sys.stderr)
         return 2
@@ -140,7 +133,7 @@ def print_result(result: SweepResult) -> None:
     if result.config.register and result.models:
         print(f"registered {len(result.models)} front models as {result.config.register}: "
               f"models:/{result.config.register}@recommended (and @smallest, @fastest, @most-accurate)")
-    uri = "" if result.tracking_uri == f"sqlite:///{Path.cwd() / 'mlflow.db'}" else f" --tracking-uri {result.tracking_uri}"
+    uri = "" if result.tracking_uri == resolve_tracking_uri(None) else f" --tracking-uri {result.tracking_uri}"
     print(f"MLflow: sweep run {result.run_id} in experiment {result.experiment_id}. Open it with:\n  orchestrator ui{uri}")
 
 
@@ -149,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "ui":
         from orchestrator.tracking.ui import run_ui
 
-        return run_ui(_tracking_uri(args), args.port)
+        return run_ui(resolve_tracking_uri(args.tracking_uri), args.port)
     if args.command == "compare":
         return compare_main(args)
     try:

@@ -24,6 +24,7 @@ from orchestrator.config.schema import (
     SweepConfig,
     TaskConfig,
     TeacherConfig,
+    resolve_tracking_uri,
 )
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "Range",
     "ReferencePointConfig",
     "ResourcesConfig",
+    "resolve_tracking_uri",
     "SweepConfig",
     "TaskConfig",
     "TeacherConfig",

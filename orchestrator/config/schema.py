@@ -332,7 +332,12 @@ class SweepConfig(_Checked):
 
     @property
     def resolved_tracking_uri(self) -> str:
-        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+        return resolve_tracking_uri(self.tracking_uri)
+
+    @property
+    def searched(self) -> list[str]:
+        """The params the sampler searches (the others are fixed)."""
+        return [name for name, spec in self.params.items() if not isinstance(spec, Fixed)]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-able dict that `load_config` turns back into an equal config."""
@@ -349,6 +354,11 @@ class SweepConfig(_Checked):
         out["params"] = {name: _spec_to_raw(spec) for name, spec in self.params.items()}
         out["initial_points"] = [dict(point) for point in self.initial_points]
         return out
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """The MLflow store in use: `uri`, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def _spec_to_raw(spec: ParamSpec) -> Any:

@@ -27,6 +27,7 @@ from orchestrator.cache import tensors_digest
 from orchestrator.config.techniques import MagnitudePruning
 from orchestrator.losses import HiddenProjection, LossWeights, distillation_loss, layer_map
 from orchestrator.stages.codebook import share_weights, unshare_weights
+from orchestrator.stages.progress import Curves, Plateau
 from orchestrator.stages.prune import GradualPruner, apply_masks_
 from orchestrator.stages.quantize import QuantSpec, add_fake_quant, remove_fake_quant
 from orchestrator.stages.teacher_outputs import TeacherOutputs
@@ -82,7 +83,7 @@ class DistillResult:
     worker_nodes: tuple[str, ...] = ()  # Ray Train: the node of each rank, in rank order (in-process: none)
     worker_weights: tuple[str, ...] = ()  # and a digest of each rank's final weights (all equal: checked)
     steps: int = 0  # optimizer steps taken (fewer than asked when it converged: `patience`)
-    curves: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)  # see `Curves`
+    curves: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)  # see `stages.progress.Curves`
 
 
 def make_optimizer(name: str, params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -234,7 +235,8 @@ def fit(
 
     model.train()
     batches = _batches(job, data, gen, device, teacher, cached, sorted({j for _, j in pairs}))
-    plateau = _Plateau(job, after=max(qat_from or 0, job.steps if pruner is not None else 0))
+    plateau = Plateau(job.patience, job.check_every, job.steps, job.val_tokens,
+                      after=max(qat_from or 0, job.steps if pruner is not None else 0))
     curves = Curves(job.steps)
     step = 0
     for step, (x, y, signal) in enumerate(batches, start=1):
@@ -293,48 +295,6 @@ def fit(
         "curves": json.dumps(curves.points),  # a string: Ray Train reports flat metrics
     }
     return metrics, student.cpu()
-
-
-class Curves:
-    """What training looked like, for the trial's MLflow run: `distill_loss`, the mean loss over each of
-    about 100 equal spans of the steps, and `distill_val_accuracy` at every validation check and at the end."""
-
-    def __init__(self, steps: int) -> None:
-        self.every = max(1, steps // 100)
-        self.points: dict[str, list[list[float]]] = {"distill_loss": [], "distill_val_accuracy": []}
-        self._sum, self._n = 0.0, 0
-
-    def loss(self, step: int, value: float) -> None:
-        self._sum, self._n = self._sum + value, self._n + 1
-        if step % self.every == 0:
-            self.points["distill_loss"].append([step, self._sum / self._n])
-            self._sum, self._n = 0.0, 0
-
-    def val(self, step: int, accuracy: float) -> None:
-        points = self.points["distill_val_accuracy"]
-        if not points or points[-1][0] != step:
-            points.append([step, accuracy])
-
-
-class _Plateau:
-    """Convergence: every `check_every` steps (after step `after`: QAT on, gradual pruning done) score
-    validation accuracy; `patience` checks in a row without a better one mean the student has converged."""
-
-    def __init__(self, job: DistillJob, after: int) -> None:
-        self.job, self.after = job, after
-        self.tokens = min(4096, job.val_tokens)  # validation positions per check
-        self.best, self.stale = -math.inf, 0
-
-    def due(self, step: int) -> bool:
-        job = self.job
-        return job.patience is not None and step > self.after and step % job.check_every == 0 and step < job.steps
-
-    def converged(self, accuracy: float) -> bool:
-        if accuracy > self.best:
-            self.best, self.stale = accuracy, 0
-        else:
-            self.stale += 1
-        return self.stale >= (self.job.patience or 0)
 
 
 Signal = tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]  # teacher logits, their ids (top-k), states by layer

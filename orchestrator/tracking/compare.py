@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from orchestrator.config import ConfigError
+from orchestrator.config import ConfigError, resolve_tracking_uri
 from orchestrator.objectives import OBJECTIVES, directions, scale
 from orchestrator.pareto import hypervolume
 from orchestrator.tracking.runs import quiet_downloads
@@ -56,12 +56,9 @@ def compare(sweep_ids: Sequence[str], *, tracking_uri: str | None = None, plot: 
 
     Example: ``orchestrator.compare(["smoke-20261130-101500-ab12cd", "smoke-20261130-103000-ef34ab"])``.
     """
-    import os
-
     if len(sweep_ids) < 1:
         raise ConfigError("compare: give at least one sweep id")
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    client = MlflowClient(uri)
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
     runs = [find_sweep(client, sweep_id) for sweep_id in sweep_ids]
     objectives = [o for o in runs[0].data.tags.get("objectives", "").split(",") if o]
     for run in runs[1:]:

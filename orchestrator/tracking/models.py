@@ -158,11 +158,11 @@ def download_model(uri: str, tracking_uri: str | None = None, into: str | Path |
     """The `data/artifact` directory of the MLflow model at `uri` (runs:/<run>/model, models:/<name>@<alias>,
     models:/<name>/<version>), downloaded into `into` (default: a new temporary directory). The registry is the tracking
     store's (`tracking_uri`, default $MLFLOW_TRACKING_URI): no process-wide MLflow setting is read or changed."""
-    import os
-
     from mlflow.tracking import MlflowClient
 
-    store = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    from orchestrator.config import resolve_tracking_uri
+
+    store = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(store, registry_uri=store)
     if uri.startswith("models:/"):
         name, sep, alias = uri[len("models:/"):].partition("@")

@@ -171,10 +171,6 @@ class SweepTracker:
     def log_metrics(self, run_id: str, metrics: Mapping[str, Any], *, step: int = 0) -> None:
         self.record(run_id, metrics=metrics, step=step)
 
-    def log_curves(self, run_id: str, curves: Mapping[str, Sequence[Sequence[float]]]) -> None:
-        """Stepped metrics: name -> [[step, value], ...] (a loss curve)."""
-        self.record(run_id, curves=curves)
-
     def record(self, run_id: str, *, metrics: Mapping[str, Any] | None = None, step: int = 0,
                curves: Mapping[str, Sequence[Sequence[float]]] | None = None, tags: Mapping[str, str] | None = None) -> None:
         """Metrics (at `step`), curves and tags in as few `log_batch` calls as MLflow allows (1000

@@ -35,7 +35,7 @@ def _device(cfg: SweepConfig) -> str:
 
 
 def sweep_description(cfg: SweepConfig, task: Task) -> str:
-    searched = [name for name, spec in cfg.params.items() if type(spec).__name__ != "Fixed"]
+    searched = cfg.searched
     return (f"Sweep `{cfg.name}`: {cfg.trials} trials of task {task.name}, pipeline {cfg.pipeline.label}, "
             f"sampler {cfg.sampler}, searching {', '.join(searched) or 'nothing'}; the front is over "
             f"{', '.join(cfg.objectives)}. Its files: pareto.csv, pareto.html, pareto.png, trials.csv, hypervolume.png, tracking.json.")
@@ -86,7 +86,7 @@ def runs_view(cfg: SweepConfig, sweep_id: str) -> dict[str, Any]:
     and trial runs, flat, best first in the first objective, with the objectives, their test scores, the
     searched params and the front tag as columns."""
     first = cfg.objectives[0]
-    searched = [name for name, spec in cfg.params.items() if type(spec).__name__ != "Fixed"]
+    searched = cfg.searched
     columns = [f"metrics.`{name}`" for name in cfg.objectives]
     columns += [f"metrics.`test_{name}`" for name in cfg.objectives if OBJECTIVES[name].where == "held_out"]
     columns += [f"params.`{name}`" for name in searched] + ["tags.`pareto`", "tags.`recommended`"]
