@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import typing
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from orchestrator.recovery import terminate_as_interrupt
 from orchestrator.config import PARAM_NAMES, ConfigError, SweepConfig, load_config, parse_set, resolve_tracking_uri
 
 if TYPE_CHECKING:
@@ -31,8 +34,20 @@ def _figures(values: Mapping[str, float], names: Sequence[str]) -> str:
     return "  ".join(f"{n} {values[n]:.4g}{' ' + OBJECTIVES[n].unit if OBJECTIVES[n].unit else ''}" for n in names if n in values)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (argparse prints its usage first), exit 2 as always."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"{self.prog}: error: {' '.join(message.split())[:400]} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+FLAGS = {"trials": "--trials", "tracking_uri": "--tracking-uri", "storage": "--storage", "address": "--address",
+         "register": "--register", "max_failures": "--max-failures"}  # config keys with a flag of their own: errors name the flag
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
+    parser = _Parser(prog="orchestrator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sweep = sub.add_parser("sweep", help="run a compression sweep from a search-space YAML")
     sweep.add_argument("space", help="search-space YAML, e.g. search_spaces/quickstart.yaml")
@@ -48,7 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--register", metavar="NAME", help="register the front's models in the MLflow Model Registry under "
                                                           "NAME, with aliases recommended, smallest, fastest, most-accurate")
-    sweep.add_argument("--resume", metavar="SWEEP_ID", help="run --trials more trials in an earlier sweep's study (same storage and params)")
+    sweep.add_argument("--resume", metavar="SWEEP_ID", help="finish an earlier sweep (same storage and params): run what is left "
+                                                            "of its `trials` (raise --trials to run more), rerunning interrupted ones")
+    sweep.add_argument("--max-failures", type=int, metavar="N", help="stop the sweep cleanly once N trials failed "
+                                                                     "(overrides `max_failures`; default: never)")
     sweep.add_argument("--ray-logs", action="store_true", help="show Ray workers' own log lines")
     tracking = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)"
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 and print the last sweep's pages")
@@ -85,13 +103,13 @@ def compare_main(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace) -> SweepConfig:
     overrides = dict(parse_set(item) for item in args.sets)
-    for key in ("trials", "tracking_uri", "storage", "address", "register"):
+    for key in FLAGS:
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
     from orchestrator.sweep import task_accepts_own_params
 
-    return load_config(args.space, overrides=overrides, set_source="--set", user_params=task_accepts_own_params)
+    return load_config(args.space, overrides=overrides, set_source="--set", flags=FLAGS, user_params=task_accepts_own_params)
 
 
 def print_progress(p: SweepProgress) -> None:
@@ -103,7 +121,8 @@ def print_progress(p: SweepProgress) -> None:
     elif p.status == "STOPPED" and o is not None:
         what = f"stopped early at step {o.stopped_at_step} ({o.stop_reason})"
     else:
-        what = "FAILED (see its MLflow run's `error` tag)"
+        where = f"; traceback: {p.error_file}" if p.error_file else ""
+        what = f"FAILED: {p.error[:300] or 'no cause recorded'}{where}"
     stopped = f", stopped early {p.stopped}" if p.stopped else ""
     print(
         f"[{p.done}/{p.total}] {p.run_name or 'trial ' + p.trial_id}: {what}  | running {p.running}, failed {p.failed}{stopped}, "
@@ -137,7 +156,22 @@ def print_result(result: SweepResult) -> None:
     print(f"MLflow: sweep run {result.run_id} in experiment {result.experiment_id}. Open it with:\n  orchestrator ui{uri}")
 
 
+def _resume_command(argv: Sequence[str], sweep_id: str) -> str:
+    """This command again with ``--resume SWEEP_ID`` (the same storage, tracking URI, trials and overrides)."""
+    import shlex
+
+    words, skip = [], False
+    for word in argv:
+        if skip or word == "--resume":
+            skip = not skip and word == "--resume"
+            continue
+        if not word.startswith("--resume="):
+            words.append(word)
+    return shlex.join(["orchestrator", *words, "--resume", sweep_id])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if args.command == "ui":
         from orchestrator.tracking.ui import run_ui
@@ -150,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from orchestrator.sweep import Sweep
 
         sweep = Sweep(cfg)
+        sweep.check_reachable({key: flag for key, flag in FLAGS.items() if getattr(args, key) is not None})
         if args.resume:
             sweep.check_resume(args.resume)
     except ConfigError as e:
@@ -157,19 +192,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    print(f"sweep {cfg.name}: {cfg.trials} {'more ' if args.resume else ''}trials, sampler {cfg.sampler}, "
-          f"up to {cfg.max_concurrent_trials or 'as many as fit'} at once; storage {cfg.store.where}", flush=True)
-    try:
-        result = sweep.run(progress=print_progress, ray_logs=args.ray_logs, resume=args.resume)
-    except ConfigError as e:  # what only the prepared teacher can tell (e.g. an objective the task does not measure)
-        print(f"orchestrator: error: {e}", file=sys.stderr)
-        return 2
+    print(f"sweep {cfg.name}: {cfg.trials} trials{' in all, resuming ' + args.resume if args.resume else ''}, sampler "
+          f"{cfg.sampler}, up to {cfg.max_concurrent_trials or 'as many as fit'} at once; storage {cfg.store.where}", flush=True)
+    signals = sweep.signals  # SIGINT/SIGTERM received while it ran
+    with terminate_as_interrupt(signals):
+        try:
+            result = sweep.run(progress=print_progress, ray_logs=args.ray_logs, resume=args.resume)
+        except ConfigError as e:  # what only the prepared teacher can tell (e.g. an objective the task does not measure)
+            print(f"orchestrator: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # before the trials started: nothing of the sweep to finish
+            print(f"orchestrator: {_signal_name(signals)}: stopped before the trials started; the sweep's MLflow run is "
+                  "closed KILLED", file=sys.stderr)
+            return 128 + (signals[-1] if signals else signal.SIGINT)
     print_result(result)
+    if result.stop_reason == "max_failures":
+        print(f"orchestrator: stopped after {cfg.max_failures} failed trials (max_failures); causes above. Finish it with: "
+              f"{_resume_command(argv, result.sweep_id)}", file=sys.stderr)
+        return 1
     if result.interrupted:
-        print(f"interrupted before all {cfg.trials} trials ran", file=sys.stderr)
-        return 130
+        print(f"orchestrator: {_signal_name(signals)}: stopped with {len(result.trials)} of {cfg.trials} trials ended. Finish "
+              f"it with: {_resume_command(argv, result.sweep_id)}", file=sys.stderr)
+        return 128 + (signals[-1] if signals else signal.SIGINT)
     failed = int((result.trials["status"] == "ERROR").sum())
     return 1 if failed == len(result.trials) else 0
+
+
+def _signal_name(signals: Sequence[int]) -> str:
+    return signal.Signals(signals[-1]).name if signals else "interrupted"
 
 
 if __name__ == "__main__":

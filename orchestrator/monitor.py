@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.config import ConstraintsConfig
@@ -101,6 +101,7 @@ class TrialMonitor(Callback):
         self.end_times: list[float] = []  # perf_counter() when each trial ended
         self.hypervolumes: list[tuple[int, float]] = []  # (trials ended, hypervolume) after each trial
         self.run_names = run_names if run_names is not None else {}  # trial id -> its MLflow run's name (trial-0001)
+        self.failed_now = 0  # trials of this run of the sweep that failed (not a resumed sweep's earlier ones)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)
@@ -113,9 +114,10 @@ class TrialMonitor(Callback):
             self._ended(trial, outcome.status, outcome, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended(trial, "ERROR", None, trial_error(trial)[0])
+        summary, path = trial_error(trial)
+        self._ended(trial, "ERROR", None, summary, path)
 
-    def _ended(self, trial: Any, status: str, outcome: TrialOutcome | None, error: str | None) -> None:
+    def _ended(self, trial: Any, status: str, outcome: TrialOutcome | None, error: str | None, error_file: str | None = None) -> None:
         self.running.discard(trial.trial_id)
         self.end_times.append(time.perf_counter())
         params = dict(trial.config)
@@ -123,6 +125,8 @@ class TrialMonitor(Callback):
                "run_id": self.run_ids.get(trial.trial_id), **params,
                **(outcome.row() if outcome is not None else {}), "error": error}
         self.rows[trial.trial_id] = row
+        if status == "ERROR":
+            self.failed_now += 1
         table = self.table()
         if self.files is not None:
             self.files.write_front(self.objectives, table.loc[table["pareto"], self.objectives].to_numpy(dtype=float))
@@ -137,7 +141,7 @@ class TrialMonitor(Callback):
                 failed=int((table["status"] == "ERROR").sum()), front_size=int(table["pareto"].sum()),
                 hypervolume=hv, trial_id=trial.trial_id, status=status, outcome=outcome,
                 stopped=int((table["status"] == "STOPPED").sum()), objectives=tuple(self.objectives),
-                run_name=self.run_names.get(trial.trial_id, ""),
+                run_name=self.run_names.get(trial.trial_id, ""), error=error or "", error_file=error_file or "",
             ))
 
     def table(self) -> pd.DataFrame:
@@ -155,3 +159,21 @@ class TrialMonitor(Callback):
         return trials
 
 
+
+
+class FailureLimit(Stopper):
+    """Tune stopper: the whole sweep stops once `limit` of its trials failed (`max_failures`; None: never).
+    The trials still running are stopped as on Ctrl-C: closed in Optuna and MLflow, run again on --resume."""
+
+    def __init__(self, monitor: TrialMonitor, limit: int | None) -> None:
+        self.monitor, self.limit = monitor, limit
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    @property
+    def reached(self) -> bool:
+        return self.limit is not None and self.monitor.failed_now >= self.limit
+
+    def stop_all(self) -> bool:
+        return self.reached

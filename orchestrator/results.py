@@ -42,6 +42,8 @@ class SweepProgress:
     stopped: int = 0  # trials stopped early so far
     objectives: tuple[str, ...] = ()  # the sweep's objectives
     run_name: str = ""  # the trial's MLflow run (trial-0001, ...)
+    error: str = ""  # a failed trial's cause, one line (its traceback: `error_file` and its MLflow run)
+    error_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,12 @@ class SweepResult:
     tracking_uri: str
     wall_seconds: float
     overhead: float  # share of the sweep's CPU-slot time not spent inside a stage
-    interrupted: bool  # stopped (Ctrl-C) before every trial ran
+    interrupted: bool  # stopped before every trial ran (Ctrl-C, SIGTERM or `max_failures`)
     hypervolume: float  # of the final front, normalized as in `normalized_hypervolume`
     task: Task | None = None  # the sweep's task: rebuilds models of a task of your own
     models: Mapping[str, str] = dataclasses.field(default_factory=dict)  # trial id -> MLflow model URI (front points)
+    sweep_id: str = ""  # its id (the parent run's name): `--resume` takes it
+    stop_reason: str = ""  # why it stopped early: "interrupted" or "max_failures" ("" when every trial ran)
 
     @property
     def objectives(self) -> tuple[str, ...]:

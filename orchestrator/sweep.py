@@ -20,7 +20,7 @@ import sysconfig
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pandas as pd
@@ -28,7 +28,8 @@ import yaml
 
 from orchestrator.client import connect, is_client, run_on_cluster
 from orchestrator.config import ConfigError, SweepConfig, load_config
-from orchestrator.monitor import ConstrainedOptunaSearch, TrialMonitor
+from orchestrator.config.schema import show
+from orchestrator.monitor import ConstrainedOptunaSearch, FailureLimit, TrialMonitor
 from orchestrator.results import (
     SweepProgress,
     SweepResult,
@@ -41,6 +42,7 @@ from orchestrator.results import (
 from orchestrator.objectives import OBJECTIVES, directions
 from orchestrator.resources import TRIAL_MEMORY_BYTES, check_fits, trial_resources
 from orchestrator.prepare import Prepared, prepared
+from orchestrator.recovery import terminate_as_interrupt
 from orchestrator.space import ObjectiveConstraints
 from orchestrator.storage import fetch
 from orchestrator.sweep_files import CONFIG_FILE, FRONT_FILE, STUDY_FILE, TRIALS_FILE, SweepFiles
@@ -52,6 +54,10 @@ log = logging.getLogger("orchestrator")
 # a faster health-check poll saves ~2 s per trial; worker start-up on a loaded 2-core machine can near the
 # 60 s default timeout.
 RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180"}
+# The Ray a sweep starts for itself listens on this machine's loopback only (its GCS, raylet, workers and agents;
+# Ray's own single-machine mode, which it resolves `_node_ip_address="127.0.0.1"` away from): no other machine
+# reaches it. A cluster's nodes are set up by `ray start` (cluster.yaml), not here.
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def task_accepts_own_params(name: str) -> bool:
@@ -74,6 +80,17 @@ class Sweep:
         self.config = config
         self.task = task if task is not None else task_from_config(config)
         self.task.check(config)
+        self._reachable = False  # the storage, tracking store and Ray address answered (`check_reachable`)
+        self.signals: list[int] = []  # SIGINT / SIGTERM received while `run` ran (SIGTERM ends it as Ctrl-C does)
+
+    def check_reachable(self, named: Mapping[str, str] | None = None) -> None:
+        """`ConfigError` unless the config's storage takes a write, its MLflow store answers and its Ray address
+        answers, each within seconds (`orchestrator.config.reachable`); `run` checks this first.
+        `named`: how errors name a key's source (the CLI: ``{"storage": "--storage"}``)."""
+        from orchestrator.config.reachable import check_reachable
+
+        check_reachable(self.config, named=named)
+        self._reachable = True
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], *, task: Task | None = None, **overrides: Any) -> "Sweep":
@@ -100,6 +117,8 @@ class Sweep:
         import ray
 
         cfg = self.config
+        if not self._reachable:
+            self.check_reachable()
         previous = self.check_resume(resume) if resume is not None else None
         started = time.perf_counter()
         threading.Thread(target=_import_later_modules, name="orchestrator-imports", daemon=True).start()
@@ -110,26 +129,40 @@ class Sweep:
             for k, v in RAY_ENV.items():
                 os.environ.setdefault(k, v)
             init = dict(include_dashboard=False, log_to_driver=ray_logs, runtime_env={"env_vars": RAY_ENV})
-            if is_client(cfg.ray_address):
-                connect(cfg.ray_address, **init)
-            else:  # "local": never a cluster that a `ray start` on this machine left running or behind
-                ray.init(address=cfg.ray_address or "local", num_cpus=cfg.resources.local_cpus if local else None, **init)
+            try:
+                if is_client(cfg.ray_address):
+                    connect(cfg.ray_address, **init)
+                else:  # "local": never a cluster that a `ray start` on this machine left running or behind
+                    with _environ(**(LOCAL_RAY_ENV if local else {})):
+                        ray.init(address=cfg.ray_address or "local", num_cpus=cfg.resources.local_cpus if local else None, **init)
+            except ConnectionError as e:  # a port that answered the check but is no Ray, or a cluster that went away
+                ray.shutdown()
+                raise ConfigError(f"address {show(cfg.ray_address)}: Ray could not connect "
+                                  f"({' '.join(str(e).split())[:200]}); give the address `ray start --head` printed") from None
         try:
-            slots = check_fits(cfg, ray.cluster_resources(), strict=local)
-            if cfg.max_concurrent_trials is None:
-                log.info("%d trial(s) at a time: as many as this Ray's CPUs and GPUs %sfit beside the measurement service "
-                         "(max_concurrent_trials null)", slots, "" if local else "now ")
-            elif slots < min(cfg.max_concurrent_trials, cfg.trials):
-                log.info("%d trial(s) at a time: this Ray's CPUs and GPUs fit no more beside the measurement service "
-                         "(max_concurrent_trials %d; see resources.*, measure.cpus)", slots, cfg.max_concurrent_trials)
-            if is_client(cfg.ray_address):  # Tune would run on the cluster anyway: run the whole driver there
-                task = self.task
-                return run_on_cluster(lambda send: _run(cfg, task, time.perf_counter(), send, resume=resume,
-                                                        previous=previous or [], slots=slots), progress)
-            return _run(cfg, self.task, started, progress, resume=resume, previous=previous or [], slots=slots)
+            with terminate_as_interrupt(self.signals):  # after ray.init, which sets SIGTERM handlers of its own
+                return self._run_on_ray(started, progress, resume, previous or [], local)
         finally:
             if own_ray:
                 ray.shutdown()
+
+    def _run_on_ray(self, started: float, progress: Callable[[SweepProgress], None] | None, resume: str | None,
+                    previous: list[dict[str, Any]], local: bool) -> SweepResult:
+        import ray
+
+        cfg = self.config
+        slots = check_fits(cfg, ray.cluster_resources(), strict=local)
+        if cfg.max_concurrent_trials is None:
+            log.info("%d trial(s) at a time: as many as this Ray's CPUs and GPUs %sfit beside the measurement service "
+                     "(max_concurrent_trials null)", slots, "" if local else "now ")
+        elif slots < min(cfg.max_concurrent_trials, cfg.trials):
+            log.info("%d trial(s) at a time: this Ray's CPUs and GPUs fit no more beside the measurement service "
+                     "(max_concurrent_trials %d; see resources.*, measure.cpus)", slots, cfg.max_concurrent_trials)
+        if is_client(cfg.ray_address):  # Tune would run on the cluster anyway: run the whole driver there
+            task = self.task
+            return run_on_cluster(lambda send: _run(cfg, task, time.perf_counter(), send, resume=resume,
+                                                    previous=previous, slots=slots), progress)
+        return _run(cfg, self.task, started, progress, resume=resume, previous=previous, slots=slots)
 
     def check_resume(self, sweep_id: str) -> list[dict[str, Any]]:
         """The trials of sweep `sweep_id` in this storage (its files brought to this node); `ConfigError`
@@ -167,7 +200,7 @@ class Sweep:
         for name in now:
             if before.get(name) != now[name]:
                 raise ConfigError(
-                    f"--resume {sweep_id}: `params.{name}` is {now[name]!r} here but {before.get(name)!r} in that sweep; "
+                    f"--resume {sweep_id}: `params.{name}` is {show(now[name])} here but {show(before.get(name))} in that sweep; "
                     "resume with the search space it started with"
                 )
         rows = files.read_text(TRIALS_FILE) or ""
@@ -245,13 +278,14 @@ def _run(
     files = SweepFiles(cfg.store, sweep_id)
     if resume:  # the driver's node continues the sweep's files (and its SQLite study) from the storage
         files.pull(TRIALS_FILE, FRONT_FILE, *(() if cfg.study_storage else (STUDY_FILE,)))
+    remaining = max(cfg.trials - len(previous), 0)  # `trials` counts the whole sweep, resumed or not
 
     with prepared(cfg, task) as prep:
         setup_seconds = time.perf_counter() - started - prep.seconds
         tracker, parent, env = start_sweep_run(cfg, task, sweep_id, prep, len(previous) if resume else None)
         reference = reference_point(cfg, prep.teacher)
         monitor = TrialMonitor(
-            cfg.trials, progress, reference=reference, constraints=cfg.constraints, files=files,
+            remaining, progress, reference=reference, constraints=cfg.constraints, files=files,
             run_ids=tracker.child_ids, run_names=tracker.run_names, previous=previous, param_names=tuple(cfg.params),
             log_hypervolume=lambda hv, n: tracker.log_metrics(parent, {"hypervolume": hv}, step=n),
         )
@@ -259,46 +293,80 @@ def _run(
         try:
             if not resume:
                 files.write_text(CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            else:
+                _recover_study(cfg, files, tracker, parent)
             ctx = TrialContext(config=cfg, task=task, data=prep.data, teacher=prep.teacher,
                                teacher_outputs=prep.outputs, sweep_id=sweep_id, service=prep.service,
                                objectives=dict(OBJECTIVES))
             trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), trial_resources(cfg))
             searcher = _searcher(cfg, files, resume)
+            limit = FailureLimit(monitor, cfg.max_failures)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=searcher, num_samples=cfg.trials,
+                    search_alg=searcher, num_samples=remaining,
                     max_concurrent_trials=slots,
                     reuse_actors=True,  # a trial's driver process (torch imported, teacher files warm) serves the next
                 ),
                 run_config=tune.RunConfig(
                     name=f"{sweep_id}-resumed-{stamp}" if resume else sweep_id,
                     storage_path=cfg.store.location("tune"),
-                    callbacks=[trial_runs(cfg, task, tracker, env, first_number=len(previous) + 1), monitor],
-                    verbose=0,
+                    callbacks=[trial_runs(cfg, task, tracker, env, first_number=tracker.last_number + 1), monitor],
+                    stop=limit, verbose=0,
                 ),
             )
             tune_started = time.perf_counter()
             # Validation reports during distillation (and the result of a trial stopped early) hold no objectives,
-            # which Tune's strict metric check refuses; the searcher and the monitor handle them.
-            with _environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1" if cfg.early_stopping.enabled else None):
-                tuner.fit()
+            # which Tune's strict metric check refuses; the searcher and the monitor handle them. A failed trial's
+            # traceback goes to its error.txt and MLflow run, not to the console (the progress line has its cause).
+            with _environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1" if cfg.early_stopping.enabled else None,
+                          TUNE_PRINT_ALL_TRIAL_ERRORS="0"):
+                if remaining:
+                    tuner.fit()
+                else:
+                    log.info("all %d trials of sweep %s have run; finishing it", cfg.trials, sweep_id)
             if searcher.repeats_skipped:  # configurations proposed again after they completed: answered, not run
                 log.info("%d repeated configurations were answered from the study instead of run", searcher.repeats_skipped)
                 tracker.log_metrics(parent, {"repeats_skipped": searcher.repeats_skipped})
+            if remaining and len(monitor.rows) - len(previous) < remaining:  # Ctrl-C, SIGTERM or --max-failures
+                from orchestrator.recovery import close_running
+
+                closed = close_running(searcher._ot_study)
+                if closed:
+                    log.info("Optuna: %d trial(s) stopped before they ended told FAIL (interrupted); --resume runs "
+                             "their configurations again", len(closed))
             result = _finish(cfg, task, monitor, tracker, parent, prep, started=started, setup_seconds=setup_seconds,
                              tune_started=tune_started, tune_stopped=time.perf_counter(), previous=len(previous),
-                             files=files, slots=slots)
+                             files=files, slots=slots, remaining=remaining,
+                             stop_reason="max_failures" if limit.reached else "interrupted")
             status = "KILLED" if result.interrupted else "FINISHED"
             return result
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the trials (Tune catches it during them)
+            status = "KILLED"
+            raise
         finally:
             tracker.end_sweep(status)
+
+
+def _recover_study(cfg: SweepConfig, files: SweepFiles, tracker: Any, parent: str) -> None:
+    """Before a resumed sweep's trials: its study's trials that a killed driver left RUNNING told FAIL
+    (interrupted), and every interrupted configuration queued to run again (`orchestrator.recovery`)."""
+    import optuna
+
+    from orchestrator.recovery import close_running, requeue_interrupted
+
+    study = optuna.load_study(study_name=files.sweep_id, storage=files.study_url(cfg.study_storage))
+    stale, queued = close_running(study), requeue_interrupted(study)
+    if stale or queued:
+        log.info("Optuna: %d trial(s) a killed driver left RUNNING told FAIL; %d interrupted configuration(s) queued to "
+                 "run again", len(stale), queued)
+    tracker.set_tags(parent, {"optuna_stale_closed": str(len(stale)), "requeued": str(queued)})
 
 
 def _finish(
     cfg: SweepConfig, task: Task, monitor: TrialMonitor, tracker: Any, parent: str, prep: Prepared, *,
     started: float, setup_seconds: float, tune_started: float, tune_stopped: float, previous: int, files: SweepFiles,
-    slots: int,
+    slots: int, remaining: int, stop_reason: str,
 ) -> SweepResult:
     """After the trials: front and feasibility tags, the front files, overhead accounting, the result."""
     from orchestrator.plots import write_front_files
@@ -306,9 +374,11 @@ def _finish(
 
     trials = monitor.table()
     tune_seconds = tune_stopped - tune_started
-    interrupted = len(trials) - previous < cfg.trials  # Tune returns early on Ctrl-C instead of raising
+    interrupted = len(trials) - previous < remaining  # Tune returns early on Ctrl-C instead of raising
     if interrupted:
-        log.warning("sweep interrupted after %d of %d trials; the front below covers those", len(trials) - previous, cfg.trials)
+        why = f"after {cfg.max_failures} failed trials (max_failures)" if stop_reason == "max_failures" else "(interrupted)"
+        log.warning("sweep stopped %s with %d of its %d trials ended; the front below covers those", why, len(trials),
+                    cfg.trials)
     front_files = write_front_files(trials, files.path(), cfg.objectives)
     for path in front_files:
         cfg.store.publish(path)
@@ -343,6 +413,7 @@ def _finish(
         config=cfg, trials=trials, teacher=teacher, run_id=parent, experiment_id=tracker.experiment_id,
         tracking_uri=cfg.resolved_tracking_uri, wall_seconds=wall, overhead=overhead, interrupted=interrupted,
         hypervolume=normalized_hypervolume(trials, reference_point(cfg, teacher)), task=task,
+        stop_reason=stop_reason if interrupted else "", sweep_id=files.sweep_id,
     )
     pick = result.recommend()
     example = task.example(task.load_data(fetch(prep.data.path)))  # the models' input example

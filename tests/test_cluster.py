@@ -98,14 +98,17 @@ def test_a_ddp_sweep_on_s3_storage_across_nodes_that_share_no_disk(tmp_path, s3_
 
         # resumed from a driver with an empty cache: the study and the trials so far come from the bucket
         first_id = parents[0].data.tags["sweep_id"]
-        third = _sweep(cluster.address, storage, mlflow_server, caches["head3"], cwd, "--resume", first_id, "--trials", "1")
+        third = _sweep(cluster.address, storage, mlflow_server, caches["head3"], cwd, "--resume", first_id, "--trials", "3")
         assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
         assert re.search(r": \d of 3 trials \(teacher:", third.stdout)  # the earlier two count in the front
         rows = Storage(storage).read_text("sweeps", first_id, "trials.jsonl").splitlines()
         assert len(rows) == 3  # the bucket's trials.jsonl continued, not replaced
-        resumed = client.search_runs([experiment], "tags.`orchestrator.role` = 'sweep'", order_by=["attributes.start_time"])[-1]
-        runs = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{resumed.info.run_id}'")
-        assert [r.info.run_name for r in runs] == ["trial-0003"]  # numbered on from the sweep's two trials
+        resumed = client.search_runs([experiment], "tags.`orchestrator.role` = 'sweep'", order_by=["attributes.start_time"])
+        assert len(resumed) == 2 and resumed[0].info.run_id == parents[0].info.run_id  # the first sweep's run, reopened
+        assert resumed[0].info.status == "FINISHED" and resumed[0].data.tags["resumed"] == "true"
+        runs = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{resumed[0].info.run_id}'",
+                                  order_by=["attributes.start_time"])
+        assert [r.info.run_name for r in runs] == ["trial-0001", "trial-0002", "trial-0003"]  # numbered on
         import optuna
 
         study = Storage(storage).pull("sweeps", first_id, "optuna.db")

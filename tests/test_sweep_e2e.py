@@ -143,26 +143,35 @@ def test_second_sweep_reuses_the_teacher_through_the_cli(sweep, capsys):
     assert np.isclose(parents[0].data.metrics["teacher_accuracy"], result.teacher.accuracy)
 
 
-def test_a_failing_trial_is_recorded_and_explained(sweep):
+def test_a_failing_trial_is_recorded_and_explained_and_max_failures_stops_the_sweep(sweep, capfd):
     result, root, uri = sweep
     # on a Ray Train worker group, with the teacher live: the worker's own error reaches the trial's run
-    failing = Sweep.from_yaml(
-        SMOKE, trials=1, storage=str(root / "runs"), tracking_uri=uri, experiment="failures",
-        **{"params.optimizer": "sgd", "params.lr": 1.0e6, "params.sparsity": 0.0,
-           "resources.launcher": "ray_train", "distill.teacher_outputs": "live"},
-    ).run()
-    row = failing.trials.iloc[0]
-    assert row["status"] == "ERROR"
-    assert "training diverged" in row["error"]
-    assert failing.pareto.empty
+    code = cli.main([
+        "sweep", str(SMOKE), "--trials", "3", "--max-failures", "1", "--storage", str(root / "runs"), "--tracking-uri", uri,
+        "--set", "experiment=failures", "--set", "params.optimizer=sgd", "--set", "params.lr=1.0e6", "--set", "params.sparsity=0.0",
+        "--set", "resources.launcher=ray_train", "--set", "distill.teacher_outputs=live",
+    ])
+    out, err = capfd.readouterr()
+    assert code == 1
+    # the console has the cause in one line, not Tune's traceback (that stays in error.txt and the MLflow run)
+    line = next(x for x in out.splitlines() if x.startswith("[1/3] trial-0001: FAILED: "))
+    assert "FloatingPointError: training diverged" in line and "error.txt" in line
+    assert "Traceback" not in out + err
+    assert "stopped after 1 failed trials (max_failures)" in err and "--resume failures" not in err
     client = MlflowClient(uri)
-    child = client.get_run(row["run_id"])
+    experiment = client.get_experiment_by_name("failures").experiment_id
+    parent = client.search_runs([experiment], "tags.`orchestrator.role` = 'sweep'")[0]
+    assert parent.info.status == "KILLED" and parent.data.metrics["trials_failed"] == 1
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 1  # stopped: the other two trials never started
+    child = children[0]
     assert child.info.status == "FAILED"
     assert child.data.tags["error"].startswith("FloatingPointError: training diverged")
-    assert [a.path for a in client.list_artifacts(row["run_id"])] == ["error.txt"]
-    parent = client.get_run(failing.run_id)
-    assert parent.info.status == "FINISHED"
-    assert parent.data.metrics["trials_failed"] == 1
+    assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["error.txt"]
+    sweep_id = parent.data.tags["sweep_id"]
+    assert f"--resume {sweep_id}" in err
+    study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{root / 'runs' / 'sweeps' / sweep_id / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL"]
 
 
 def test_a_trial_that_differs_only_after_distillation_reuses_the_student(sweep):
@@ -240,7 +249,7 @@ def test_a_sweep_resumes_its_study_and_keeps_its_trials(sweep):
         Sweep.from_yaml(SMOKE, trials=1, **kw, **{"params.bits": 4}).run(resume=sweep_id)
     with pytest.raises(ConfigError, match="`pipeline` is .* here but .* in that sweep"):
         Sweep.from_yaml(SMOKE, trials=1, **kw, pipeline=["distill", "prune", {"quantize": {"method": "symmetric"}}]).run(resume=sweep_id)
-    more = Sweep.from_yaml(SMOKE, trials=1, **kw).run(resume=sweep_id)
+    more = Sweep.from_yaml(SMOKE, trials=3, **kw).run(resume=sweep_id)  # `trials` counts the whole sweep
     assert len(more.trials) == 3 and list(more.trials["trial_id"][:2]) == list(first.trials["trial_id"])
     assert list(more.trials["run_id"][:2]) == list(first.trials["run_id"])  # the earlier trials' MLflow runs
     configs = more.trials[["width", "sparsity", "bits", "lr"]].round(9).astype(str).agg("|".join, axis=1)
@@ -248,8 +257,13 @@ def test_a_sweep_resumes_its_study_and_keeps_its_trials(sweep):
     assert more.hypervolume >= first.hypervolume
     study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{root / 'runs' / 'sweeps' / sweep_id / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    parent = MlflowClient(uri).get_run(more.run_id).data.tags
-    assert parent["sweep_id"] == sweep_id and parent["resumed"] == "true" and parent["previous_trials"] == "2"
+    assert more.run_id == first.run_id  # one parent run, reopened and finished again
+    parent = MlflowClient(uri).get_run(more.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["resumed"] == "true" and parent.data.tags["previous_trials"] == "2"
+    names = [r.info.run_name for r in MlflowClient(uri).search_runs(
+        [more.experiment_id], f"tags.`mlflow.parentRunId` = '{more.run_id}'", order_by=["attributes.start_time ASC"])]
+    assert names == ["trial-0001", "trial-0002", "trial-0003"]
 
 
 def test_the_study_lives_in_a_database_when_study_storage_names_one(sweep):
@@ -261,7 +275,7 @@ def test_the_study_lives_in_a_database_when_study_storage_names_one(sweep):
     assert not (root / "runs" / "sweeps" / sweep_id / "optuna.db").exists()
     with pytest.raises(ConfigError, match="`study_storage` holds no study of that name"):
         Sweep.from_yaml(SMOKE, trials=1, **{**kw, "study_storage": f"sqlite:///{root / 'other.db'}"}).check_resume(sweep_id)
-    more = Sweep.from_yaml(SMOKE, trials=1, **kw).run(resume=sweep_id)
+    more = Sweep.from_yaml(SMOKE, trials=2, **kw).run(resume=sweep_id)
     assert len(more.trials) == 2
     assert [t.state.name for t in optuna.load_study(study_name=sweep_id, storage=db).trials] == ["COMPLETE"] * 2
 

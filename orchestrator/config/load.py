@@ -30,6 +30,8 @@ from orchestrator.config.schema import (
     SweepConfig,
     TaskConfig,
     TeacherConfig,
+    did_you_mean,
+    show,
 )
 from orchestrator.config.techniques import PRUNE_METHODS, QUANTIZE_METHODS, STAGES, Pipeline
 
@@ -40,6 +42,7 @@ def load_config(
     *,
     overrides: Mapping[str, Any] | None = None,
     set_source: str = "override",
+    flags: Mapping[str, str] | None = None,
     user_params: bool | Callable[[str], bool] = False,
 ) -> SweepConfig:
     """Read a search-space YAML, apply dotted-key overrides, and validate everything.
@@ -48,6 +51,7 @@ def load_config(
         path: the YAML file; None starts from the defaults.
         overrides: ``{"distill.steps": 10, "params.bits": 4}``; nested dicts are flattened to dotted keys.
         set_source: how errors name the overrides (the CLI says ``--set``).
+        flags: how errors name the overrides of keys given by a flag of their own (``{"trials": "--trials"}``).
         user_params: whether `params` may declare parameters of the task's own (a task of your own), or a
             function of the task's name that says so.
 
@@ -62,23 +66,24 @@ def load_config(
         raw = _read_yaml(Path(path))
         raw.setdefault("name", Path(path).stem)
     flat = _flatten(overrides or {})
+    names = {key: (flags or {}).get(key) or f"{set_source} {key}" for key in flat}
     for key, value in flat.items():
-        _set_dotted(raw, key, value, f"{set_source} {key}", own_params=user_params is not False)
+        _set_dotted(raw, key, value, names[key], own_params=user_params is not False)
     task = raw.get("task") if isinstance(raw.get("task"), dict) else {}
     allowed = user_params(str(task.get("name", TaskConfig().name))) if callable(user_params) else user_params
     try:
         return _build_sweep(raw, source, own_params=allowed)
     except ConfigError as e:
-        raise _reattribute(e, source, flat, set_source) from None
+        raise _reattribute(e, source, names) from None
 
 
-def _reattribute(error: ConfigError, source: str, overridden: Iterable[str], set_source: str) -> ConfigError:
-    """Name the override, not the file, when the bad value came from an override."""
+def _reattribute(error: ConfigError, source: str, names: Mapping[str, str]) -> ConfigError:
+    """Name the override (``--set distill.steps``, ``--trials``), not the file, when the bad value came from one."""
     head, sep, rest = str(error).partition(": `")
     key = rest.split("`", 1)[0]
-    for item in overridden:
+    for item, name in names.items():
         if head == source and sep and (key == item or key.startswith(item + ".") or item.startswith(key + ".")):
-            return ConfigError(f"{set_source} {item}: `{rest}")
+            return ConfigError(f"{name}: `{rest}")
     return error
 
 
@@ -86,25 +91,46 @@ def parse_set(item: str) -> tuple[str, Any]:
     """Parse a CLI ``key.path=value``; the value is YAML (``4``, ``adamw``, ``{choices: [2, 4]}``)."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. --set distill.steps=100")
+        raise ConfigError(f"--set {show(item)}: expected key.path=value, e.g. --set distill.steps=100")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({_one_line(e)})") from None
+        value = yaml.load(text, Loader=_StrictLoader) if text.strip() else None  # noqa: S506 (a SafeLoader)
+    except ConfigError as e:
+        raise ConfigError(f"--set {show(item)}: {e}") from None
+    except (yaml.YAMLError, RecursionError) as e:
+        raise ConfigError(f"--set {show(item)}: the value is not valid YAML ({_one_line(e)})") from None
     return key.strip(), value
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (the plain loader keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key `{show(key)[:60]}` is given twice in one mapping "
+                                  f"(first on line {seen[key]}); keep one")
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file; pass the path of a search-space YAML (see search_spaces/)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
         raise ConfigError(f"{path}: not readable as YAML: {_one_line(e)}; fix the syntax there") from None
     if raw is None:
-        return {}
+        raise ConfigError(f"{path}: the file holds no keys (it is empty or only comments); a search space needs at least "
+                          "`trials` and `params`, e.g. copy search_spaces/quickstart.yaml")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys (name, trials, params, ...), got {type(raw).__name__}")
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (name, trials, params, ...), got a "
+                          f"{type(raw).__name__}: {show(raw)}")
     return raw
 
 
@@ -137,26 +163,31 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str, *, own_pa
 
 def _check_known_key(parts: list[str], where: str, *, own_params: bool = False) -> None:
     """An override must name a real key, so that its error says where it came from."""
-    top = {f.name for f in dataclasses.fields(SweepConfig)}
+    top = sorted(f.name for f in dataclasses.fields(SweepConfig) if f.name != "source")
+    dotted = ".".join(parts)
     if parts[0] not in top:
-        raise ConfigError(f"{where}: `{parts[0]}` is not a known key; known keys: {', '.join(sorted(top))}")
+        raise ConfigError(f"{where}: `{parts[0]}` is not a known key{did_you_mean(parts[0], top)}; known keys: {', '.join(top)}")
     if parts[0] in _SECTIONS:
         known = [f.name for f in dataclasses.fields(_SECTIONS[parts[0]])]
         if len(parts) != 2 or parts[1] not in known:
-            raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; known keys there: {', '.join(known)}")
+            hint = did_you_mean(parts[1], known) if len(parts) > 1 else ""
+            raise ConfigError(f"{where}: `{dotted}` is not a known key{hint}; known keys there: {', '.join(known)}")
     elif parts[0] == "params":
         if len(parts) < 2 or (parts[1] not in PARAM_RULES and not own_params):
-            raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a searchable parameter; known: {', '.join(PARAM_NAMES)}")
-        if len(parts) > 3 or (len(parts) == 3 and parts[2] not in ("choices", "low", "high", "log", "step")):
-            raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; use params.NAME or params.NAME.low/high/log/step/choices")
+            hint = did_you_mean(parts[1], PARAM_NAMES) if len(parts) > 1 else ""
+            raise ConfigError(f"{where}: `{dotted}` is not a searchable parameter{hint}; known: {', '.join(PARAM_NAMES)}")
+        spec_keys = ("choices", "low", "high", "log", "step")
+        if len(parts) > 3 or (len(parts) == 3 and parts[2] not in spec_keys):
+            raise ConfigError(f"{where}: `{dotted}` is not a known key{did_you_mean(parts[-1], spec_keys)}; "
+                              "use params.NAME or params.NAME.low/high/log/step/choices")
     elif parts[0] in _OBJECTIVE_SECTIONS:
         if len(parts) > 2:
-            raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; use {parts[0]}.NAME, NAME keyed by an objective")
+            raise ConfigError(f"{where}: `{dotted}` is not a known key; use {parts[0]}.NAME, NAME keyed by an objective")
     elif parts[0] == "sampler_options":
         if len(parts) > 2:
-            raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; use sampler_options.ARGUMENT")
+            raise ConfigError(f"{where}: `{dotted}` is not a known key; use sampler_options.ARGUMENT")
     elif len(parts) != 1:
-        raise ConfigError(f"{where}: `{'.'.join(parts)}` is not a known key; `{parts[0]}` takes a plain value")
+        raise ConfigError(f"{where}: `{dotted}` is not a known key; `{parts[0]}` takes a plain value")
 
 
 _SECTIONS = {
@@ -181,7 +212,7 @@ def _build_sweep(raw: dict[str, Any], source: str, *, own_params: bool = False) 
     objectives = raw.pop("objectives", None)
     if objectives is not None:
         if not isinstance(objectives, list):
-            raise ConfigError(f"{source}: `objectives` must be a list of objective names, e.g. [accuracy, size_mb], got {objectives!r}")
+            raise ConfigError(f"{source}: `objectives` must be a list of objective names, e.g. [accuracy, size_mb], got {show(objectives)}")
         kwargs["objectives"] = tuple(objectives)
     for name, cls in _SECTIONS.items():
         section = raw.pop(name, None) or {}
@@ -195,9 +226,9 @@ def _build_sweep(raw: dict[str, Any], source: str, *, own_params: bool = False) 
     top = _typed(SweepConfig, raw, source, "", exclude=set(_SECTIONS) | set(_OBJECTIVE_SECTIONS) | {
         "params", "initial_points", "sampler_options", "pipeline", "source", "objectives"})
     if not isinstance(options_raw, dict):
-        raise ConfigError(f"{source}: `sampler_options` must be a mapping of Optuna sampler arguments, got {options_raw!r}")
+        raise ConfigError(f"{source}: `sampler_options` must be a mapping of Optuna sampler arguments, got {show(options_raw)}")
     if not isinstance(params_raw, dict):
-        raise ConfigError(f"{source}: `params` must be a mapping of parameter names to values or ranges, got {params_raw!r}")
+        raise ConfigError(f"{source}: `params` must be a mapping of parameter names to values or ranges, got {show(params_raw)}")
     params = build_params(params_raw, source, own_params=own_params)
     points = build_points(points_raw, params, source)
     return SweepConfig(**top, **kwargs, params=params, initial_points=points, sampler_options=options_raw, source=source)
@@ -212,7 +243,7 @@ def _build_objective_section(cls: type, raw: Any, source: str, name: str) -> Any
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: `{name}` must be a mapping, e.g. {{max_size_mb: 5}}, got {raw!r}")
+        raise ConfigError(f"{source}: `{name}` must be a mapping, e.g. {{max_size_mb: 5}}, got {show(raw)}")
     values = {}
     for key, value in raw.items():
         number = as_float(value) if value is not None else None
@@ -231,7 +262,7 @@ def _build_pipeline(raw: Any, source: str) -> Pipeline:
     if raw is None:
         return Pipeline()
     if not isinstance(raw, list):
-        raise ConfigError(f"{source}: `pipeline` must be a list of stages, {_PIPELINE_EXAMPLE}; got {raw!r}")
+        raise ConfigError(f"{source}: `pipeline` must be a list of stages, {_PIPELINE_EXAMPLE}; got {show(raw)}")
     stages: dict[str, Any] = {"distill": False, "prune": None, "quantize": None}
     seen: list[str] = []
     for i, item in enumerate(raw):
@@ -242,9 +273,9 @@ def _build_pipeline(raw: Any, source: str) -> Pipeline:
             name, options = next(iter(item.items()))
             options = {} if options is None else options
         else:
-            raise ConfigError(f"{source}: `{where}` must be a stage name or a one-key mapping {{stage: {{options}}}}, got {item!r}")
+            raise ConfigError(f"{source}: `{where}` must be a stage name or a one-key mapping {{stage: {{options}}}}, got {show(item)}")
         if name not in STAGES:
-            raise ConfigError(f"{source}: `{where}` names stage {name!r}; the stages are {', '.join(STAGES)}")
+            raise ConfigError(f"{source}: `{where}` names stage {show(name)}{did_you_mean(name, STAGES)}; the stages are {', '.join(STAGES)}")
         if name in seen:
             raise ConfigError(f"{source}: `{where}` lists stage {name} a second time; list each stage once")
         if seen and STAGES.index(name) < STAGES.index(seen[-1]):
@@ -254,7 +285,7 @@ def _build_pipeline(raw: Any, source: str) -> Pipeline:
             )
         seen.append(name)
         if not isinstance(options, dict):
-            raise ConfigError(f"{source}: `{where}.{name}` must be a mapping of options, got {options!r}")
+            raise ConfigError(f"{source}: `{where}.{name}` must be a mapping of options, got {show(options)}")
         if name == "distill":
             if options:
                 raise ConfigError(f"{source}: `{where}.distill` takes no options here; set them in the `distill:` section")
@@ -264,7 +295,8 @@ def _build_pipeline(raw: Any, source: str) -> Pipeline:
         options = dict(options)
         method = options.pop("method", "magnitude" if name == "prune" else "affine")
         if method not in table:
-            raise ConfigError(f"{source}: `{where}.{name}.method` must be one of {', '.join(table)}, got {method!r}")
+            raise ConfigError(f"{source}: `{where}.{name}.method` must be one of {', '.join(table)}, got {show(method)}"
+                              f"{did_you_mean(method, table)}")
         stages[name] = _build(table[method], options, source, f"{where}.{name}.")
     return Pipeline(**stages)
 
@@ -278,7 +310,7 @@ def _build_layer_map(raw: Any, source: str) -> tuple[tuple[int, int], ...] | Non
     )
     if not ok:
         raise ConfigError(f"{source}: `distill.layer_map` must be a list of [student layer, teacher layer] pairs of "
-                          f"0-based integers, e.g. [[0, 1], [1, 3]], got {raw!r}")
+                          f"0-based integers, e.g. [[0, 1], [1, 3]], got {show(raw)}")
     return tuple((a, b) for a, b in raw)
 
 
@@ -289,20 +321,20 @@ def _build(cls: type, raw: Any, source: str, prefix: str, exclude: Iterable[str]
 def _typed(cls: type, raw: Any, source: str, prefix: str, exclude: Iterable[str] = ()) -> dict[str, Any]:
     """`raw`'s keys checked against `cls`'s fields, each value typed and checked: the constructor's kwargs."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: `{prefix.rstrip('.')}` must be a mapping of keys, got {raw!r}")
+        raise ConfigError(f"{source}: `{prefix.rstrip('.')}` must be a mapping of keys, got {show(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in set(exclude)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in raw.items():
         if key not in fields:
-            raise ConfigError(
-                f"{source}: `{prefix}{key}` is not a known key; known keys there: {', '.join(fields)}"
-            )
+            known = fields if prefix else [f.name for f in dataclasses.fields(cls) if f.name != "source"]  # top: sections too
+            raise ConfigError(f"{source}: `{prefix}{key}` is not a known key{did_you_mean(key, known)}; "
+                              f"known keys {'there' if prefix else 'at the top level'}: {', '.join(known)}")
         f = fields[key]
         value = _coerce(value, hints[key], source, f"{prefix}{key}")
         check = f.metadata.get("check")
         if check and not check[0](value):
-            raise ConfigError(f"{source}: `{prefix}{key}` must be {check[1]}, got {value!r}")
+            raise ConfigError(f"{source}: `{prefix}{key}` must be {check[1]}, got {show(value)}")
         kwargs[key] = value
     return kwargs
 
@@ -319,27 +351,28 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
-            raise ConfigError(f"{source}: `{key}` must be one of {', '.join(map(str, allowed))}, got {value!r}")
+            raise ConfigError(f"{source}: `{key}` must be one of {', '.join(map(str, allowed))}, got {show(value)}"
+                              f"{did_you_mean(value, allowed)}")
         return value
     if origin is Mapping:
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: `{key}` must be a mapping, got {value!r}")
+            raise ConfigError(f"{source}: `{key}` must be a mapping, got {show(value)}")
         return value
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{source}: `{key}` must be true or false, got {value!r}")
+            raise ConfigError(f"{source}: `{key}` must be true or false, got {show(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: `{key}` must be an integer, got {value!r}")
+            raise ConfigError(f"{source}: `{key}` must be an integer, got {show(value)}")
         return value
     if hint is float:
         number = as_float(value)
         if number is None:
-            raise ConfigError(f"{source}: `{key}` must be a number, got {value!r}")
+            raise ConfigError(f"{source}: `{key}` must be a number, got {show(value)}")
         return number
     if hint is str:
         if not isinstance(value, str) or not value:
-            raise ConfigError(f"{source}: `{key}` must be a non-empty string, got {value!r}")
+            raise ConfigError(f"{source}: `{key}` must be a non-empty string, got {show(value)}")
         return value
     raise TypeError(f"unsupported config type {hint!r}")  # a bug in this module, not user input

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.config.rules import param_values
-from orchestrator.config.schema import PARAM_NAMES, PARAM_RULES, Choice, ConfigError, Fixed, ParamRule, ParamSpec, Range
+from orchestrator.config.schema import PARAM_NAMES, PARAM_RULES, Choice, ConfigError, Fixed, ParamRule, ParamSpec, Range, did_you_mean, show
 
 
 def as_float(value: Any) -> float | None:
@@ -32,7 +32,8 @@ def build_params(raw: dict[str, Any], source: str, *, own_params: bool = False) 
     params: dict[str, ParamSpec] = {}
     for name, value in raw.items():
         if name not in PARAM_RULES and not own_params:
-            raise ConfigError(f"{source}: `params.{name}` is not a searchable parameter; known: {', '.join(PARAM_NAMES)}")
+            raise ConfigError(f"{source}: `params.{name}` is not a searchable parameter{did_you_mean(name, PARAM_NAMES)}; "
+                              f"known: {', '.join(PARAM_NAMES)}")
         params[name] = _build_spec(name, value, source)
     for name, rule in PARAM_RULES.items():
         params.setdefault(name, Fixed(rule.default))
@@ -60,14 +61,14 @@ def _build_spec(name: str, value: Any, source: str) -> ParamSpec:
         if rule.kind is float:
             number = as_float(v)
             if number is None:
-                raise ConfigError(f"{source}: `{where}` must be a number, got {v!r}")
+                raise ConfigError(f"{source}: `{where}` must be a number, got {show(v)}")
             v = number
         elif rule.kind is int and (isinstance(v, bool) or not isinstance(v, int)):
-            raise ConfigError(f"{source}: `{where}` must be an integer, got {v!r}")
+            raise ConfigError(f"{source}: `{where}` must be an integer, got {show(v)}")
         elif rule.kind is str and not isinstance(v, str):
-            raise ConfigError(f"{source}: `{where}` must be a string, got {v!r}")
+            raise ConfigError(f"{source}: `{where}` must be a string, got {show(v)}")
         if not rule.ok(v):
-            raise ConfigError(f"{source}: `{where}` must be {rule.need}, got {v!r}")
+            raise ConfigError(f"{source}: `{where}` must be {rule.need}, got {show(v)}")
         return v
 
     if not isinstance(value, dict):
@@ -78,16 +79,17 @@ def _build_spec(name: str, value: Any, source: str) -> ParamSpec:
             raise ConfigError(f"{source}: `{key}` mixes `choices` with {sorted(keys - {'choices'})}; give either choices or low/high")
         choices = value["choices"]
         if not isinstance(choices, list) or not choices:
-            raise ConfigError(f"{source}: `{key}.choices` must be a non-empty list, got {choices!r}")
+            raise ConfigError(f"{source}: `{key}.choices` must be a non-empty list, got {show(choices)}")
         items = tuple(one(c, f"{key}.choices") for c in choices)
         if len(set(items)) != len(items):
             raise ConfigError(f"{source}: `{key}.choices` has duplicates: {list(choices)}; list each value once")
         return Choice(items)
     unknown = keys - {"low", "high", "log", "step"}
     if unknown:
-        raise ConfigError(f"{source}: `{key}.{sorted(unknown)[0]}` is not a known key; use choices, or low/high with optional log/step")
+        raise ConfigError(f"{source}: `{key}.{sorted(unknown)[0]}` is not a known key"
+                          f"{did_you_mean(sorted(unknown)[0], ('choices', 'low', 'high', 'log', 'step'))}; use choices, or low/high with optional log/step")
     if not {"low", "high"} <= keys:
-        raise ConfigError(f"{source}: `{key}` needs both `low` and `high` (or `choices`), got {value!r}")
+        raise ConfigError(f"{source}: `{key}` needs both `low` and `high` (or `choices`), got {show(value)}")
     if rule.kind is str:
         raise ConfigError(f"{source}: `{key}` is categorical; give `choices: [...]`, not a range")
     low, high = one(value["low"], f"{key}.low"), one(value["high"], f"{key}.high")
@@ -95,14 +97,14 @@ def _build_spec(name: str, value: Any, source: str) -> ParamSpec:
         raise ConfigError(f"{source}: `{key}.low` ({low}) must be <= `{key}.high` ({high})")
     log = value.get("log", False)
     if not isinstance(log, bool):
-        raise ConfigError(f"{source}: `{key}.log` must be true or false, got {log!r}")
+        raise ConfigError(f"{source}: `{key}.log` must be true or false, got {show(log)}")
     if log and low <= 0:
         raise ConfigError(f"{source}: `{key}.low` must be > 0 for a log range, got {low}")
     step = value.get("step")
     if step is not None:
         step_num = as_float(step)
         if step_num is None or step_num <= 0 or (rule.kind is int and step_num != int(step_num)):
-            raise ConfigError(f"{source}: `{key}.step` must be a positive {'integer' if rule.kind is int else 'number'}, got {step!r}")
+            raise ConfigError(f"{source}: `{key}.step` must be a positive {'integer' if rule.kind is int else 'number'}, got {show(step)}")
         if log:
             raise ConfigError(f"{source}: `{key}` cannot have both `log` and `step`; drop one")
         step = int(step_num) if rule.kind is int else step_num
@@ -114,12 +116,12 @@ def _build_spec(name: str, value: Any, source: str) -> ParamSpec:
 def build_points(raw: Any, params: Mapping[str, ParamSpec], source: str) -> tuple[dict[str, Any], ...]:
     """`initial_points`: a list of {searched param: value}; each value must be one the param can take."""
     if not isinstance(raw, list):
-        raise ConfigError(f"{source}: `initial_points` must be a list of mappings from searched parameters to values, got {raw!r}")
+        raise ConfigError(f"{source}: `initial_points` must be a list of mappings from searched parameters to values, got {show(raw)}")
     points = []
     for i, point in enumerate(raw):
         where = f"initial_points[{i}]"
         if not isinstance(point, dict) or not point:
-            raise ConfigError(f"{source}: `{where}` must be a mapping from searched parameters to values, got {point!r}")
+            raise ConfigError(f"{source}: `{where}` must be a mapping from searched parameters to values, got {show(point)}")
         clean = {}
         for name, value in point.items():
             spec = params.get(name)
@@ -127,7 +129,7 @@ def build_points(raw: Any, params: Mapping[str, ParamSpec], source: str) -> tupl
                 searched = [n for n, s in params.items() if not isinstance(s, Fixed)]
                 raise ConfigError(f"{source}: `{where}.{name}` is not a searched parameter; searched: {', '.join(searched) or 'none'}")
             if isinstance(value, (dict, list)):
-                raise ConfigError(f"{source}: `{where}.{name}` must be one value, got {value!r}")
+                raise ConfigError(f"{source}: `{where}.{name}` must be one value, got {show(value)}")
             try:
                 value = _build_spec(name, value, source).value  # type checks and coercion, as for a fixed param
             except ConfigError as e:
@@ -136,7 +138,7 @@ def build_points(raw: Any, params: Mapping[str, ParamSpec], source: str) -> tupl
             ok = value in values if values is not None else spec.low <= value <= spec.high
             if not ok:
                 allowed = values if values is not None else f"{spec.low}..{spec.high}"
-                raise ConfigError(f"{source}: `{where}.{name}` = {value!r} is not a value `params.{name}` can take ({allowed})")
+                raise ConfigError(f"{source}: `{where}.{name}` = {show(value)} is not a value `params.{name}` can take ({allowed})")
             clean[name] = value
         points.append(clean)
     return tuple(points)

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.config.schema import PARAM_RULES, Choice, ConfigError, Fixed, ParamSpec, Range, SweepConfig  # noqa: F401 (Range: the doctest)
+from orchestrator.config.schema import PARAM_RULES, Choice, ConfigError, Fixed, ParamSpec, Range, SweepConfig, did_you_mean, show  # noqa: F401 (Range: the doctest)
 from orchestrator.config.techniques import MagnitudePruning, SemiStructuredPruning
 from orchestrator.storage import SCHEMES
 
@@ -55,14 +55,14 @@ def _check_storage(cfg: SweepConfig) -> None:
     if store.remote:
         scheme = store.where.split("://", 1)[0]
         if scheme not in SCHEMES:
-            raise ConfigError(f"{source}: {named} {store.where!r} has scheme {scheme}://, which no filesystem here reaches; "
+            raise ConfigError(f"{source}: {named} {show(store.where)} has scheme {scheme}://, which no filesystem here reaches; "
                               f"use one of {', '.join(s + '://' for s in SCHEMES)} or a directory path")
     elif store.root.exists() and not store.root.is_dir():
-        raise ConfigError(f"{source}: {named} {store.where!r} is a file; give a directory (it is created if missing)")
+        raise ConfigError(f"{source}: {named} {show(store.where)} is a file; give a directory (it is created if missing)")
     study = cfg.study_storage
     if study is not None and study.split("://", 1)[0].split("+", 1)[0] not in _STUDY_SCHEMES:
         raise ConfigError(f"{source}: `study_storage` must be a database URL Optuna reaches, such as "
-                          f"postgresql://user:pw@host/db or mysql+pymysql://..., got {study!r}")
+                          f"postgresql://user:pw@host/db or mysql+pymysql://..., got {show(study)}")
 
 
 def check_sweep(cfg: SweepConfig) -> None:
@@ -74,7 +74,7 @@ def check_sweep(cfg: SweepConfig) -> None:
     if cfg.tracking_uri is not None and cfg.tracking_uri.split("://", 1)[0].split("+", 1)[0] not in _TRACKING_SCHEMES:
         raise ConfigError(
             f"{source}: `tracking_uri` must be an MLflow URI such as sqlite:///mlflow.db or http://127.0.0.1:5000, "
-            f"got {cfg.tracking_uri!r}"
+            f"got {show(cfg.tracking_uri)}"
         )
     _check_storage(cfg)
     widths, heads = param_values(cfg.params["width"]), param_values(cfg.params["heads"])
@@ -125,10 +125,11 @@ def _check_objectives(cfg: SweepConfig) -> None:
 
     source, names = cfg.source, cfg.objectives
     if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"{source}: `objectives` must be a list of objective names, e.g. [accuracy, size_mb], got {names!r}")
+        raise ConfigError(f"{source}: `objectives` must be a list of objective names, e.g. [accuracy, size_mb], got {show(names)}")
     for name in names:
         if name not in OBJECTIVES:
-            raise ConfigError(f"{source}: `objectives` names {name!r}, which is not a registered objective; registered: {describe()}")
+            raise ConfigError(f"{source}: `objectives` names {show(name)}, which is not a registered objective"
+                              f"{did_you_mean(name, OBJECTIVES)}; registered: {describe()}")
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"{source}: `objectives` lists {twice[0]} more than once; list each objective once")
@@ -141,7 +142,7 @@ def _check_objectives(cfg: SweepConfig) -> None:
     target = cfg.measure.target
     if not target.replace("_", "").replace("-", "").isalnum() or target in ("CPU", "GPU", "memory"):
         raise ConfigError(f"{source}: `measure.target` must be local or the name of a Ray custom resource "
-                          f"(letters, digits, _ and -), got {target!r}")
+                          f"(letters, digits, _ and -), got {show(target)}")
 
 
 def _check_pipeline(cfg: SweepConfig, given: set[str]) -> None:
@@ -222,7 +223,7 @@ def _check_sampler_options(cfg: SweepConfig) -> None:
               isinstance(value, int) and not isinstance(value, bool) if type(default) is int else
               isinstance(value, (int, float)) and not isinstance(value, bool) if type(default) is float else True)
         if not ok:
-            raise ConfigError(f"{source}: `sampler_options.{key}` must be {kind}, got {value!r}")
+            raise ConfigError(f"{source}: `sampler_options.{key}` must be {kind}, got {show(value)}")
     try:
         with warnings.catch_warnings():  # experimental options warn at construction; the sweep builds it again
             warnings.simplefilter("ignore")

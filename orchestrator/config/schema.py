@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +19,48 @@ from orchestrator.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, describe
 from orchestrator.storage import Storage
 
 
+MAX_MESSAGE = 1000  # characters of a ConfigError; a longer one keeps its head (the key) and its tail (the fix)
+
+
 class ConfigError(ValueError):
-    """Bad user input: the message is one line naming the source, the key, the value and the fix."""
+    r"""Bad user input: the message is one line naming the source, the key, the value and the fix.
+
+    Whatever is passed in, the message is one line of at most `MAX_MESSAGE` characters:
+        >>> str(ConfigError("a.yaml: `x` must be a number,\n got " + "9" * 2000 + "; fix it")).count("\n"), len(str(ConfigError("y" * 9999)))
+        (0, 1000)
+    """
+
+    def __init__(self, message: str) -> None:
+        line = " ".join(str(message).split())
+        if len(line) > MAX_MESSAGE:
+            head = MAX_MESSAGE * 2 // 3
+            line = f"{line[:head]} ... {line[-(MAX_MESSAGE - head - 5):]}"
+        super().__init__(line)
+
+
+_SHOW = reprlib.Repr()  # Python 3.11's takes no arguments
+_SHOW.maxlevel, _SHOW.maxdict, _SHOW.maxlist, _SHOW.maxtuple, _SHOW.maxset = 3, 6, 6, 6, 6
+_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 60, 60, 40
+
+
+def show(value: Any) -> str:
+    """`value` as an error message echoes it: its repr, cut short at every level (a value a YAML alias
+    nests a million times over is printed in a few dozen characters, and never built in full).
+
+        >>> show("x" * 100), show(list(range(100))), show({"a": {"b": {"c": {"d": 1}}}})
+        ("'xxxxxxxxxxxxxxxxxxxxxxxxxxx...xxxxxxxxxxxxxxxxxxxxxxxxxxxx'", '[0, 1, 2, 3, 4, 5, ...]', "{'a': {'b': {'c': {...}}}}")
+    """
+    return _SHOW.repr(value)
+
+
+def did_you_mean(name: Any, known: Any) -> str:
+    """' (did you mean `pipeline`?)' when `name` is close to one of `known`, else ''.
+
+        >>> did_you_mean("pipline", ["pipeline", "params"]), did_you_mean("zzz", ["pipeline"])
+        (' (did you mean `pipeline`?)', '')
+    """
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,12 +144,7 @@ class _Checked:
             except TypeError:
                 ok = False
             if not ok:
-                raise ConfigError(f"{type(self).__name__}: `{f.name}` must be {check[1]}, got {_short(value)}")
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+                raise ConfigError(f"{type(self).__name__}: `{f.name}` must be {check[1]}, got {show(value)}")
 
 
 @dataclass(frozen=True)
@@ -192,14 +229,14 @@ class _ObjectiveMapping:
             prefix = next((p for p in self._prefixes if key.startswith(p) and key[len(p):] in OBJECTIVES), None)
             if prefix is None:
                 keys = " or ".join(f"{p}<objective>" for p in self._prefixes)
-                raise ConfigError(f"{type(self).__name__}: `{key}` is not a known key; use {keys} with an objective among {describe()}")
+                raise ConfigError(f"{type(self).__name__}: `{key}` is not a known key{did_you_mean(key, [p + n for p in self._prefixes for n in OBJECTIVES])}; use {keys} with an objective among {describe()}")
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{type(self).__name__}: `{key}` must be a number or null, got {_short(value)}")
+                raise ConfigError(f"{type(self).__name__}: `{key}` must be a number or null, got {show(value)}")
             low, high = OBJECTIVES[key[len(prefix):]].limits
             if not low <= value <= high:
-                raise ConfigError(f"{type(self).__name__}: `{key}` must be a number in [{low:g}, {high:g}], got {_short(value)}")
+                raise ConfigError(f"{type(self).__name__}: `{key}` must be a number in [{low:g}, {high:g}], got {show(value)}")
             if prefix == "" and OBJECTIVES[key].ideal == value:
                 raise ConfigError(f"{type(self).__name__}: `{key}` is {value:g}, the best value possible, so no trial could "
                                   "beat it; give a worse one")
@@ -270,7 +307,8 @@ class SweepConfig(_Checked):
     name: str = "sweep"  # MLflow parent run name (default: the YAML file's stem)
     seed: int = 0  # every model's torch seed (teacher, students, data order) and, by default, the sampler's
     sampler_seed: int | None = None  # the sampler's own seed (null: `seed`): vary the search, keep the training
-    trials: int = _check(lambda v: v >= 1, "an integer >= 1", 8)
+    trials: int = _check(lambda v: v >= 1, "an integer >= 1", 8)  # in all: a resumed sweep runs what is left of them
+    max_failures: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # stop the sweep after this many failed trials (null: never)
     max_concurrent_trials: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # null: as many as the Ray's CPUs and GPUs fit beside the measurement service
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     sampler_options: Mapping[str, Any] = field(default_factory=dict)  # more keyword arguments of the Optuna sampler, e.g. {n_startup_trials: 5, multivariate: true} for tpe

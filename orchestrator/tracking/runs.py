@@ -120,6 +120,8 @@ class SweepTracker:
         self.run_names: dict[str, str] = {}  # Tune trial id -> its run's name (trial-0001, ...)
         self._open: set[str] = set()  # runs started and not yet ended
         self.failures: list[str] = []  # calls that failed after every retry, each in one line
+        self.last_number = 0  # the highest trial number of the sweep's runs so far (`reopen` reads it)
+        self.stale_closed = 0  # trial runs a killed driver left RUNNING, closed KILLED by `reopen`
 
     def retried(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)`, timed, tried `RETRIES` times with a growing pause; the last error is raised."""
@@ -161,6 +163,30 @@ class SweepTracker:
         self._open.add(self.parent_id)
         self.log_params(self.parent_id, params)
         return self.parent_id
+
+    def reopen(self, sweep_id: str) -> str | None:
+        """The parent run of sweep `sweep_id` in this experiment, RUNNING again, with each of its trial runs
+        still RUNNING (its driver was killed) closed KILLED; `last_number` is set to the highest trial number
+        among its runs. None when the experiment holds no run of that sweep."""
+        runs = self.retried("find run (the sweep's)", self.client.search_runs, [self.experiment_id],
+                            f"tags.sweep_id = '{sweep_id}' and tags.`orchestrator.role` = 'sweep'",
+                            order_by=["attributes.start_time ASC"], max_results=1)
+        if not runs:
+            return None
+        parent = runs[0].info.run_id
+        self.retried("reopen run (the sweep's)", self.client.update_run, parent, status="RUNNING")
+        self.parent_id, self.sweep_id = parent, sweep_id
+        self._open.add(parent)
+        children = self.retried("find runs (the trials')", self.client.search_runs, [self.experiment_id],
+                                f"tags.`mlflow.parentRunId` = '{parent}'", max_results=50000)
+        for run in children:
+            self.last_number = max(self.last_number, int(run.data.tags.get("trial_number", 0)))
+            if run.info.status == "RUNNING":
+                self.set_tags(run.info.run_id, {"error": "the sweep's driver stopped before this trial finished; closed "
+                                                         "by --resume, which runs its configuration again"})
+                self.end(run.info.run_id, "KILLED")
+                self.stale_closed += 1
+        return parent
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         """Params flattened to dotted keys (``distill.steps``), in batches."""

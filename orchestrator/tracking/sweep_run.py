@@ -47,6 +47,17 @@ def start_sweep_run(cfg: SweepConfig, task: Task, sweep_id: str, prep: Prepared,
     teacher, outputs = prep.teacher, prep.outputs
     tracker = SweepTracker(cfg.resolved_tracking_uri, cfg.experiment or cfg.name)
     env = environment_tags(device=_device(cfg), data_key=prep.data.key)
+    parent = tracker.reopen(sweep_id) if resumed is not None else None
+    if parent is not None:  # the same parent run, finished again at the end (its params stay the first run's)
+        tracker.set_tags(parent, {"resumed": "true", "previous_trials": str(resumed), "trials_total": str(cfg.trials),
+                                  "stale_runs_closed": str(tracker.stale_closed)})
+        log.info("MLflow: sweep run %s reopened%s", parent,
+                 f"; {tracker.stale_closed} trial run(s) its driver left RUNNING closed KILLED" if tracker.stale_closed else "")
+        tracker.setup_seconds = tracker.seconds
+        return tracker, parent, env
+    if resumed is not None:
+        log.warning("MLflow: no run of sweep %s in experiment %s of %s; the resumed sweep gets a new one", sweep_id,
+                    tracker.experiment_id, tracker.tracking_uri)
     parent = tracker.start(
         run_name=sweep_id,
         params=cfg.to_dict(),

@@ -1,0 +1,198 @@
+"""What a config names outside this process, checked before any work starts: the storage takes a write,
+the MLflow tracking store answers, the Ray cluster answers. Each failure is one `ConfigError` line naming
+the value, where it came from, what was tried and the fix; a failed check leaves nothing behind.
+
+`load_config` checks the config's own values; these checks touch the world, so they run once, right
+before a sweep starts (`Sweep.run`, and the CLI before it prints anything).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from orchestrator.config.schema import ConfigError, SweepConfig, show
+
+T = TypeVar("T")
+TIMEOUT_S = 5.0  # how long a server has to answer
+
+
+def check_reachable(cfg: SweepConfig, *, named: Mapping[str, str] | None = None, timeout: float = TIMEOUT_S) -> None:
+    """`ConfigError` unless the storage, the tracking store and the Ray address of `cfg` are usable now.
+
+    Args:
+        named: how errors name a key's source, e.g. ``{"storage": "--storage"}`` (default: the config file's key,
+            or the environment variable the value came from).
+        timeout: seconds each server has to answer.
+    """
+    named = dict(named or {})
+    client = str(cfg.ray_address or "").startswith("ray://")  # the driver runs on the cluster's head: its paths are there
+    if not client or cfg.store.remote:
+        _check_storage(cfg, named.get("storage") or _origin(cfg, "storage", "ORCHESTRATOR_STORAGE"), timeout)
+    uri = cfg.resolved_tracking_uri
+    if not client or urlsplit(uri).scheme in ("http", "https"):
+        _check_tracking(uri, named.get("tracking_uri") or _origin(cfg, "tracking_uri", "MLFLOW_TRACKING_URI"), timeout)
+    if cfg.ray_address is not None:
+        _check_address(cfg.ray_address, named.get("address") or _origin(cfg, "address", "RAY_ADDRESS"), timeout)
+
+
+def _origin(cfg: SweepConfig, key: str, env: str) -> str:
+    if getattr(cfg, key) is not None:
+        return f"{cfg.source}: `{key}`"
+    return f"${env}" if os.environ.get(env) else f"{cfg.source}: `{key}` (default)"
+
+
+def _within(timeout: float, fn: Callable[[], T]) -> T:
+    """`fn()` in a daemon thread; TimeoutError when it takes longer than `timeout` (a client that retries
+    forever is left behind, not waited for)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 (re-raised below, in the caller's thread)
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="orchestrator-reachable", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _probe_directory(directory: Path) -> None:
+    """Create `directory` (and its missing parents), write and remove a probe file, then remove what was
+    created: the check leaves nothing behind. OSError when it cannot be written."""
+    missing = []
+    for d in [directory, *directory.parents]:
+        if d.exists():
+            break
+        missing.append(d)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".orchestrator-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    finally:
+        for d in missing:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+
+def _check_storage(cfg: SweepConfig, name: str, timeout: float) -> None:
+    store = cfg.store
+    if not store.remote:
+        try:
+            _probe_directory(store.root)
+        except OSError as e:
+            raise ConfigError(f"{name} {show(store.where)}: cannot write there ({type(e).__name__}: {e.strerror or e}); "
+                              "give a directory you can write, or a reachable URI such as s3://bucket/prefix") from None
+        return
+    from orchestrator.storage import _filesystem
+
+    location = store.location(f".orchestrator-probe-{uuid.uuid4().hex}")
+
+    def probe() -> None:
+        fs, path = _filesystem(location)
+        with fs.open_output_stream(path) as f:
+            f.write(b"probe")
+        fs.delete_file(path)
+
+    try:
+        _within(timeout, probe)
+    except Exception as e:  # pyarrow raises OSError for most, ArrowInvalid for a malformed URI
+        raise ConfigError(f"{name} {show(store.where)}: a probe object could not be written and removed there "
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); check the bucket, its endpoint and "
+                          "your credentials") from None
+
+
+def _check_tracking(uri: str, name: str, timeout: float) -> None:
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme in ("http", "https"):
+        health = f"{uri.rstrip('/')}/health"
+        try:
+            _within(timeout + 1, lambda: urllib.request.urlopen(health, timeout=timeout).close())  # noqa: S310 (http(s) only)
+        except urllib.error.HTTPError:
+            return  # it answered (a server behind a proxy or with auth may not serve /health)
+        except Exception as e:
+            reason = getattr(e, "reason", e)
+            raise ConfigError(f"{name} {show(uri)}: no MLflow server answered there (tried GET {health}: "
+                              f"{' '.join(str(reason).split())[:160]}); start it (mlflow server --port {parts.port or 5000}) "
+                              "or give a reachable tracking URI") from None
+    elif scheme == "sqlite":
+        db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if not db or db == ":memory:":
+            return
+        directory = Path(db).expanduser().parent
+        if not directory.is_dir():
+            raise ConfigError(f"{name} {show(uri)}: the directory of the SQLite file, {directory}, does not exist; create it "
+                              "or give another tracking URI")
+        try:
+            _probe_directory(directory)
+        except OSError as e:
+            raise ConfigError(f"{name} {show(uri)}: cannot write the SQLite file's directory {directory} "
+                              f"({e.strerror or e}); give a tracking URI in a directory you can write") from None
+    elif scheme in ("file", ""):
+        path = Path(parts.path if scheme else uri).expanduser()
+        try:
+            _probe_directory(path)
+        except OSError as e:
+            raise ConfigError(f"{name} {show(uri)}: cannot write there ({e.strerror or e}); give a directory you can write "
+                              "or another tracking URI") from None
+    elif scheme in ("postgresql", "mysql", "mssql") and parts.hostname:
+        default = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}[scheme]
+        _connect(parts.hostname, parts.port or default, name, uri, timeout, "the database")
+
+
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + an empty SETTINGS frame
+
+
+def _connect(host: str, port: int, name: str, value: str, timeout: float, what: str, fix: str = "", *,
+             grpc: bool = False) -> None:
+    """A TCP connection to host:port within `timeout`; with `grpc`, also a gRPC server's answer to HTTP/2's
+    connection preface (its SETTINGS frame): a port that only accepts connections (a proxy, a firewall that
+    answers for everything) does not pass."""
+    tried = f"tried a TCP connection to {host}:{port}{' and an HTTP/2 greeting' if grpc else ''} for {timeout:g} s"
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            if grpc:
+                sock.sendall(_HTTP2_PREFACE)
+                head = sock.recv(9)
+                if len(head) < 9 or head[3] != 0x04:
+                    raise OSError(f"it answered, but not as a gRPC server ({'nothing' if not head else show(head)})")
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ConfigError(f"{name} {show(value)}: {what} did not answer ({tried}: {reason})"
+                          f"{fix or '; check the host, the port and the firewall'}") from None
+
+
+def _check_address(address: str, name: str, timeout: float) -> None:
+    """A Ray address: `auto` (the cluster `ray start` left on this machine), HOST:PORT or ray://HOST:PORT."""
+    fix = "; start the cluster's head (ray start --head) or give the address it printed"
+    if address == "auto":
+        current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+        try:
+            address = current.read_text().strip()
+        except OSError:
+            raise ConfigError(f"{name} 'auto': no Ray cluster was started on this machine (tried {current}){fix}") from None
+        if not address:
+            raise ConfigError(f"{name} 'auto': {current} is empty{fix}")
+    where = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = where.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"{name} {show(address)}: not a Ray address; give auto, HOST:6379 or ray://HOST:10001")
+    _connect(host.strip("[]"), int(port), name, address, timeout, "the Ray cluster", fix, grpc=True)
