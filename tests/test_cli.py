@@ -33,6 +33,35 @@ def _run(tmp_path, *args):
         ("trials: 2", ["--tracking-uri", "nonsense"], "`tracking_uri` must be an MLflow URI"),
         ("trials: 2", ["--storage", "space.yaml"], "`storage` 'space.yaml' is a file"),
         ("trials: 2", ["--resume", "nope-123"], "--resume nope-123: no resumable sweep of that id under"),
+        ("", [], "space.yaml: the file holds no keys (it is empty or only comments)"),
+        ("# only a comment\n", [], "the file holds no keys"),
+        ("- trials\n- 2", [], "the top level must be a mapping of keys"),
+        ("trials: 2\nseed: 1\ntrials: 3", [], "line 3: key `trials` is given twice in one mapping (first on line 1)"),
+        ("distill: {steps: 2, steps: 3}", [], "key `steps` is given twice"),
+        ("pipline: [distill]", [], "`pipline` is not a known key (did you mean `pipeline`?); known keys at the top level: name,"),
+        ("distill: {stpes: 3}", [], "`distill.stpes` is not a known key (did you mean `steps`?)"),
+        ("params: {bitz: 4}", [], "`params.bitz` is not a searchable parameter (did you mean `bits`?)"),
+        ("pipeline: [distil]", [], "names stage 'distil' (did you mean `distill`?)"),
+        ("trials: 2", ["--set", "pipelin=[distill]"], "--set pipelin: `pipelin` is not a known key (did you mean `pipeline`?)"),
+        # a value echoed in an error is cut short, however large: this one would print millions of characters
+        ("a: &a [xxxxxxxxxxxxxxxx, xxxxxxxxxxxxxxx, xxxxxxxxxxxxxxxx, xxxxxxxxxxxxxxxx]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+         "c: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d]\n"
+         "trials: [*e, *e, *e, *e, *e, *e, *e, *e]", [], "`a` is not a known key"),
+        ("params: {bits: {choices: &c [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [*c, *c, *c, *c, *c, *c, *c]]}}", [],
+         "`params.bits.choices` must be an integer, got [1, 2, 3, 4, 5, 6, ...]"),
+        # the flags' own values: errors name the flag, and what was tried
+        ("trials: 2", ["--trials", "0"], "orchestrator: error: --trials: `trials` must be an integer >= 1, got 0"),
+        ("trials: 2", ["--max-failures", "0"], "--max-failures: `max_failures` must be null or an integer >= 1, got 0"),
+        ("trials: 2", ["--storage", "/proc/no/such/dir"], "--storage '/proc/no/such/dir': cannot write there"),
+        ("trials: 2", ["--tracking-uri", "http://127.0.0.1:9"],
+         "--tracking-uri 'http://127.0.0.1:9': no MLflow server answered there (tried GET http://127.0.0.1:9/health"),
+        ("trials: 2", ["--tracking-uri", "sqlite:////no/such/dir/mlflow.db"], "the directory of the SQLite file, /no/such/dir, does not exist"),
+        ("trials: 2", ["--address", "127.0.0.1:9"], "--address '127.0.0.1:9': the Ray cluster did not answer (tried a TCP connection to 127.0.0.1:9"),
+        ("trials: 2", ["--address", "ray:/x"], "--address 'ray:/x': not a Ray address; give auto, HOST:6379 or ray://HOST:10001"),
+        ("tracking_uri: http://127.0.0.1:9", [], "space.yaml: `tracking_uri` 'http://127.0.0.1:9': no MLflow server answered there"),
+        # argparse's own errors: one line too
+        ("trials: 2", ["--trials", "x"], "orchestrator sweep: error: argument --trials: invalid int value: 'x' (see orchestrator sweep --help)"),
+        ("trials: 2", ["--bogus"], "orchestrator: error: unrecognized arguments: --bogus"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, monkeypatch, capsys, yaml_text, args, expect):
@@ -42,14 +71,25 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, monkeypatch,
     space.write_text(yaml_text)
     before = sorted(p.name for p in tmp_path.iterdir())
     monkeypatch.chdir(tmp_path)  # where a default storage or mlflow.db would land
-    code = cli.main(["sweep", str(space), *args])
+    code = _main(["sweep", str(space), *args])
     out, err = capsys.readouterr()
     assert code == 2, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("orchestrator: error: "), err
+    assert len(lines) == 1 and lines[0].startswith("orchestrator"), err
     assert expect in lines[0]
+    assert len(lines[0]) <= 1100
     assert "Traceback" not in err and out == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no mlflow.db, no storage
+
+
+def _main(argv):
+    """`cli.main(argv)`'s exit code, argparse's exits included."""
+    from orchestrator import cli
+
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code
 
 
 def test_missing_file(tmp_path):

@@ -109,7 +109,7 @@ class _StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise ConfigError(f"line {key_node.start_mark.line + 1}: key `{show(key)[:60]}` is given twice in one mapping "
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key `{str(key)[:60]}` is given twice in one mapping "
                                   f"(first on line {seen[key]}); keep one")
             if isinstance(key, (str, int, float, bool)):
                 seen[key] = key_node.start_mark.line + 1
