@@ -219,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _signal_name(signals: Sequence[int]) -> str:
-    return signal.Signals(signals[-1]).name if signals else "interrupted"
+    """The signal that stopped the sweep (during the trials Tune takes SIGINT itself, unrecorded)."""
+    return signal.Signals(signals[-1]).name if signals else "SIGINT"
 
 
 if __name__ == "__main__":

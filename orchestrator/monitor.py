@@ -16,6 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.config import ConstraintsConfig
 from orchestrator.outcome import TrialOutcome
+from orchestrator.recovery import TUNE_TRIAL_ID
 from orchestrator.results import SweepProgress, front_of, normalized_hypervolume
 from orchestrator.space import ObjectiveConstraints
 from orchestrator.sweep_files import STUDY_FILE, TRIALS_FILE, SweepFiles
@@ -28,7 +29,11 @@ class ConstrainedOptunaSearch(OptunaSearch):
     stopped early as PRUNED (Ray's OptunaSearch would tell it COMPLETE with no values, which Optuna refuses),
     and never spends a trial on a configuration that already completed: the sampler is told that
     configuration's figures again and asked for another (at most `max_asks` times per trial; a space
-    with nothing new left to sample then runs the repeat)."""
+    with nothing new left to sample then runs the repeat).
+
+    A trial's end is told to Optuna only once the sweep has recorded it (`TrialMonitor` calls `tell`):
+    a driver killed in between leaves the trial RUNNING in the study, which `--resume` then settles from the
+    record (`orchestrator.recovery`). Each Optuna trial carries its Tune trial id (`TUNE_TRIAL_ID`)."""
 
     max_asks = 100
 
@@ -36,13 +41,16 @@ class ConstrainedOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._limits = limits
         self.repeats_skipped = 0  # configurations the sampler proposed again and was answered from the study
+        self._ended: dict[str, tuple[dict | None, bool]] = {}  # trial id -> (result, error), not yet told
 
     def suggest(self, trial_id: str) -> dict | None:
+        self.tell_all()  # a trial whose record failed still reaches the sampler before the next suggestion
         for _ in range(self.max_asks):
             config = super().suggest(trial_id)
             ot_trial = self._ot_trials.get(trial_id)
             if config is None or ot_trial is None:
                 return config
+            ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
             earlier = self._completed_with(ot_trial.params, ot_trial.number)
             if earlier is None:
                 return config
@@ -63,6 +71,18 @@ class ConstrainedOptunaSearch(OptunaSearch):
         return None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Tune calls this before the callbacks: kept until the sweep has recorded the trial (`tell`)."""
+        self._ended[trial_id] = (result, error)
+
+    def tell_all(self) -> None:
+        for trial_id in list(self._ended):
+            self.tell(trial_id)
+
+    def tell(self, trial_id: str) -> None:
+        """Tell Optuna how trial `trial_id` ended (once; nothing if Tune has not ended it)."""
+        if trial_id not in self._ended:
+            return
+        result, error = self._ended.pop(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         outcome = TrialOutcome.from_result(result)
         if outcome is not None and outcome.status == "STOPPED":
@@ -102,6 +122,7 @@ class TrialMonitor(Callback):
         self.hypervolumes: list[tuple[int, float]] = []  # (trials ended, hypervolume) after each trial
         self.run_names = run_names if run_names is not None else {}  # trial id -> its MLflow run's name (trial-0001)
         self.failed_now = 0  # trials of this run of the sweep that failed (not a resumed sweep's earlier ones)
+        self.tell: Callable[[str], None] | None = None  # tells the searcher a trial is recorded (`ConstrainedOptunaSearch.tell`)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)
@@ -131,6 +152,9 @@ class TrialMonitor(Callback):
         if self.files is not None:
             self.files.write_front(self.objectives, table.loc[table["pareto"], self.objectives].to_numpy(dtype=float))
             self.files.append_line(TRIALS_FILE, json.dumps(row, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+        if self.tell is not None:  # recorded first, then told: a driver killed in between leaves nothing lost
+            self.tell(trial.trial_id)
+        if self.files is not None:
             self.files.publish(STUDY_FILE)  # a URI storage keeps the study as of the last ended trial
         hv = normalized_hypervolume(table, self.reference)
         self.hypervolumes.append((len(self.rows), hv))

@@ -26,19 +26,31 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 INTERRUPTED = "interrupted"  # an Optuna trial's user attribute: the sweep stopped before it ended
 RERUN_OF = "rerun_of"  # on a queued trial: the number of the interrupted trial it runs again
+TUNE_TRIAL_ID = "tune_trial_id"  # on every trial: the Tune trial it ran as (the key of its record in trials.jsonl)
 
 
-def close_running(study: Any) -> list[int]:
-    """Tell every RUNNING trial of `study` (an `optuna.Study`) FAIL, marked `interrupted`; their numbers."""
+def close_running(study: Any, recorded: Mapping[str, Mapping[str, Any]] | None = None,
+                  objectives: Sequence[str] = ()) -> list[int]:
+    """Settle every RUNNING trial of `study` (an `optuna.Study`): one the sweep recorded (its Tune trial id in
+    `recorded`, the rows of trials.jsonl; a driver killed between the record and the tell) is told as the
+    record says, with its `objectives`' values; any other is told FAIL, marked `interrupted`. Returns the
+    numbers of the interrupted ones."""
     import optuna
 
+    states = {"COMPLETED": optuna.trial.TrialState.COMPLETE, "STOPPED": optuna.trial.TrialState.PRUNED}
     numbers = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        row = (recorded or {}).get(t.user_attrs.get(TUNE_TRIAL_ID, ""))
+        if row is not None:
+            state = states.get(row["status"], optuna.trial.TrialState.FAIL)
+            values = [float(row[name]) for name in objectives] if state == optuna.trial.TrialState.COMPLETE else None
+            study.tell(t.number, values, state=state)
+            continue
         study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)  # Optuna has no public setter for another trial
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         numbers.append(t.number)

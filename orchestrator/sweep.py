@@ -133,7 +133,7 @@ class Sweep:
                 if is_client(cfg.ray_address):
                     connect(cfg.ray_address, **init)
                 else:  # "local": never a cluster that a `ray start` on this machine left running or behind
-                    with _environ(**(LOCAL_RAY_ENV if local else {})):
+                    with _loopback_only(local):
                         ray.init(address=cfg.ray_address or "local", num_cpus=cfg.resources.local_cpus if local else None, **init)
             except ConnectionError as e:  # a port that answered the check but is no Ray, or a cluster that went away
                 ray.shutdown()
@@ -282,7 +282,7 @@ def _run(
 
     with prepared(cfg, task) as prep:
         setup_seconds = time.perf_counter() - started - prep.seconds
-        tracker, parent, env = start_sweep_run(cfg, task, sweep_id, prep, len(previous) if resume else None)
+        tracker, parent, env = start_sweep_run(cfg, task, sweep_id, prep, previous if resume else None)
         reference = reference_point(cfg, prep.teacher)
         monitor = TrialMonitor(
             remaining, progress, reference=reference, constraints=cfg.constraints, files=files,
@@ -294,12 +294,13 @@ def _run(
             if not resume:
                 files.write_text(CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             else:
-                _recover_study(cfg, files, tracker, parent)
+                _recover_study(cfg, files, tracker, parent, previous)
             ctx = TrialContext(config=cfg, task=task, data=prep.data, teacher=prep.teacher,
                                teacher_outputs=prep.outputs, sweep_id=sweep_id, service=prep.service,
                                objectives=dict(OBJECTIVES))
             trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), trial_resources(cfg))
             searcher = _searcher(cfg, files, resume)
+            monitor.tell = searcher.tell
             limit = FailureLimit(monitor, cfg.max_failures)
             tuner = tune.Tuner(
                 trainable,
@@ -311,7 +312,8 @@ def _run(
                 run_config=tune.RunConfig(
                     name=f"{sweep_id}-resumed-{stamp}" if resume else sweep_id,
                     storage_path=cfg.store.location("tune"),
-                    callbacks=[trial_runs(cfg, task, tracker, env, first_number=tracker.last_number + 1), monitor],
+                    # the monitor records a trial (trials.jsonl, then Optuna) before its MLflow run is finished
+                    callbacks=[monitor, trial_runs(cfg, task, tracker, env, first_number=tracker.last_number + 1)],
                     stop=limit, verbose=0,
                 ),
             )
@@ -328,6 +330,7 @@ def _run(
             if searcher.repeats_skipped:  # configurations proposed again after they completed: answered, not run
                 log.info("%d repeated configurations were answered from the study instead of run", searcher.repeats_skipped)
                 tracker.log_metrics(parent, {"repeats_skipped": searcher.repeats_skipped})
+            searcher.tell_all()
             if remaining and len(monitor.rows) - len(previous) < remaining:  # Ctrl-C, SIGTERM or --max-failures
                 from orchestrator.recovery import close_running
 
@@ -348,15 +351,17 @@ def _run(
             tracker.end_sweep(status)
 
 
-def _recover_study(cfg: SweepConfig, files: SweepFiles, tracker: Any, parent: str) -> None:
-    """Before a resumed sweep's trials: its study's trials that a killed driver left RUNNING told FAIL
-    (interrupted), and every interrupted configuration queued to run again (`orchestrator.recovery`)."""
+def _recover_study(cfg: SweepConfig, files: SweepFiles, tracker: Any, parent: str, previous: list[dict[str, Any]]) -> None:
+    """Before a resumed sweep's trials: its study's trials that a killed driver left RUNNING settled (told as
+    trials.jsonl recorded them, or FAIL, interrupted), and every interrupted configuration queued to run again
+    (`orchestrator.recovery`)."""
     import optuna
 
     from orchestrator.recovery import close_running, requeue_interrupted
 
     study = optuna.load_study(study_name=files.sweep_id, storage=files.study_url(cfg.study_storage))
-    stale, queued = close_running(study), requeue_interrupted(study)
+    stale = close_running(study, {row["trial_id"]: row for row in previous}, cfg.objectives)
+    queued = requeue_interrupted(study)
     if stale or queued:
         log.info("Optuna: %d trial(s) a killed driver left RUNNING told FAIL; %d interrupted configuration(s) queued to "
                  "run again", len(stale), queued)
@@ -421,6 +426,24 @@ def _finish(
                  recommended=None if pick is None else pick["trial_id"], sweep_id=files.sweep_id, out_dir=files.path())
     trials["model_uri"] = trials["trial_id"].map(models)
     return dataclasses.replace(result, models=models)
+
+
+@contextlib.contextmanager
+def _loopback_only(on: bool) -> Iterator[None]:
+    """While a local Ray starts: Ray's single-machine mode, in this process (Ray read the variable when it was
+    imported) and in the processes it starts (they inherit it)."""
+    if not on:
+        yield
+        return
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        with _environ(**LOCAL_RAY_ENV):
+            yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 @contextlib.contextmanager

@@ -65,3 +65,45 @@ def start_s3(bucket: str) -> tuple[subprocess.Popen, str]:
         stop(proc)
         raise
     return proc, f"s3://{bucket}/{{}}?endpoint_override=127.0.0.1:{port}&scheme=http"
+
+
+def _address(hex_address: str) -> str:
+    """/proc/net/tcp{,6}'s hex address as text: 127.0.0.1, ::ffff:127.0.0.1, ::1, 0.0.0.0, ::."""
+    import ipaddress
+
+    raw = bytes.fromhex(hex_address)
+    if len(raw) == 4:
+        return str(ipaddress.IPv4Address(raw[::-1]))
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))  # four host-order 32-bit words
+    return str(ipaddress.IPv6Address(words))
+
+
+def listening(pgid: int) -> dict[str, set[str]]:
+    """Process name -> the local addresses its TCP sockets listen on, for every process of group `pgid`."""
+    inodes: dict[str, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                inodes[fields[9]] = _address(fields[1].rpartition(":")[0])
+    found: dict[str, set[str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            if int(text.rpartition(")")[2].split()[2]) != pgid:
+                continue
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            for fd in (stat.parent / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    found.setdefault(name, set()).add(inodes[target[8:-1]])
+        except (OSError, ValueError):
+            continue  # a process that ended meanwhile
+    return found
+
+
+def loopback(address: str) -> bool:
+    import ipaddress
+
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)

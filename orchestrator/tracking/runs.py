@@ -164,10 +164,12 @@ class SweepTracker:
         self.log_params(self.parent_id, params)
         return self.parent_id
 
-    def reopen(self, sweep_id: str) -> str | None:
-        """The parent run of sweep `sweep_id` in this experiment, RUNNING again, with each of its trial runs
-        still RUNNING (its driver was killed) closed KILLED; `last_number` is set to the highest trial number
-        among its runs. None when the experiment holds no run of that sweep."""
+    def reopen(self, sweep_id: str, recorded: Mapping[str, Mapping[str, Any]] | None = None) -> str | None:
+        """The parent run of sweep `sweep_id` in this experiment, RUNNING again; `last_number` is set to the
+        highest trial number among its runs. A trial run its driver left RUNNING (it was killed) is finished
+        from the sweep's record of the trial when there is one (`recorded`: trials.jsonl's rows by trial id;
+        the driver died as it logged the run), else closed KILLED. None when the experiment holds no run of
+        that sweep."""
         runs = self.retried("find run (the sweep's)", self.client.search_runs, [self.experiment_id],
                             f"tags.sweep_id = '{sweep_id}' and tags.`orchestrator.role` = 'sweep'",
                             order_by=["attributes.start_time ASC"], max_results=1)
@@ -181,11 +183,21 @@ class SweepTracker:
                                 f"tags.`mlflow.parentRunId` = '{parent}'", max_results=50000)
         for run in children:
             self.last_number = max(self.last_number, int(run.data.tags.get("trial_number", 0)))
-            if run.info.status == "RUNNING":
+            if run.info.status != "RUNNING":
+                continue
+            row = (recorded or {}).get(run.data.tags.get("trial_id", ""))
+            if row is None:
                 self.set_tags(run.info.run_id, {"error": "the sweep's driver stopped before this trial finished; closed "
                                                          "by --resume, which runs its configuration again"})
                 self.end(run.info.run_id, "KILLED")
                 self.stale_closed += 1
+                continue
+            numbers = {k: v for k, v in row.items() if k not in run.data.params and isinstance(v, (int, float))
+                       and not isinstance(v, bool) and v == v}
+            self.record(run.info.run_id, metrics=numbers, tags={
+                "recovered": "from the sweep's trials.jsonl by --resume (its driver was killed as it logged this run)",
+                **({"error": str(row["error"])} if row.get("error") else {})})
+            self.end(run.info.run_id, "FAILED" if row["status"] == "ERROR" else "FINISHED")
         return parent
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,13 +41,16 @@ def sweep_description(cfg: SweepConfig, task: Task) -> str:
             f"{', '.join(cfg.objectives)}. Its files: pareto.csv, pareto.html, pareto.png, trials.csv, hypervolume.png, tracking.json.")
 
 
-def start_sweep_run(cfg: SweepConfig, task: Task, sweep_id: str, prep: Prepared, resumed: int | None) -> tuple[SweepTracker, str, dict[str, str]]:
+def start_sweep_run(cfg: SweepConfig, task: Task, sweep_id: str, prep: Prepared,
+                    previous: Sequence[Mapping[str, Any]] | None) -> tuple[SweepTracker, str, dict[str, str]]:
     """The MLflow parent run: the whole config as params, what was reused and the environment as tags, the
-    teacher's figures as metrics. Returns (tracker, parent run id, the environment tags)."""
+    teacher's figures as metrics; for a resumed sweep (`previous`: its recorded trials) the same run, reopened
+    (`SweepTracker.reopen`). Returns (tracker, parent run id, the environment tags)."""
+    resumed = None if previous is None else len(previous)
     teacher, outputs = prep.teacher, prep.outputs
     tracker = SweepTracker(cfg.resolved_tracking_uri, cfg.experiment or cfg.name)
     env = environment_tags(device=_device(cfg), data_key=prep.data.key)
-    parent = tracker.reopen(sweep_id) if resumed is not None else None
+    parent = tracker.reopen(sweep_id, {row["trial_id"]: row for row in previous}) if previous is not None else None
     if parent is not None:  # the same parent run, finished again at the end (its params stay the first run's)
         tracker.set_tags(parent, {"resumed": "true", "previous_trials": str(resumed), "trials_total": str(cfg.trials),
                                   "stale_runs_closed": str(tracker.stale_closed)})
