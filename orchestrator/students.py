@@ -47,12 +47,14 @@ def distill_job(
         temperature_end=cfg.distill.temperature_end, layer_map=cfg.distill.layer_map, init_path=init_path,
         gradual=gradual, qat=spec if cfg.pipeline.qat and spec is not None and spec.integer else None,
         precision=cfg.distill.precision, patience=patience, check_every=cfg.distill.check_every,
+        checkpoint_every=cfg.distill.checkpoint_every,
     )
 
 
 def _job_key(kind: str, source: str, job: DistillJob, cfg: SweepConfig, *extra: Any) -> str:
     recipe = {f.name: getattr(job, f.name) for f in dataclasses.fields(job)
-              if f.name not in ("task", "data_path", "teacher_path", "teacher_outputs_path", "threads", "init_path")}
+              if f.name not in ("task", "data_path", "teacher_path", "teacher_outputs_path", "threads", "init_path",
+                                "checkpoint_every")}
     return cache.content_key(kind, source, recipe, cfg.resources.num_workers, job.task.fingerprint(), *extra)
 
 
@@ -100,7 +102,8 @@ def _trained(cfg: SweepConfig, key: str, job: DistillJob, start: nn.Module, mask
                    tmp / "student.pt")
         info = {"steps": result.steps, "train_seconds": result.train_seconds, "val_accuracy": result.val_accuracy,
                 "val_loss": result.val_loss, "worker_nodes": list(result.worker_nodes),
-                "worker_weights": list(result.worker_weights), "curves": result.curves}
+                "worker_weights": list(result.worker_weights), "curves": result.curves,
+                "resumed_from": result.resumed_from}
         (tmp / "distill.json").write_text(json.dumps(info))
 
     return build

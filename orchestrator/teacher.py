@@ -119,6 +119,7 @@ def build_teacher(cfg: SweepConfig, task: Task, data: PreparedData) -> TeacherWe
                 steps=steps, batch_size=t.batch_size, warmup=min(100, steps // 10), lr=t.lr, optimizer="adamw",
                 seed=cfg.seed, weights=None, val_tokens=cfg.distill.val_tokens, threads=max(1, int(cpus)),
                 weight_decay=0.01, init_path=cfg.store.publish(tmp / "init.pt"),  # where every node reads it
+                checkpoint_every=cfg.distill.checkpoint_every,
             )
             if cfg.distill_in_trial:  # one worker: a Ray task holding its CPUs (and GPU) runs the loop itself
                 result = _train_in_task(cfg, job, cpus=cpus)

@@ -148,6 +148,8 @@ def run_pipeline(
         if distilled.get("worker_nodes"):  # when it was trained (a reused student keeps its own)
             tags["distill.worker_nodes"] = ",".join(distilled["worker_nodes"])
             tags["distill.worker_weights"] = ",".join(distilled["worker_weights"])  # one digest per rank
+        if distilled.get("resumed_from"):  # a worker was lost: its group restarted from this step's checkpoint
+            tags["distill.resumed_from_step"] = str(distilled["resumed_from"])
     else:  # the pipeline compresses the teacher itself
         student, source = copy.deepcopy(teacher), ctx.teacher.key  # `teacher` stays the uncompressed reference
 

@@ -107,3 +107,35 @@ def loopback(address: str) -> bool:
 
     ip = ipaddress.ip_address(address)
     return ip.is_loopback or (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 (SQLite runs and registry, artifacts stored and served by the server)
+    that can be stopped and started again on the same port with the same stores, as a server that goes
+    down does."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root, self.port = Path(root), port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "MlflowServer":
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        log = self.root / "server.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--serve-artifacts", "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(log, "a"), start_new_session=True,
+        )
+        try:
+            wait_for(f"{self.uri}/health", self.proc, 90, log)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop(self.proc)
+        self.proc = None

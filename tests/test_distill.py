@@ -2,6 +2,11 @@
 
 import dataclasses
 import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -208,3 +213,43 @@ def test_bf16_autocast_trains_a_different_float32_student(data_path, teacher_pat
     assert all(v.dtype == torch.float32 for v in bf16.state_dict.values())
     assert any(not torch.equal(v, bf16.state_dict[k]) for k, v in fp32.state_dict.items())
     assert bf16.val_accuracy > 0.5 * fp32.val_accuracy and math.isfinite(bf16.val_loss)
+
+
+def _train_workers() -> list[int]:
+    """PIDs of the Ray Train workers running on this machine (their process title names them)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"RayTrainWorker" in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_a_ddp_worker_killed_mid_distillation_resumes_from_its_last_checkpoint(ray_session, data_path, tmp_path):
+    job = _job(data_path, steps=300, checkpoint_every=25, batch_size=16)
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:  # once checkpoints exist, SIGKILL one of the two DDP workers
+        deadline, seen = time.monotonic() + 180, set()
+        while time.monotonic() < deadline and not killed:
+            workers = _train_workers()
+            seen |= {p.parent.name for p in (tmp_path / "k").glob("**/checkpoint_*/training.pt")}
+            # the third written (two are kept): the controller has taken in an earlier one as it polled
+            if len(workers) == 2 and len(seen) >= 3:
+                os.kill(workers[-1], signal.SIGKILL)
+                killed.append(workers[-1])
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_one_worker, daemon=True)
+    watcher.start()
+    result = run_distill(job, name="k", storage_path=str(tmp_path), num_workers=2, use_gpu=False, cpus_per_worker=0.5)
+    watcher.join(timeout=1)
+    assert killed, "no worker was killed: the run ended before its first checkpoint"
+    # resumed from a checkpoint (a multiple of 25 steps in), not restarted from step 0, and trained to the end
+    assert result.resumed_from > 0 and result.resumed_from % 25 == 0, result.resumed_from
+    assert result.steps == 300 and len(set(result.worker_weights)) == 1
+    loss = result.curves["distill_loss"]
+    assert loss[-1][0] == 300 and loss[-1][1] < loss[0][1]  # the curve spans the whole run, before and after the kill

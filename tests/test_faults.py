@@ -4,20 +4,15 @@ the sweep's own files: nothing left RUNNING, nothing lost or run twice, one pare
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
 from orchestrator.pareto import pareto_mask
+from tests import harness
 from tests.servers import listening, loopback
 
 SMOKE = Path(__file__).parents[1] / "search_spaces" / "smoke.yaml"
@@ -31,68 +26,14 @@ def root(tmp_path_factory):
     return tmp_path_factory.mktemp("faults")  # one storage: the teacher is built once for every sweep here
 
 
-def _start(root: Path, name: str, seed: int, *args: str) -> tuple[subprocess.Popen, Path]:
-    """`orchestrator sweep` in its own process group (its Ray too), its output in a file. Each sweep samples
-    with its own `seed`, so that no trial reuses another sweep's student (and ends at once)."""
-    log = root / f"{name}.log"
-    cmd = [sys.executable, "-m", "orchestrator", "sweep", str(SMOKE), "--storage", str(root / "runs"),
-           "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}", *ARGS, "--set", f"sampler_seed={seed}", *args]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, log
-
-
-def _wait_for(proc: subprocess.Popen, log: Path, text: str, seconds: float = 240) -> None:
-    deadline = time.monotonic() + seconds
-    while text not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} never came: {log.read_text()[-3000:]}")
-        time.sleep(0.2)
-
-
-def _finish(proc: subprocess.Popen, seconds: float = 240) -> int:
-    """Its exit code; whatever of its group is left (a killed driver's Ray agents) is then killed."""
-    try:
-        return proc.wait(timeout=seconds)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _into_second_trial(root: Path, proc: subprocess.Popen, seconds: float = 60) -> None:
-    """Until trial 2 has started (its MLflow run exists): a signal now lands mid-trial."""
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and proc.poll() is None:
-        experiment = client.get_experiment_by_name("faults")
-        if experiment and client.search_runs([experiment.experiment_id], "attributes.run_name = 'trial-0002' and "
-                                             "attributes.status = 'RUNNING'"):
-            return
-        time.sleep(0.1)
-    raise AssertionError("trial 2 never started")
-
-
-def _sweep_id(log: Path) -> str:
-    """From Tune's banner: `Configuration for experiment  <sweep id>`."""
-    line = next(line for line in log.read_text().splitlines() if "Configuration for experiment" in line)
-    return line.split("experiment", 1)[1].split()[0]
+def _start(root: Path, name: str, seed: int, *args: str):
+    """The smoke sweep in its own process group; each samples with its own `seed`, so that no trial reuses
+    another sweep's student (and ends at once)."""
+    return harness.start(root, name, SMOKE, *ARGS, "--set", f"sampler_seed={seed}", *args)
 
 
 def _state(root: Path, sweep_id: str) -> dict:
-    """What every store holds of the sweep."""
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("faults").experiment_id
-    parents = client.search_runs([experiment], f"tags.sweep_id = '{sweep_id}' and tags.`orchestrator.role` = 'sweep'")
-    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'",
-                                  order_by=["attributes.start_time ASC"]) if parents else []
-    files = root / "runs" / "sweeps" / sweep_id
-    study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{files / 'optuna.db'}")
-    rows = [json.loads(line) for line in (files / "trials.jsonl").read_text().splitlines()] if (files / "trials.jsonl").exists() else []
-    tune = sorted((root / "runs" / "tune").glob(f"{sweep_id}*/*/result.json"))
-    return {"parents": parents, "children": children, "study": study, "rows": rows, "files": files, "client": client,
-            "tune_trials": [p for p in tune if p.read_text().strip()]}
+    return harness.state(root, sweep_id, "faults")
 
 
 def _front_matches_completed_trials(state: dict) -> None:
@@ -108,19 +49,19 @@ def _front_matches_completed_trials(state: dict) -> None:
 def test_an_interrupted_sweep_closes_its_trials_writes_its_front_and_resumes(root, sig):
     proc, log = _start(root, f"stopped-{sig.name}", int(sig))
     try:
-        _wait_for(proc, log, "[1/3] trial-0001")
+        harness.wait_for_text(proc, log, "[1/3] trial-0001")
         if sig == signal.SIGTERM:  # while it runs: every socket of the sweep's own Ray listens on the loopback only
             exposed = {name: addresses for name, addresses in listening(proc.pid).items()
                        if not all(loopback(a) for a in addresses)}
             assert listening(proc.pid) and not exposed, exposed
-        _into_second_trial(root, proc)
+        harness.wait_for_trial(root, proc, "faults", 2)
         proc.send_signal(sig)
     finally:
-        code = _finish(proc)
+        code = harness.finish(proc)
     text = log.read_text()
     assert code == 128 + sig, text[-3000:]
     assert f"orchestrator: {sig.name}: stopped with 1 of 3 trials ended. Finish it with: orchestrator sweep" in text
-    sweep_id = _sweep_id(log)
+    sweep_id = harness.sweep_id(log)
     state = _state(root, sweep_id)
     assert [p.info.status for p in state["parents"]] == ["KILLED"]
     assert [(c.info.run_name, c.info.status) for c in state["children"]] == [("trial-0001", "FINISHED"), ("trial-0002", "KILLED")]
@@ -134,7 +75,7 @@ def test_an_interrupted_sweep_closes_its_trials_writes_its_front_and_resumes(roo
 
     interrupted = state["study"].trials[1]
     proc, log = _start(root, "resumed", int(sig), "--resume", sweep_id)
-    assert _finish(proc) == 0, log.read_text()[-3000:]
+    assert harness.finish(proc) == 0, log.read_text()[-3000:]
     state = _state(root, sweep_id)
     assert len(state["parents"]) == 1 and state["parents"][0].info.status == "FINISHED"  # the same run, finished
     statuses = [(c.info.run_name, c.info.status) for c in state["children"]]
@@ -152,12 +93,12 @@ def test_an_interrupted_sweep_closes_its_trials_writes_its_front_and_resumes(roo
 def test_a_killed_driver_leaves_a_sweep_that_resume_finishes_with_one_parent_run(root):
     proc, log = _start(root, "killed", 9)
     try:
-        _wait_for(proc, log, "[1/3] trial-0001")
-        _into_second_trial(root, proc)
-        sweep_id = _sweep_id(log)
+        harness.wait_for_text(proc, log, "[1/3] trial-0001")
+        harness.wait_for_trial(root, proc, "faults", 2)
+        sweep_id = harness.sweep_id(log)
         proc.send_signal(signal.SIGKILL)
     finally:
-        assert _finish(proc) == -signal.SIGKILL
+        assert harness.finish(proc) == -signal.SIGKILL
     state = _state(root, sweep_id)  # what a killed driver leaves: RUNNING everywhere, no front files
     assert [p.info.status for p in state["parents"]] == ["RUNNING"]
     assert [c.info.status for c in state["children"]] == ["FINISHED", "RUNNING"]
@@ -167,7 +108,7 @@ def test_a_killed_driver_leaves_a_sweep_that_resume_finishes_with_one_parent_run
 
     started = time.monotonic()
     proc, log = _start(root, "killed-resumed", 9, "--resume", sweep_id)
-    assert _finish(proc) == 0, log.read_text()[-3000:]
+    assert harness.finish(proc) == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert "1 trial run(s) its driver left RUNNING closed KILLED" in text
     assert "1 trial(s) a killed driver left RUNNING told FAIL; 1 interrupted configuration(s) queued" in text

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 import orchestrator
 from orchestrator import cli
 from orchestrator.tasks.char_lm import CharData
-from tests.servers import free_port, stop, wait_for
+from tests.servers import MlflowServer, free_port, wait_for
 
 SMOKE = Path(__file__).parents[1] / "search_spaces" / "smoke.yaml"
 SHOTS = Path(__file__).parents[1] / "test-output" / "browser"  # screenshots a person can look at
@@ -29,23 +29,19 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def mlflow_http(tmp_path_factory):
     """`mlflow server`: SQLite runs and registry, artifacts stored by the server in its own directory and
-    served to clients over HTTP (no client writes them to its disk)."""
-    root = tmp_path_factory.mktemp("mlflow_http")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"), start_new_session=True,
-    )
+    served to clients over HTTP (no client writes them to its disk); a test may stop and restart it."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow_http")).start()
     try:
-        wait_for(f"http://127.0.0.1:{port}/health", proc, 90, root / "server.log")
-        yield f"http://127.0.0.1:{port}", root
+        yield server
     finally:
-        stop(proc)
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(mlflow_http):
+    return mlflow_http.uri, mlflow_http.root
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +250,51 @@ def test_orchestrator_ui_serves_the_store_on_localhost_and_prints_the_last_sweep
         import urllib.request
 
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+OUTAGE_S = 30
+
+
+def test_a_sweep_survives_its_tracking_server_down_for_30_s(mlflow_http, sweeps, tmp_path):
+    """The server stops as trial 1 ends and comes back 30 s later: the sweep waits it out (MLflow's client
+    retries with backoff, and the tracker retries that), and then every trial's run holds its params,
+    metrics and files."""
+    import threading
+    import time
+
+    from orchestrator import Sweep
+
+    outage: dict[str, float] = {}
+    restarted: list[BaseException | None] = []
+
+    def restart() -> None:
+        try:
+            mlflow_http.start()
+            outage["up"] = time.monotonic()
+            restarted.append(None)
+        except BaseException as e:  # reported by the test below
+            restarted.append(e)
+
+    def progress(p):
+        if p.done == 1 and not outage:  # before trial 1's run is logged: that and everything after meet the outage
+            mlflow_http.stop()
+            outage["down"] = time.monotonic()
+            threading.Timer(OUTAGE_S, restart).start()
+
+    _, storage, _ = sweeps
+    result = Sweep.from_yaml(SMOKE, storage=str(storage), tracking_uri=mlflow_http.uri, experiment="outage",
+                             sampler_seed=7).run(progress=progress)
+    assert restarted == [None] and outage["up"] - outage["down"] >= OUTAGE_S
+    client = MlflowClient(mlflow_http.uri)
+    parent = client.get_run(result.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["tracking_failures"] == 0
+    assert {"pareto.csv", "pareto.html", "pareto.png", "trials.csv"} <= {a.path for a in client.list_artifacts(result.run_id)}
+    runs = _children(client, parent)
+    assert [r.info.run_name for r in runs] == ["trial-0001", "trial-0002", "trial-0003"]
+    for run, (_, row) in zip(runs, result.trials.sort_values("run_name").iterrows()):
+        assert run.info.status == "FINISHED"
+        assert run.data.params["width"] == str(row["width"]) and run.data.params["bits"] == str(row["bits"])
+        for name in ("accuracy", "size_mb", "latency_ms", "test_accuracy"):
+            assert math.isclose(run.data.metrics[name], row[name], rel_tol=1e-9), name
+        files = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert files == ({"model", "model.orc"} if row["pareto"] else {"model.orc"})

@@ -28,6 +28,7 @@ from orchestrator.config.techniques import MagnitudePruning
 from orchestrator.losses import HiddenProjection, LossWeights, distillation_loss, layer_map
 from orchestrator.stages.codebook import share_weights, unshare_weights
 from orchestrator.stages.progress import Curves, Plateau
+from orchestrator.stages.sessions import LocalSession, RayTrainSession
 from orchestrator.stages.prune import GradualPruner, apply_masks_
 from orchestrator.stages.quantize import QuantSpec, add_fake_quant, remove_fake_quant
 from orchestrator.stages.teacher_outputs import TeacherOutputs
@@ -71,6 +72,7 @@ class DistillJob:
     precision: str = "fp32"  # bf16: forward and loss under autocast in bfloat16
     patience: int | None = None  # stop after this many validation checks without a better accuracy (converged)
     check_every: int = 100  # steps between those checks
+    checkpoint_every: int = 0  # Ray Train: a checkpoint every this many steps, which a restarted worker group resumes (0: none)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,10 @@ class DistillResult:
     worker_weights: tuple[str, ...] = ()  # and a digest of each rank's final weights (all equal: checked)
     steps: int = 0  # optimizer steps taken (fewer than asked when it converged: `patience`)
     curves: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)  # see `stages.progress.Curves`
+    resumed_from: int = 0  # Ray Train: the step of the checkpoint a restarted worker group resumed from (0: none)
+
+
+WORKER_RESTARTS = 2  # times a Ray Train worker group restarts after a failure before the trial fails
 
 
 def make_optimizer(name: str, params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -139,34 +145,6 @@ def hidden_shape(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     return len(states), int(states[-1].shape[-1])
 
 
-class _LocalSession:
-    """`fit` in the calling process: world size 1, no process group."""
-
-    rank = 0
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        return model.to(self.device)
-
-
-class _RayTrainSession:
-    """`fit` on a Ray Train worker: DDP through `ray.train.torch.prepare_model`."""
-
-    def __init__(self) -> None:
-        import ray.train
-        import ray.train.torch
-
-        self.rank = ray.train.get_context().get_world_rank()
-        self.device = ray.train.torch.get_device()
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        import ray.train.torch
-
-        return ray.train.torch.prepare_model(model)
-
-
 @dataclass(frozen=True)
 class Check:
     """Score the validation split every `every` steps and hand the scores to `callback(step, scores)`,
@@ -178,7 +156,7 @@ class Check:
 
 
 def fit(
-    job: DistillJob, session: _LocalSession | _RayTrainSession, check: Check | None = None
+    job: DistillJob, session: LocalSession | RayTrainSession, check: Check | None = None
 ) -> tuple[dict[str, float], nn.Module]:
     """Train `job.model` and score it on validation; returns (metrics, the trained model on CPU)."""
     t0 = time.perf_counter()
@@ -226,20 +204,33 @@ def fit(
         s_layers, s_width = hidden_shape(student, probe)
         pairs = list(job.layer_map) if job.layer_map else layer_map(s_layers, t_layers)
         projection = HiddenProjection(pairs, s_width, t_width)
-    model = session.prepare(_Distillee(student, projection))
+    distillee = _Distillee(student, projection)
+    saved = session.restored()  # a worker group restarted after a failure: on from its last checkpoint
+    start = 0
+    if saved is not None:
+        distillee.load_state_dict(saved["model"])
+        start = int(saved["step"])
+    model = session.prepare(distillee)
     optimizer = make_optimizer(job.optimizer, model.parameters(), job.lr, job.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup=job.warmup, steps=job.steps)
     )
-    gen = torch.Generator().manual_seed(job.seed * 1_000_003 + rank)  # each rank its own data stream
+    # each rank its own data stream; after a resume a fresh one (the steps before are not replayed)
+    gen = torch.Generator().manual_seed(job.seed * 1_000_003 + rank + start * 7_919)
 
     model.train()
-    batches = _batches(job, data, gen, device, teacher, cached, sorted({j for _, j in pairs}))
     plateau = Plateau(job.patience, job.check_every, job.steps, job.val_tokens,
                       after=max(qat_from or 0, job.steps if pruner is not None else 0))
     curves = Curves(job.steps)
-    step = 0
-    for step, (x, y, signal) in enumerate(batches, start=1):
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        curves.points = saved["curves"]
+        for fq in fake_quant:
+            fq.active = qat_from is not None and start >= qat_from
+    batches = _batches(job, data, gen, device, teacher, cached, sorted({j for _, j in pairs}), steps=job.steps - start)
+    step = start
+    for step, (x, y, signal) in enumerate(batches, start=start + 1):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=job.precision == "bf16"):
             logits, states = model(x)  # (B, T, V), per-layer (B, T, C)
             if signal is None:
@@ -280,6 +271,9 @@ def fit(
         if scored is not None:
             curves.val(step, scored["accuracy"])
             model.train()  # scoring put it in eval mode
+        if job.checkpoint_every and step % job.checkpoint_every == 0 and step < job.steps:
+            session.save(step, lambda: {"step": step, "model": distillee.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "schedule": schedule.state_dict(), "curves": curves.points})
 
     val = task.evaluate(student, data, "val", max_examples=job.val_tokens)  # as it will run (fake-quantized)
     curves.val(step, val["accuracy"])
@@ -293,6 +287,7 @@ def fit(
         "val_accuracy": val["accuracy"],
         "val_loss": val.get("loss", math.nan),
         "curves": json.dumps(curves.points),  # a string: Ray Train reports flat metrics
+        "resumed_from": start,
     }
     return metrics, student.cpu()
 
@@ -302,11 +297,11 @@ Signal = tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]  # te
 
 def _batches(
     job: DistillJob, data: Any, gen: torch.Generator, device: torch.device, teacher: nn.Module | None,
-    cached: TeacherOutputs | None, hidden_layers: list[int],
+    cached: TeacherOutputs | None, hidden_layers: list[int], steps: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, Signal | None]]:
-    """`job.steps` batches on `device`: inputs, targets, and what the teacher says about them (None with no
+    """`steps` batches on `device`: inputs, targets, and what the teacher says about them (None with no
     teacher): read from its cached outputs, or from a live forward pass."""
-    for _ in range(job.steps):
+    for _ in range(steps):
         if cached is not None:
             x, y, logits, indices, states = cached.batch(job.batch_size, gen, hidden_layers=hidden_layers)
             signal = (logits.to(device), None if indices is None else indices.to(device),
@@ -328,7 +323,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     job: DistillJob = config["job"]
-    session = _RayTrainSession()
+    session = RayTrainSession()
     metrics, student = fit(job, session)
     # every rank's node and a digest of its final weights: DDP must have left them identical
     ranks: list[Any] = [None] * torch.distributed.get_world_size()
@@ -369,7 +364,7 @@ def run_distill(
         if num_workers != 1:
             raise ValueError(f"in-process distillation runs one worker, not num_workers={num_workers}")
         device = torch.device("cuda" if use_gpu else "cpu")
-        metrics, student = fit(job, _LocalSession(device), check)
+        metrics, student = fit(job, LocalSession(device), check)
         state = {k: v.detach() for k, v in student.state_dict().items()}
     elif check is not None:
         raise ValueError("validation checks during training need in_process=True")
@@ -386,6 +381,7 @@ def run_distill(
         worker_weights=tuple(metrics["worker_weights"].split(",")) if "worker_weights" in metrics else (),
         steps=int(metrics["steps"]),
         curves=json.loads(metrics.get("curves", "{}")),
+        resumed_from=int(metrics.get("resumed_from", 0)),
     )
 
 
@@ -406,7 +402,10 @@ def _fit_with_ray_train(
             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
             placement_strategy=placement_strategy,
         ),
-        run_config=ray.train.RunConfig(name=name, storage_path=storage_path),
+        # a worker lost (killed, out of memory, its node gone): the group restarts, from the last checkpoint
+        run_config=ray.train.RunConfig(name=name, storage_path=storage_path,
+                                       failure_config=ray.train.FailureConfig(max_failures=WORKER_RESTARTS),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -1,0 +1,105 @@
+"""`orchestrator sweep` as a real process a test or a benchmark stops (SIGINT, SIGTERM, SIGKILL) and resumes,
+and what every store then holds of the sweep: Tune's files, the Optuna study, MLflow, trials.jsonl."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def tracking(root: Path) -> str:
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def start(root: Path, name: str, space: Path, *args: str, tracking_uri: str | None = None) -> tuple[subprocess.Popen, Path]:
+    """`orchestrator sweep SPACE` with storage `root/runs` and MLflow `tracking_uri` (default `root/mlflow.db`),
+    in its own process group (its Ray too), its output in `root/NAME.log`."""
+    log = root / f"{name}.log"
+    cmd = [sys.executable, "-m", "orchestrator", "sweep", str(space), "--storage", str(root / "runs"),
+           "--tracking-uri", tracking_uri or tracking(root), *args]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log
+
+
+def wait_for_text(proc: subprocess.Popen, log: Path, text: str, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} never came: {log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def wait_for_trial(root: Path, proc: subprocess.Popen, experiment: str, number: int, seconds: float = 120) -> None:
+    """Until trial `number` has started (its MLflow run is RUNNING): a signal now lands mid-trial."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking(root))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = client.get_experiment_by_name(experiment)
+        if found and client.search_runs([found.experiment_id], f"attributes.run_name = 'trial-{number:04d}' and "
+                                        "attributes.status = 'RUNNING'"):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"trial {number} never started")
+
+
+def finish(proc: subprocess.Popen, seconds: float = 300) -> int:
+    """Its exit code; whatever of its group is left (a killed driver's Ray agents) is then killed."""
+    try:
+        return proc.wait(timeout=seconds)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def sweep_id(log: Path) -> str:
+    """From Tune's banner: `Configuration for experiment  <sweep id>`."""
+    line = next(line for line in log.read_text().splitlines() if "Configuration for experiment" in line)
+    return line.split("experiment", 1)[1].split()[0]
+
+
+def state(root: Path, sweep: str, experiment: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """What every store holds of sweep `sweep`: its MLflow parent runs and child runs, its Optuna study, its
+    trials.jsonl rows, and Tune's trials that reported a result."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri or tracking(root))
+    found = client.get_experiment_by_name(experiment)
+    parents = client.search_runs([found.experiment_id], f"tags.sweep_id = '{sweep}' and tags.`orchestrator.role` = 'sweep'") \
+        if found else []
+    children = [run for p in parents for run in client.search_runs(
+        [found.experiment_id], f"tags.`mlflow.parentRunId` = '{p.info.run_id}'", order_by=["attributes.start_time ASC"],
+        max_results=5000)]
+    files = root / "runs" / "sweeps" / sweep
+    study = optuna.load_study(study_name=sweep, storage=f"sqlite:///{files / 'optuna.db'}")
+    lines = (files / "trials.jsonl").read_text().splitlines() if (files / "trials.jsonl").exists() else []
+    tune = [p for p in (root / "runs" / "tune").glob(f"{sweep}*/*/result.json") if '"outcome"' in p.read_text()]
+    return {"parents": parents, "children": children, "study": study, "rows": [json.loads(x) for x in lines],
+            "files": files, "client": client, "tune_trials": tune}
+
+
+def counts(st: dict[str, Any], params: Sequence[str]) -> dict[str, int]:
+    """Completed trials found in Tune, Optuna and MLflow, and configurations completed more than once."""
+    done = [r for r in st["rows"] if r["status"] == "COMPLETED"]
+    configs = [tuple(round(float(r[p]), 9) if isinstance(r[p], (int, float)) else r[p] for p in params) for r in done]
+    return {
+        "tune": len(st["tune_trials"]),
+        "optuna": sum(t.state.name == "COMPLETE" for t in st["study"].trials),
+        "mlflow": sum(c.info.status == "FINISHED" for c in st["children"]),
+        "recorded": len(done),
+        "duplicates": len(configs) - len(set(configs)),
+        "optuna_running": sum(t.state.name == "RUNNING" for t in st["study"].trials),
+        "mlflow_running": sum(c.info.status == "RUNNING" for c in [*st["parents"], *st["children"]]),
+    }
