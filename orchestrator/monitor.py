@@ -124,6 +124,11 @@ class TrialMonitor(Callback):
         self.failed_now = 0  # trials of this run of the sweep that failed (not a resumed sweep's earlier ones)
         self.tell: Callable[[str], None] | None = None  # tells the searcher a trial is recorded (`ConstrainedOptunaSearch.tell`)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks with the experiment's state: the driver-side hooks (a progress callback
+        of yours may hold a lock, a queue or a socket) stay behind."""
+        return {**self.__dict__, "progress": None, "log_hypervolume": lambda hv, n: None, "tell": None}
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)
 

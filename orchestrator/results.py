@@ -114,12 +114,15 @@ class SweepResult:
         return export_pretrained(self._artifact(trial_id), directory)
 
 
-def load_model(path: str | os.PathLike[str], *, task: Task | None = None, tracking_uri: str | None = None) -> nn.Module:
+def load_model(path: str | os.PathLike[str], *, task: Task | None = None, tracking_uri: str | None = None,
+               tokenizer: bool = False) -> nn.Module:
     """Rebuild a compressed model from an exported artifact (`model.orc`: a path, or its location in a URI
     storage, downloaded once to this node's cache), or from an MLflow model a sweep logged
     (``runs:/<run>/model``, ``models:/<name>@<alias>``, ``models:/<name>/<version>``, read from
     `tracking_uri`, default $MLFLOW_TRACKING_URI). `model.vocab` holds a char_lm
-    model's vocabulary; `model.tokenizer` an hf_causal_lm model's tokenizer, or None. A model of a task of
+    model's vocabulary. An hf_causal_lm model names where its tokenizer came from (`model.tokenizer_source`,
+    a hub id or a directory); nothing named inside an artifact is read unless you ask: with `tokenizer=True`
+    `model.tokenizer` is loaded from there, else it is None. A model of a task of
     your own (task python) is rebuilt by that task: pass it as `task`; its weights come from the artifact
     and no code named in the artifact is imported."""
     if str(path).startswith(("runs:/", "models:/")):
@@ -129,7 +132,7 @@ def load_model(path: str | os.PathLike[str], *, task: Task | None = None, tracki
         from orchestrator.tracking.pyfunc import ARTIFACT_FILE
 
         with tempfile.TemporaryDirectory(prefix="orchestrator-model-") as tmp:  # read, then removed
-            return load_model(download_model(str(path), tracking_uri, into=tmp) / ARTIFACT_FILE, task=task)
+            return load_model(download_model(str(path), tracking_uri, into=tmp) / ARTIFACT_FILE, task=task, tokenizer=tokenizer)
     path = fetch(path)
     manifest = read_manifest(path)
     if task is None and manifest["architecture"] not in models.ARCHITECTURES:
@@ -137,8 +140,8 @@ def load_model(path: str | os.PathLike[str], *, task: Task | None = None, tracki
                          "rebuild it with load_model(path, task=<that task>)")
     model, meta = load_artifact(path, task.build_model if task is not None else models.build)
     model.vocab = meta.get("vocab")
-    model.tokenizer = None
-    if meta.get("tokenizer"):
+    model.tokenizer, model.tokenizer_source = None, meta.get("tokenizer")
+    if tokenizer and meta.get("tokenizer"):  # asked for: read from where the artifact says it came from
         from orchestrator.tasks.hf_lm import load_tokenizer
 
         model.tokenizer = load_tokenizer(meta["tokenizer"])
@@ -159,7 +162,7 @@ def export_pretrained(artifact: str | os.PathLike[str], directory: str | os.Path
     if low_bit:
         raise ValueError(f"{artifact}: weights quantized to {low_bit} bits have no transformers form; "
                          "use the packed artifact with orchestrator.load_model")
-    model = load_model(artifact)
+    model = load_model(artifact, tokenizer=True)  # the directory holds it: reading it is what was asked
     save_pretrained(model, model.tokenizer, directory)
     return Path(directory)
 

@@ -135,10 +135,16 @@ class Sweep:
                 else:  # "local": never a cluster that a `ray start` on this machine left running or behind
                     with _loopback_only(local):
                         ray.init(address=cfg.ray_address or "local", num_cpus=cfg.resources.local_cpus if local else None, **init)
+            except ray.exceptions.AuthenticationError as e:  # token authentication on, and no (or another) token here
+                ray.shutdown()
+                raise ConfigError(f"address {show(cfg.ray_address)}: the Ray cluster refused this process's token "
+                                  f"({' '.join(str(e).split())[:160]}); set RAY_AUTH_TOKEN to its token (`ray get-auth-token` "
+                                  "on the head)") from None
             except ConnectionError as e:  # a port that answered the check but is no Ray, or a cluster that went away
                 ray.shutdown()
                 raise ConfigError(f"address {show(cfg.ray_address)}: Ray could not connect "
-                                  f"({' '.join(str(e).split())[:200]}); give the address `ray start --head` printed") from None
+                                  f"({' '.join(str(e).split())[:200]}); give the address `ray start --head` printed (a cluster "
+                                  "with token authentication also needs its token in RAY_AUTH_TOKEN)") from None
         try:
             with terminate_as_interrupt(self.signals):  # after ray.init, which sets SIGTERM handlers of its own
                 return self._run_on_ray(started, progress, resume, previous or [], local)

@@ -65,8 +65,6 @@ def _run(tmp_path, *args):
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, monkeypatch, capsys, yaml_text, args, expect):
-    from orchestrator import cli
-
     space = tmp_path / "space.yaml"
     space.write_text(yaml_text)
     before = sorted(p.name for p in tmp_path.iterdir())

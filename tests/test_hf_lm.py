@@ -280,3 +280,20 @@ def test_embeddings_false_keeps_a_tied_head_float_too(tiny_llama_dir):
     names = set(quantizable_weights(model, embeddings=False))
     assert "lm.lm_head.weight" not in names and "lm.model.embed_tokens.weight" not in names
     assert "lm.model.embed_tokens.weight" in quantizable_weights(model)
+
+
+def test_a_reloaded_artifact_reads_nothing_it_names_unless_asked(tiny_llama_dir, tmp_path, monkeypatch):
+    """An artifact's meta names its tokenizer's source and its config may name remote code (`auto_map`):
+    `load_model` reads neither (no Hub access here: an attempt would fail loudly), until asked."""
+    from orchestrator import load_model
+    from orchestrator.stages.export import export
+
+    model, _ = load_pretrained(str(tiny_llama_dir))
+    model.lm.config.auto_map = {"AutoModelForCausalLM": "someone/evil-repo--modeling_evil.EvilForCausalLM"}
+    export(model, tmp_path / "m.orc", meta={"tokenizer": {"tokenizer": "someone/evil-repo", "gguf_file": None}})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a fetch would raise instead of hanging on this network
+    loaded = load_model(tmp_path / "m.orc")
+    assert type(loaded.lm).__name__ == "LlamaForCausalLM"  # transformers' own class, not the code auto_map names
+    assert loaded.tokenizer is None and loaded.tokenizer_source["tokenizer"] == "someone/evil-repo"
+    with pytest.raises(OSError):  # asked: it tries the named source (here unreachable)
+        load_model(tmp_path / "m.orc", tokenizer=True)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """A Ray head on free ports with token auth; yields (job server URL, env with the token, Ray Client
-    address); stopped after."""
+    address, GCS address); stopped after."""
     from orchestrator.sweep import RAY_ENV
 
     tmp_path = tmp_path_factory.mktemp("head")
@@ -56,7 +56,7 @@ def head(tmp_path_factory):
             time.sleep(1)
         else:
             pytest.fail("the job server did not answer within 120 s")
-        yield url, env, f"ray://127.0.0.1:{ports['--ray-client-server-port']}"
+        yield url, env, f"ray://127.0.0.1:{ports['--ray-client-server-port']}", f"127.0.0.1:{ports['--port']}"
     finally:
         # SIGTERM to `ray start --block` alone: it drains and stops the head's processes in order (~2 s). Sent
         # to the whole group, GCS dies first and the drain waits out its timeout (~60 s).
@@ -108,7 +108,7 @@ def _wait(url, env, job, until, timeout=420):
 
 
 def test_a_sweep_runs_as_a_ray_job_and_lands_in_mlflow(head, tmp_path):
-    url, env, _ = head
+    url, env, _, _ = head
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = _submit(url, env, "search_spaces/smoke.yaml", "--trials", "2", "--storage", str(tmp_path / "runs"),
                   "--tracking-uri", uri)
@@ -133,7 +133,7 @@ def test_a_sweep_runs_as_a_ray_job_and_lands_in_mlflow(head, tmp_path):
 def test_a_sweep_driven_from_a_ray_client_reports_here(head, tmp_path):
     """Through Ray Client the sweep's driver runs on the head; its progress lines, log lines, front table and
     exit status come back to this process as for a local sweep."""
-    _, env, client = head
+    _, env, client, gcs = head
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = subprocess.run(
         [executable("orchestrator"), "sweep", str(ROOT / "search_spaces" / "smoke.yaml"), "--trials", "2", "--address", client,
@@ -146,3 +146,14 @@ def test_a_sweep_driven_from_a_ray_client_reports_here(head, tmp_path):
     assert "Pareto front over accuracy, size_mb, latency_ms: 2 of 2 trials" in out.stdout
     sweep_id = re.search(r"MLflow: sweep run (\w+)", out.stdout).group(1)
     assert MlflowClient(uri).get_run(sweep_id).data.metrics["trials_completed"] == 2
+
+    bad = {**env, "RAY_AUTH_TOKEN": "0" * 32}  # token authentication is on: without its token, one line, exit 2
+    refused = subprocess.run(
+        [executable("orchestrator"), "sweep", str(ROOT / "search_spaces" / "smoke.yaml"), "--address", gcs,
+         "--storage", str(tmp_path / "runs"), "--tracking-uri", uri], env=bad, cwd=tmp_path, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    last = refused.stderr.strip().splitlines()[-1]
+    assert refused.stderr.strip() == last, refused.stderr[-2000:]  # one line: checked before Ray's own retries
+    assert last.startswith(f"orchestrator: error: --address '{gcs}': the Ray cluster refused this process's token"), last

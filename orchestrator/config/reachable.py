@@ -8,13 +8,15 @@ before a sweep starts (`Sweep.run`, and the CLI before it prints anything).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
 import threading
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -69,6 +71,20 @@ def _within(timeout: float, fn: Callable[[], T]) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+@contextlib.contextmanager
+def _stderr_hidden() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (what native code writes there too)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _probe_directory(directory: Path) -> None:
@@ -196,3 +212,23 @@ def _check_address(address: str, name: str, timeout: float) -> None:
     if not sep or not port.isdigit() or not host:
         raise ConfigError(f"{name} {show(address)}: not a Ray address; give auto, HOST:6379 or ray://HOST:10001")
     _connect(host.strip("[]"), int(port), name, address, timeout, "the Ray cluster", fix, grpc=True)
+    if not address.startswith("ray://"):
+        _gcs_handshake(address, name, timeout, fix)
+
+
+def _gcs_handshake(address: str, name: str, timeout: float, fix: str) -> None:
+    """Ask the cluster's GCS for its cluster id, as `ray.init` does first: a port that is no Ray's, or a
+    token that the cluster refuses, is told here in one line (Ray itself retries for seconds, logging each
+    try). Ray's own client (`ray._raylet.GcsClient`, what its processes use)."""
+    import ray.exceptions
+    from ray._raylet import GcsClient
+
+    try:
+        with _stderr_hidden():  # its C++ client logs each failed try to the process's stderr itself
+            _within(timeout, lambda: GcsClient(address=address).cluster_id)
+    except ray.exceptions.AuthenticationError:
+        raise ConfigError(f"{name} {show(address)}: the Ray cluster refused this process's token (token "
+                          "authentication is on there); set RAY_AUTH_TOKEN to its token (`ray get-auth-token` on the head)") from None
+    except Exception as e:
+        raise ConfigError(f"{name} {show(address)}: it answered, but not as a Ray cluster's GCS (asked for its cluster id: "
+                          f"{' '.join(str(e).split())[:160]}){fix}") from None

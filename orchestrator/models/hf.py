@@ -36,7 +36,8 @@ class HFCausalLM(nn.Module):
         from transformers import AutoModelForCausalLM
 
         self.cfg = cfg
-        self.lm = lm if lm is not None else AutoModelForCausalLM.from_config(cfg.to_transformers())
+        # an architecture transformers has: never code an artifact's config names (`auto_map`)
+        self.lm = lm if lm is not None else AutoModelForCausalLM.from_config(cfg.to_transformers(), trust_remote_code=False)
 
     @classmethod
     def wrap(cls, lm: nn.Module) -> "HFCausalLM":

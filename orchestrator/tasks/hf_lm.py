@@ -76,8 +76,9 @@ def load_pretrained(source: str, *, dtype: torch.dtype = torch.float32) -> tuple
         from transformers import GgufConfig
 
         kwargs = {"gguf_file": gguf, "quantization_config": GgufConfig(dequantize=True)}
-    tokenizer = AutoTokenizer.from_pretrained(where, **({"gguf_file": gguf} if gguf else {}))
-    lm = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
+    # never code from the model's repository or directory: only architectures transformers itself has
+    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False, **({"gguf_file": gguf} if gguf else {}))
+    lm = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=False, **kwargs)
     return HFCausalLM.wrap(lm.eval()), tokenizer
 
 
@@ -90,7 +91,8 @@ def tokenizer_source(source: str) -> dict[str, str | None]:
 def load_tokenizer(ref: dict[str, str | None]) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(ref["tokenizer"], **({"gguf_file": ref["gguf_file"]} if ref.get("gguf_file") else {}))
+    return AutoTokenizer.from_pretrained(ref["tokenizer"], trust_remote_code=False,
+                                         **({"gguf_file": ref["gguf_file"]} if ref.get("gguf_file") else {}))
 
 
 def save_pretrained(model: HFCausalLM, tokenizer: Any, directory: str | os.PathLike[str]) -> None:
@@ -118,11 +120,11 @@ def named_student(name: str, teacher: HFCausalLM, seed: int) -> HFCausalLM:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     where, _ = resolve_source(name)
-    config = AutoConfig.from_pretrained(where)
+    config = AutoConfig.from_pretrained(where, trust_remote_code=False)
     if config.vocab_size != teacher.vocab_size:
         raise ValueError(f"student config {name!r} has a vocabulary of {config.vocab_size}, the teacher {teacher.vocab_size}")
     torch.manual_seed(seed)
-    return HFCausalLM.wrap(AutoModelForCausalLM.from_config(config))
+    return HFCausalLM.wrap(AutoModelForCausalLM.from_config(config, trust_remote_code=False))
 
 
 def derive_student(teacher: HFCausalLM, layers: int) -> HFCausalLM:
