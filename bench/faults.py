@@ -1,6 +1,6 @@
 """Faults a sweep meets, each run for real and counted in every store: stopped by Ctrl-C (SIGINT), SIGTERM
 or SIGKILL of its driver mid-trial and finished by `--resume`; its MLflow server down for 30 s mid-sweep;
-trials that fail, with `--max-failures`; a Ray Train worker killed mid-distillation.
+trials that fail, with `--max-failures`; a Ray Train worker SIGKILLed mid-distillation.
 
     python bench/faults.py [--out bench/results/faults.json] [--outage 30]
 
@@ -109,6 +109,39 @@ def failing(root: Path, seed: int) -> dict:
                 f"tracebacks on the console {tracebacks}")
 
 
+def worker_killed(root: Path, seed: int) -> dict:
+    """Every trial distils on two Ray Train workers (DDP), checkpointing every 25 steps; one worker of trial 2
+    is SIGKILLed after its group has written three checkpoints."""
+    experiment = "faults-worker"
+    proc, log = harness.start(root, experiment, SMOKE, *_args(experiment, seed, "--set", "resources.launcher=ray_train",
+                                                             "--set", "resources.num_workers=2", "--set",
+                                                             "resources.cpus_per_worker=0.5", "--set", "distill.checkpoint_every=25",
+                                                             "--set", "distill.steps=600"))
+    try:
+        harness.wait_for_text(proc, log, "[1/")
+        seen: set[str] = set()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            seen |= {str(p.parent) for p in (root / "runs" / "train").glob("**/checkpoint_*/training.pt")}
+            workers = harness.train_workers()
+            if len(seen) >= 5 and len(workers) == 2:  # two of trial 1's, three of trial 2's at least
+                os.kill(workers[-1], signal.SIGKILL)
+                killed = time.monotonic()
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("no worker to kill")
+        harness.wait_for_text(proc, log, "[2/", 600)
+        recover = time.monotonic() - killed
+        code = harness.finish(proc, 600)
+    finally:
+        harness.finish(proc, 1) if proc.poll() is None else None
+    st = harness.state(root, harness.sweep_id(log), experiment)
+    resumed = [c.data.tags["distill.resumed_from_step"] for c in st["children"] if "distill.resumed_from_step" in c.data.tags]
+    return _row("a Ray Train worker SIGKILLed mid-distillation", st, TRIALS, recover,
+                f"exit {code}; resumed from step {', '.join(resumed) or 'none'}")
+
+
 def markdown(rows: list[dict]) -> str:
     head = "| scenario | trials expected | found in Tune | in Optuna | in MLflow | duplicates | left RUNNING | time to recover | notes |"
     lines = [head, "|" + "---|" * 9]
@@ -133,6 +166,8 @@ def main() -> None:
         rows.append(outage(root, args.outage, 4))
         print(json.dumps(rows[-1]), flush=True)
         rows.append(failing(root, 5))
+        print(json.dumps(rows[-1]), flush=True)
+        rows.append(worker_killed(root, 6))
         print(json.dumps(rows[-1]), flush=True)
     table = markdown(rows)
     print(table)

@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 and print the last sweep's pages")
     ui.add_argument("--tracking-uri", help=tracking)
     ui.add_argument("--port", type=int, default=5000, help="the UI's port (default 5000)")
+    ui.add_argument("--host", default="127.0.0.1", help="the address it listens on (default 127.0.0.1: this machine only; "
+                                                        "0.0.0.0 opens it to every machine that reaches this one)")
     compare = sub.add_parser("compare", help="print the fronts of several sweeps side by side, with their hypervolumes")
     compare.add_argument("sweep_ids", nargs="+", metavar="SWEEP_ID", help="sweep ids (their MLflow parent runs' names)")
     compare.add_argument("--tracking-uri", help=tracking)
@@ -176,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "ui":
         from orchestrator.tracking.ui import run_ui
 
-        return run_ui(resolve_tracking_uri(args.tracking_uri), args.port)
+        return run_ui(resolve_tracking_uri(args.tracking_uri), args.port, host=args.host)
     if args.command == "compare":
         return compare_main(args)
     try:

@@ -103,3 +103,15 @@ def counts(st: dict[str, Any], params: Sequence[str]) -> dict[str, int]:
         "optuna_running": sum(t.state.name == "RUNNING" for t in st["study"].trials),
         "mlflow_running": sum(c.info.status == "RUNNING" for c in [*st["parents"], *st["children"]]),
     }
+
+
+def train_workers() -> list[int]:
+    """PIDs of the Ray Train workers running on this machine (their process title names them)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"RayTrainWorker" in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids

@@ -6,7 +6,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ from orchestrator.stages.prune import measured_sparsity
 from orchestrator.stages.quantize import QuantSpec
 from orchestrator.stages.teacher_outputs import compute_teacher_outputs
 from orchestrator.tasks.char_lm import CharData, CharLMTask, build_data, build_model, load_corpus
+from tests import harness
 from orchestrator.tasks.lm import sample_windows
 
 TASK = CharLMTask(TaskConfig(context=16))
@@ -215,18 +215,6 @@ def test_bf16_autocast_trains_a_different_float32_student(data_path, teacher_pat
     assert bf16.val_accuracy > 0.5 * fp32.val_accuracy and math.isfinite(bf16.val_loss)
 
 
-def _train_workers() -> list[int]:
-    """PIDs of the Ray Train workers running on this machine (their process title names them)."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if b"RayTrainWorker" in cmdline.read_bytes():
-                pids.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return pids
-
-
 @pytest.mark.slow
 def test_a_ddp_worker_killed_mid_distillation_resumes_from_its_last_checkpoint(ray_session, data_path, tmp_path):
     job = _job(data_path, steps=300, checkpoint_every=25, batch_size=16)
@@ -235,7 +223,7 @@ def test_a_ddp_worker_killed_mid_distillation_resumes_from_its_last_checkpoint(r
     def kill_one_worker() -> None:  # once checkpoints exist, SIGKILL one of the two DDP workers
         deadline, seen = time.monotonic() + 180, set()
         while time.monotonic() < deadline and not killed:
-            workers = _train_workers()
+            workers = harness.train_workers()
             seen |= {p.parent.name for p in (tmp_path / "k").glob("**/checkpoint_*/training.pt")}
             # the third written (two are kept): the controller has taken in an earlier one as it polled
             if len(workers) == 2 and len(seen) >= 3:
