@@ -7,7 +7,8 @@ What a stopped sweep leaves open, and who closes it:
   trials are told FAIL and marked the same way, and the MLflow parent run is reopened with its stale
   RUNNING child runs closed KILLED (`SweepTracker.reopen`).
 Either way `requeue_interrupted` queues each interrupted configuration once more, so that the resumed sweep
-runs it again (the sampler never proposed it by chance).
+runs it again (the sampler never proposed it by chance). `check_resume` says whether a sweep can be resumed
+with a config; `recover_study` does the Optuna side before a resumed sweep's trials.
 
 Example (an in-memory study):
     >>> import optuna
@@ -24,10 +25,18 @@ Example (an in-memory study):
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import signal
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+
+from orchestrator.config import ConfigError, SweepConfig, load_config
+from orchestrator.config.schema import show
+from orchestrator.sweep_files import CONFIG_FILE, STUDY_FILE, TRIALS_FILE, SweepFiles
+
+log = logging.getLogger("orchestrator")
 
 INTERRUPTED = "interrupted"  # an Optuna trial's user attribute: the sweep stopped before it ended
 RERUN_OF = "rerun_of"  # on a queued trial: the number of the interrupted trial it runs again
@@ -103,3 +112,62 @@ def terminate_as_interrupt(signals: list[int]) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, before_term)
         signal.signal(signal.SIGINT, before_int)
+
+
+def check_resume(cfg: SweepConfig, sweep_id: str) -> list[dict[str, Any]]:
+    """The trials of sweep `sweep_id` in `cfg`'s storage (its files brought to this node); `ConfigError`
+    unless it can be resumed with this config (same objectives, searched params and pipeline, so that its
+    Optuna study and its trials fit)."""
+    files = SweepFiles(cfg.store, sweep_id)
+    there = cfg.store.listdir("sweeps", sweep_id)
+    if CONFIG_FILE not in there or (cfg.study_storage is None and STUDY_FILE not in there):
+        known = cfg.store.listdir("sweeps")
+        raise ConfigError(
+            f"--resume {sweep_id}: no resumable sweep of that id under {cfg.store.location('sweeps')}; "
+            f"sweep ids there: {', '.join(known[-5:]) or 'none'} (give --storage of the original sweep)"
+        )
+    files.pull(CONFIG_FILE)
+    if cfg.study_storage is not None:
+        import optuna
+
+        if sweep_id not in optuna.study.get_all_study_names(storage=cfg.study_storage):
+            raise ConfigError(f"--resume {sweep_id}: `study_storage` holds no study of that name; give the "
+                              "study_storage the sweep ran with")
+    earlier = load_config(files.path(CONFIG_FILE), user_params=True)
+    if earlier.objectives != cfg.objectives:
+        raise ConfigError(
+            f"--resume {sweep_id}: `objectives` are {list(cfg.objectives)} here but {list(earlier.objectives)} in that "
+            "sweep (its Optuna study has those directions); resume with the objectives it started with"
+        )
+    if earlier.pipeline != cfg.pipeline:
+        raise ConfigError(
+            f"--resume {sweep_id}: `pipeline` is {cfg.pipeline.to_raw()} here but {earlier.pipeline.to_raw()} in that "
+            "sweep; resume with the pipeline it started with"
+        )
+    before = earlier.to_dict()["params"]
+    now = cfg.to_dict()["params"]
+    for name in now:
+        if before.get(name) != now[name]:
+            raise ConfigError(
+                f"--resume {sweep_id}: `params.{name}` is {show(now[name])} here but {show(before.get(name))} in that sweep; "
+                "resume with the search space it started with"
+            )
+    rows = files.read_text(TRIALS_FILE) or ""
+    return [json.loads(line) for line in rows.splitlines() if line.strip()]
+
+
+def recover_study(cfg: SweepConfig, files: SweepFiles, tracker: Any, parent: str, previous: list[dict[str, Any]]) -> None:
+    """Before a resumed sweep's trials: its study's trials that a killed driver left RUNNING settled (told as
+    trials.jsonl recorded them, or FAIL, interrupted), and every interrupted configuration queued to run again
+    (`orchestrator.recovery`)."""
+    import optuna
+
+    from orchestrator.recovery import close_running, requeue_interrupted
+
+    study = optuna.load_study(study_name=files.sweep_id, storage=files.study_url(cfg.study_storage))
+    stale = close_running(study, {row["trial_id"]: row for row in previous}, cfg.objectives)
+    queued = requeue_interrupted(study)
+    if stale or queued:
+        log.info("Optuna: %d trial(s) a killed driver left RUNNING told FAIL; %d interrupted configuration(s) queued to "
+                 "run again", len(stale), queued)
+    tracker.set_tags(parent, {"optuna_stale_closed": str(len(stale)), "requeued": str(queued)})

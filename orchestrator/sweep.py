@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import importlib
 import inspect
-import json
 import logging
 import os
 import sys
@@ -42,7 +41,7 @@ from orchestrator.results import (
 from orchestrator.objectives import OBJECTIVES, directions
 from orchestrator.resources import TRIAL_MEMORY_BYTES, check_fits, trial_resources
 from orchestrator.prepare import Prepared, prepared
-from orchestrator.recovery import terminate_as_interrupt
+from orchestrator.recovery import recover_study, terminate_as_interrupt
 from orchestrator.space import ObjectiveConstraints
 from orchestrator.storage import fetch
 from orchestrator.sweep_files import CONFIG_FILE, FRONT_FILE, STUDY_FILE, TRIALS_FILE, SweepFiles
@@ -172,45 +171,10 @@ class Sweep:
 
     def check_resume(self, sweep_id: str) -> list[dict[str, Any]]:
         """The trials of sweep `sweep_id` in this storage (its files brought to this node); `ConfigError`
-        unless it can be resumed with this config (same searched params and pipeline, so that its Optuna
-        study and its trials fit)."""
-        cfg = self.config
-        files = SweepFiles(cfg.store, sweep_id)
-        there = cfg.store.listdir("sweeps", sweep_id)
-        if CONFIG_FILE not in there or (cfg.study_storage is None and STUDY_FILE not in there):
-            known = cfg.store.listdir("sweeps")
-            raise ConfigError(
-                f"--resume {sweep_id}: no resumable sweep of that id under {cfg.store.location('sweeps')}; "
-                f"sweep ids there: {', '.join(known[-5:]) or 'none'} (give --storage of the original sweep)"
-            )
-        files.pull(CONFIG_FILE)
-        if cfg.study_storage is not None:
-            import optuna
+        unless it can be resumed with this config (`orchestrator.recovery.check_resume`)."""
+        from orchestrator.recovery import check_resume
 
-            if sweep_id not in optuna.study.get_all_study_names(storage=cfg.study_storage):
-                raise ConfigError(f"--resume {sweep_id}: `study_storage` holds no study of that name; give the "
-                                  "study_storage the sweep ran with")
-        earlier = load_config(files.path(CONFIG_FILE), user_params=True)
-        if earlier.objectives != cfg.objectives:
-            raise ConfigError(
-                f"--resume {sweep_id}: `objectives` are {list(cfg.objectives)} here but {list(earlier.objectives)} in that "
-                "sweep (its Optuna study has those directions); resume with the objectives it started with"
-            )
-        if earlier.pipeline != cfg.pipeline:
-            raise ConfigError(
-                f"--resume {sweep_id}: `pipeline` is {cfg.pipeline.to_raw()} here but {earlier.pipeline.to_raw()} in that "
-                "sweep; resume with the pipeline it started with"
-            )
-        before = earlier.to_dict()["params"]
-        now = cfg.to_dict()["params"]
-        for name in now:
-            if before.get(name) != now[name]:
-                raise ConfigError(
-                    f"--resume {sweep_id}: `params.{name}` is {show(now[name])} here but {show(before.get(name))} in that sweep; "
-                    "resume with the search space it started with"
-                )
-        rows = files.read_text(TRIALS_FILE) or ""
-        return [json.loads(line) for line in rows.splitlines() if line.strip()]
+        return check_resume(self.config, sweep_id)
 
 
 def _import_later_modules() -> None:
@@ -300,7 +264,7 @@ def _run(
             if not resume:
                 files.write_text(CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             else:
-                _recover_study(cfg, files, tracker, parent, previous)
+                recover_study(cfg, files, tracker, parent, previous)
             ctx = TrialContext(config=cfg, task=task, data=prep.data, teacher=prep.teacher,
                                teacher_outputs=prep.outputs, sweep_id=sweep_id, service=prep.service,
                                objectives=dict(OBJECTIVES))
@@ -355,23 +319,6 @@ def _run(
             raise
         finally:
             tracker.end_sweep(status)
-
-
-def _recover_study(cfg: SweepConfig, files: SweepFiles, tracker: Any, parent: str, previous: list[dict[str, Any]]) -> None:
-    """Before a resumed sweep's trials: its study's trials that a killed driver left RUNNING settled (told as
-    trials.jsonl recorded them, or FAIL, interrupted), and every interrupted configuration queued to run again
-    (`orchestrator.recovery`)."""
-    import optuna
-
-    from orchestrator.recovery import close_running, requeue_interrupted
-
-    study = optuna.load_study(study_name=files.sweep_id, storage=files.study_url(cfg.study_storage))
-    stale = close_running(study, {row["trial_id"]: row for row in previous}, cfg.objectives)
-    queued = requeue_interrupted(study)
-    if stale or queued:
-        log.info("Optuna: %d trial(s) a killed driver left RUNNING told FAIL; %d interrupted configuration(s) queued to "
-                 "run again", len(stale), queued)
-    tracker.set_tags(parent, {"optuna_stale_closed": str(len(stale)), "requeued": str(queued)})
 
 
 def _finish(
