@@ -99,9 +99,10 @@ class SweepResult:
         names = list(self.objectives)
         return candidates.iloc[knee_point(candidates[names].to_numpy(dtype=float), directions(names))]
 
-    def load_model(self, trial_id: str) -> nn.Module:
-        """Reload a trial's compressed model from its exported artifact (the vocabulary is `model.vocab`)."""
-        return load_model(self._artifact(trial_id), task=self.task)
+    def load_model(self, trial_id: str, *, tokenizer: bool = False) -> nn.Module:
+        """Reload a trial's compressed model from its exported artifact (the vocabulary is `model.vocab`;
+        an hf_causal_lm model's tokenizer, read from its source, with `tokenizer=True`)."""
+        return load_model(self._artifact(trial_id), task=self.task, tokenizer=tokenizer)
 
     def _artifact(self, trial_id: str) -> str:
         rows = self.trials[self.trials["trial_id"] == trial_id]

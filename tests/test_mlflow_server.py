@@ -256,9 +256,8 @@ OUTAGE_S = 30
 
 
 def test_a_sweep_survives_its_tracking_server_down_for_30_s(mlflow_http, sweeps, tmp_path):
-    """The server stops as trial 1 ends and comes back 30 s later: the sweep waits it out (MLflow's client
-    retries with backoff, and the tracker retries that), and then every trial's run holds its params,
-    metrics and files."""
+    """The server stops as trial 1 ends and comes back 30 s later: the sweep waits it out (the tracker
+    retries each call every few seconds), and then every trial's run holds its params, metrics and files."""
     import threading
     import time
 
@@ -282,15 +281,18 @@ def test_a_sweep_survives_its_tracking_server_down_for_30_s(mlflow_http, sweeps,
             threading.Timer(OUTAGE_S, restart).start()
 
     _, storage, _ = sweeps
-    result = Sweep.from_yaml(SMOKE, storage=str(storage), tracking_uri=mlflow_http.uri, experiment="outage",
+    started = time.monotonic()
+    result = Sweep.from_yaml(SMOKE, trials=2, storage=str(storage), tracking_uri=mlflow_http.uri, experiment="outage",
                              sampler_seed=7).run(progress=progress)
     assert restarted == [None] and outage["up"] - outage["down"] >= OUTAGE_S
+    assert time.monotonic() - outage["up"] < 30  # the tracker's retries are seconds apart: it went on soon after
+    assert time.monotonic() - started < 150
     client = MlflowClient(mlflow_http.uri)
     parent = client.get_run(result.run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["tracking_failures"] == 0
     assert {"pareto.csv", "pareto.html", "pareto.png", "trials.csv"} <= {a.path for a in client.list_artifacts(result.run_id)}
     runs = _children(client, parent)
-    assert [r.info.run_name for r in runs] == ["trial-0001", "trial-0002", "trial-0003"]
+    assert [r.info.run_name for r in runs] == ["trial-0001", "trial-0002"]
     for run, (_, row) in zip(runs, result.trials.sort_values("run_name").iterrows()):
         assert run.info.status == "FINISHED"
         assert run.data.params["width"] == str(row["width"]) and run.data.params["bits"] == str(row["bits"])

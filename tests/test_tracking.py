@@ -49,6 +49,7 @@ def test_a_tracking_call_is_retried_then_given_up_with_a_warning(tmp_path, caplo
     import orchestrator.tracking.runs as runs
 
     monkeypatch.setattr(runs.time, "sleep", lambda s: None)
+    monkeypatch.setattr(runs, "OUTAGE_S", 0.0)  # no outage to wait out: three tries, then given up
     tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp")
     tries = []
 
@@ -66,6 +67,11 @@ def test_a_tracking_call_is_retried_then_given_up_with_a_warning(tmp_path, caplo
     assert tracker.call("log metrics", down) == (False, None)
     assert len(tracker.failures) == 1 and "log metrics failed 3 times (ConnectionError: connection refused)" in tracker.failures[0]
     assert "the sweep goes on without it" in caplog.text
+
+    monkeypatch.setattr(runs, "OUTAGE_S", 0.5)  # a call that waited the outage out: the next are tried once
+    assert tracker.call("log metrics", down) == (False, None) and tracker.down
+    assert tracker.call("log metrics", down) == (False, None) and tracker.attempts == 1
+    assert tracker.call("flaky", flaky) == (True, "ok") and not tracker.down  # back: calls wait again
 
     def missing():
         tries.append(1)

@@ -89,7 +89,7 @@ class DistillResult:
     resumed_from: int = 0  # Ray Train: the step of the checkpoint a restarted worker group resumed from (0: none)
 
 
-WORKER_RESTARTS = 2  # times a Ray Train worker group restarts after a failure before the trial fails
+WORKER_RESTARTS = 1  # times a Ray Train worker group restarts (from its last checkpoint) before the trial fails
 
 
 def make_optimizer(name: str, params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import re
@@ -33,22 +34,29 @@ log = logging.getLogger("orchestrator")
 T = TypeVar("T")
 
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
-RETRIES = 3  # tries of each tracking call (MLflow's HTTP client retries a refused connection inside each)
+RETRIES = 3  # tries of each tracking call at least (MLflow's HTTP client retries once inside each)
+OUTAGE_S = 180.0  # how long one call waits for a tracking store that is away before it is given up
 VERSIONED = ("orchestrator", "ray", "torch", "optuna", "mlflow")  # packages whose versions every run carries
 
 
 @contextlib.contextmanager
-def quiet_downloads() -> Iterator[None]:
-    """No MLflow progress bars while artifacts download (a command's output stays readable)."""
-    before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+def _environ(**values: str) -> Iterator[None]:
+    """Environment variables MLflow reads at each call, set for the block, then as they were."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def quiet_downloads() -> contextlib.AbstractContextManager[None]:
+    """No MLflow progress bars while artifacts download (a command's output stays readable)."""
+    return _environ(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
 
 
 def run_name(number: int) -> str:
@@ -105,6 +113,7 @@ class SweepTracker:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.attempts = 0  # tries of the last call
+        self.down = False  # a call waited `OUTAGE_S` in vain: calls are tried once until one goes through
         self.seconds = 0.0  # spent inside MLflow calls: the sweep's tracking cost
         self.setup_seconds = 0.0  # of which the sweep's own run before its trials (`start_sweep_run` sets it)
         self.seconds_by_call: dict[str, float] = {}  # the same, by what the call did (its first word or two)
@@ -124,18 +133,30 @@ class SweepTracker:
         self.stale_closed = 0  # trial runs a killed driver left RUNNING, closed KILLED by `reopen`
 
     def retried(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """`fn(*args, **kwargs)`, timed, tried `RETRIES` times with a growing pause; the last error is raised."""
+        """`fn(*args, **kwargs)`, timed, tried again after 1, 2, 4, then every 5 s for up to `OUTAGE_S` (a
+        tracking server restarting, a locked SQLite file), so that a call goes through within seconds of the
+        store coming back; MLflow's own HTTP client retries once inside each try. A 4xx answer is not
+        retried. Once a call has waited out `OUTAGE_S`, the next ones are tried once each until one goes
+        through (a store that stays away does not stall the sweep at every call). The last error is raised."""
         started = time.perf_counter()
+        waited, tries = (0.0, 1) if self.down else (OUTAGE_S, RETRIES)
+        deadline, pause = time.monotonic() + waited, 1.0
         try:
-            for self.attempts in range(1, RETRIES):
+            for self.attempts in itertools.count(1):
                 try:
-                    return fn(*args, **kwargs)
+                    with _environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1"):
+                        result = fn(*args, **kwargs)
+                    self.down = False
+                    return result
                 except Exception as e:  # a refused connection, a 5xx, a locked SQLite file; not a 4xx
                     if isinstance(e, MlflowException) and 400 <= e.get_http_status_code() < 500:
                         raise
-                    time.sleep(2.0 ** (self.attempts - 1))
-            self.attempts = RETRIES
-            return fn(*args, **kwargs)
+                    if self.attempts >= tries and time.monotonic() + pause > deadline:
+                        self.down = waited > 0 or self.down  # it waited the outage out in vain: away
+                        raise
+                    time.sleep(pause)
+                    pause = min(2 * pause, 5.0)
+            raise AssertionError("unreachable")
         finally:
             spent = time.perf_counter() - started
             self.seconds += spent
