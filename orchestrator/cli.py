@@ -111,7 +111,8 @@ def _config(args: argparse.Namespace) -> SweepConfig:
             overrides[key] = value
     from orchestrator.sweep import task_accepts_own_params
 
-    return load_config(args.space, overrides=overrides, set_source="--set", flags=FLAGS, user_params=task_accepts_own_params)
+    given = {key: flag for key, flag in FLAGS.items() if getattr(args, key) is not None}  # the rest came from --set
+    return load_config(args.space, overrides=overrides, set_source="--set", flags=given, user_params=task_accepts_own_params)
 
 
 def print_progress(p: SweepProgress) -> None:

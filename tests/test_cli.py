@@ -51,6 +51,8 @@ def _run(tmp_path, *args):
          "`params.bits.choices` must be an integer, got [1, 2, 3, 4, 5, 6, ...]"),
         # the flags' own values: errors name the flag, and what was tried
         ("trials: 2", ["--trials", "0"], "orchestrator: error: --trials: `trials` must be an integer >= 1, got 0"),
+        ("trials: 2", ["--set", "trials=0"], "orchestrator: error: --set trials: `trials` must be an integer >= 1, got 0"),
+        ("trials: 2", ["--register", "team/model"], "orchestrator: error: --register: `register` must be null or a name without"),
         ("trials: 2", ["--max-failures", "0"], "--max-failures: `max_failures` must be null or an integer >= 1, got 0"),
         ("trials: 2", ["--storage", "/proc/no/such/dir"], "--storage '/proc/no/such/dir': cannot write there"),
         ("trials: 2", ["--tracking-uri", "http://127.0.0.1:9"],
