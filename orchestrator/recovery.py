@@ -109,9 +109,9 @@ def terminate_as_interrupt(signals: list[int]) -> Iterator[None]:
     signal.signal(signal.SIGINT, on_int)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, before_term)
-        signal.signal(signal.SIGINT, before_int)
+    finally:  # a handler set outside Python reads as None: the default then
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if before_term is None else before_term)
+        signal.signal(signal.SIGINT, signal.SIG_DFL if before_int is None else before_int)
 
 
 def check_resume(cfg: SweepConfig, sweep_id: str) -> list[dict[str, Any]]:
