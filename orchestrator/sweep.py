@@ -28,6 +28,7 @@ import yaml
 from orchestrator.client import connect, is_client, run_on_cluster
 from orchestrator.config import ConfigError, SweepConfig, load_config
 from orchestrator.config.schema import show
+from orchestrator.environ import environ
 from orchestrator.monitor import ConstrainedOptunaSearch, FailureLimit, TrialMonitor
 from orchestrator.results import (
     SweepProgress,
@@ -291,7 +292,7 @@ def _run(
             # Validation reports during distillation (and the result of a trial stopped early) hold no objectives,
             # which Tune's strict metric check refuses; the searcher and the monitor handle them. A failed trial's
             # traceback goes to its error.txt and MLflow run, not to the console (the progress line has its cause).
-            with _environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1" if cfg.early_stopping.enabled else None,
+            with environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1" if cfg.early_stopping.enabled else None,
                           TUNE_PRINT_ALL_TRIAL_ERRORS="0"):
                 if remaining:
                     tuner.fit()
@@ -393,25 +394,10 @@ def _loopback_only(on: bool) -> Iterator[None]:
     before = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        with _environ(**LOCAL_RAY_ENV):
+        with environ(**LOCAL_RAY_ENV):
             yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
-
-
-@contextlib.contextmanager
-def _environ(**values: str | None) -> Iterator[None]:
-    """Set environment variables (None: leave as is) for the duration, then restore them."""
-    before = {k: os.environ.get(k) for k, v in values.items() if v is not None}
-    os.environ.update({k: v for k, v in values.items() if v is not None})
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 __all__ = ["RAY_ENV", "TRIAL_MEMORY_BYTES", "Sweep", "SweepProgress", "SweepResult", "export_pretrained", "load_model",

@@ -12,11 +12,10 @@ import contextlib
 import functools
 import itertools
 import logging
-import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from orchestrator.environ import environ
 from orchestrator.outcome import TrialOutcome
 from orchestrator.storage import fetch
 
@@ -39,24 +39,9 @@ OUTAGE_S = 180.0  # how long one call waits for a tracking store that is away be
 VERSIONED = ("orchestrator", "ray", "torch", "optuna", "mlflow")  # packages whose versions every run carries
 
 
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    """Environment variables MLflow reads at each call, set for the block, then as they were."""
-    before = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def quiet_downloads() -> contextlib.AbstractContextManager[None]:
     """No MLflow progress bars while artifacts download (a command's output stays readable)."""
-    return _environ(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
+    return environ(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
 
 
 def run_name(number: int) -> str:
@@ -144,7 +129,7 @@ class SweepTracker:
         try:
             for self.attempts in itertools.count(1):
                 try:
-                    with _environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1"):
+                    with environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1"):
                         result = fn(*args, **kwargs)
                     self.down = False
                     return result
