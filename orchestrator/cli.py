@@ -8,30 +8,35 @@ import signal
 import sys
 import typing
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
-
-from orchestrator.recovery import terminate_as_interrupt
-from orchestrator.config import PARAM_NAMES, ConfigError, SweepConfig, load_config, parse_set, resolve_tracking_uri
-
-if TYPE_CHECKING:
-    from orchestrator.sweep import SweepProgress, SweepResult
-
-PARAM_COLUMNS = ["layers", "width", "sparsity", "bits", "optimizer"]  # the front table's searched params, when searched
 
 
-def front_columns(objectives: Sequence[str]) -> list[str]:
-    """The front table's columns: the objectives, each held-out one's test score beside it, then ratios."""
-    columns = ["run_name"]
-    for name in objectives:
+from orchestrator.api import Sweep, SweepProgress, SweepResult, load_config
+from orchestrator.config.load import parse_set
+from orchestrator.config.params import CORE_PARAMS
+from orchestrator.config.schema import SweepConfig
+from orchestrator.core.environ import tracking_uri as resolve_tracking_uri
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.objectives import Objectives
+from orchestrator.engine.recovery import terminate_as_interrupt
+from orchestrator.tracking.compare import compare
+from orchestrator.tracking.ui import run_ui
+
+COMPRESSION_COLUMNS = ["sparsity", "bits", "optimizer"]  # the front table's core params, beside the task's searched ones
+
+
+def front_columns(result: SweepResult) -> list[str]:
+    """The front table's columns: the objectives, each held-out one's test score beside it, the compression ratio,
+    the share of the teacher's held-out scores kept, then the student's searched shape and the compression."""
+    objectives, columns = Objectives(result.objectives), ["run_name"]
+    for name in objectives.names:
         columns += [name, f"test_{name}"]
-    return [*columns, "compression_ratio", "accuracy_retained", *PARAM_COLUMNS]
+    shape = [n for n in result.config.searched if n not in CORE_PARAMS]  # the task's own: the student's shape
+    return [*columns, "compression_ratio", *(f"{o.name}_retained" for o in objectives.retained()), *shape, *COMPRESSION_COLUMNS]
 
 
-def _figures(values: Mapping[str, float], names: Sequence[str]) -> str:
+def _figures(values: Mapping[str, float], objectives: Objectives) -> str:
     """`accuracy 0.4123  size_mb 0.0412 MB  latency_ms 0.51 ms`: objectives with their units."""
-    from orchestrator.objectives import OBJECTIVES
-
-    return "  ".join(f"{n} {values[n]:.4g}{' ' + OBJECTIVES[n].unit if OBJECTIVES[n].unit else ''}" for n in names if n in values)
+    return "  ".join(f"{o.name} {o.format(values[o.name])}" for o in objectives if o.name in values)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,8 +89,6 @@ def _parser() -> argparse.ArgumentParser:
 def compare_main(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from orchestrator.tracking.compare import compare
-
     try:
         table = compare(args.sweep_ids, tracking_uri=args.tracking_uri, plot=args.plot)
     except ConfigError as e:
@@ -96,7 +99,7 @@ def compare_main(args: argparse.Namespace) -> int:
     print(f"fronts over {', '.join(objectives)}; hypervolumes from the shared reference point ({reference}):")
     for sweep, hv in table.attrs["hypervolumes"].items():
         print(f"  {sweep}: {int((table['sweep'] == sweep).sum())} front points, hypervolume {hv:.4f}")
-    columns = [c for c in ["sweep", "run_name", *objectives, *(f"test_{n}" for n in objectives), *PARAM_COLUMNS] if c in table]
+    columns = [c for c in ["sweep", "run_name", *objectives, *(f"test_{n}" for n in objectives), *COMPRESSION_COLUMNS] if c in table]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(table[columns].to_string(index=False))
     print(f"plot of all fronts: {args.plot}")
@@ -109,17 +112,15 @@ def _config(args: argparse.Namespace) -> SweepConfig:
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
-    from orchestrator.sweep import task_accepts_own_params
-
     given = {key: flag for key, flag in FLAGS.items() if getattr(args, key) is not None}  # the rest came from --set
-    return load_config(args.space, overrides=overrides, set_source="--set", flags=given, user_params=task_accepts_own_params)
+    return load_config(args.space, overrides=overrides, set_source="--set", flags=given)
 
 
 def print_progress(p: SweepProgress) -> None:
     o = p.outcome
     if p.status == "COMPLETED" and o is not None:
-        what = _figures(o.metrics, p.objectives)
-        if o.cache_hits.get("distill"):
+        what = _figures(o.metrics, Objectives(p.objectives))
+        if any(stage.value == "distill" and hit for stage, hit in o.cache_hits.items()):
             what += "  (student reused: cache hit)"
     elif p.status == "STOPPED" and o is not None:
         what = f"stopped early at step {o.stopped_at_step} ({o.stop_reason})"
@@ -137,16 +138,17 @@ def print_progress(p: SweepProgress) -> None:
 def print_result(result: SweepResult) -> None:
     import pandas as pd
 
-    front = result.pareto
-    own = [name for name in result.config.params if name not in PARAM_NAMES]  # a task's own parameters
-    columns = [c for c in [*front_columns(result.objectives), *own] if c in front.columns]
+    front, objectives = result.pareto, Objectives(result.objectives)
+    columns = [c for c in front_columns(result) if c in front.columns]
+    tested = "  ".join(f"{o.name} {result.teacher.metrics[f'test_{o.name}']:.4f}" for o in objectives.held_out()
+                       if f"test_{o.name}" in result.teacher.metrics)
     print(f"\nPareto front over {', '.join(result.objectives)}: {len(front)} of {len(result.trials)} trials "
-          f"(teacher: {_figures(result.teacher.metrics, result.objectives)}; test accuracy {result.teacher.test_accuracy:.4f})")
+          f"(teacher: {_figures(result.teacher.metrics, objectives)}; test {tested})")
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(front[columns].to_string(index=False))
     pick = result.recommend()
     if pick is not None:
-        print(f"recommended (knee of the front): {pick['run_name']}: {_figures(pick, result.objectives)}"
+        print(f"recommended (knee of the front): {pick['run_name']}: {_figures(pick, objectives)}"
               + (f"\n  model: {pick['model_uri']}" if isinstance(pick.get("model_uri"), str) else ""))
     infeasible = int(((result.trials["status"] == "COMPLETED") & ~result.trials["feasible"]).sum())
     if infeasible:
@@ -177,15 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if args.command == "ui":
-        from orchestrator.tracking.ui import run_ui
-
         return run_ui(resolve_tracking_uri(args.tracking_uri), args.port, host=args.host)
     if args.command == "compare":
         return compare_main(args)
     try:
         cfg = _config(args)
-        from orchestrator.sweep import Sweep
-
         sweep = Sweep(cfg)
         sweep.check_reachable({key: flag for key, flag in FLAGS.items() if getattr(args, key) is not None})
         if args.resume:
@@ -196,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     print(f"sweep {cfg.name}: {cfg.trials} trials{' in all, resuming ' + args.resume if args.resume else ''}, sampler "
-          f"{cfg.sampler}, up to {cfg.max_concurrent_trials or 'as many as fit'} at once; storage {cfg.store.where}", flush=True)
+          f"{cfg.sampler}, up to {cfg.max_concurrent_trials or 'as many as fit'} at once; storage {sweep.context.storage.where}", flush=True)
     signals = sweep.signals  # SIGINT/SIGTERM received while it ran
     with terminate_as_interrupt(signals):
         try:

@@ -16,18 +16,17 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no pro
 def ray_session():
     import ray
 
-    from orchestrator.sweep import RAY_ENV, _loopback_only
+    from orchestrator.engine.cluster import RAY_ENV, loopback_only
 
     os.environ.update(RAY_ENV)
     # 3 logical CPUs on a 2-core machine: room for two 1-CPU trials (or one 2-CPU one) beside the sweep's
     # measurement service, as `resources.local_cpus: 3` gives a sweep; on the loopback only, as a sweep's own Ray
-    with _loopback_only(True):
+    with loopback_only(True):
         ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
     try:
         yield ray
     finally:
         ray.shutdown()
-
 
 
 @pytest.fixture(scope="session")

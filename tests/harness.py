@@ -3,7 +3,6 @@ and what every store then holds of the sweep: Tune's files, the Optuna study, ML
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,6 +11,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from orchestrator.io.records import TrialRecord, from_json
 
 
 def tracking(root: Path) -> str:
@@ -85,8 +86,9 @@ def state(root: Path, sweep: str, experiment: str, tracking_uri: str | None = No
     files = root / "runs" / "sweeps" / sweep
     study = optuna.load_study(study_name=sweep, storage=f"sqlite:///{files / 'optuna.db'}")
     lines = (files / "trials.jsonl").read_text().splitlines() if (files / "trials.jsonl").exists() else []
+    rows = [from_json(TrialRecord, line).row() for line in lines]  # read back as the product reads them
     tune = [p for p in (root / "runs" / "tune").glob(f"{sweep}*/*/result.json") if '"outcome"' in p.read_text()]
-    return {"parents": parents, "children": children, "study": study, "rows": [json.loads(x) for x in lines],
+    return {"parents": parents, "children": children, "study": study, "rows": rows,
             "files": files, "client": client, "tune_trials": tune}
 
 

@@ -100,10 +100,8 @@ def test_missing_file(tmp_path):
 
 
 def test_progress_lines_say_what_each_trial_did(capsys):
+    from orchestrator import SweepProgress, TrialOutcome
     from orchestrator.cli import print_progress
-    from orchestrator.sweep import SweepProgress
-
-    from orchestrator.outcome import TrialOutcome
 
     done = TrialOutcome("COMPLETED", {"accuracy": 0.3, "size_mb": 0.02, "latency_ms": 0.5}, cache_hits={"distill": True})
     print_progress(SweepProgress(2, 5, 1, 0, 1, 0.12, "abc", "COMPLETED", done, objectives=("accuracy", "size_mb", "latency_ms")))
@@ -115,15 +113,3 @@ def test_progress_lines_say_what_each_trial_did(capsys):
     assert lines[0].startswith("[2/5] trial abc: accuracy 0.3  size_mb 0.02 MB  latency_ms 0.5 ms  (student reused: cache hit)")
     assert "stopped early at step 100 (dominated: accuracy <= 0.2000" in lines[1] and "stopped early 1" in lines[1]
     assert "FAILED" in lines[2] and "failed 1, stopped early 1" in lines[2]
-
-
-def test_an_outcome_travels_through_a_tune_result_as_itself():
-    from orchestrator.outcome import TrialOutcome
-
-    outcome = TrialOutcome("COMPLETED", {"accuracy": 0.4, "size_mb": 0.1, "latency_ms": 1.5, "test_accuracy": 0.38},
-                           cache_hits={"teacher": True, "distill": False}, timings={"time_distill_s": 3.0}, artifact="a.orc")
-    result = {**outcome.report(["accuracy", "size_mb", "latency_ms"]), "done": True, "training_iteration": 1}  # Tune adds its own keys
-    assert {k: result[k] for k in ("accuracy", "size_mb", "latency_ms")} == {"accuracy": 0.4, "size_mb": 0.1, "latency_ms": 1.5}  # what Optuna reads
-    assert "test_accuracy" not in result and outcome.report(["size_mb", "accuracy"]).keys() == {"size_mb", "accuracy", "outcome"}
-    assert TrialOutcome.from_result(result) == outcome and TrialOutcome.from_result({"done": True}) is None
-    assert outcome.row()["cache_hit_teacher"] == 1.0 and outcome.row()["cache_hit_distill"] == 0.0

@@ -1,55 +1,36 @@
-"""Configuration: `schema` says what a sweep is made of, `load` turns YAML into it (`params` its searched
-parameters), `rules` says how its parts must fit together (checked whenever a `SweepConfig` is built),
-`techniques` names the methods, `samplers` the Optuna samplers."""
+"""Configuration: YAML -> a frozen, typed `SweepConfig`. `schema` says what a sweep is made of, `load` reads
+YAML into it, `params` checks its searched parameters (the core's; a task binds its own), `rules` says how
+its parts must fit together (checked whenever a `SweepConfig` is built), `samplers` names the Optuna
+samplers."""
 
 from orchestrator.config.load import load_config, parse_set
-from orchestrator.config.rules import param_values, searched_grid
+from orchestrator.config.params import CORE_PARAMS, OPTIMIZERS
 from orchestrator.config.schema import (
-    FLOAT_BITS,
-    OPTIMIZERS,
-    PARAM_NAMES,
-    PARAM_RULES,
-    Choice,
-    ConfigError,
     ConstraintsConfig,
     DistillConfig,
     EarlyStoppingConfig,
     ExportConfig,
-    Fixed,
     MeasureConfig,
-    ParamSpec,
-    Range,
     ReferencePointConfig,
     ResourcesConfig,
     SweepConfig,
     TaskConfig,
     TeacherConfig,
-    resolve_tracking_uri,
 )
 
 __all__ = [
-    "FLOAT_BITS",
+    "CORE_PARAMS",
     "OPTIMIZERS",
-    "PARAM_NAMES",
-    "PARAM_RULES",
-    "Choice",
-    "ConfigError",
     "ConstraintsConfig",
     "DistillConfig",
     "EarlyStoppingConfig",
     "ExportConfig",
-    "Fixed",
     "MeasureConfig",
-    "ParamSpec",
-    "Range",
     "ReferencePointConfig",
     "ResourcesConfig",
-    "resolve_tracking_uri",
     "SweepConfig",
     "TaskConfig",
     "TeacherConfig",
     "load_config",
-    "param_values",
     "parse_set",
-    "searched_grid",
 ]

@@ -1,6 +1,8 @@
-"""Search-space YAML (plus overrides) -> a validated `SweepConfig`. Every check of user input lives here.
+"""Search-space YAML (plus overrides) -> a validated `SweepConfig`.
 
-Errors are `ConfigError`s: one line naming the file (or `--set`), the key, the bad value and the fix.
+Errors are `ConfigError`s: one line naming the file (or `--set`, or the flag), the key, the bad value and the
+fix. The parameters a task owns are checked by the task (`bind`, which the caller passes: `orchestrator.
+load_config` binds the task the YAML names, or the one you give), inside the same error attribution.
 """
 
 from __future__ import annotations
@@ -15,11 +17,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from orchestrator.config.params import as_float, build_params, build_points
+from orchestrator.config.params import CORE_PARAMS, SPEC_KEYS, as_float, build_params, build_points
 from orchestrator.config.schema import (
-    PARAM_NAMES,
-    PARAM_RULES,
-    ConfigError,
     ConstraintsConfig,
     DistillConfig,
     EarlyStoppingConfig,
@@ -30,11 +29,12 @@ from orchestrator.config.schema import (
     SweepConfig,
     TaskConfig,
     TeacherConfig,
-    did_you_mean,
-    show,
 )
-from orchestrator.config.techniques import PRUNE_METHODS, QUANTIZE_METHODS, STAGES, Pipeline
+from orchestrator.core.errors import ConfigError, did_you_mean, one_line, show
+from orchestrator.techniques.base import STAGES, TECHNIQUES
+from orchestrator.techniques.pipeline import Pipeline
 
+Bind = Callable[[SweepConfig], SweepConfig]  # the task's part of loading: its parameters checked, its name set
 
 
 def load_config(
@@ -43,7 +43,7 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     set_source: str = "override",
     flags: Mapping[str, str] | None = None,
-    user_params: bool | Callable[[str], bool] = False,
+    bind: Bind | None = None,
 ) -> SweepConfig:
     """Read a search-space YAML, apply dotted-key overrides, and validate everything.
 
@@ -52,8 +52,8 @@ def load_config(
         overrides: ``{"distill.steps": 10, "params.bits": 4}``; nested dicts are flattened to dotted keys.
         set_source: how errors name the overrides (the CLI says ``--set``).
         flags: how errors name the overrides of keys given by a flag of their own (``{"trials": "--trials"}``).
-        user_params: whether `params` may declare parameters of the task's own (a task of your own), or a
-            function of the task's name that says so.
+        bind: the task's part (`Task.bind`): without it, parameters beyond the core's are kept as given,
+            typed by their values, for a task to check.
 
     Example:
         >>> cfg = load_config(None, overrides={"trials": 3, "params.bits": {"choices": [4, 8]}})
@@ -68,11 +68,10 @@ def load_config(
     flat = _flatten(overrides or {})
     names = {key: (flags or {}).get(key) or f"{set_source} {key}" for key in flat}
     for key, value in flat.items():
-        _set_dotted(raw, key, value, names[key], own_params=user_params is not False)
-    task = raw.get("task") if isinstance(raw.get("task"), dict) else {}
-    allowed = user_params(str(task.get("name", TaskConfig().name))) if callable(user_params) else user_params
+        _set_dotted(raw, key, value, names[key])
     try:
-        return _build_sweep(raw, source, own_params=allowed)
+        cfg = _build_sweep(raw, source)
+        return bind(cfg) if bind is not None else cfg
     except ConfigError as e:
         raise _reattribute(e, source, names) from None
 
@@ -97,7 +96,7 @@ def parse_set(item: str) -> tuple[str, Any]:
     except ConfigError as e:
         raise ConfigError(f"--set {show(item)}: {e}") from None
     except (yaml.YAMLError, RecursionError) as e:
-        raise ConfigError(f"--set {show(item)}: the value is not valid YAML ({_one_line(e)})") from None
+        raise ConfigError(f"--set {show(item)}: the value is not valid YAML ({one_line(e)})") from None
     return key.strip(), value
 
 
@@ -124,7 +123,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
-        raise ConfigError(f"{path}: not readable as YAML: {_one_line(e)}; fix the syntax there") from None
+        raise ConfigError(f"{path}: not readable as YAML: {one_line(e)}; fix the syntax there") from None
     if raw is None:
         raise ConfigError(f"{path}: the file holds no keys (it is empty or only comments); a search space needs at least "
                           "`trials` and `params`, e.g. copy search_spaces/quickstart.yaml")
@@ -132,10 +131,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: the top level must be a mapping of keys (name, trials, params, ...), got a "
                           f"{type(raw).__name__}: {show(raw)}")
     return raw
-
-
-def _one_line(e: Exception) -> str:
-    return " ".join(str(e).split())
 
 
 def _flatten(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -150,9 +145,9 @@ def _flatten(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str, *, own_params: bool = False) -> None:
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
     parts = key.split(".")
-    _check_known_key(parts, where, own_params=own_params)
+    _check_known_key(parts, where)
     node = raw
     for part in parts[:-1]:
         if not isinstance(node.get(part), dict):
@@ -161,8 +156,9 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str, *, own_pa
     node[parts[-1]] = value
 
 
-def _check_known_key(parts: list[str], where: str, *, own_params: bool = False) -> None:
-    """An override must name a real key, so that its error says where it came from."""
+def _check_known_key(parts: list[str], where: str) -> None:
+    """An override must name a real key, so that its error says where it came from (a parameter's name is
+    checked by its task when it binds)."""
     top = sorted(f.name for f in dataclasses.fields(SweepConfig) if f.name != "source")
     dotted = ".".join(parts)
     if parts[0] not in top:
@@ -173,12 +169,10 @@ def _check_known_key(parts: list[str], where: str, *, own_params: bool = False) 
             hint = did_you_mean(parts[1], known) if len(parts) > 1 else ""
             raise ConfigError(f"{where}: `{dotted}` is not a known key{hint}; known keys there: {', '.join(known)}")
     elif parts[0] == "params":
-        if len(parts) < 2 or (parts[1] not in PARAM_RULES and not own_params):
-            hint = did_you_mean(parts[1], PARAM_NAMES) if len(parts) > 1 else ""
-            raise ConfigError(f"{where}: `{dotted}` is not a searchable parameter{hint}; known: {', '.join(PARAM_NAMES)}")
-        spec_keys = ("choices", "low", "high", "log", "step")
-        if len(parts) > 3 or (len(parts) == 3 and parts[2] not in spec_keys):
-            raise ConfigError(f"{where}: `{dotted}` is not a known key{did_you_mean(parts[-1], spec_keys)}; "
+        if len(parts) < 2 or not parts[1]:
+            raise ConfigError(f"{where}: `{dotted}` names no parameter; use params.NAME, e.g. params.bits")
+        if len(parts) > 3 or (len(parts) == 3 and parts[2] not in SPEC_KEYS):
+            raise ConfigError(f"{where}: `{dotted}` is not a known key{did_you_mean(parts[-1], SPEC_KEYS)}; "
                               "use params.NAME or params.NAME.low/high/log/step/choices")
     elif parts[0] in _OBJECTIVE_SECTIONS:
         if len(parts) > 2:
@@ -201,7 +195,7 @@ _SECTIONS = {
 }
 
 
-def _build_sweep(raw: dict[str, Any], source: str, *, own_params: bool = False) -> SweepConfig:
+def _build_sweep(raw: dict[str, Any], source: str) -> SweepConfig:
     raw = dict(raw)
     params_raw = raw.pop("params", None) or {}
     points_raw = raw.pop("initial_points", None) or []
@@ -229,7 +223,7 @@ def _build_sweep(raw: dict[str, Any], source: str, *, own_params: bool = False) 
         raise ConfigError(f"{source}: `sampler_options` must be a mapping of Optuna sampler arguments, got {show(options_raw)}")
     if not isinstance(params_raw, dict):
         raise ConfigError(f"{source}: `params` must be a mapping of parameter names to values or ranges, got {show(params_raw)}")
-    params = build_params(params_raw, source, own_params=own_params)
+    params = build_params(params_raw, source, rules=CORE_PARAMS, open=True)
     points = build_points(points_raw, params, source)
     return SweepConfig(**top, **kwargs, params=params, initial_points=points, sampler_options=options_raw, source=source)
 
@@ -291,7 +285,7 @@ def _build_pipeline(raw: Any, source: str) -> Pipeline:
                 raise ConfigError(f"{source}: `{where}.distill` takes no options here; set them in the `distill:` section")
             stages["distill"] = True
             continue
-        table = PRUNE_METHODS if name == "prune" else QUANTIZE_METHODS
+        table = TECHNIQUES[name]
         options = dict(options)
         method = options.pop("method", "magnitude" if name == "prune" else "affine")
         if method not in table:

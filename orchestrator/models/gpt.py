@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from orchestrator.models import UnitGroup, UnitKind, UnitSlice, register_architecture, unit_index
+from orchestrator.core.compressible import UnitGroup, UnitKind, UnitSlice, unit_index
+from orchestrator.models.registry import register_architecture
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator.models import UnitGroup, UnitKind, UnitSlice, register_architecture, unit_index
+from orchestrator.core.compressible import UnitGroup, UnitKind, UnitSlice, unit_index
+from orchestrator.models.registry import register_architecture
 
 
 @dataclass(frozen=True)

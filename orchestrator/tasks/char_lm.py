@@ -7,7 +7,9 @@ validation is what a trial may look at while training; test is scored once, afte
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.config import ConfigError, SweepConfig
-from orchestrator.config.schema import show
+from orchestrator.config.schema import SweepConfig
+from orchestrator.core.errors import ConfigError, show
+from orchestrator.core.space import ParamRule, param_values
 from orchestrator.models.gpt import GPT, GPTConfig
-from orchestrator.tasks.base import TrialParams, register_task
+from orchestrator.tasks.base import TrialParams, Units, register_task
 from orchestrator.tasks.corpora import builtin_text
 from orchestrator.tasks.lm import LanguageModelTask, task_text, text_key
 
@@ -78,10 +81,17 @@ class CharLMTask(LanguageModelTask):
     """Characters of a built-in corpus; a GPT teacher of `teacher.layers/width/heads` trained for
     `teacher.steps`; students are GPTs of `params.layers/width/heads`, trained from scratch."""
 
+    params = {
+        "layers": ParamRule(int, lambda v: v >= 1, "an integer >= 1", 2, "the student's transformer blocks"),
+        "width": ParamRule(int, lambda v: v >= 1, "an integer >= 1", 64, "its residual width (a multiple of every heads value)"),
+        "heads": ParamRule(int, lambda v: v >= 1, "an integer >= 1", 2, "its attention heads"),
+    }
+    units = Units("position", "window")  # a position: one next-character prediction
     _text: tuple[SweepConfig, str] | None = None  # the text last read, so that the key and the data share it
 
-    def check(self, cfg: SweepConfig) -> None:
-        super().check(cfg)
+    @classmethod
+    def check_config(cls, cfg: SweepConfig) -> None:
+        super().check_config(cfg)
         src = cfg.source
         if cfg.distill.student is not None:
             raise ConfigError(f"{src}: `distill.student` names a Hugging Face config, for task hf_causal_lm; char_lm "
@@ -89,6 +99,21 @@ class CharLMTask(LanguageModelTask):
         if cfg.teacher.model is not None:
             raise ConfigError(f"{src}: `teacher.model` ({show(cfg.teacher.model)}) is for task hf_causal_lm; char_lm trains its "
                               "teacher from `teacher.layers/width/heads`: drop it or set `task.name: hf_causal_lm`")
+        widths, heads = param_values(cfg.params["width"]) or [], param_values(cfg.params["heads"]) or []
+        bad = [(w, h) for w, h in itertools.product(widths, heads) if w % h]
+        if bad:
+            raise ConfigError(f"{src}: `params.width` = {bad[0][0]} is not divisible by `params.heads` = {bad[0][1]}; choose widths "
+                              "that are multiples of every heads value")
+        t = cfg.teacher
+        if t.width % t.heads:
+            raise ConfigError(f"{src}: `teacher.width` ({t.width}) must be divisible by `teacher.heads` ({t.heads})")
+        for _, t_layer in cfg.distill.layer_map or ():
+            if t_layer >= t.layers:
+                raise ConfigError(f"{src}: `distill.layer_map` pairs teacher layer {t_layer}, but the teacher has {t.layers} "
+                                  f"(0..{t.layers - 1})")
+
+    def describe_student(self, shape: Mapping[str, Any]) -> str:
+        return f"a {shape.get('layers')}-layer, {shape.get('width')}-wide student ({shape.get('heads')} heads)"
 
     def _read(self, cfg: SweepConfig) -> str:
         if self._text is None or self._text[0] != cfg:
@@ -120,4 +145,5 @@ class CharLMTask(LanguageModelTask):
         return {"layers": t.layers, "width": t.width, "heads": t.heads, "context": cfg.task.context}
 
     def student(self, cfg: SweepConfig, params: TrialParams, data: CharData, teacher: nn.Module) -> nn.Module:
-        return self._gpt(cfg, data.vocab_size, params.layers, params.width, params.heads)
+        s = params.shape
+        return self._gpt(cfg, data.vocab_size, s["layers"], s["width"], s["heads"])

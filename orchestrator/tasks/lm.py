@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator.config import SweepConfig
-from orchestrator.config.schema import TaskConfig
-from orchestrator.measure import measure_decode, score_lm
+from orchestrator.config.schema import SweepConfig, TaskConfig
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.measure import measure_decode, score_lm
+from orchestrator.core.space import param_values
 from orchestrator.tasks.base import Split, Task
 from orchestrator.tasks.corpora import builtin_text, dataset_text, file_text
 
@@ -59,14 +60,19 @@ class LanguageModelTask(Task):
     def from_config(cls, cfg: TaskConfig) -> "LanguageModelTask":
         return cls(cfg)
 
-    def check(self, cfg: SweepConfig) -> None:
-        from orchestrator.config import ConfigError
-
+    @classmethod
+    def check_config(cls, cfg: SweepConfig) -> None:
         if cfg.task.options or cfg.task.entry is not None:
-            raise ConfigError(f"{cfg.source}: `task.entry` / `task.options` are for task python; {self.name} is set by "
+            raise ConfigError(f"{cfg.source}: `task.entry` / `task.options` are for task python; {cls.name} is set by "
                               "the other `task` keys")
         if cfg.task.files is not None and cfg.task.dataset is not None:
             raise ConfigError(f"{cfg.source}: `task.files` and `task.dataset` are two text sources; give one")
+        if cfg.distill.layer_map is not None and "layers" in cfg.params:
+            layers = param_values(cfg.params["layers"]) or [1]
+            for s_layer, _ in cfg.distill.layer_map:
+                if s_layer >= min(layers):
+                    raise ConfigError(f"{cfg.source}: `distill.layer_map` pairs student layer {s_layer}, but `params.layers` can be "
+                                      f"{min(layers)} (layers 0..{min(layers) - 1}); use lower indices")
 
     def batch(self, data: Any, split: Split, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return sample_windows(getattr(data, split), batch_size, self.cfg.context, generator)
@@ -78,7 +84,8 @@ class LanguageModelTask(Task):
         asked = max_examples or self.cfg.eval_tokens
         score = score_lm(model, getattr(data, split), context=self.cfg.context, max_positions=asked)
         if score.positions < asked and max_examples is None:
-            log.warning("the %s split holds %d positions, fewer than task.eval_tokens = %d", split, score.positions, asked)
+            log.warning("the %s split holds %s, fewer than task.eval_tokens = %d", split,
+                        self.units.count(score.positions, "position"), asked)
         return {"accuracy": score.accuracy, "perplexity": score.perplexity, "loss": math.log(score.perplexity),
                 "eval_positions": float(score.positions)}
 

@@ -27,11 +27,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from orchestrator import cache
-from orchestrator.config import PARAM_NAMES, ConfigError, Fixed, SweepConfig
-from orchestrator.config.schema import TaskConfig
-from orchestrator.models import UnitGroup, UnitKind, UnitSlice
-from orchestrator.tasks.base import Split, Task, TrialParams, import_entry, register_task
+from orchestrator.config.params import CORE_PARAMS
+from orchestrator.config.schema import SweepConfig, TaskConfig
+from orchestrator.core.compressible import UnitGroup, UnitKind, UnitSlice
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.keys import content_key
+from orchestrator.core.space import Fixed
+from orchestrator.tasks.base import Split, Task, TrialParams, Units, import_entry, register_task
 
 SPLITS = ("train", "val", "test")
 SplitData = Union[tuple[torch.Tensor, torch.Tensor], Iterable[tuple[torch.Tensor, torch.Tensor]]]
@@ -75,8 +77,8 @@ class UserModel(nn.Module):
 
 
 def _own(name: str) -> bool:
-    """A parameter of the task's own, not one of the built-in searched parameters."""
-    return name not in PARAM_NAMES
+    """A parameter of the task's own, not one of the core's."""
+    return name not in CORE_PARAMS
 
 
 def _takes_hidden(net: nn.Module) -> bool:
@@ -108,7 +110,7 @@ def _source_hash(*objects: Any) -> str:
             parts.append(inspect.getsource(obj))
         except (OSError, TypeError):
             parts.append(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}")
-    return cache.content_key(*parts)
+    return content_key(*parts)
 
 
 def default_evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -141,7 +143,8 @@ class PythonTask(Task):
         label: a name for logs; part of the cache keys.
     """
 
-    user_params = True
+    open_params = True  # the student builder's signature says which parameters it takes (`check`)
+    units = Units("example", "example")
 
     def __init__(
         self, *, data: Mapping[str, SplitData], teacher: nn.Module, student: Callable[..., nn.Module],
@@ -256,6 +259,10 @@ class PythonTask(Task):
 
     def student(self, cfg: SweepConfig, params: TrialParams, data: Any, teacher: nn.Module) -> nn.Module:
         return self._build_student(params.by_name(), cfg.seed)
+
+    def public_model(self, model: nn.Module) -> nn.Module:
+        """Your module itself, as your builder made it (pruned, quantized and reloaded)."""
+        return model.net if isinstance(model, UserModel) else model
 
     def _takes(self, name: str) -> bool:
         """Whether the student builder receives the parameter `name`: one it names, or any parameter of the

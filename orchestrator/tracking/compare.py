@@ -16,10 +16,11 @@ from typing import Any
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from orchestrator.config import ConfigError, resolve_tracking_uri
-from orchestrator.objectives import OBJECTIVES, directions, scale
-from orchestrator.pareto import hypervolume
-from orchestrator.tracking.runs import quiet_downloads
+from orchestrator.core.environ import tracking_uri as resolve_tracking_uri
+from orchestrator.core.errors import ConfigError
+from orchestrator.core.objectives import Objectives
+from orchestrator.core.pareto import hypervolume
+from orchestrator.tracking.mlflow_store import quiet_downloads
 
 
 def find_sweep(client: MlflowClient, sweep_id: str) -> Any:
@@ -67,52 +68,52 @@ def compare(sweep_ids: Sequence[str], *, tracking_uri: str | None = None, plot: 
     if len(objectives) < 2:
         raise ConfigError(f"compare: sweeps {', '.join(sweep_ids)} share fewer than two objectives ({objectives}); "
                           "compare sweeps over the same objectives")
+    chosen = Objectives(objectives)
     reference = {}
     for name in objectives:
         refs = [r.data.metrics.get(f"hypervolume_ref_{name}") for r in runs]
         refs = [v for v in refs if v is not None]
         if not refs:
             raise ConfigError(f"compare: no sweep recorded a reference point for {name}")
-        reference[name] = min(refs) if OBJECTIVES[name].direction == "max" else max(refs)
-    box = math.prod(scale(n, reference[n]) for n in objectives)
+        reference[name] = min(refs) if chosen[name].direction == "max" else max(refs)
+    box = math.prod(chosen[n].scale(reference[n]) for n in objectives)
     fronts, volumes = [], {}
     for sweep_id, run in zip(sweep_ids, runs):
         front = _front(client, run)
         front.insert(0, "sweep", sweep_id)
         values = front[objectives].to_numpy(dtype=float) if not front.empty else front.reindex(columns=objectives).to_numpy()
-        volumes[sweep_id] = hypervolume(values, directions(objectives), [reference[n] for n in objectives]) / box if len(values) else 0.0
+        volumes[sweep_id] = hypervolume(values, chosen.directions(), [reference[n] for n in objectives]) / box if len(values) else 0.0
         front["hypervolume"] = volumes[sweep_id]
         fronts.append(front)
     table = pd.concat(fronts, ignore_index=True)
     table.attrs.update(reference=reference, hypervolumes=volumes, objectives=objectives)
     if plot is not None:
-        plot_fronts(table, objectives, Path(plot))
+        plot_fronts(table, chosen, Path(plot))
     return table
 
 
-def plot_fronts(table: pd.DataFrame, objectives: Sequence[str], path: Path) -> Path:
+def plot_fronts(table: pd.DataFrame, objectives: Objectives, path: Path) -> Path:
     """One plot of every sweep's front over the first measured cost (x) and the first held-out objective (y)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    held = [n for n in objectives if OBJECTIVES[n].where == "held_out"] or list(objectives)
-    costs = [n for n in objectives if n != held[0]]
-    x, y = costs[0], held[0]
+    held = [o.name for o in objectives.held_out()] or list(objectives.names)
+    x, y = next(n for n in objectives.names if n != held[0]), held[0]
     figure, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, (sweep, front) in enumerate(table.groupby("sweep", sort=False)):
         front = front.sort_values(x)
         hv = table.attrs.get("hypervolumes", {}).get(sweep, float("nan"))
         ax.step(front[x], front[y], where="post", c=f"C{i}", alpha=0.6)
         ax.scatter(front[x], front[y], c=f"C{i}", label=f"{sweep} (hypervolume {hv:.4f})")
-    if OBJECTIVES[x].where != "held_out" and (table[x] > 0).all():
+    if objectives[x].where != "held_out" and (table[x] > 0).all():
         ax.set_xscale("log")
-    ax.set_xlabel(OBJECTIVES[x].label)
-    ax.set_ylabel(OBJECTIVES[y].label)
+    ax.set_xlabel(objectives[x].label)
+    ax.set_ylabel(objectives[y].label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(f"Fronts over {', '.join(objectives)}" + (" (plotted: first two)" if len(objectives) > 2 else ""))
+    ax.set_title(f"Fronts over {', '.join(objectives.names)}" + (" (plotted: first two)" if len(objectives) > 2 else ""))
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)

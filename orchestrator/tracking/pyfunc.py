@@ -7,8 +7,10 @@ positions) as int64, and returns the most likely next token at every position, s
 column t predicts the token after `x[i, t]`, as the sweep's accuracy scored it.
 
 A model of a task of your own (task python) is rebuilt by that task, pickled beside the artifact
-(`artifact/task.pkl`, with the code of its module): loading such a model runs that code, as loading any
-pickled MLflow model does. `orchestrator.load_model` never unpickles it; it asks for the task instead.
+(`artifact/task.pkl`, with the code of its module), and weights a technique of your own encoded are
+decoded by its encoding, pickled the same way (`artifact/encodings.pkl`): loading such a model runs that
+code, as loading any pickled MLflow model does. `orchestrator.load_model` never unpickles them; it asks
+for the task instead, and decodes with the techniques registered in its process.
 """
 
 from __future__ import annotations
@@ -20,8 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-ARTIFACT_FILE = "model.orc"
+from orchestrator.io.artifact import ARTIFACT as ARTIFACT_FILE
+from orchestrator.io.artifact import load_artifact
+from orchestrator.models.registry import build as build_registered
+from orchestrator.techniques.quantize import ENCODINGS
+
 TASK_FILE = "task.pkl"
+ENCODINGS_FILE = "encodings.pkl"  # the encodings of techniques of your own that the artifact uses
 BATCH = 64  # windows per forward pass, as the sweep scored them
 
 
@@ -44,20 +51,21 @@ class NextTokenModel:
         return torch.cat(out).numpy()
 
 
-def load_packed(directory: str | Path, build: Any = None) -> torch.nn.Module:
-    """The compressed model in a logged model's `artifact` directory (`build`: a task's `build_model`)."""
-    from orchestrator import models
-    from orchestrator.stages.export import load_artifact
-
-    model, _ = load_artifact(Path(directory) / ARTIFACT_FILE, build or models.build)
+def load_packed(directory: str | Path, build: Any = None, encodings: Any = None) -> torch.nn.Module:
+    """The compressed model in a logged model's `artifact` directory (`build`: a task's `build_model`;
+    `encodings`: those of techniques of your own, beside the built-in ones)."""
+    model, _ = load_artifact(Path(directory) / ARTIFACT_FILE, build or build_registered, {**ENCODINGS, **(encodings or {})})
     return model
 
 
 def _load_pyfunc(data_path: str) -> NextTokenModel:
     """MLflow's entry point (`loader_module`): `data_path` is the model's `artifact` directory."""
-    build = None
-    task_file = Path(data_path) / TASK_FILE
+    build, encodings = None, None
+    task_file, encodings_file = Path(data_path) / TASK_FILE, Path(data_path) / ENCODINGS_FILE
     if task_file.exists():  # a task of your own: it rebuilds its model
         with open(task_file, "rb") as f:
             build = pickle.load(f).build_model
-    return NextTokenModel(load_packed(data_path, build))
+    if encodings_file.exists():  # a technique of your own: it decodes its weights
+        with open(encodings_file, "rb") as f:
+            encodings = pickle.load(f)
+    return NextTokenModel(load_packed(data_path, build, encodings))

@@ -1,0 +1,215 @@
+"""The sweep's measurement service: every latency, throughput and memory figure of a sweep is measured
+here, one model at a time, on the sweep's measurement target.
+
+It is one Ray actor that holds its own resources for the whole sweep (`measure.cpus` logical CPUs,
+a GPU with `measure.device: cuda`, and on a cluster one unit of the custom resource `measure.target` names,
+so it lands on a node type kept for timing), pins its torch threads (and, where the OS allows, its
+cores), and loads each model from its exported artifact, so it times exactly what ships. A Ray actor runs
+one call at a time: trials queue for it, and their measurements never overlap.
+
+Latency is corrected for drift: every timed forward pass of a model is followed by one of a fixed
+reference model (the sweep's teacher), and the model's latency is the median of those paired ratios
+times the reference's own latency, measured once, alone, when the teacher was measured (and cached with
+its other measurements). A machine that is slower for a while slows both sides of every pair alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from orchestrator.config.schema import MeasureConfig
+from orchestrator.core.measure import measure_latency
+from orchestrator.core.objectives import Objectives
+from orchestrator.engine.cluster import service_cpus
+from orchestrator.engine.context import SweepContext
+from orchestrator.io.artifact import load_artifact
+from orchestrator.io.storage import fetch
+from orchestrator.tasks.base import Task
+from orchestrator.techniques.quantize import EncodedTensor
+
+
+@dataclass(frozen=True)
+class Timing:
+    p50_ms: float  # drift-corrected batch-1 latency (raw when there is no reference latency yet)
+    p95_ms: float
+    raw_p50_ms: float  # the plain median of this model's timed passes
+    vs_reference: float | None  # median paired ratio to the reference model
+
+
+class _Probe:
+    """What the `target` objectives read (`core.objectives`), each measured once, when first read."""
+
+    def __init__(self, service: "MeasurementService", model: torch.nn.Module, artifact: str) -> None:
+        self.service, self.model, self.artifact = service, model, artifact
+        self.throughput_unit = service.task.throughput_unit()
+
+    @cached_property
+    def _latency(self) -> Any:
+        s = self.service
+        m = s.settings
+        return measure_latency(self.model, s.example, threads=m.threads, warmup=m.warmup, repeats=m.repeats,
+                               reference=s.reference if s.reference_ms is not None else None)
+
+    @cached_property
+    def timing(self) -> Timing:
+        lat, ref = self._latency, self.service.reference_ms
+        if ref is None or lat.ratio_p50 is None:
+            return Timing(lat.p50_ms, lat.p95_ms, lat.p50_ms, None)
+        return Timing(ref * lat.ratio_p50, ref * lat.ratio_p95, lat.p50_ms, lat.ratio_p50)
+
+    @property
+    def throughput_per_s(self) -> float:
+        return self._latency.throughput * self.service.task.units_per_example(self.service.example)
+
+    @cached_property
+    def extra(self) -> dict[str, float]:
+        s = self.service
+        return s.task.measure_extra(self.model, s.data, threads=s.settings.threads)
+
+    @cached_property
+    def peak_memory_mb(self) -> float:
+        return self.service.peak_memory_mb(self.artifact)
+
+
+class MeasurementService:
+    """The Ray actor's class (see the module's docstring); `start_service` creates it."""
+
+    def __init__(self, task: Task, data_path: str, reference_artifact: str, settings: MeasureConfig, asked: list[str],
+                 objectives: Objectives, encodings: Mapping[str, type[EncodedTensor]]) -> None:
+        self.task, self.settings, self.objectives = task, settings, objectives  # yours included: the sweep's snapshot
+        self.encodings = encodings  # how artifacts decode, techniques of your own included
+        self.names = objectives.target_names(asked)
+        self.device = torch.device(settings.device)
+        torch.set_num_threads(settings.threads)
+        self.cores = _pin_cores(settings.threads)
+        self.data = task.load_data(fetch(data_path))
+        self.example = task.example(self.data).to(self.device)
+        self.reference = self._load(reference_artifact)
+        self.reference_ms: float | None = None
+        self.spec_dir = tempfile.mkdtemp(prefix="orchestrator-measure-")
+
+    def _load(self, artifact: str) -> torch.nn.Module:
+        return load_artifact(fetch(artifact), self.task.build_model, self.encodings)[0].to(self.device).eval()
+
+    def set_reference_ms(self, ms: float) -> None:
+        """The reference model's own latency (alone, on this target): the scale of corrected latencies."""
+        self.reference_ms = ms
+
+    def measure(self, artifact: str) -> dict[str, Any]:
+        """Every target figure of the model in `artifact`: {"metrics", "started", "ended"} (unix seconds)."""
+        started = time.time()
+        probe = _Probe(self, self._load(artifact), artifact)
+        metrics = self.objectives.measured("target", probe, self.names)
+        lat = probe.timing
+        metrics.update({
+            f"throughput_{probe.throughput_unit}_per_s": probe.throughput_per_s,
+            **probe.extra,
+            "latency_raw_ms": lat.raw_p50_ms,
+            "measure_threads": float(self.settings.threads),
+        })
+        if lat.vs_reference is not None:
+            metrics["latency_vs_teacher"] = lat.vs_reference
+        return {"metrics": metrics, "started": started, "ended": time.time()}
+
+    def peak_memory_mb(self, artifact: str) -> float:
+        """Peak memory of a batch-1 inference of `artifact` in a fresh process: what the loaded model and
+        its forward pass add to that process at their peak (resident set on CPU, CUDA's allocator on GPU)."""
+        spec = Path(self.spec_dir)
+        if not (spec / "task.pkl").exists():
+            from ray import cloudpickle
+
+            (spec / "task.pkl").write_bytes(cloudpickle.dumps(self.task))
+            (spec / "encodings.pkl").write_bytes(cloudpickle.dumps(dict(self.encodings)))
+            torch.save(self.example.cpu(), spec / "example.pt")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        out = subprocess.run(
+            [sys.executable, "-m", "orchestrator.engine.peak_memory", str(spec), str(fetch(artifact)), self.settings.device, str(self.settings.threads)],
+            capture_output=True, text=True, env=env, timeout=600,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"peak memory of {artifact}: the measuring process failed: {out.stderr.strip()[-2000:]}")
+        return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_memory_mb"])
+
+    def where(self) -> dict[str, Any]:
+        """The node, cores and device it measures on."""
+        import ray
+
+        return {"node": ray.get_runtime_context().get_node_id(), "cores": self.cores, "device": str(self.device)}
+
+
+def _pin_cores(threads: int) -> list[int]:
+    """Pin this process to the last `threads` of the cores it may use (Linux), so its timing always runs
+    on the same cores; returns them (empty where the OS does not allow it)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return []
+    allowed = sorted(os.sched_getaffinity(0))
+    cores = allowed[-threads:] if threads <= len(allowed) else allowed
+    os.sched_setaffinity(0, cores)
+    return cores
+
+
+def start_service(ctx: SweepContext, task: Task, data_path: str, reference_artifact: str) -> Any:
+    """Create the sweep's measurement service (a Ray actor handle) on its target and wait until it is up."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    cfg = ctx.config
+    m = cfg.measure
+    options: dict[str, Any] = {"num_cpus": service_cpus(cfg), "num_gpus": 1 if m.device == "cuda" else 0,
+                               "max_restarts": 0}
+    if m.target == "local":  # the node this sweep runs on
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    else:
+        options["resources"] = {m.target: 1}
+    actor = ray.remote(MeasurementService).options(**options).remote(task, data_path, reference_artifact, m,
+                                                                     cfg.figures_asked, ctx.objectives, ctx.encodings)
+    try:
+        ray.get(actor.where.remote(), timeout=START_TIMEOUT_S)  # raises here if it cannot start
+    except ray.exceptions.ActorUnschedulableError:
+        raise RuntimeError(
+            f"the measurement service cannot run on this sweep's node (measure.target local) with "
+            f"{options['num_cpus']:g} CPUs{' and a GPU' if m.device == 'cuda' else ''}: that node cannot hold them. On a "
+            "cluster, give a node type a custom resource (e.g. latency_target: 1) and set measure.target to its name"
+        ) from None
+    except ray.exceptions.GetTimeoutError:
+        ray.kill(actor)
+        wanted = {k: v for k, v in options.items() if k in ("num_cpus", "num_gpus", "resources")}
+        raise RuntimeError(
+            f"the measurement service could not get {wanted} (measure.target {m.target!r}) within {START_TIMEOUT_S} s; "
+            f"free now: {ray.available_resources()}. Give the cluster a node with them, or change `measure.*`"
+        ) from None
+    return actor
+
+
+START_TIMEOUT_S = 300  # how long a sweep waits for its measurement service's resources
+
+
+def stop_service(service: Any) -> None:
+    """End the measurement service (it holds resources for as long as it lives)."""
+    import ray
+
+    ray.kill(service, no_restart=True)
+
+
+def measure_on_service(service: Any, artifact: str) -> tuple[dict[str, float], float]:
+    """(the target figures of `artifact`, seconds this caller waited in the service's queue)."""
+    import ray
+
+    t = time.perf_counter()
+    result = ray.get(service.measure.remote(str(artifact)))
+    took = time.perf_counter() - t
+    busy = result["ended"] - result["started"]
+    metrics = {**result["metrics"], "measure_started_at": result["started"], "measure_ended_at": result["ended"]}
+    return metrics, max(0.0, took - busy)

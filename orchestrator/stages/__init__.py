@@ -1,1 +1,0 @@
-"""Compression stages: plain torch, no Ray Tune or MLflow (distill alone knows Ray Train)."""

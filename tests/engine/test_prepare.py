@@ -1,0 +1,47 @@
+"""The teacher is trained once per storage; its measurements are redone whenever a setting they depend
+on changes (evaluation positions, context, timing), and reused otherwise."""
+
+import pytest
+
+from orchestrator import Sweep, load_config
+from orchestrator.engine.prepare import build_teacher, measure_teacher, prepare_data
+from orchestrator.engine.service import start_service
+from orchestrator.io.artifact import ARTIFACT
+from orchestrator.io.checkpoints import load_frozen
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_cached_teacher_is_measured_again_when_the_evaluation_or_timing_settings_change(ray_session, tmp_path):
+    base = {"storage": str(tmp_path), "task.chars": 100_000, "task.context": 16, "task.eval_tokens": 512,
+            "teacher.layers": 1, "teacher.width": 16, "teacher.heads": 2, "teacher.steps": 20, "teacher.batch_size": 8,
+            "measure.warmup": 1, "measure.repeats": 5}
+
+    def teacher(**changes):
+        sweep = Sweep(load_config(None, overrides={**base, **changes}))
+        ctx, task = sweep.context, sweep.task
+        data = prepare_data(ctx, task)
+        key, entry, hit = build_teacher(ctx, task, data)
+        service = start_service(ctx, task, data.path, ctx.storage.located(entry / ARTIFACT))
+        try:
+            return measure_teacher(ctx, task, data, key, entry, hit, service), task, data
+        finally:
+            ray_session.kill(service)
+
+    first, _, _ = teacher()
+    assert not first.cache_hit and not first.measure_cache_hit and first.seconds_now > 0
+    again, _, _ = teacher()
+    assert again.cache_hit and again.measure_cache_hit and again.accuracy == first.accuracy and again.seconds_now == 0
+    more, task, data = teacher(**{"task.eval_tokens": 2048})
+    assert more.cache_hit and not more.measure_cache_hit and more.key == first.key != "" and more.measure_key != first.measure_key
+    # what it reports is the cached weights scored on the new number of positions
+    model, loaded = load_frozen(more.path, task.build_model), task.load_data(data.path)
+    scored = task.evaluate(model, loaded, "val")
+    assert more.accuracy == scored["accuracy"] and more.metrics["perplexity"] == scored["perplexity"] and scored["eval_positions"] == 2048
+    assert more.test_accuracy == task.evaluate(model, loaded, "test")["accuracy"]
+    timed, _, _ = teacher(**{"measure.repeats": 7})
+    assert timed.cache_hit and not timed.measure_cache_hit and timed.seconds_now == pytest.approx(timed.measurement.measure_seconds)
+    # a figure asked for only on demand is measured then, with the rest
+    assert "peak_memory_mb" not in first.metrics
+    memory, _, _ = teacher(**{"measure.repeats": 7, "objectives": ["accuracy", "peak_memory_mb"]})
+    assert not memory.measure_cache_hit and memory.metrics["peak_memory_mb"] > 0

@@ -1,0 +1,129 @@
+"""URI storage against a real S3-protocol server: entries built on one node are reused on another through
+the bucket, each node reading its own local copy, checked against the entry's manifest."""
+
+import json
+import os
+
+import pytest
+
+from orchestrator.core.environ import CACHE_ENV
+from orchestrator.io.storage import Storage, fetch
+
+
+@pytest.fixture
+def node(tmp_path, monkeypatch):
+    """Switch this process to the local cache of node `name`, as a node with its own disk would have."""
+    def switch(name: str):
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / name))
+        return tmp_path / name
+    return switch
+
+
+def test_an_entry_built_on_one_node_is_reused_on_another_through_the_bucket(s3_server, node):
+    where = s3_server.format("entries")
+    builds = []
+
+    def build(d):
+        builds.append(1)
+        (d / "weights.pt").write_bytes(os.urandom(3000))
+        (d / "sub").mkdir()
+        (d / "sub" / "meta.json").write_text('{"a": 1}')
+
+    cache_a = node("a")
+    entry_a, hit = Storage(where).entry("teachers", "k1", build)
+    assert not hit and entry_a == cache_a / "s3" / "sweeps" / "entries" / "teachers" / "k1"
+    assert Storage(where).listdir("teachers", "k1") == [".complete", "sub", "weights.pt"]
+
+    cache_b = node("b")
+    entry_b, hit = Storage(where).entry("teachers", "k1", build)
+    assert hit and builds == [1]  # built once, on node a
+    assert entry_b.is_relative_to(cache_b)
+    assert (entry_b / "weights.pt").read_bytes() == (entry_a / "weights.pt").read_bytes()
+    assert (entry_b / "sub" / "meta.json").read_text() == '{"a": 1}'
+    assert not list(cache_b.rglob("*.tmp"))  # downloaded under a temporary name, renamed into place
+
+    cache_c = node("c")  # a node that first reads one file of the entry (a DDP rank) takes the whole entry
+    local = fetch(Storage(where).location("teachers", "k1", "weights.pt"))
+    assert local == cache_c / "s3" / "sweeps" / "entries" / "teachers" / "k1" / "weights.pt"
+    assert (local.parent / ".complete").is_file() and (local.parent / "sub" / "meta.json").is_file()
+    assert Storage(where).entry("teachers", "k1", build) == (local.parent, True) and builds == [1]
+
+
+def test_fetch_downloads_once_per_node_and_refuses_content_that_does_not_match_the_manifest(s3_server, node):
+    import pyarrow.fs
+
+    where = s3_server.format("fetch")
+    node("a")
+    store = Storage(where)
+    entry, _ = store.entry("students", "k2", lambda d: (d / "student.pt").write_bytes(b"x" * 100))
+    location = store.located(entry / "student.pt")
+    assert location == where.replace("?", "/students/k2/student.pt?")
+
+    node("b")
+    local = fetch(location)
+    assert local.read_bytes() == b"x" * 100 and local.is_relative_to(Storage(where).root)
+    assert fetch(location) == local  # the node's copy is reused
+
+    fs = pyarrow.fs.FileSystem.from_uri(location)[0]  # someone overwrites the object in the bucket
+    with fs.open_output_stream("sweeps/fetch/students/k2/student.pt") as f:
+        f.write(b"y" * 100)
+    node("c")
+    with pytest.raises(OSError, match="does not match its entry's manifest"):
+        fetch(location)
+    assert not Storage(where).path("students", "k2", "student.pt").exists()  # nothing half-written is left
+
+
+def test_published_files_read_back_pulled_and_discarded(s3_server, node):
+    where = s3_server.format("files")
+    node("a")
+    store = Storage(where)
+    path = store.path("sweeps", "s1", "front.json")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"points": []}))
+    assert store.publish(path) == store.location("sweeps", "s1", "front.json")
+    node("b")
+    other = Storage(where)
+    assert other.read_text("sweeps", "s1", "front.json") == '{"points": []}'
+    assert other.read_text("sweeps", "s1", "absent.json") is None
+    assert other.pull("sweeps", "s1", "front.json").read_text() == '{"points": []}'
+    assert other.listdir("sweeps") == ["s1"] and other.listdir("nothing") == []
+    node("a")
+    store.discard(path)
+    assert not path.exists() and store.read_text("sweeps", "s1", "front.json") is None
+
+
+def test_a_directory_storage_copies_nothing(tmp_path):
+    store = Storage(str(tmp_path / "runs"))
+    entry, hit = store.entry("data", "k", lambda d: (d / "data.pt").write_bytes(b"1"))
+    location = store.located(entry / "data.pt")
+    assert location == str(tmp_path / "runs" / "data" / "k" / "data.pt") and fetch(location) == entry / "data.pt"
+    assert store.publish(entry / "data.pt") == location
+
+
+def test_a_one_off_file_is_read_from_a_private_copy_that_does_not_stay(s3_server, node, tmp_path):
+    from orchestrator.io.storage import fetched_once
+
+    node("driver")
+    store = Storage(s3_server.format("once"))
+    init = store.path("students", ".k.tmp", "init.pt")
+    init.parent.mkdir(parents=True)
+    init.write_bytes(b"weights")
+    location = store.publish(init)
+    with fetched_once(location) as path:
+        assert path == init  # the node that wrote it reads its own file
+    cache = node("worker")
+    with fetched_once(location) as path:
+        assert path.read_bytes() == b"weights" and not path.is_relative_to(cache)
+    assert not path.exists() and not cache.exists()  # nothing left on the worker's node
+    store.discard(init)
+
+
+def test_a_storage_sent_to_another_node_keeps_its_copy_in_that_nodes_cache(tmp_path, monkeypatch):
+    import pickle
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "driver"))
+    storage = Storage("s3://bucket/prefix?scheme=http")
+    assert storage.root == tmp_path / "driver" / "s3" / "bucket" / "prefix"  # resolved (and cached) on the driver
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "node"))  # as a worker on another node sees its environment
+    arrived = pickle.loads(pickle.dumps(storage))
+    assert arrived == storage and arrived.root == tmp_path / "node" / "s3" / "bucket" / "prefix"

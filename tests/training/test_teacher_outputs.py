@@ -1,0 +1,61 @@
+"""Teacher outputs computed once: they must be what the teacher says on those windows."""
+
+import torch
+
+from orchestrator.training.teacher_outputs import TeacherOutputs, compute_teacher_outputs
+from orchestrator.tasks.char_lm import build_model
+from orchestrator.tasks.lm import sample_windows
+
+
+def _compute(teacher, train, *, blocks, seed, **kw):
+    """The pool as the built-in tasks draw it: `blocks` windows of the teacher's context, seeded."""
+    x, y = sample_windows(train, blocks, teacher.cfg.context, torch.Generator().manual_seed(seed))
+    return compute_teacher_outputs(teacher, x, y, **kw)
+
+
+def _teacher():
+    torch.manual_seed(0)
+    return build_model(20, 12, layers=3, width=16, heads=2).eval()
+
+
+def test_outputs_match_a_teacher_forward_on_the_stored_windows(tmp_path):
+    teacher = _teacher()
+    train = torch.randint(20, (5000,), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
+    out = _compute(teacher, train, blocks=70, seed=3, hidden=True, top_k=None, batch_size=32)
+    blocks = torch.cat([out.inputs, out.targets[:, -1:]], 1)
+    assert blocks.shape == (70, 13) and out.logits.shape == (70, 12, 20) and out.hidden.shape == (3, 70, 12, 16)
+    # every window is a real slice of the training split
+    for row in blocks[:5]:
+        starts = [s for s in range(len(train) - 12) if torch.equal(train[s : s + 13].long(), row)]
+        assert starts
+    with torch.no_grad():
+        logits, states = teacher(out.inputs, hidden=True)
+    torch.testing.assert_close(out.logits.float(), logits, atol=1e-2, rtol=1e-3)  # float16 storage
+    torch.testing.assert_close(out.hidden.float(), torch.stack(states), atol=1e-2, rtol=1e-3)
+
+    out.save(tmp_path / "o.pt")
+    back = TeacherOutputs.load(tmp_path / "o.pt")
+    assert torch.equal(back.logits, out.logits) and torch.equal(back.inputs, out.inputs)
+    x, y, t_logits, idx, states = back.batch(4, torch.Generator().manual_seed(0), hidden_layers=[0, 2])
+    assert x.shape == y.shape == (4, 12) and t_logits.dtype == torch.float32 and idx is None
+    assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
+    assert [s.shape for s in states] == [(4, 12, 16)] * 2
+
+
+def test_top_k_keeps_the_k_largest_logits_and_their_ids():
+    teacher = _teacher()
+    train = torch.randint(20, (2000,), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
+    full = _compute(teacher, train, blocks=16, seed=0, hidden=False, top_k=None)
+    top = _compute(teacher, train, blocks=16, seed=0, hidden=False, top_k=4)
+    assert top.hidden is None and top.logits.shape == (16, 12, 4)
+    assert torch.equal(full.logits.gather(-1, top.indices), top.logits)
+    assert (full.logits.sort(-1, descending=True).values[..., :4] == top.logits).all()
+
+
+def test_same_seed_same_windows():
+    teacher = _teacher()
+    train = torch.randint(20, (2000,), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
+    a = _compute(teacher, train, blocks=8, seed=5, hidden=False, top_k=None)
+    b = _compute(teacher, train, blocks=8, seed=5, hidden=False, top_k=None)
+    c = _compute(teacher, train, blocks=8, seed=6, hidden=False, top_k=None)
+    assert torch.equal(a.inputs, b.inputs) and not torch.equal(a.inputs, c.inputs)
