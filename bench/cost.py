@@ -30,20 +30,25 @@ import optuna
 import torch
 
 import orchestrator
-from orchestrator.config import SweepConfig, searched_grid
-from orchestrator.losses import LossWeights
-from orchestrator.pareto import hypervolume
+from orchestrator.config import SweepConfig
 from orchestrator.config.samplers import make_sampler
-from orchestrator.objectives import DEFAULT_OBJECTIVES as OBJECTIVES, directions
-from orchestrator.space import DefineByRun
-from orchestrator.stages.distill import DistillJob, load_teacher, run_distill
-from orchestrator.stages.compress import compress
-from orchestrator.stages.teacher_outputs import compute_teacher_outputs
-from orchestrator.tasks.char_lm import CharData, CharLMTask, build_model
-from orchestrator.evaluation import held_out_metrics
-from orchestrator.measure import measure_latency
+from orchestrator.core.losses import LossWeights
+from orchestrator.core.measure import measure_latency
+from orchestrator.core.objectives import DEFAULT_OBJECTIVES as OBJECTIVES
+from orchestrator.core.objectives import Objectives
+from orchestrator.core.pareto import hypervolume
+from orchestrator.core.space import searched_grid
+from orchestrator.engine.compress import compress
+from orchestrator.engine.context import resolve
+from orchestrator.engine.evaluation import held_out_metrics
+from orchestrator.engine.search import DefineByRun
+from orchestrator.io.checkpoints import load_frozen
+from orchestrator.io.records import TeacherRecord
 from orchestrator.tasks import TrialParams
-from orchestrator.teacher import TeacherInfo
+from orchestrator.tasks.char_lm import CharData, CharLMTask, build_model
+from orchestrator.training.job import DistillJob
+from orchestrator.training.launch import run_distill
+from orchestrator.training.teacher_outputs import compute_teacher_outputs
 
 
 ROW_METRICS = ("accuracy", "size_mb", "latency_ms", "latency_vs_teacher")
@@ -65,15 +70,15 @@ def matched(a: list[dict], b: list[dict]) -> dict:
     }
 
 
-def normalized_hv(points: list[tuple[float, float, float]], teacher: TeacherInfo) -> float:
+def normalized_hv(points: list[tuple[float, float, float]], teacher: TeacherRecord) -> float:
     """Hypervolume with the teacher as reference (accuracy 0, its size and latency), as the product logs it."""
     if not points:
         return 0.0
     size, latency = teacher.size_bytes / 1e6, teacher.latency_ms
-    return hypervolume(np.array(points), directions(OBJECTIVES), [0.0, size, latency]) / (size * latency)
+    return hypervolume(np.array(points), Objectives(OBJECTIVES).directions(), [0.0, size, latency]) / (size * latency)
 
 
-def curve(events: list[tuple[float, tuple[float, float, float]]], teacher: TeacherInfo) -> list[tuple[float, float]]:
+def curve(events: list[tuple[float, tuple[float, float, float]]], teacher: TeacherRecord) -> list[tuple[float, float]]:
     """[(seconds since start, hypervolume of the trials ended by then)] in order of ending."""
     out, points = [], []
     for t, p in sorted(events):
@@ -86,26 +91,27 @@ def time_to(target: float, hv_curve: list[tuple[float, float]]) -> float | None:
     return next((t for t, hv in hv_curve if hv >= target), None)
 
 
-def prepare_teacher(cfg: SweepConfig) -> tuple[TeacherInfo, str]:
-    """Train (or reuse) the sweep's teacher in its storage, exactly as a sweep does, before any clock starts."""
+def prepare_teacher(cfg: SweepConfig) -> tuple[TeacherRecord, str]:
+    """Train (or reuse) the sweep's teacher in its storage and measure it, exactly as a sweep does, before any
+    clock starts."""
     import ray
 
-    from orchestrator.sweep import RAY_ENV, Sweep
-    from orchestrator.teacher import build_teacher, prepare_data
+    from orchestrator.engine.cluster import RAY_ENV
+    from orchestrator.engine.prepare import prepared
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
     try:
-        task = Sweep(cfg).task
-        data = prepare_data(cfg, task)
-        return build_teacher(cfg, task, data), data.path
+        sweep = orchestrator.Sweep(cfg)
+        with prepared(sweep.context, sweep.task) as prep:
+            return prep.teacher, prep.data.path
     finally:
         ray.shutdown()
 
 
-def diy(cfg: SweepConfig, teacher: TeacherInfo, data_path: str, workdir: Path) -> tuple[list[tuple[float, tuple]], list[dict]]:
+def diy(cfg: SweepConfig, teacher: TeacherRecord, data_path: str, workdir: Path) -> tuple[list[tuple[float, tuple]], list[dict]]:
     """(a): the loop a user writes with Optuna alone. Returns (ending times and objectives, trial rows)."""
     data = CharData.load(data_path)
-    task = CharLMTask(cfg.task)
+    task, ctx = CharLMTask(cfg.task), resolve(cfg)
     threads = os.cpu_count() or 1
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
                                 sampler=make_sampler(cfg.sampler, seed=cfg.seed, grid=searched_grid(cfg.params)))
@@ -117,8 +123,9 @@ def diy(cfg: SweepConfig, teacher: TeacherInfo, data_path: str, workdir: Path) -
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
         fixed = space(trial)
         p = TrialParams.from_config({**trial.params, **fixed})
+        shape = {k: p.shape[k] for k in ("layers", "width", "heads")}
         model_cfg = {"architecture": "gpt", "config": {"vocab_size": len(data.vocab), "context": cfg.task.context,
-                     "layers": p.layers, "width": p.width, "heads": p.heads, "mlp": None, "head_dim": None}}
+                     **shape, "mlp": None, "head_dim": None}}
         job = DistillJob(
             task=task, data_path=data_path, teacher_path=teacher.path, teacher_outputs_path=None, model=model_cfg,
             steps=cfg.distill.steps, batch_size=cfg.distill.batch_size, warmup=cfg.distill.warmup, lr=p.lr,
@@ -127,15 +134,15 @@ def diy(cfg: SweepConfig, teacher: TeacherInfo, data_path: str, workdir: Path) -
         )
         result = run_distill(job, name="diy", storage_path=str(workdir), num_workers=1, use_gpu=False,
                              cpus_per_worker=threads, in_process=True)
-        student = build_model(len(data.vocab), cfg.task.context, layers=p.layers, width=p.width, heads=p.heads)
+        student = build_model(len(data.vocab), cfg.task.context, **shape)
         student.load_state_dict(result.state_dict)
-        c = compress(student, cfg.pipeline, sparsity=p.sparsity, bits=p.bits, group_size=p.group_size,
+        c = compress(student, cfg.pipeline, {"sparsity": p.sparsity, "bits": p.bits, "group_size": p.group_size},
                      artifact=workdir / f"{trial.number}.orc", meta={"vocab": data.vocab})
         # timed in the loop's own process, beside whatever else runs: what a hand-written loop does
         ms = cfg.measure
         lat = measure_latency(c.model, task.example(data), threads=ms.threads, warmup=ms.warmup, repeats=ms.repeats,
-                              reference=load_teacher(task, teacher.path))
-        m = {**held_out_metrics(task, c.model, data, cfg).metrics, "size_mb": c.size_bytes / 1e6, "latency_ms": lat.p50_ms,
+                              reference=load_frozen(teacher.path, task.build_model))
+        m = {**held_out_metrics(task, c.model, data, ctx).metrics, "size_mb": c.size_bytes / 1e6, "latency_ms": lat.p50_ms,
              "latency_vs_teacher": lat.p50_ms / lat.reference_p50_ms}
         values = (m["accuracy"], m["size_mb"], m["latency_ms"])
         events.append((time.perf_counter() - started, values))
@@ -160,13 +167,13 @@ def product(cfg: SweepConfig) -> tuple[list[tuple[float, tuple]], "orchestrator.
     return events, result, time.perf_counter() - started
 
 
-def teacher_output_saving(cfg: SweepConfig, teacher: TeacherInfo, data_path: str, workdir: Path) -> dict:
+def teacher_output_saving(cfg: SweepConfig, teacher: TeacherRecord, data_path: str, workdir: Path) -> dict:
     """One student (2 x 64, beta 0.5) distilled with the teacher live, then from cached outputs; one thread."""
     data = CharData.load(data_path)
     t = time.perf_counter()
     task = CharLMTask(cfg.task)
     pool = task.batch(data, "train", cfg.distill.cache_blocks, torch.Generator().manual_seed(cfg.seed))
-    with_hidden = compute_teacher_outputs(load_teacher(task, teacher.path), *pool, hidden=True, top_k=None)
+    with_hidden = compute_teacher_outputs(load_frozen(teacher.path, task.build_model), *pool, hidden=True, top_k=None)
     build_s = time.perf_counter() - t
     with_hidden.save(workdir / "outputs.pt")
     model_cfg = {"architecture": "gpt", "config": {"vocab_size": len(data.vocab), "context": cfg.task.context,
@@ -182,8 +189,8 @@ def teacher_output_saving(cfg: SweepConfig, teacher: TeacherInfo, data_path: str
     }.items():
         r = run_distill(job, name=name, storage_path=str(workdir), num_workers=1, use_gpu=False, cpus_per_worker=1,
                         in_process=True)
-        out[f"{name}_train_s"] = round(r.train_seconds, 2)
-        out[f"{name}_val_accuracy"] = round(r.val_accuracy, 4)
+        out[f"{name}_train_s"] = round(r.record.train_seconds, 2)
+        out[f"{name}_val_accuracy"] = round(r.record.val_accuracy, 4)
     out["speedup"] = round(out["live_train_s"] / out["cached_train_s"], 2)
     return out
 

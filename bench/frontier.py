@@ -8,7 +8,7 @@ teacher-side compression, on a teacher trained to convergence.
     [--storage DIR] (default /tmp/frontier/runs: the teacher, students and recoveries are reused between parts)
 
 The teacher is `search_spaces/frontier.yaml`'s: the built-in 4 x 128 character GPT trained 3000 steps.
-Every row is one trial of the product (`trial.run_pipeline`; bench/techniques.py's `run_rows`), its
+Every row is one trial of the product (`engine.trial.run_pipeline`; bench/techniques.py's `run_rows`), its
 accuracy and perplexity measured on the test split, its size the artifact's byte length (zstd-coded, the
 default), its wall time everything included. Each part adds its section to bench/results/frontier.json.
 Not a test: prints and writes JSON.
@@ -97,18 +97,15 @@ def rows(storage: str) -> None:
 def entropy(storage: str) -> None:
     """Every storage format of the teacher's weights, exported with and without zstd (same model, same bytes
     decoded)."""
-    from orchestrator.config.techniques import (
-        AffineQuantization,
-        CodebookQuantization,
-        MagnitudePruning,
-        Pipeline,
-        SemiStructuredPruning,
-    )
-    from orchestrator.stages.compress import compress
+    from orchestrator.engine.compress import compress
+    from orchestrator.io.checkpoints import load_frozen
+    from orchestrator.techniques.codebook import CodebookQuantization
+    from orchestrator.techniques.magnitude import MagnitudePruning
+    from orchestrator.techniques.nm import SemiStructuredPruning
+    from orchestrator.techniques.pipeline import Pipeline
+    from orchestrator.techniques.rounding import AffineQuantization
 
     def work(ctx: Any) -> dict:
-        from orchestrator.stages.distill import load_teacher
-
         formats = {
             "float32": (None, None, 32, 0.0), "float16": (None, AffineQuantization(), 16, 0.0),
             **{f"affine/channel {b}-bit": (None, AffineQuantization(), b, 0.0) for b in (8, 4, 3, 2)},
@@ -123,10 +120,11 @@ def entropy(storage: str) -> None:
         for name, (prune, quantize, bits, sparsity) in formats.items():
             sizes = {}
             for coder in ("none", "zstd"):
-                model = load_teacher(ctx.task, ctx.teacher.path)
+                model = load_frozen(ctx.teacher.path, ctx.task.build_model)
                 with tempfile.TemporaryDirectory() as tmp:
-                    c = compress(model, Pipeline(distill=False, prune=prune, quantize=quantize), sparsity=sparsity, bits=bits,
-                                 group_size=32, artifact=Path(tmp) / "model.orc", meta={}, entropy=coder)
+                    c = compress(model, Pipeline(distill=False, prune=prune, quantize=quantize),
+                                 {"sparsity": sparsity, "bits": bits, "group_size": 32}, artifact=Path(tmp) / "model.orc",
+                                 meta={}, entropy=coder)
                 sizes[coder] = c.size_bytes
             row = {"format": name, "bytes": sizes["none"], "bytes_zstd": sizes["zstd"],
                    "saved": round(1 - sizes["zstd"] / sizes["none"], 4),
@@ -147,7 +145,7 @@ def sweep(storage: str, trials: int) -> None:
     test-split figures."""
     import orchestrator
     from orchestrator.cli import print_progress
-    from orchestrator.config import Fixed
+    from orchestrator.core.space import Fixed
 
     started = time.perf_counter()
     result = orchestrator.Sweep.from_yaml(SPACE, storage=storage, trials=trials,

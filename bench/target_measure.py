@@ -22,12 +22,14 @@ from pathlib import Path
 import ray
 import torch
 
-from orchestrator.config import load_config
-from orchestrator.service import measure_on_service, start_service
-from orchestrator.stages.compress import compress
-from orchestrator.stages.export import export
+from orchestrator import load_config
+from orchestrator.engine.compress import compress
+from orchestrator.engine.context import resolve
+from orchestrator.engine.prepare import prepare_data
+from orchestrator.engine.service import measure_on_service, start_service
+from orchestrator.io.artifact import export
+from orchestrator.io.storage import fetch
 from orchestrator.tasks import TrialParams, task_from_config
-from orchestrator.teacher import prepare_data
 
 STUDENTS = [  # (layers, width, sparsity, bits)
     (6, 512, 0.0, 32), (6, 512, 0.5, 8), (4, 256, 0.0, 32), (4, 256, 0.5, 4), (2, 128, 0.3, 8), (2, 128, 0.0, 16),
@@ -52,14 +54,14 @@ def main() -> None:
             "measure": {"device": args.device, "threads": 1, "warmup": 20, "repeats": 100},
             "params": {"heads": 8},
         })
-        task = task_from_config(cfg)
-        data = prepare_data(cfg, task)
-        loaded = task.load_data(data.path)
+        task, ctx = task_from_config(cfg), resolve(cfg)
+        data = prepare_data(ctx, task)
+        loaded = task.load_data(fetch(data.path))
         torch.manual_seed(0)
         teacher = task.teacher(cfg, loaded).eval()
         export(teacher, Path(tmp) / "teacher.orc", meta=task.meta(loaded))
         started = time.perf_counter()
-        service = start_service(cfg, task, data.path, str(Path(tmp) / "teacher.orc"))
+        service = start_service(ctx, task, data.path, str(Path(tmp) / "teacher.orc"))
         figures["service_start_s"] = round(time.perf_counter() - started, 1)
         figures["where"] = ray.get(service.where.remote())
         alone, _ = measure_on_service(service, str(Path(tmp) / "teacher.orc"))
@@ -70,7 +72,7 @@ def main() -> None:
             p = TrialParams.from_config({"layers": layers, "width": width, "heads": 8, "beta": 0.0, "lambda": 0.0,
                                          "temperature": 1.0, "sparsity": sparsity, "bits": bits, "optimizer": "adamw", "lr": 1e-3})
             path = Path(tmp) / f"s{layers}x{width}-{sparsity}-{bits}.orc"
-            c = compress(task.student(cfg, p, loaded, teacher), cfg.pipeline, sparsity=sparsity, bits=bits, group_size=64,
+            c = compress(task.student(cfg, p, loaded, teacher), cfg.pipeline, {"sparsity": sparsity, "bits": bits, "group_size": 64},
                          artifact=path, meta=task.meta(loaded))
             artifacts.append(((layers, width, sparsity, bits), path, c.size_bytes))
         rounds = [[measure_on_service(service, str(path))[0] for _, path, _ in artifacts] for _ in range(2)]

@@ -2,7 +2,7 @@
 
     python bench/techniques.py [--space search_spaces/quickstart.yaml] [--out bench/results/techniques.json]
 
-Every row is one trial of the product (`trial.run_pipeline`, in this process: distil or reuse, prune,
+Every row is one trial of the product (`engine.trial.run_pipeline`, in this process: distil or reuse, prune,
 recover, quantize, export, measure) with the row's `pipeline` and fixed parameters, on the space's teacher
 and task. Students, recoveries and teacher outputs are cached in a temporary storage, so rows that share a
 student train it once. Columns: size as a fraction of the teacher's artifact, accuracy retained (student /
@@ -25,9 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 import orchestrator
+from orchestrator.core.space import Fixed
+from orchestrator.engine.trial import TrialContext, run_pipeline
+from orchestrator.io.records import TeacherRecord
 from orchestrator.tasks import TrialParams
-from orchestrator.teacher import TeacherInfo
-from orchestrator.trial import TrialContext, run_pipeline
 
 STUDENT = {"layers": 2, "width": 96, "heads": 4, "beta": 0.0, "lambda": 0.5, "temperature": 2.0,
            "optimizer": "adamw", "lr": 5e-3, "weight_decay": 0.0, "sparsity": 0.0, "bits": 32}
@@ -104,7 +105,7 @@ ROWS: list[tuple[str, str, list, dict]] = [
 def run_rows(
     space: str, rows: list[tuple[str, str, list, dict]], *, student: dict, teacher_params: dict, group_size: int,
     overrides: dict[str, Any], extra: Callable[[TrialContext], dict] | None = None, storage: str | None = None,
-) -> tuple[TeacherInfo, list[dict], dict]:
+) -> tuple[TeacherRecord, list[dict], dict]:
     """Run each row as one trial (`run_pipeline`) in a storage (a temporary one unless given: a kept one
     reuses its teacher); returns the teacher, the rows and what `extra(ctx)` measured afterwards.
 
@@ -113,8 +114,8 @@ def run_rows(
     everything included (a reused student's or recovery's training is not repeated)."""
     import ray
 
-    from orchestrator.prepare import prepared
-    from orchestrator.sweep import RAY_ENV
+    from orchestrator.engine.cluster import RAY_ENV
+    from orchestrator.engine.prepare import prepared
 
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,12 +123,13 @@ def run_rows(
         base = orchestrator.load_config(space, overrides={**common, "params.beta": 0.0})  # logits-only teacher outputs
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": RAY_ENV})
         try:
-            task = orchestrator.Sweep(base).task
-            with prepared(base, task) as ready:  # data, teacher (measured on the service), its outputs
+            sweep = orchestrator.Sweep(base)
+            task = sweep.task
+            with prepared(sweep.context, task) as ready:  # data, teacher (measured on the service), its outputs
                 teacher = ready.teacher
                 print(f"teacher: test accuracy {teacher.test_accuracy:.4f}, perplexity {teacher.test_perplexity:.2f}, "
                       f"{teacher.size_bytes / 1e6:.3f} MB, {teacher.latency_ms:.2f} ms", flush=True)
-                ctx = TrialContext(config=base, task=task, data=ready.data, teacher=teacher, teacher_outputs=ready.outputs,
+                ctx = TrialContext(ctx=sweep.context, task=task, data=ready.data, teacher=teacher, teacher_outputs=ready.outputs,
                                    sweep_id="bench", service=ready.service)
                 by_name: dict[str, dict] = {}
                 for i, (name, baseline, pipeline, fixed) in enumerate(rows):
@@ -154,7 +156,8 @@ def _row(space: str, common: dict, ctx: TrialContext, i: int, name: str, pipelin
         params["group_size"] = group_size
     cfg = orchestrator.load_config(space, overrides={**common, "pipeline": pipeline, "params": params})
     t = time.perf_counter()
-    m = run_pipeline(TrialParams.from_config(cfg_params(cfg)), dataclasses.replace(ctx, config=cfg), trial_id=f"row{i}").row()
+    row_ctx = dataclasses.replace(ctx, ctx=dataclasses.replace(ctx.ctx, config=cfg))
+    m = run_pipeline(TrialParams.from_config(cfg_params(cfg)), row_ctx, trial_id=f"row{i}").row()
     teacher = ctx.teacher
     return {
         "name": name, "pipeline": cfg.pipeline.label, **fixed,
@@ -188,7 +191,7 @@ def main() -> None:
     write(args.out, args.space, teacher, STUDENT, results, started)
 
 
-def write(out: str, space: str, teacher: TeacherInfo, student: dict, results: list[dict], started: float,
+def write(out: str, space: str, teacher: TeacherRecord, student: dict, results: list[dict], started: float,
           **more: Any) -> None:
     figures = {
         "space": space, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"),
@@ -204,8 +207,6 @@ def write(out: str, space: str, teacher: TeacherInfo, student: dict, results: li
 
 def cfg_params(cfg: orchestrator.SweepConfig) -> dict[str, Any]:
     """Every row fixes all its params: their values, as Tune would pass them."""
-    from orchestrator.config import Fixed
-
     assert all(isinstance(s, Fixed) for s in cfg.params.values())
     return {name: spec.value for name, spec in cfg.params.items()}
 
