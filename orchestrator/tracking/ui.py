@@ -96,8 +96,8 @@ def run_ui(tracking_uri: str, port: int, *, host: str = "127.0.0.1") -> int:
                   f"  front:  {links['pareto']}")
         if proc is None:
             return 0
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server too: set before the line that says it is up
         print("Ctrl-C stops the UI", flush=True)
-        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server too
         proc.wait()
         return proc.returncode or 0
     except KeyboardInterrupt:
