@@ -18,6 +18,7 @@ from orchestrator.core.environ import tracking_uri as resolve_tracking_uri
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.objectives import Objectives
 from orchestrator.engine.recovery import terminate_as_interrupt
+from orchestrator.engine.result import distillations
 from orchestrator.tracking.compare import compare
 from orchestrator.tracking.ui import run_ui
 
@@ -153,7 +154,10 @@ def print_result(result: SweepResult) -> None:
     infeasible = int(((result.trials["status"] == "COMPLETED") & ~result.trials["feasible"]).sum())
     if infeasible:
         print(f"{infeasible} completed trials miss the sweep's constraints and are left off the front")
-    print(f"\nwall time {result.wall_seconds:.0f} s, orchestration overhead {result.overhead:.0%}")
+    reuse = distillations(result.trials)
+    students = (f", {reuse['distillations']:.0f} students distilled for {len(result.trials)} trials "
+                f"({reuse['distill_saved_s']:.0f} s of distillation saved by reuse)") if reuse else ""
+    print(f"\nwall time {result.wall_seconds:.0f} s, orchestration overhead {result.overhead:.0%}{students}")
     if result.config.register and result.models:
         print(f"registered {len(result.models)} front models as {result.config.register}: "
               f"models:/{result.config.register}@recommended (and @smallest, @fastest, @most-accurate)")

@@ -80,6 +80,10 @@ def _check_objectives(cfg: SweepConfig) -> None:
     if not target.replace("_", "").replace("-", "").isalnum() or target in ("CPU", "GPU", "memory"):
         raise ConfigError(f"{source}: `measure.target` must be local or the name of a Ray custom resource "
                           f"(letters, digits, _ and -), got {show(target)}")
+    if cfg.measure.cpus is not None and cfg.measure.isolation != "reserve":
+        raise ConfigError(f"{source}: `measure.cpus` is {cfg.measure.cpus:g}, CPUs the measurement service would hold for the "
+                          f"whole sweep, but `measure.isolation` is {cfg.measure.isolation}, which holds none; set "
+                          "`measure.isolation: reserve` or drop `measure.cpus`")
 
 
 def _check_pipeline(cfg: SweepConfig) -> None:
@@ -97,6 +101,13 @@ def _check_pipeline(cfg: SweepConfig) -> None:
                 raise ConfigError(f"{source}: `params.{name}` is searched but `pipeline` has no {stage} stage; remove it or add {stage}")
     for technique in pipe.techniques:
         technique.check(source=source, given=given, distill=pipe.distill)
+    if cfg.fanout > 1:
+        compression = [n for n in cfg.searched if n in pipe.compression_params]
+        if not pipe.distill or not compression:
+            why = "the pipeline has no distill stage" if not pipe.distill else \
+                f"no searched param is read only after distillation (searched: {', '.join(cfg.searched) or 'none'})"
+            raise ConfigError(f"{source}: `fanout` is {cfg.fanout}: trials that compress one distilled student other ways, but {why}; "
+                              "search a one-shot technique's param (e.g. `params.sparsity`, `params.bits`) or set fanout to 1")
 
 
 def _check_stores(cfg: SweepConfig) -> None:

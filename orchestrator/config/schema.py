@@ -94,7 +94,8 @@ class MeasureConfig(Checked):
     repeats: int = _check(lambda v: v >= 5, "an integer >= 5", 50)  # timed batch-1 forward passes (each paired with one of the reference)
     target: str = "local"  # where: local (the node that runs the sweep) or the name of a Ray custom resource its node type offers, e.g. latency_target
     device: Literal["cpu", "cuda"] = "cpu"  # cuda: the service holds a GPU and times (and measures memory) there
-    cpus: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)  # logical CPUs it holds, kept from trials (null: `threads`)
+    isolation: Literal["pause", "reserve", "none"] = "pause"  # how its timing gets the node to itself: pause: the node's training pauses between steps while it times (it holds no CPU); reserve: it holds `cpus` for the whole sweep; none: neither
+    cpus: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)  # isolation reserve: logical CPUs it holds, kept from trials (null: `threads`)
 
 
 class _ObjectiveMapping:
@@ -190,6 +191,7 @@ class SweepConfig(Checked):
     max_failures: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # stop the sweep after this many failed trials (null: never)
     max_concurrent_trials: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # null: as many as the Ray's CPUs and GPUs fit beside the measurement service
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    fanout: int = _check(lambda v: v >= 1, "an integer >= 1", 1)  # trials per distilled student: after a trial trains a new student, fanout - 1 more trials compress it other ways (the sampler picks their sparsity, bits, ...); 1: every trial proposes a whole configuration
     sampler_options: Mapping[str, Any] = field(default_factory=dict)  # more keyword arguments of the Optuna sampler, e.g. {n_startup_trials: 5, multivariate: true} for tpe
     population_size: int | None = _check(lambda v: v is None or v >= 2, "null or an integer >= 2", None)  # NSGA-II's generation size (null: Optuna's 50)
     storage: str | None = None  # teachers, students, artifacts, the sweep's files, Ray results: a directory or a URI (s3://...); null: $ORCHESTRATOR_STORAGE or ./orchestrator_runs
@@ -239,6 +241,13 @@ class SweepConfig(Checked):
     def searched(self) -> list[str]:
         """The params the sampler searches (the others are fixed)."""
         return [name for name, spec in self.params.items() if not isinstance(spec, Fixed)]
+
+    @property
+    def student_params(self) -> list[str]:
+        """The searched params that decide the distilled student (a fan-out trial reuses its parent's): all but
+        those only the one-shot compression stages read (`Pipeline.compression_params`)."""
+        after = set(self.pipeline.compression_params)
+        return [name for name in self.searched if name not in after]
 
     def raw_params(self) -> dict[str, Any]:
         """`params` in its YAML form."""

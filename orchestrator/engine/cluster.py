@@ -104,8 +104,12 @@ def _trial_needs(cfg: SweepConfig) -> tuple[float, float]:
 
 
 def service_cpus(cfg: SweepConfig) -> float:
-    """Logical CPUs the measurement service holds from trials."""
-    return cfg.measure.cpus if cfg.measure.cpus is not None else float(cfg.measure.threads)
+    """Logical CPUs the measurement service holds from trials: none unless `measure.isolation` is reserve (with
+    pause, the node's training pauses while it times instead: `io.gate`)."""
+    m = cfg.measure
+    if m.isolation != "reserve":
+        return 0.0
+    return m.cpus if m.cpus is not None else float(m.threads)
 
 
 def check_fits(cfg: SweepConfig, available: dict[str, float], *, strict: bool = True) -> int:
@@ -120,7 +124,7 @@ def check_fits(cfg: SweepConfig, available: dict[str, float], *, strict: bool = 
     if strict and cpus + held_cpus > have_cpus:
         raise ConfigError(
             f"{cfg.source}: a trial needs {cpus:g} CPUs and the measurement service holds {held_cpus:g} "
-            f"(`measure.cpus`), but this Ray has {have_cpus:g}; lower `resources.num_workers` / `resources.cpus_per_worker`, "
+            f"(`measure.isolation`, `measure.cpus`), but this Ray has {have_cpus:g}; lower `resources.num_workers` / `resources.cpus_per_worker`, "
             "or raise `resources.local_cpus`"
         )
     if strict and gpus + held_gpus > have_gpus:

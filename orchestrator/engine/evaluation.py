@@ -20,6 +20,7 @@ from orchestrator.core.measure import count_params
 from orchestrator.core.objectives import Objectives
 from orchestrator.engine.context import SweepContext
 from orchestrator.engine.service import measure_on_service
+from orchestrator.io.gate import working
 from orchestrator.io.storage import fetch
 from orchestrator.tasks.base import Task
 
@@ -58,7 +59,8 @@ def measure_model(
     """Held-out metrics of `model` (scored here), the size of `artifact` (a storage location), and its target
     figures from the measurement `service`. `counts` (parameters, non-zero) of the compressed shape, when
     int8 layers hide them from torch."""
-    result = held_out_metrics(task, model, data, ctx)
+    with working():  # scoring is work the node's measurements pause, like training (`io.gate`)
+        result = held_out_metrics(task, model, data, ctx)
     size = fetch(artifact).stat().st_size
     total, nonzero = counts or count_params(model)
     target, waited = measure_on_service(service, str(artifact))

@@ -61,6 +61,17 @@ def trials_table(records: Sequence[TrialRecord], objectives: Objectives, constra
     return trials
 
 
+def distillations(trials: pd.DataFrame) -> dict[str, float]:
+    """How many students the sweep's completed trials distilled, per trial, and the training time reuse saved
+    (`fanout`, and students reused by chance): `distillations`, `distillations_per_trial`, `distill_saved_s`."""
+    done = trials[trials["status"] == "COMPLETED"]
+    if done.empty or "cache_hit_distill" not in done:
+        return {}
+    trained = int((done["cache_hit_distill"] == 0).sum())
+    saved = float(done["distill_saved_s"].fillna(0).sum()) if "distill_saved_s" in done else 0.0
+    return {"distillations": trained, "distillations_per_trial": trained / len(done), "distill_saved_s": saved}
+
+
 @dataclass(frozen=True)
 class SweepResult:
     """A finished sweep: every trial and the front as DataFrames, and the models behind them."""

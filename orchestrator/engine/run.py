@@ -29,7 +29,7 @@ from orchestrator.engine.context import SweepContext
 from orchestrator.engine.prepare import prepared
 from orchestrator.engine.recorder import FailureLimit, Recorder
 from orchestrator.engine.recovery import close_running, recover_study
-from orchestrator.engine.result import SweepProgress, SweepResult
+from orchestrator.engine.result import SweepProgress, SweepResult, distillations
 from orchestrator.engine.search import make_searcher
 from orchestrator.engine.trial import TrialContext, tune_trial
 from orchestrator.io.plots import write_front_files, write_hypervolume_plot
@@ -187,6 +187,8 @@ class SweepRun:
             else:
                 log.info("all %d trials of sweep %s have run; finishing it", cfg.trials, self.sweep_id)
         self.tune_stopped = time.perf_counter()
+        if searcher.fanned_out:
+            self.runs.log({"fanout_trials_queued": searcher.fanned_out})
         if searcher.repeats_skipped:  # configurations proposed again after they completed: answered, not run
             log.info("%d repeated configurations were answered from the study instead of run", searcher.repeats_skipped)
             self.runs.log({"repeats_skipped": searcher.repeats_skipped})
@@ -240,6 +242,7 @@ class SweepRun:
         stage_seconds = teacher.seconds_now + (outputs.seconds if outputs and not outputs.cache_hit else 0.0) + float(
             this_run["time_stages_s"].fillna(0).sum() if "time_stages_s" in this_run else 0.0)
         overhead = 1 - stage_seconds / (wall - tune_seconds + busy)
+        self.runs.log(distillations(trials))
         self.runs.log({
             "trials_completed": int((trials["status"] == "COMPLETED").sum()), "trials_failed": int((trials["status"] == "ERROR").sum()),
             "trials_stopped_early": int((trials["status"] == "STOPPED").sum()), "front_size": int(trials["pareto"].sum()),

@@ -1,10 +1,11 @@
 """The search: the validated space as an Optuna define-by-run function, and Ray Tune's Optuna searcher made to
 tell Optuna what the sweep measured (constraints, early stops), only once the sweep has recorded it, and
-never to spend a trial on a configuration that already completed."""
+never to spend a trial on a configuration that already completed; and the fan-out (`fanout`): after a trial
+trains a new student, more trials that compress that student other ways, chosen by the sampler."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -16,6 +17,9 @@ from orchestrator.engine.context import SweepContext
 from orchestrator.io.records import Status, TrialOutcome
 from orchestrator.io.sweep_files import SweepFiles
 
+STUDENT = "student"  # an Optuna trial's user attribute: the cache key of the student it compressed
+STUDENT_TAG = "distill.student"  # the same key among the trial's tags (`engine.trial`)
+FANOUT_OF = "fanout_of"  # an Optuna trial's user attribute: the Tune trial whose new student it compresses another way
 TUNE_TRIAL_ID = "tune_trial_id"  # an Optuna trial's user attribute: the Tune trial it ran as (the key of its record in trials.jsonl)
 
 
@@ -54,10 +58,15 @@ class ConstrainedOptunaSearch(OptunaSearch):
 
     max_asks = 100
 
-    def __init__(self, *args: Any, limits: ObjectiveConstraints, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, limits: ObjectiveConstraints, fanout: int = 1, student_params: Sequence[str] = (),
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._limits = limits
+        self.fanout, self.student_params = fanout, tuple(student_params)
         self.repeats_skipped = 0  # configurations the sampler proposed again and was answered from the study
+        self.fanned_out = 0  # trials queued to compress a new student other ways (`fanout`)
+        # the students this sweep has fanned out already (a resumed sweep's are in its study)
+        self._students = {t.user_attrs[STUDENT] for t in self._ot_study.get_trials(deepcopy=False) if STUDENT in t.user_attrs}
         self._ended: dict[str, tuple[dict | None, bool]] = {}  # trial id -> (result, error), not yet told
 
     def suggest(self, trial_id: str) -> dict | None:
@@ -105,7 +114,23 @@ class ConstrainedOptunaSearch(OptunaSearch):
         elif outcome is not None and ot_trial is not None:
             for name, value in self._limits.violations(outcome.metrics).items():
                 ot_trial.set_constraint(name, value)
+            self._fan_out(ot_trial, trial_id, outcome.tags.get(STUDENT_TAG))
         super().on_trial_complete(trial_id, result, error)
+
+    def _fan_out(self, ot_trial: optuna.Trial, trial_id: str, student_key: str | None) -> None:
+        """The first trial of the sweep with its student (trained now, or reused from storage): `fanout - 1` trials
+        queued with its student's params fixed, the sampler choosing the rest (how it is compressed); they reuse
+        the student from the cache. Each Optuna trial carries its student's key (`STUDENT`)."""
+        if student_key is None:
+            return
+        ot_trial.set_user_attr(STUDENT, student_key)
+        if self.fanout == 1 or student_key in self._students:
+            return
+        self._students.add(student_key)
+        student = {name: ot_trial.params[name] for name in self.student_params if name in ot_trial.params}
+        for _ in range(self.fanout - 1):
+            self._ot_study.enqueue_trial(student, user_attrs={FANOUT_OF: trial_id})
+            self.fanned_out += 1
 
 
 def make_searcher(ctx: SweepContext, files: SweepFiles, resume: str | None) -> ConstrainedOptunaSearch:
@@ -124,6 +149,8 @@ def make_searcher(ctx: SweepContext, files: SweepFiles, resume: str | None) -> C
         sampler=make_sampler(cfg.sampler, seed=sampler_seed, grid=searched_grid(cfg.params),
                              population_size=cfg.population_size, options=cfg.sampler_options),
         limits=ctx.constraints,
+        fanout=cfg.fanout,
+        student_params=cfg.student_params,
         storage=optuna.storages.RDBStorage(study_url),
         study_name=sweep_id,
         points_to_evaluate=None if resume else [dict(p) for p in cfg.initial_points] or None,

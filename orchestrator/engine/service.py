@@ -1,11 +1,16 @@
 """The sweep's measurement service: every latency, throughput and memory figure of a sweep is measured
 here, one model at a time, on the sweep's measurement target.
 
-It is one Ray actor that holds its own resources for the whole sweep (`measure.cpus` logical CPUs,
-a GPU with `measure.device: cuda`, and on a cluster one unit of the custom resource `measure.target` names,
-so it lands on a node type kept for timing), pins its torch threads (and, where the OS allows, its
-cores), and loads each model from its exported artifact, so it times exactly what ships. A Ray actor runs
-one call at a time: trials queue for it, and their measurements never overlap.
+It is one Ray actor, pinned to its node for the whole sweep (a GPU with `measure.device: cuda`; on a cluster
+one unit of the custom resource `measure.target` names, so it lands on a node type kept for timing), that
+pins its torch threads (and, where the OS allows, its cores) and loads each model from its exported
+artifact, so it times exactly what ships. A Ray actor runs one call at a time: trials queue for it, and
+their measurements never overlap. How its timing gets the node to itself is `measure.isolation`:
+
+- `pause` (the default): it holds no CPU; while it times a model, every training loop on its node pauses
+  at its next step boundary and waits (`io.gate`), so trials use every core between measurements;
+- `reserve`: it holds `measure.cpus` logical CPUs (default `threads`) from trials for the whole sweep;
+- `none`: neither (timings then share the node with training: for a node of its own, `measure.target`).
 
 Latency is corrected for drift: every timed forward pass of a model is followed by one of a fixed
 reference model (the sweep's teacher), and the model's latency is the median of those paired ratios
@@ -15,6 +20,7 @@ its other measurements). A machine that is slower for a while slows both sides o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -35,6 +41,7 @@ from orchestrator.core.objectives import Objectives
 from orchestrator.engine.cluster import service_cpus
 from orchestrator.engine.context import SweepContext
 from orchestrator.io.artifact import load_artifact
+from orchestrator.io.gate import Gate
 from orchestrator.io.storage import fetch
 from orchestrator.tasks.base import Task
 from orchestrator.techniques.quantize import EncodedTensor
@@ -108,20 +115,30 @@ class MeasurementService:
         self.reference_ms = ms
 
     def measure(self, artifact: str) -> dict[str, Any]:
-        """Every target figure of the model in `artifact`: {"metrics", "started", "ended"} (unix seconds)."""
-        started = time.time()
-        probe = _Probe(self, self._load(artifact), artifact)
-        metrics = self.objectives.measured("target", probe, self.names)
-        lat = probe.timing
-        metrics.update({
-            f"throughput_{probe.throughput_unit}_per_s": probe.throughput_per_s,
-            **probe.extra,
-            "latency_raw_ms": lat.raw_p50_ms,
-            "measure_threads": float(self.settings.threads),
-        })
+        """Every target figure of the model in `artifact`: {"metrics", "started", "ended"} (unix seconds), the
+        window in which the node's training paused (`measure.isolation: pause`)."""
+        model = self._load(artifact)
+        with self._isolated() as window:  # everything timed, inside the window
+            started = time.time()
+            probe = _Probe(self, model, artifact)
+            metrics = self.objectives.measured("target", probe, self.names)
+            lat = probe.timing
+            metrics.update({
+                f"throughput_{probe.throughput_unit}_per_s": probe.throughput_per_s,
+                **probe.extra,
+                "latency_raw_ms": lat.raw_p50_ms,
+                "measure_threads": float(self.settings.threads),
+            })
+            ended = time.time()
+        if window is not None:
+            metrics.update({"measure_pause_wait_s": window.waited_s, "measure_isolated": float(window.isolated)})
         if lat.vs_reference is not None:
             metrics["latency_vs_teacher"] = lat.vs_reference
-        return {"metrics": metrics, "started": started, "ended": time.time()}
+        return {"metrics": metrics, "started": started, "ended": ended}
+
+    def _isolated(self) -> Any:
+        """With `measure.isolation: pause`, the node's gate held shut (its window); else nothing to hold (None)."""
+        return Gate().measuring() if self.settings.isolation == "pause" else contextlib.nullcontext()
 
     def peak_memory_mb(self, artifact: str) -> float:
         """Peak memory of a batch-1 inference of `artifact` in a fresh process: what the loaded model and

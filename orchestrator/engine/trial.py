@@ -25,6 +25,7 @@ from orchestrator.engine.compress import Compressed, compress
 from orchestrator.engine.context import SweepContext
 from orchestrator.engine.evaluation import measure_model, with_registered
 from orchestrator.engine.prepare import PreparedData, TeacherOutputsInfo
+from orchestrator.engine.search import STUDENT_TAG
 from orchestrator.engine.service import measure_on_service
 from orchestrator.engine.students import distill_student, load_student, recover_student, tune_quantized
 from orchestrator.io.artifact import ARTIFACT
@@ -106,7 +107,9 @@ def run_pipeline(params: TrialParams, tc: TrialContext, *, trial_id: str, report
     trial.timings["time_measure_s"] = time.perf_counter() - t - m.wait_seconds
     trial.timings["time_measure_wait_s"] = trial.timings.get("time_measure_wait_s", 0.0) + m.wait_seconds  # orchestration, not a stage
     trained = {} if distilled is None else {"val_accuracy": distilled.val_accuracy, "val_loss": distilled.val_loss,
-                                            "distill_steps": distilled.steps}
+                                            "distill_steps": distilled.steps, "distill_paused_s": distilled.paused_seconds,
+                                            # a reused student: the training it did not repeat
+                                            "distill_saved_s": distilled.train_seconds if hits.get(CacheStage.DISTILL) else 0.0}
     metrics = {**m.metrics, "sparsity_measured": c.sparsity, "int8_layers": float(len(c.int8_layers)),
                "compression_ratio": tc.teacher.size_bytes / c.size_bytes, **_retained(m.metrics, tc), **trained, **pre}
     return TrialOutcome(status=Status.COMPLETED, metrics=metrics, cache_hits=hits, timings=_with_total(trial.timings),
@@ -149,6 +152,7 @@ def _distilled(trial: _Trial, check: Check | None) -> tuple[nn.Module, str, Dist
         trial.tags["distill.worker_weights"] = ",".join(record.worker_weights)  # one digest per rank
     if record.resumed_from:  # a worker was lost: its group restarted from this step's checkpoint
         trial.tags["distill.resumed_from_step"] = str(record.resumed_from)
+    trial.tags[STUDENT_TAG] = entry.name  # the trials that share a student share this key (`fanout`)
     student, _ = load_student(tc.task, entry / "student.pt")
     return student, entry.name, record
 

@@ -197,6 +197,7 @@ class DistillRecord:
     worker_weights: tuple[str, ...] = ()  # and a digest of each rank's final weights (all equal: checked)
     curves: dict[str, list[list[float]]] = field(default_factory=dict)  # see `training.progress.Curves`
     resumed_from: int = 0  # Ray Train: the step of the checkpoint a restarted worker group resumed from (0: none)
+    paused_seconds: float = 0.0  # of `train_seconds`, paused between steps while the node's measurement service timed a model
 
 
 @dataclass(frozen=True)

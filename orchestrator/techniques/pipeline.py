@@ -42,6 +42,12 @@ class Pipeline:
         """The trial's quantizer, or None when there is no quantize stage or `bits` keeps float32."""
         return self.quantize.spec(params) if self.quantize is not None else None
 
+    @property
+    def compression_params(self) -> tuple[str, ...]:
+        """The params read only after the student is distilled: those of the techniques that do not act during
+        distillation (gradual pruning and QAT make theirs part of the student)."""
+        return tuple(name for t in self.techniques if not t.during_distillation for name in t.uses)
+
     def distill_hooks(self, params: Mapping[str, Any]) -> tuple[TrainingHook, ...]:
         """What the techniques do while the student distils with the trial's `params` (gradual pruning, QAT)."""
         return tuple(hook for t in self.techniques if (hook := t.distill_hook(params)) is not None)

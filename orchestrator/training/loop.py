@@ -23,6 +23,7 @@ from torch import nn
 
 from orchestrator.core.losses import HiddenProjection, distillation_loss, layer_map
 from orchestrator.io.checkpoints import load_frozen
+from orchestrator.io.gate import Worker, working
 from orchestrator.io.records import DistillRecord
 from orchestrator.io.storage import fetch, fetched_once
 from orchestrator.techniques.base import TrainingHook
@@ -177,8 +178,22 @@ def fit(job: DistillJob, session: LocalSession | RayTrainSession, check: Check |
         curves.points = run.saved["curves"]
         for hook in run.hooks:
             hook.resume(run.student, run.start)
-    step = run.start
-    for step, (x, y, signal) in enumerate(_batches(run, gen, session.device, steps=job.steps - run.start), start=run.start + 1):
+    with working(session.agree) as gate:  # pauses between steps while the node's measurement service times a model
+        step, val = _train(run, session, model, optimizer, schedule, gen, plateau, curves, check, gate)
+    for hook in reversed(run.hooks):
+        hook.finish(run.student)
+    record = DistillRecord(steps=step, train_seconds=time.perf_counter() - t0, val_accuracy=val["accuracy"],
+                           val_loss=val.get("loss", math.nan), curves=curves.points, resumed_from=run.start,
+                           paused_seconds=gate.paused_s)
+    return record, run.student.cpu()
+
+
+def _train(run: _Run, session: LocalSession | RayTrainSession, model: nn.Module, optimizer: torch.optim.Optimizer,
+           schedule: Any, gen: torch.Generator, plateau: Plateau, curves: Curves, check: Check | None,
+           gate: Worker) -> tuple[int, dict[str, float]]:
+    """The steps, then the final validation score: (the last step, its scores)."""
+    job, step = run.job, run.start
+    for step, (x, y, signal) in enumerate(_batches(run, gen, session.device, gate, steps=job.steps - run.start), start=run.start + 1):
         curves.loss(step, _step(run, model, optimizer, x, y, signal, step))
         schedule.step()
         for hook in run.hooks:
@@ -192,13 +207,9 @@ def fit(job: DistillJob, session: LocalSession | RayTrainSession, check: Check |
         if job.checkpoint_every and step % job.checkpoint_every == 0 and step < job.steps:
             session.save(step, lambda: {"step": step, "model": run.distillee.state_dict(), "optimizer": optimizer.state_dict(),
                                         "schedule": schedule.state_dict(), "curves": curves.points})
-    val = job.task.evaluate(run.student, data, "val", max_examples=job.val_tokens)  # as it will run (fake-quantized)
+    val = job.task.evaluate(run.student, run.data, "val", max_examples=job.val_tokens)  # as it will run (fake-quantized)
     curves.val(step, val["accuracy"])
-    for hook in reversed(run.hooks):
-        hook.finish(run.student)
-    record = DistillRecord(steps=step, train_seconds=time.perf_counter() - t0, val_accuracy=val["accuracy"],
-                           val_loss=val.get("loss", math.nan), curves=curves.points, resumed_from=run.start)
-    return record, run.student.cpu()
+    return step, val
 
 
 def _step(run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -244,11 +255,14 @@ def _validate(run: _Run, check: Check | None, plateau: Plateau, step: int) -> tu
     return scored, False
 
 
-def _batches(run: _Run, gen: torch.Generator, device: torch.device, *, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, Signal | None]]:
+def _batches(run: _Run, gen: torch.Generator, device: torch.device, gate: Worker, *,
+             steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, Signal | None]]:
     """`steps` batches on `device`: inputs, targets, and what the teacher says about them (None with no
-    teacher): read from its cached outputs, or from a live forward pass."""
+    teacher): read from its cached outputs, or from a live forward pass. Before each, the step boundary:
+    `gate` pauses here while the node's measurement service times a model."""
     job, layers = run.job, run.hidden_layers
     for _ in range(steps):
+        gate.between_steps()
         if run.cached is not None:
             x, y, logits, indices, states = run.cached.batch(job.batch_size, gen, hidden_layers=layers)
             signal = (logits.to(device), None if indices is None else indices.to(device),

@@ -17,6 +17,7 @@ class LocalSession:
     runs again whole)."""
 
     rank = 0
+    agree = None  # one process decides alone whether to pause for a measurement (`io.gate`)
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -40,7 +41,17 @@ class RayTrainSession:
         import ray.train.torch
 
         self.rank = ray.train.get_context().get_world_rank()
+        self.world_size = ray.train.get_context().get_world_size()
         self.device = ray.train.torch.get_device()
+
+    def agree(self, pause: bool) -> bool:
+        """Whether any rank was asked to pause for a measurement (`io.gate`): all ranks pause at the same step,
+        so none waits inside a collective for one that paused."""
+        if self.world_size == 1:
+            return pause
+        flag = torch.tensor([1.0 if pause else 0.0])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def prepare(self, model: nn.Module) -> nn.Module:
         import ray.train.torch

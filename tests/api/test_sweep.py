@@ -331,3 +331,28 @@ def test_gradual_pruning_with_qat_and_a_teacher_only_pipeline_end_to_end(sweep):
     assert (t["status"] == "COMPLETED").all() and (t["sparsity_measured"] == 0.5).all()
     assert (t["params"] == result.teacher.params).all()  # the teacher itself, compressed
     assert (t["size_mb"] < result.teacher.size_bytes / 1e6 / 4).all()
+
+
+def test_a_fanout_sweep_compresses_each_new_student_several_ways(sweep):
+    """fanout 3: after a trial trains a new student, two more trials compress it other ways (the sampler picks their
+    sparsity and bits). Two at once, six trials: at most two students are distilled (a repeated configuration would be
+    answered from the study and replaced by a fresh proposal, with a student of its own)."""
+    result, root, uri = sweep
+    fanned = Sweep.from_yaml(SMOKE, trials=6, fanout=3, max_concurrent_trials=2, sampler_seed=11, storage=str(root / "runs"),
+                             tracking_uri=uri, experiment="fanout").run()
+    t = fanned.trials
+    assert (t["status"] == "COMPLETED").all(), t["error"].tolist()
+    client = MlflowClient(uri)
+    students = [client.get_run(r).data.tags["distill.student"] for r in t["run_id"]]
+    trained = int((t["cache_hit_distill"] == 0).sum())
+    assert trained == len(set(students)) == 2  # each student trained once, then reused
+    for student in set(students):
+        rows = t[[s == student for s in students]]
+        assert rows[list(fanned.config.student_params)].nunique().max() == 1  # one student: the same distillation params
+    hits = t[t["cache_hit_distill"] == 1]
+    assert (hits["distill_saved_s"] > 0).all() and (hits["time_distill_s"] == 0).all()
+    parent = client.get_run(fanned.run_id).data.metrics
+    assert parent["distillations"] == trained and parent["distill_saved_s"] == pytest.approx(hits["distill_saved_s"].sum())
+    assert parent["fanout_trials_queued"] >= len(t) - trained
+    values = t[["accuracy", "size_mb", "latency_ms"]].to_numpy(float)  # all feasible: no constraints
+    assert set(fanned.pareto["trial_id"]) == set(t["trial_id"][pareto_mask(values, ["max", "min", "min"])])

@@ -268,3 +268,16 @@ def test_char_lm_reads_local_text_files_instead_of_the_corpus(tmp_path):
     cfg = load_config(Path(__file__).parents[2] / "search_spaces" / "smoke.yaml",
                       overrides={"task.files": str(tmp_path / "*.txt"), "task.chars": None})
     assert Sweep(cfg).task.data_key(cfg) == text_key("In the beginning " * 50)
+
+
+def test_fanout_needs_a_searched_param_that_only_compression_reads():
+    cfg = load_config(ROOT / "search_spaces" / "smoke.yaml", overrides={"fanout": 3})
+    assert cfg.fanout == 3 and cfg.student_params == ["width", "beta", "lambda", "temperature", "optimizer", "lr"]
+    with pytest.raises(ConfigError, match=r"`fanout` is 3: .* no searched param is read only after distillation \(searched: "
+                                          r"lr\); search a one-shot technique's param .* or set fanout to 1"):
+        load_config(None, overrides={"fanout": 3, "params.lr": {"low": 1e-3, "high": 1e-2}})
+    qat = {"fanout": 2, "params.bits": {"choices": [4, 8]}, "pipeline": ["distill", {"quantize": {"method": "affine", "mode": "qat"}}]}
+    with pytest.raises(ConfigError, match="no searched param is read only after distillation"):  # QAT's bits shape the student
+        load_config(None, overrides=qat)
+    with pytest.raises(ConfigError, match="`fanout` must be an integer >= 1, got 0"):
+        load_config(None, overrides={"fanout": 0})

@@ -137,3 +137,41 @@ def test_a_configuration_that_completed_is_told_again_not_run_again():
         earlier = told[0] if t.params == told[0].params else told[1]
         assert t.values == earlier.values and t.constraints == earlier.constraints
     assert told[0].constraints == {"max_size_mb": 0.5}
+
+
+def test_fanout_queues_trials_that_keep_a_new_students_params_and_sample_the_rest():
+    from orchestrator.engine.search import FANOUT_OF, STUDENT, STUDENT_TAG
+    from orchestrator.io.records import CacheStage
+
+    cfg = load_config(None, overrides={"fanout": 3, "params.bits": {"choices": [2, 3, 4, 8]}, "params.sparsity": {"low": 0.0, "high": 0.9},
+                                       "params.lr": {"low": 1e-4, "high": 1e-2, "log": True}, "params.width": {"choices": [32, 64]}})
+    storage = optuna.storages.InMemoryStorage()
+
+    def searcher():
+        return ConstrainedOptunaSearch(
+            space=DefineByRun(cfg.params), metric=["accuracy", "size_mb"], mode=["max", "min"], storage=storage, study_name="s",
+            sampler=optuna.samplers.RandomSampler(seed=0), limits=ObjectiveConstraints({}), fanout=cfg.fanout,
+            student_params=cfg.student_params)
+
+    def end(search, trial_id, student, hit):
+        outcome = TrialOutcome(status="COMPLETED", metrics={"accuracy": 0.5, "size_mb": 1.0}, tags={STUDENT_TAG: student},
+                               cache_hits={CacheStage.DISTILL: hit})
+        search.on_trial_complete(trial_id, result=outcome.report(["accuracy", "size_mb"]))
+        search.tell(trial_id)
+
+    search = searcher()
+    first = search.suggest("t1")
+    end(search, "t1", "student-a", False)
+    fans = [search.suggest(f"f{i}") for i in range(2)]
+    for i, fan in enumerate(fans):
+        assert {k: fan[k] for k in ("lr", "width")} == {k: first[k] for k in ("lr", "width")}  # the same student
+        end(search, f"f{i}", "student-a", True)  # its own student again: no further fan-out
+    assert (fans[0]["sparsity"], fans[0]["bits"]) != (fans[1]["sparsity"], fans[1]["bits"])  # compressed other ways
+    assert search.fanned_out == 2
+    study = search._ot_study
+    assert [t.user_attrs.get(FANOUT_OF) for t in study.trials] == [None, "t1", "t1"]
+    assert {t.user_attrs[STUDENT] for t in study.trials} == {"student-a"}
+    fresh = search.suggest("t2")
+    assert (fresh["lr"], fresh["width"]) != (first["lr"], first["width"])  # nothing queued: the sampler's own proposal
+    end(search, "t2", "student-a", True)  # a student this sweep has fanned out already (e.g. a resumed sweep's): not again
+    assert search.fanned_out == 2 and searcher()._students == {"student-a"}  # a resumed searcher reads them from the study

@@ -62,7 +62,24 @@ def test_ddp_distillation_with_two_workers_learns_and_returns_rank0_model(ray_se
     torch.save({"config": _job(data_path).model, "state_dict": teacher.state_dict}, tmp_path / "teacher.pt")
     job = _job(data_path, teacher_path=str(tmp_path / "teacher.pt"), model=_model(data_path, width=8),
                weights=LossWeights(temperature=2.0, lam=0.5, beta=1.0))
-    result = run_distill(job, name="s", storage_path=str(tmp_path), num_workers=2, use_gpu=False, cpus_per_worker=0.5)
+    done = threading.Event()
+
+    def measure():  # the node's measurement gate shut now and then: the ranks pause together (no deadlock in a collective)
+        from orchestrator.io.gate import Gate
+
+        while not done.is_set():
+            with Gate().measuring(deadline_s=30) as window:
+                time.sleep(0.05)
+            assert window.isolated
+            time.sleep(0.05)
+
+    shutter = threading.Thread(target=measure)
+    shutter.start()
+    try:
+        result = run_distill(job, name="s", storage_path=str(tmp_path), num_workers=2, use_gpu=False, cpus_per_worker=0.5)
+    finally:
+        done.set()
+        shutter.join()
     data = CharData.load(data_path)
     student = build_model(len(data.vocab), 16, layers=1, width=8, heads=2)
     student.load_state_dict(result.state_dict)  # the projection is not part of the student
@@ -72,6 +89,7 @@ def test_ddp_distillation_with_two_workers_learns_and_returns_rank0_model(ray_se
     assert after.perplexity < before.perplexity
     assert result.record.val_accuracy == pytest.approx(after.accuracy)
     assert 0 < result.record.train_seconds < result.fit_seconds
+    assert result.record.paused_seconds > 0
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +265,28 @@ def test_a_ddp_worker_killed_mid_distillation_resumes_from_its_last_checkpoint(r
     assert record.steps == 300 and len(set(record.worker_weights)) == 1
     loss = record.curves["distill_loss"]
     assert loss[-1][0] == 300 and loss[-1][1] < loss[0][1]  # the curve spans the whole run, before and after the kill
+
+
+def test_the_loop_pauses_between_steps_while_the_nodes_gate_is_shut(data_path, teacher_path, tmp_path, monkeypatch):
+    """`fit` holds the node's gate (`io.gate`) as a worker: no step, and no validation inside one, runs inside a
+    measurement window, and the time paused is recorded."""
+    from orchestrator.io.gate import GATE_ENV, Gate
+    from orchestrator.training.loop import Check
+
+    monkeypatch.setenv(GATE_ENV, str(tmp_path / "gate"))
+    gate, stamps, windows, result = Gate(), [], [], {}
+    check = Check(every=1, val_tokens=64, callback=lambda step, scores: stamps.append(time.time()))
+    job = _student_job(data_path, teacher_path=teacher_path, steps=80)
+    thread = threading.Thread(target=lambda: result.update(r=run_distill(
+        job, name="x", storage_path="unused", num_workers=1, use_gpu=False, cpus_per_worker=1, in_process=True, check=check)))
+    thread.start()
+    while thread.is_alive():
+        with gate.measuring():
+            started = time.time()
+            time.sleep(0.05)
+            windows.append((started, time.time()))
+        time.sleep(0.05)
+    thread.join()
+    assert len(stamps) == 79 and len(windows) >= 3
+    assert [t for t in stamps for w in windows if w[0] <= t <= w[1]] == []
+    assert result["r"].record.paused_seconds > 0
