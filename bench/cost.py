@@ -1,17 +1,20 @@
-"""What a sweep costs: this product against the plain Optuna loop a user would write (issue 6).
+"""What a sweep costs: this product against the plain Optuna loop a user would write (issues 6 and 25).
 
-    python bench/cost.py [--space bench/cost.yaml] [--out bench/results/cost.json]
+    python bench/cost.py [--space bench/cost.yaml] [--out bench/results/cost.json] [--teacher-storage DIR]
 
-Same search space, sampler, seed and number of trials for all:
-  (a) do-it-yourself: one process, no Ray, `optuna.Study.optimize`; every trial distils from scratch with the
-      teacher run live in every step, then prunes, quantizes, exports and measures (torch uses every core);
-  (b) this product: `Sweep.run()` (Ray Tune trials side by side, teacher outputs computed once, students
-      reused across trials that differ only in sparsity/bits);
-  (c) this product one trial at a time: the savings of reuse alone, and latencies measured on a quiet machine
-      as in (a) (in (b) each trial's latency is timed while the other trial trains on the other core).
-Both use the same teacher (trained once, before the clock starts) and the same stage and measurement code,
-so the difference is orchestration. Also measured: one distillation with the teacher live vs from cached
-outputs. Prints the figures and writes them as JSON. Not a test: the machine's load moves these numbers.
+The same job for every contestant (bench/cost.yaml: the same space, sampler, seed and number of trials),
+from the same teacher, trained before any clock starts:
+  (a) the hand-written loop: one process, no Ray, `optuna.Study.optimize`; every trial distils from scratch
+      with the teacher run live in every step, then prunes, quantizes, exports and times the model in its
+      own process (torch on every core);
+  (b) this product on its defaults (`Sweep.run()`: trials side by side, the measurement service pausing
+      training while it times, teacher outputs computed once);
+  (c) this product with `fanout: 4` (each new student compressed four ways);
+  (d) this product with `measure.isolation: reserve` (the service holding a core: the default before).
+Each product run starts from a storage holding only the teacher and the data. Hypervolumes are over test
+accuracy, size and latency, with the teacher as reference. Also measured: one student distilled with the
+teacher live, from the default pool of teacher outputs and from a pool of 2,048 windows. Prints the figures
+and writes them as JSON. Not a test: the machine's load moves these numbers.
 """
 
 from __future__ import annotations
@@ -51,27 +54,9 @@ from orchestrator.training.launch import run_distill
 from orchestrator.training.teacher_outputs import compute_teacher_outputs
 
 
-ROW_METRICS = ("accuracy", "size_mb", "latency_ms", "latency_vs_teacher")
-CONFIG = ("layers", "width", "beta", "sparsity", "bits")
-
-
-def matched(a: list[dict], b: list[dict]) -> dict:
-    """Trials of `a` and `b` with the same config: how their accuracy and latency compare."""
-    index = {tuple(r[k] for k in CONFIG): r for r in b}
-    pairs = [(r, index[tuple(r[k] for k in CONFIG)]) for r in a if tuple(r[k] for k in CONFIG) in index]
-    if not pairs:
-        return {"pairs": 0}
-    return {
-        "pairs": len(pairs),
-        "max_abs_accuracy_diff": round(max(abs(x["accuracy"] - y["accuracy"]) for x, y in pairs), 4),
-        "median_latency_ratio": round(float(np.median([y["latency_ms"] / x["latency_ms"] for x, y in pairs])), 3),
-        "median_latency_vs_teacher_ratio": round(float(np.median(
-            [y["latency_vs_teacher"] / x["latency_vs_teacher"] for x, y in pairs])), 3),
-    }
-
-
 def normalized_hv(points: list[tuple[float, float, float]], teacher: TeacherRecord) -> float:
-    """Hypervolume with the teacher as reference (accuracy 0, its size and latency), as the product logs it."""
+    """Hypervolume of (test accuracy, size, latency) points with the teacher as reference (accuracy 0, its size
+    and latency), normalised by the teacher's size x latency."""
     if not points:
         return 0.0
     size, latency = teacher.size_bytes / 1e6, teacher.latency_ms
@@ -85,10 +70,6 @@ def curve(events: list[tuple[float, tuple[float, float, float]]], teacher: Teach
         points.append(p)
         out.append((t, normalized_hv(points, teacher)))
     return out
-
-
-def time_to(target: float, hv_curve: list[tuple[float, float]]) -> float | None:
-    return next((t for t, hv in hv_curve if hv >= target), None)
 
 
 def prepare_teacher(cfg: SweepConfig) -> tuple[TeacherRecord, str]:
@@ -108,8 +89,8 @@ def prepare_teacher(cfg: SweepConfig) -> tuple[TeacherRecord, str]:
         ray.shutdown()
 
 
-def diy(cfg: SweepConfig, teacher: TeacherRecord, data_path: str, workdir: Path) -> tuple[list[tuple[float, tuple]], list[dict]]:
-    """(a): the loop a user writes with Optuna alone. Returns (ending times and objectives, trial rows)."""
+def diy(cfg: SweepConfig, teacher: TeacherRecord, data_path: str, workdir: Path) -> list[tuple[float, tuple]]:
+    """(a): the loop a user writes with Optuna alone. Returns each trial's ending time and (test accuracy, size, latency)."""
     data = CharData.load(data_path)
     task, ctx = CharLMTask(cfg.task), resolve(cfg)
     threads = os.cpu_count() or 1
@@ -117,7 +98,6 @@ def diy(cfg: SweepConfig, teacher: TeacherRecord, data_path: str, workdir: Path)
                                 sampler=make_sampler(cfg.sampler, seed=cfg.seed, grid=searched_grid(cfg.params)))
     space = DefineByRun(cfg.params)
     events: list[tuple[float, tuple]] = []
-    rows: list[dict] = []
     started = time.perf_counter()
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
@@ -144,14 +124,13 @@ def diy(cfg: SweepConfig, teacher: TeacherRecord, data_path: str, workdir: Path)
                               reference=load_frozen(teacher.path, task.build_model))
         m = {**held_out_metrics(task, c.model, data, ctx).metrics, "size_mb": c.size_bytes / 1e6, "latency_ms": lat.p50_ms,
              "latency_vs_teacher": lat.p50_ms / lat.reference_p50_ms}
-        values = (m["accuracy"], m["size_mb"], m["latency_ms"])
-        events.append((time.perf_counter() - started, values))
-        rows.append({**trial.params, **fixed, **{k: m[k] for k in ROW_METRICS}})
+        values = (m["accuracy"], m["size_mb"], m["latency_ms"])  # the search reads validation, as the product's does
+        events.append((time.perf_counter() - started, (m["test_accuracy"], m["size_mb"], m["latency_ms"])))
         return values
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(objective, n_trials=cfg.trials)
-    return events, rows
+    return events
 
 
 def product(cfg: SweepConfig) -> tuple[list[tuple[float, tuple]], "orchestrator.SweepResult", float]:
@@ -161,111 +140,104 @@ def product(cfg: SweepConfig) -> tuple[list[tuple[float, tuple]], "orchestrator.
 
     def progress(p: orchestrator.SweepProgress) -> None:
         if p.status == "COMPLETED":
-            events.append((time.perf_counter() - started, tuple(p.outcome.metrics[k] for k in OBJECTIVES)))
+            m = p.outcome.metrics
+            events.append((time.perf_counter() - started, (m["test_accuracy"], m["size_mb"], m["latency_ms"])))
 
     result = orchestrator.Sweep(cfg).run(progress=progress)
     return events, result, time.perf_counter() - started
 
 
 def teacher_output_saving(cfg: SweepConfig, teacher: TeacherRecord, data_path: str, workdir: Path) -> dict:
-    """One student (2 x 64, beta 0.5) distilled with the teacher live, then from cached outputs; one thread."""
+    """One student (2 x 64, beta 0.5) distilled with the teacher live, from the default pool (as many windows as
+    it draws) and from a pool of 2,048 windows (the default before); one thread each. Validation and test accuracy."""
     data = CharData.load(data_path)
-    t = time.perf_counter()
     task = CharLMTask(cfg.task)
-    pool = task.batch(data, "train", cfg.distill.cache_blocks, torch.Generator().manual_seed(cfg.seed))
-    with_hidden = compute_teacher_outputs(load_frozen(teacher.path, task.build_model), *pool, hidden=True, top_k=None)
-    build_s = time.perf_counter() - t
-    with_hidden.save(workdir / "outputs.pt")
     model_cfg = {"architecture": "gpt", "config": {"vocab_size": len(data.vocab), "context": cfg.task.context,
                  "layers": 2, "width": 64, "heads": 2, "mlp": None, "head_dim": None}}
     base = dict(task=task, data_path=data_path, model=model_cfg, steps=cfg.distill.steps, batch_size=cfg.distill.batch_size,
                 warmup=cfg.distill.warmup, lr=3e-3, optimizer="adamw", seed=cfg.seed,
                 weights=LossWeights(2.0, 0.5, 0.5), val_tokens=cfg.distill.val_tokens, threads=1)
-    out = {"cache_build_s": round(build_s, 2), "cache_mb": round((workdir / "outputs.pt").stat().st_size / 1e6, 1),
-           "cache_blocks": cfg.distill.cache_blocks}
-    for name, job in {
-        "live": DistillJob(teacher_path=teacher.path, teacher_outputs_path=None, **base),
-        "cached": DistillJob(teacher_path=None, teacher_outputs_path=str(workdir / "outputs.pt"), **base),
-    }.items():
+    out: dict = {}
+    jobs = {"live": DistillJob(teacher_path=teacher.path, teacher_outputs_path=None, **base)}
+    for name, blocks in (("pool_default", cfg.pool_examples), ("pool_2048", 2048)):
+        t = time.perf_counter()
+        pool = task.pool(data, blocks, torch.Generator().manual_seed(cfg.seed))
+        outputs = compute_teacher_outputs(load_frozen(teacher.path, task.build_model), *pool, hidden=True, top_k=None)
+        outputs.save(workdir / f"{name}.pt")
+        out[f"{name}_examples"] = blocks
+        out[f"{name}_build_s"] = round(time.perf_counter() - t, 2)
+        out[f"{name}_mb"] = round((workdir / f"{name}.pt").stat().st_size / 1e6, 1)
+        jobs[name] = DistillJob(teacher_path=None, teacher_outputs_path=str(workdir / f"{name}.pt"), **base)
+    ctx = resolve(cfg)
+    for name, job in jobs.items():
         r = run_distill(job, name=name, storage_path=str(workdir), num_workers=1, use_gpu=False, cpus_per_worker=1,
                         in_process=True)
+        student = build_model(len(data.vocab), cfg.task.context, layers=2, width=64, heads=2)
+        student.load_state_dict(r.state_dict)
+        m = held_out_metrics(task, student, data, ctx).metrics
         out[f"{name}_train_s"] = round(r.record.train_seconds, 2)
-        out[f"{name}_val_accuracy"] = round(r.record.val_accuracy, 4)
-    out["speedup"] = round(out["live_train_s"] / out["cached_train_s"], 2)
+        out[f"{name}_val_accuracy"] = round(m["accuracy"], 4)
+        out[f"{name}_test_accuracy"] = round(m["test_accuracy"], 4)
     return out
+
+
+VARIANTS = {  # the product's runs: overrides of the space's settings
+    "product": {},  # its defaults: isolation pause, fanout 1
+    "product_fanout4": {"fanout": 4},
+    "product_reserve": {"measure.isolation": "reserve"},  # the measurement service holding a core (the default before)
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="bench/cost.yaml")
     parser.add_argument("--out", default="bench/results/cost.json")
+    parser.add_argument("--teacher-storage", default=None,
+                        help="a storage that keeps the trained teacher between runs of this bench (default: a temporary one)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"the product's runs, among {', '.join(VARIANTS)}")
+    parser.add_argument("--no-diy", action="store_true", help="skip the hand-written loop (its figures are then missing)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = orchestrator.load_config(args.space, overrides={"storage": f"{tmp}/runs",
-                                                               "tracking_uri": f"sqlite:///{tmp}/mlflow.db"})
-        teacher, data_path = prepare_teacher(cfg)
-        (Path(tmp) / "diy").mkdir()
+        base = args.teacher_storage or f"{tmp}/teacher"
+        cfg = orchestrator.load_config(args.space, overrides={"storage": base, "tracking_uri": f"sqlite:///{tmp}/mlflow.db"})
+        teacher, data_path = prepare_teacher(cfg)  # before any clock, for every contestant
+        figures: dict = {"space": args.space, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+                         "date": time.strftime("%Y-%m-%d"), "trials": cfg.trials,
+                         "teacher": {"test_accuracy": round(teacher.metrics["test_accuracy"], 4),
+                                     "size_mb": round(teacher.size_bytes / 1e6, 3), "latency_ms": round(teacher.latency_ms, 3)}}
+        curves = {}
+        if not args.no_diy:
+            (Path(tmp) / "diy").mkdir()
+            t = time.perf_counter()
+            events = diy(cfg, teacher, data_path, Path(tmp) / "diy")
+            figures["diy_wall_s"] = round(time.perf_counter() - t, 1)
+            curves["diy"] = curve(events, teacher)
+            figures["diy_test_hypervolume"] = round(curves["diy"][-1][1], 4)
+        for name in args.variants.split(","):
+            storage = Path(tmp) / name  # holds only the teacher and the data: nothing of another run is reused
+            for part in ("teachers", "data"):
+                shutil.copytree(Path(base) / part, storage / part)
+            run_cfg = orchestrator.load_config(args.space, overrides={"storage": str(storage), "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
+                                                                      "experiment": name, **VARIANTS[name]})
+            events, result, wall = product(run_cfg)
+            done = result.trials[result.trials["status"] == "COMPLETED"]
+            curves[name] = curve(events, teacher)
+            figures[name] = {
+                "wall_s": round(wall, 1), "test_hypervolume": round(curves[name][-1][1], 4) if curves[name] else 0.0,
+                "overhead": round(result.overhead, 3), "distillations": int((done["cache_hit_distill"] == 0).sum()),
+                "trials_completed": len(done), "distill_saved_s": round(float(done.get("distill_saved_s", 0).sum()), 1),
+                "measure_pause_wait_s_median": round(float(done["measure_pause_wait_s"].median()), 3) if "measure_pause_wait_s" in done else None,
+            }
+            if "diy_wall_s" in figures:
+                figures[name]["wall_ratio_vs_diy"] = round(figures["diy_wall_s"] / wall, 2)
+                figures[name]["hypervolume_vs_diy"] = round(figures[name]["test_hypervolume"] / figures["diy_test_hypervolume"], 3)
         (Path(tmp) / "saving").mkdir()
-
-        t = time.perf_counter()
-        diy_events, diy_rows = diy(cfg, teacher, data_path, Path(tmp) / "diy")
-        diy_wall = time.perf_counter() - t
-        ours_events, result, ours_wall = product(cfg)
-        # (c) in a fresh storage holding only the teacher: nothing of (b) is reused
-        serial_cfg = orchestrator.load_config(args.space, overrides={
-            "storage": f"{tmp}/serial", "tracking_uri": f"sqlite:///{tmp}/mlflow.db", "max_concurrent_trials": 1})
-        shutil.copytree(Path(tmp) / "runs" / "teachers", Path(tmp) / "serial" / "teachers")
-        shutil.copytree(Path(tmp) / "runs" / "data", Path(tmp) / "serial" / "data")
-        serial_events, serial, serial_wall = product(serial_cfg)
-        saving = teacher_output_saving(cfg, teacher, data_path, Path(tmp) / "saving")
-
-    diy_curve, ours_curve, serial_curve = (curve(e, teacher) for e in (diy_events, ours_events, serial_events))
-    target = 0.95 * diy_curve[-1][1]
-    done = result.trials[result.trials["status"] == "COMPLETED"]
-
-    def rows_of(r: orchestrator.SweepResult) -> list[dict]:
-        t = r.trials[r.trials["status"] == "COMPLETED"]
-        return t[[*CONFIG, *ROW_METRICS]].to_dict(orient="records")
-
-    def hv_at(curve_: list[tuple[float, float]]) -> float:
-        return round(curve_[-1][1], 4) if curve_ else 0.0
-
-    def s_to(curve_: list[tuple[float, float]]) -> float | None:
-        s = time_to(target, curve_)
-        return round(s, 1) if s is not None else None
-
-    figures = {
-        "space": args.space,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "date": time.strftime("%Y-%m-%d"),
-        "trials": cfg.trials,
-        "diy_wall_s": round(diy_wall, 1),
-        "product_wall_s": round(ours_wall, 1),
-        "product_serial_wall_s": round(serial_wall, 1),
-        "wall_ratio": round(diy_wall / ours_wall, 2),
-        "wall_ratio_serial": round(diy_wall / serial_wall, 2),
-        "diy_hypervolume": hv_at(diy_curve),
-        "product_hypervolume": hv_at(ours_curve),
-        "product_serial_hypervolume": hv_at(serial_curve),
-        "diy_s_to_95pct_of_diy_hv": s_to(diy_curve),
-        "product_s_to_95pct_of_diy_hv": s_to(ours_curve),
-        "product_serial_s_to_95pct_of_diy_hv": s_to(serial_curve),
-        "product_overhead": round(result.overhead, 3),
-        "product_serial_overhead": round(serial.overhead, 3),
-        "same_config_product_vs_diy": matched(diy_rows, rows_of(result)),
-        "same_config_serial_vs_diy": matched(diy_rows, rows_of(serial)),
-        "product_distillations": int((done["cache_hit_distill"] == 0).sum()),
-        "product_students_reused": int((done["cache_hit_distill"] == 1).sum()),
-        "teacher_outputs": saving,
-        "diy_curve": [[round(t, 1), round(hv, 4)] for t, hv in diy_curve],
-        "product_curve": [[round(t, 1), round(hv, 4)] for t, hv in ours_curve],
-        "product_serial_curve": [[round(t, 1), round(hv, 4)] for t, hv in serial_curve],
-        "torch_threads_diy": os.cpu_count(),
-    }
+        figures["teacher_outputs"] = teacher_output_saving(cfg, teacher, data_path, Path(tmp) / "saving")
+    figures["curves"] = {k: [[round(t, 1), round(hv, 4)] for t, hv in c] for k, c in curves.items()}
     for k, v in figures.items():
-        if not k.endswith("_curve"):
-            print(f"{k:>30}: {v}")
+        if k != "curves":
+            print(f"{k:>24}: {v}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(figures, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -15,7 +15,7 @@ from orchestrator.config.params import CORE_PARAMS, spec_to_raw
 from orchestrator.config.rules import check_sweep
 from orchestrator.core.errors import ConfigError, did_you_mean, show
 from orchestrator.core.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, describe
-from orchestrator.core.space import Fixed, ParamSpec
+from orchestrator.core.space import Fixed, ParamSpec, param_values
 from orchestrator.techniques.base import Checked
 from orchestrator.techniques.base import check as _check
 from orchestrator.techniques.pipeline import Pipeline
@@ -61,7 +61,7 @@ class DistillConfig(Checked):
     warmup: int = _check(lambda v: v >= 0, "an integer >= 0", 20)  # linear LR warm-up steps, then cosine decay
     val_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 8192)  # validation positions (examples, for a classifier) scored after training
     teacher_outputs: Literal["cached", "live"] = "cached"  # cached: the teacher runs once per sweep over a pool of training windows; live: every step
-    cache_blocks: int = _check(lambda v: v >= 1, "an integer >= 1", 2048)  # examples in that pool (windows, for a language model): students sample batches from it
+    cache_blocks: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # examples in that pool (windows, for a language model); null: as many as the longest distillation draws (steps x batch_size x num_workers; a task with fewer training examples gives all of them). Students take its examples in a seeded random order, each once per pass
     top_k: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # keep the teacher's k largest logits per position (null: all; for large vocabularies)
     student: str | None = None  # hf_causal_lm: a named Hugging Face config (hub id or local directory) for a randomly initialised student, instead of `params.layers` of the teacher's layers
     layer_map: tuple[tuple[int, int], ...] | None = None  # hidden-state term's [student layer, teacher layer] pairs (0-based; null: evenly spaced, last meets last)
@@ -241,6 +241,16 @@ class SweepConfig(Checked):
     def searched(self) -> list[str]:
         """The params the sampler searches (the others are fixed)."""
         return [name for name, spec in self.params.items() if not isinstance(spec, Fixed)]
+
+    @property
+    def pool_examples(self) -> int:
+        """The teacher-output pool's size (`distill.cache_blocks`): as given, else what the longest distillation draws."""
+        d = self.distill
+        if d.cache_blocks is not None:
+            return d.cache_blocks
+        spec = self.params.get("steps")
+        steps = [int(v) for v in (param_values(spec) or []) if v is not None] if spec is not None else []
+        return max(steps or [d.steps]) * d.batch_size * self.resources.num_workers
 
     @property
     def student_params(self) -> list[str]:

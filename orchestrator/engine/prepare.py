@@ -50,6 +50,7 @@ class TeacherOutputsInfo:
     cache_hit: bool  # reused from an earlier sweep
     seconds: float  # time the teacher took to produce them when they were built
     size_bytes: int
+    examples: int = 0  # in the pool
 
 
 @dataclass(frozen=True)
@@ -194,12 +195,12 @@ def teacher_outputs(ctx: SweepContext, task: Task, teacher: TeacherRecord, data:
 
 def build_teacher_outputs(ctx: SweepContext, task: Task, teacher: TeacherRecord, data: PreparedData,
                           device: str = "cpu") -> TeacherOutputsInfo:
-    """Run the teacher once over a pool of `distill.cache_blocks` training examples (drawn by the task) on
+    """Run the teacher once over a pool of training examples (`SweepConfig.pool_examples`, drawn by the task) on
     `device` and keep its outputs for every trial. Hidden states are kept only when some trial can weigh
     them (`params.beta` not fixed at 0)."""
     cfg, d = ctx.config, ctx.config.distill
     hidden = cfg.params["beta"] != Fixed(0.0)
-    key = content_key("teacher_outputs", teacher.key, d.cache_blocks, cfg.seed, hidden, d.top_k, cfg.task.context)
+    key = content_key("teacher_outputs", teacher.key, cfg.pool_examples, cfg.seed, hidden, d.top_k, cfg.task.context, task.fingerprint())
 
     def build(tmp: Path) -> None:
         t, threads = time.perf_counter(), torch.get_num_threads()
@@ -207,7 +208,7 @@ def build_teacher_outputs(ctx: SweepContext, task: Task, teacher: TeacherRecord,
         try:
             model = load_frozen(teacher.path, task.build_model, device)
             generator = torch.Generator().manual_seed(cfg.seed)
-            inputs, targets = task.batch(task.load_data(fetch(data.path)), "train", d.cache_blocks, generator)
+            inputs, targets = task.pool(task.load_data(fetch(data.path)), cfg.pool_examples, generator)
             with torch.inference_mode():
                 width = model(inputs[:1].to(device))[0].shape[-1]
             top_k = d.top_k if d.top_k is not None and d.top_k < width else None  # k >= V: all logits
@@ -215,13 +216,13 @@ def build_teacher_outputs(ctx: SweepContext, task: Task, teacher: TeacherRecord,
         finally:
             torch.set_num_threads(threads)
         outputs.save(tmp / "teacher_outputs.pt")
-        (tmp / "teacher_outputs.json").write_text(to_json(TeacherOutputsRecord(time.perf_counter() - t)))
+        (tmp / "teacher_outputs.json").write_text(to_json(TeacherOutputsRecord(time.perf_counter() - t, len(inputs))))
 
     entry, hit = ctx.storage.entry(Cache.TEACHER_OUTPUTS, key, build)
     path = entry / "teacher_outputs.pt"
     record = from_json(TeacherOutputsRecord, (entry / "teacher_outputs.json").read_text())
     return TeacherOutputsInfo(key=key, path=ctx.storage.located(path), cache_hit=hit, seconds=record.seconds,
-                              size_bytes=path.stat().st_size)
+                              size_bytes=path.stat().st_size, examples=record.examples)
 
 
 def _log_teacher(ctx: SweepContext, task: Task, teacher: TeacherRecord, outputs: TeacherOutputsInfo | None) -> None:
@@ -233,6 +234,6 @@ def _log_teacher(ctx: SweepContext, task: Task, teacher: TeacherRecord, outputs:
     log.info("teacher %s (%s%s): validation %s, %.3f MB, %.3f ms", teacher.key, "cache hit, reused" if teacher.cache_hit
              else "built now", again, held, teacher.size_bytes / 1e6, teacher.latency_ms)
     if outputs is not None:
-        log.info("teacher outputs %s (%s): %s, %.1f MB, %.1f s of teacher time%s", outputs.key,
-                 "cache hit, reused" if outputs.cache_hit else "computed now", task.units.count(ctx.config.distill.cache_blocks, "example"),
+        log.info("teacher outputs %s (%s): a pool of %s, %.1f MB on disk (memory-mapped), %.1f s of teacher time%s", outputs.key,
+                 "cache hit, reused" if outputs.cache_hit else "computed now", task.units.count(outputs.examples, "example"),
                  outputs.size_bytes / 1e6, outputs.seconds, " (saved)" if outputs.cache_hit else "")

@@ -142,7 +142,8 @@ class SweepRun:
         names = [*objectives.registered, *(f"test_{n}" for n in objectives.registered if objectives[n].where == "held_out"), "params"]
         return {**{f"teacher_{k}": teacher.metrics[k] for k in names if k in teacher.metrics},
                 **{f"hypervolume_ref_{k}": v for k, v in self.prep.reference.items()},
-                **({"teacher_outputs_mb": outputs.size_bytes / 1e6, "teacher_outputs_seconds": outputs.seconds} if outputs else {})}
+                **({"teacher_outputs_mb": outputs.size_bytes / 1e6, "teacher_outputs_seconds": outputs.seconds,
+                    "teacher_outputs_examples": outputs.examples} if outputs else {})}
 
     def describe_sweep(self) -> str:
         cfg = self.ctx.config

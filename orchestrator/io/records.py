@@ -226,6 +226,7 @@ class TeacherOutputsRecord:
 
     VERSION: ClassVar[int] = 1
     seconds: float  # teacher time it took to compute them
+    examples: int = 0  # in the pool
 
 
 @dataclass(frozen=True)

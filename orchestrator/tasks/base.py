@@ -163,6 +163,12 @@ class Task(abc.ABC):
     def batch(self, data: Any, split: Split, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A random batch of `split`: inputs and targets, as the model and `hard_loss` take them."""
 
+    def pool(self, data: Any, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` training draws for the teacher-output pool (`distill.cache_blocks`); by default `batch`'s random
+        draws (a language model's windows: distinct in practice). A task with a finite training split gives
+        distinct examples, all of them when `n` covers the split."""
+        return self.batch(data, "train", n, generator)
+
     @abc.abstractmethod
     def evaluate(self, model: nn.Module, data: Any, split: Split, *, max_examples: int | None = None) -> dict[str, float]:
         """Score `model` on a held-out split: named metrics, `accuracy` (higher is better) among them, and

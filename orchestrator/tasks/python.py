@@ -225,6 +225,12 @@ class PythonTask(Task):
         rows = torch.randint(len(x), (batch_size,), generator=generator)
         return x[rows], y[rows]
 
+    def pool(self, data: Any, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distinct training examples in a seeded random order: the whole training split when `n` covers it."""
+        x, y = data["train"]
+        rows = torch.randperm(len(x), generator=generator)[:n]
+        return x[rows], y[rows]
+
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, data: Any, split: Split, *, max_examples: int | None = None) -> dict[str, float]:
         x, y = data[split]

@@ -30,7 +30,7 @@ from orchestrator.techniques.base import TrainingHook
 from orchestrator.training.job import DistillJob
 from orchestrator.training.progress import Curves, Plateau
 from orchestrator.training.sessions import LocalSession, RayTrainSession
-from orchestrator.training.teacher_outputs import TeacherOutputs
+from orchestrator.training.teacher_outputs import Passes, TeacherOutputs
 
 Signal = tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]  # teacher logits, their ids (top-k), states by layer
 
@@ -261,10 +261,11 @@ def _batches(run: _Run, gen: torch.Generator, device: torch.device, gate: Worker
     teacher): read from its cached outputs, or from a live forward pass. Before each, the step boundary:
     `gate` pauses here while the node's measurement service times a model."""
     job, layers = run.job, run.hidden_layers
+    passes = Passes(len(run.cached.inputs), gen) if run.cached is not None else None
     for _ in range(steps):
         gate.between_steps()
-        if run.cached is not None:
-            x, y, logits, indices, states = run.cached.batch(job.batch_size, gen, hidden_layers=layers)
+        if passes is not None:
+            x, y, logits, indices, states = run.cached.batch(passes.take(job.batch_size), hidden_layers=layers)
             signal = (logits.to(device), None if indices is None else indices.to(device),
                       {j: h.to(device) for j, h in zip(layers, states)})
             yield x.to(device), y.to(device), signal

@@ -1,8 +1,11 @@
 """Teacher outputs computed once per sweep and shared by every trial's distillation.
 
 Instead of a teacher forward pass in every step of every trial, the sweep runs the teacher once over a
-fixed pool of training examples (windows, for language models) and stores its logits (and, when any trial can weigh the hidden-state term,
-its per-layer hidden states) in float16. Distillation then samples batches from the pool. For a small
+fixed pool of training examples (windows, for language models; by default as many as the longest
+distillation draws, so a student sees as many distinct examples as it would with the teacher live) and
+stores its logits (and, when any trial can weigh the hidden-state term, its per-layer hidden states) in
+float16. Distillation then takes its batches from the pool in a seeded random order, each example once per
+pass (`Passes`). For a small
 vocabulary the full logits are stored; with `top_k` only the k largest logits per position are kept and
 the soft loss runs over those k entries (the rest of the teacher's mass is dropped, as in top-k KD).
 
@@ -39,11 +42,10 @@ class TeacherOutputs:
         return cls(**torch.load(path, weights_only=True, mmap=True))
 
     def batch(
-        self, batch_size: int, generator: torch.Generator, *, hidden_layers: list[int] | None = None
+        self, rows: torch.Tensor, *, hidden_layers: list[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
-        """A random batch: inputs, targets, teacher logits (as float32), their ids (top-k) or None, and the
-        teacher's hidden states for `hidden_layers`."""
-        rows = torch.randint(len(self.inputs), (batch_size,), generator=generator)
+        """The pool's `rows` (a `Passes` draw): inputs, targets, teacher logits (as float32), their ids (top-k)
+        or None, and the teacher's hidden states for `hidden_layers`."""
         states = []
         if hidden_layers:
             if self.hidden is None:
@@ -51,6 +53,31 @@ class TeacherOutputs:
             states = [self.hidden[j][rows].float() for j in hidden_layers]
         indices = self.indices[rows] if self.indices is not None else None
         return self.inputs[rows], self.targets[rows], self.logits[rows].float(), indices, states
+
+
+class Passes:
+    """The rows of a pool of `n` examples in a seeded random order, each once per pass over the pool (then a
+    new order): a student sees as many distinct examples as it draws, up to the pool's size.
+
+        >>> p = Passes(5, torch.Generator().manual_seed(0))
+        >>> sorted(torch.cat([p.take(2), p.take(2), p.take(1)]).tolist())
+        [0, 1, 2, 3, 4]
+    """
+
+    def __init__(self, n: int, generator: torch.Generator) -> None:
+        self.n, self.generator = n, generator
+        self.order, self.at = torch.randperm(n, generator=generator), 0
+
+    def take(self, k: int) -> torch.Tensor:
+        parts = []
+        while k > 0:
+            if self.at == self.n:
+                self.order, self.at = torch.randperm(self.n, generator=self.generator), 0
+            part = self.order[self.at : self.at + k]
+            self.at += len(part)
+            k -= len(part)
+            parts.append(part)
+        return torch.cat(parts)
 
 
 @torch.inference_mode()

@@ -64,7 +64,7 @@ SPACE = """
 name: digits
 trials: 3
 sampler: random
-distill: {steps: 40, batch_size: 32, warmup: 2, val_tokens: 400, cache_blocks: 256}
+distill: {steps: 40, batch_size: 32, warmup: 2, val_tokens: 400}
 measure: {warmup: 2, repeats: 5}
 pipeline: [distill, {prune: {method: structured, recovery_steps: 5}}, {quantize: {method: affine}}]
 params:
@@ -97,6 +97,8 @@ def test_an_image_classifier_from_python_is_distilled_pruned_quantized_and_reloa
                 if r.data.tags.get("mlflow.parentRunId") == result.run_id}
     assert set(children) == set(result.trials["trial_id"])
     assert {c.data.tags.get("task") for c in children.values()} == {"python"}
+    # the teacher-output pool: as many distinct training images as a student draws (40 steps x 32)
+    assert client.get_run(result.run_id).data.metrics["teacher_outputs_examples"] == 40 * 32
     assert {c.data.tags["trial_id"] for c in children.values() if c.data.tags.get("pareto") == "true"} == set(result.pareto["trial_id"])
     data = task.load_data(Storage(str(tmp_path / "runs")).path("data") / task.data_key(result.config) / "data.pt")
     for row in result.trials.itertuples():
@@ -238,3 +240,18 @@ def test_load_config_takes_your_tasks_own_parameters_and_its_name(tmp_path):
     space.write_text("params: {width: 16, activation: relu, depth: {choices: [1, 2]}}\n")
     with pytest.raises(ConfigError, match="`params.depth` is not an argument of the student builder"):
         Sweep(orchestrator.load_config(space, task=task), task=task)
+
+
+def test_the_teacher_output_pool_of_a_python_task_is_distinct_examples_up_to_the_whole_training_split(tmp_path):
+    task = PythonTask(data={"train": images(100, 1), "val": images(10, 2), "test": images(10, 3)}, teacher=MLP(8),
+                      student=make_student, evaluate=accuracy_and_loss)
+    task.write_data(orchestrator.load_config(None), tmp_path / "data.pt")
+    data = task.load_data(tmp_path / "data.pt")
+    x, y = data["train"]
+    some, _ = task.pool(data, 60, torch.Generator().manual_seed(0))
+    every, labels = task.pool(data, 500, torch.Generator().manual_seed(0))
+    assert len(some) == 60 and len({tuple(r.flatten().tolist()) for r in some}) == 60  # distinct
+    assert len(every) == 100 and sorted(labels.tolist()) == sorted(y.tolist())  # the whole split, once each
+    cfg = orchestrator.load_config(None, overrides={"distill": {"steps": 50, "batch_size": 16}, "params.steps": {"choices": [20, 80]}})
+    assert cfg.pool_examples == 80 * 16  # the longest distillation's draws
+    assert orchestrator.load_config(None, overrides={"distill.cache_blocks": 64}).pool_examples == 64

@@ -2,7 +2,7 @@
 
 import torch
 
-from orchestrator.training.teacher_outputs import TeacherOutputs, compute_teacher_outputs
+from orchestrator.training.teacher_outputs import Passes, TeacherOutputs, compute_teacher_outputs
 from orchestrator.tasks.char_lm import build_model
 from orchestrator.tasks.lm import sample_windows
 
@@ -36,10 +36,15 @@ def test_outputs_match_a_teacher_forward_on_the_stored_windows(tmp_path):
     out.save(tmp_path / "o.pt")
     back = TeacherOutputs.load(tmp_path / "o.pt")
     assert torch.equal(back.logits, out.logits) and torch.equal(back.inputs, out.inputs)
-    x, y, t_logits, idx, states = back.batch(4, torch.Generator().manual_seed(0), hidden_layers=[0, 2])
+    passes = Passes(len(back.inputs), torch.Generator().manual_seed(0))
+    first = passes.take(4)
+    x, y, t_logits, idx, states = back.batch(first, hidden_layers=[0, 2])
     assert x.shape == y.shape == (4, 12) and t_logits.dtype == torch.float32 and idx is None
     assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
     assert [s.shape for s in states] == [(4, 12, 16)] * 2
+    drawn = torch.cat([first, *(passes.take(4) for _ in range(17))])  # 72 rows of a pool of 70
+    assert sorted(drawn[:70].tolist()) == list(range(70))  # a student takes every window once per pass ...
+    assert len(set(drawn[70:].tolist())) == 2  # ... then a new pass begins
 
 
 def test_top_k_keeps_the_k_largest_logits_and_their_ids():
