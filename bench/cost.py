@@ -10,8 +10,9 @@ from the same teacher, trained before any clock starts:
   (b) this product on its defaults (`Sweep.run()`: trials side by side, the measurement service pausing
       training while it times, teacher outputs computed once);
   (c) this product with `fanout: 4` (each new student compressed four ways);
-  (d) this product with `measure.isolation: reserve` (the service holding a core: the default before).
-Each product run starts from a storage holding only the teacher and the data. Hypervolumes are over test
+  (d) this product with `fidelity.enabled` (successive halving), and with both;
+  (e) this product with `measure.isolation: reserve` (the service holding a core: the default before).
+Each product run starts from a storage holding only the teacher, its measurements and the data. Hypervolumes are over test
 accuracy, size and latency, with the teacher as reference. Also measured: one student distilled with the
 teacher live, from the default pool of teacher outputs and from a pool of 2,048 windows. Prints the figures
 and writes them as JSON. Not a test: the machine's load moves these numbers.
@@ -184,6 +185,8 @@ def teacher_output_saving(cfg: SweepConfig, teacher: TeacherRecord, data_path: s
 VARIANTS = {  # the product's runs: overrides of the space's settings
     "product": {},  # its defaults: isolation pause, fanout 1
     "product_fanout4": {"fanout": 4},
+    "product_fidelity": {"fidelity.enabled": True},  # successive halving: eta 3, rungs at 33 and 100 of 300 steps
+    "product_fanout4_fidelity": {"fanout": 4, "fidelity.enabled": True},
     "product_reserve": {"measure.isolation": "reserve"},  # the measurement service holding a core (the default before)
 }
 
@@ -216,7 +219,7 @@ def main() -> None:
             figures["diy_test_hypervolume"] = round(curves["diy"][-1][1], 4)
         for name in args.variants.split(","):
             storage = Path(tmp) / name  # holds only the teacher and the data: nothing of another run is reused
-            for part in ("teachers", "data"):
+            for part in ("teachers", "teacher_measurements", "data"):  # one latency scale (the teacher's timing) for all
                 shutil.copytree(Path(base) / part, storage / part)
             run_cfg = orchestrator.load_config(args.space, overrides={"storage": str(storage), "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
                                                                       "experiment": name, **VARIANTS[name]})
@@ -228,6 +231,7 @@ def main() -> None:
                 "overhead": round(result.overhead, 3), "distillations": int((done["cache_hit_distill"] == 0).sum()),
                 "trials_completed": len(done), "distill_saved_s": round(float(done.get("distill_saved_s", 0).sum()), 1),
                 "measure_pause_wait_s_median": round(float(done["measure_pause_wait_s"].median()), 3) if "measure_pause_wait_s" in done else None,
+                "trials_stopped": int((result.trials["status"] == "STOPPED").sum()),
             }
             if "diy_wall_s" in figures:
                 figures[name]["wall_ratio_vs_diy"] = round(figures["diy_wall_s"] / wall, 2)

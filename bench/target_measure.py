@@ -26,7 +26,7 @@ from orchestrator import load_config
 from orchestrator.engine.compress import compress
 from orchestrator.engine.context import resolve
 from orchestrator.engine.prepare import prepare_data
-from orchestrator.engine.service import measure_on_service, start_service
+from orchestrator.engine.service import measure_on_service, start_service, stop_service
 from orchestrator.io.artifact import export
 from orchestrator.io.storage import fetch
 from orchestrator.tasks import TrialParams, task_from_config
@@ -63,9 +63,9 @@ def main() -> None:
         started = time.perf_counter()
         service = start_service(ctx, task, data.path, str(Path(tmp) / "teacher.orc"))
         figures["service_start_s"] = round(time.perf_counter() - started, 1)
-        figures["where"] = ray.get(service.where.remote())
+        figures["where"] = service.where()
         alone, _ = measure_on_service(service, str(Path(tmp) / "teacher.orc"))
-        ray.get(service.set_reference_ms.remote(alone["latency_ms"]))
+        service.set_reference_ms(alone["latency_ms"])
         figures["teacher"] = {k: alone[k] for k in ("latency_ms", "latency_p95_ms", "peak_memory_mb", "throughput_tokens_per_s")}
         artifacts = []
         for layers, width, sparsity, bits in STUDENTS:
@@ -87,7 +87,7 @@ def main() -> None:
             figures[f"{name}_rel_diff"] = {"median": statistics.median(diffs), "worst": max(diffs)}
         spans = sorted((m["measure_started_at"], m["measure_ended_at"]) for r in rounds for m in r)
         figures["overlapping_measurements"] = sum(s < e for (_, e), (s, _) in zip(spans, spans[1:]))
-        ray.kill(service)
+        stop_service(service)
     ray.shutdown()
     print(json.dumps(figures, indent=1))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -128,7 +128,7 @@ class Sweep:
                      "(max_concurrent_trials null)", slots, "" if local else "now ")
         elif slots < min(cfg.max_concurrent_trials, cfg.trials):
             log.info("%d trial(s) at a time: this Ray's CPUs and GPUs fit no more beside the measurement service "
-                     "(max_concurrent_trials %d; see resources.*, measure.cpus)", slots, cfg.max_concurrent_trials)
+                     "(max_concurrent_trials %d; see resources.*, measure.isolation)", slots, cfg.max_concurrent_trials)
         task = self.task
 
         def sweep_run(send: Callable[[SweepProgress], None] | None, at: float) -> SweepResult:

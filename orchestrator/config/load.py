@@ -22,6 +22,7 @@ from orchestrator.config.schema import (
     ConstraintsConfig,
     DistillConfig,
     EarlyStoppingConfig,
+    FidelityConfig,
     ExportConfig,
     MeasureConfig,
     ReferencePointConfig,
@@ -191,6 +192,7 @@ _SECTIONS = {
     "resources": ResourcesConfig,
     "measure": MeasureConfig,
     "early_stopping": EarlyStoppingConfig,
+    "fidelity": FidelityConfig,
     "export": ExportConfig,
 }
 

@@ -80,6 +80,10 @@ def _check_objectives(cfg: SweepConfig) -> None:
     if not target.replace("_", "").replace("-", "").isalnum() or target in ("CPU", "GPU", "memory"):
         raise ConfigError(f"{source}: `measure.target` must be local or the name of a Ray custom resource "
                           f"(letters, digits, _ and -), got {show(target)}")
+    if cfg.measure.replicas > 1 and target == "local":
+        raise ConfigError(f"{source}: `measure.replicas` is {cfg.measure.replicas}, one measurement actor per target node, "
+                          "but `measure.target` is local (one node); give a node type a custom resource (e.g. latency_target: 1) "
+                          "and set measure.target to its name, or set replicas to 1")
     if cfg.measure.cpus is not None and cfg.measure.isolation != "reserve":
         raise ConfigError(f"{source}: `measure.cpus` is {cfg.measure.cpus:g}, CPUs the measurement service would hold for the "
                           f"whole sweep, but `measure.isolation` is {cfg.measure.isolation}, which holds none; set "
@@ -95,6 +99,8 @@ def _check_pipeline(cfg: SweepConfig) -> None:
                               "compressed is the teacher (`teacher.*`); remove the param or add distill to the pipeline")
         if cfg.early_stopping.enabled:
             raise ConfigError(f"{source}: `early_stopping.enabled` stops distillation, and `pipeline` has no distill stage; disable it")
+        if cfg.fidelity.enabled:
+            raise ConfigError(f"{source}: `fidelity.enabled` stops distillation at its rungs, and `pipeline` has no distill stage; disable it")
     for stage, names in STAGE_PARAMS.items():
         for name in names:
             if name in given and getattr(pipe, stage) is None:
@@ -128,6 +134,9 @@ def _check_resources(cfg: SweepConfig) -> None:
                           f"{cfg.resources.num_workers}; use launcher ray_train (or auto) for DDP")
     if cfg.early_stopping.enabled and not cfg.distill_in_trial:
         raise ConfigError(f"{cfg.source}: `early_stopping.enabled` needs distillation in the trial's process "
+                          "(`resources.num_workers` 1, `resources.launcher` auto or in_trial); disable it for DDP sweeps")
+    if cfg.fidelity.enabled and not cfg.distill_in_trial:
+        raise ConfigError(f"{cfg.source}: `fidelity.enabled` needs distillation in the trial's process "
                           "(`resources.num_workers` 1, `resources.launcher` auto or in_trial); disable it for DDP sweeps")
 
 

@@ -95,6 +95,7 @@ class MeasureConfig(Checked):
     target: str = "local"  # where: local (the node that runs the sweep) or the name of a Ray custom resource its node type offers, e.g. latency_target
     device: Literal["cpu", "cuda"] = "cpu"  # cuda: the service holds a GPU and times (and measures memory) there
     isolation: Literal["pause", "reserve", "none"] = "pause"  # how its timing gets the node to itself: pause: the node's training pauses between steps while it times (it holds no CPU); reserve: it holds `cpus` for the whole sweep; none: neither
+    replicas: int = _check(lambda v: v >= 1, "an integer >= 1", 1)  # measurement actors, one per target node (each takes one unit of `target`'s resource); more than 1 needs a `target`
     cpus: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)  # isolation reserve: logical CPUs it holds, kept from trials (null: `threads`)
 
 
@@ -176,6 +177,18 @@ class EarlyStoppingConfig(Checked):
 
 
 @dataclass(frozen=True)
+class FidelityConfig(Checked):
+    """Multi-objective successive halving (`core.fidelity`): a student distils a fraction of its steps and trains
+    on only while it ranks in the best 1/`eta` of the students that reached the same step (its size and
+    latency measured before training, as for early stopping)."""
+
+    enabled: bool = False
+    eta: int = _check(lambda v: v >= 2, "an integer >= 2", 3)  # keep the best 1/eta at each rung
+    rungs: int = _check(lambda v: v >= 1, "an integer >= 1", 2)  # rungs before the full budget, at steps / eta^k for k = rungs .. 1
+    val_tokens: int = _check(lambda v: v >= 1, "an integer >= 1", 2048)  # validation positions (examples, for a classifier) scored at each rung
+
+
+@dataclass(frozen=True)
 class ExportConfig(Checked):
     """How the packed artifact is written (`io/artifact.py`); its byte length is `size_mb`."""
 
@@ -210,6 +223,7 @@ class SweepConfig(Checked):
     constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
     reference_point: ReferencePointConfig = field(default_factory=ReferencePointConfig)
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    fidelity: FidelityConfig = FidelityConfig()
     export: ExportConfig = ExportConfig()
     pipeline: Pipeline = Pipeline()  # stages each trial runs: distill, prune, quantize (any can be absent) and their methods
     params: Mapping[str, ParamSpec] = field(default_factory=dict)  # the core's (`config.params.CORE_PARAMS`, defaults filled) and the task's own (its task binds them: `Task.bind`)

@@ -24,7 +24,7 @@ from orchestrator.core.keys import content_key
 from orchestrator.core.space import Fixed
 from orchestrator.engine.context import SweepContext
 from orchestrator.engine.evaluation import measure_model
-from orchestrator.engine.service import start_service, stop_service
+from orchestrator.engine.service import Replicas, start_service, stop_service
 from orchestrator.io.artifact import ARTIFACT, export
 from orchestrator.io.checkpoints import load_frozen, save_checkpoint
 from orchestrator.io.records import TeacherBuild, TeacherMeasurement, TeacherOutputsRecord, TeacherRecord, from_json, to_json
@@ -59,8 +59,8 @@ class Prepared:
     teacher: TeacherRecord
     outputs: TeacherOutputsInfo | None  # None: distillation runs the teacher live (`distill.teacher_outputs`)
     seconds: float  # wall time of the teacher phase
-    service: Any  # the measurement service (a Ray actor handle)
-    service_where: dict[str, Any]  # its node, cores and device
+    service: Replicas  # the measurement service
+    service_where: list[dict[str, Any]]  # each replica's node, cores and device
     reference: dict[str, float]  # the hypervolume's reference point, from the sweep's settings and the teacher
 
 
@@ -78,10 +78,10 @@ def prepared(ctx: SweepContext, task: Task) -> Iterator[Prepared]:
         teacher = measure_teacher(ctx, task, data, key, entry, hit, service)
         check_teacher(ctx, task, teacher, data)
         reference = reference_point(ctx.objectives, ctx.config.reference_point.values, teacher.metrics, source=ctx.config.source)
-        ray.get(service.set_reference_ms.remote(teacher.latency_ms))
+        service.set_reference_ms(teacher.latency_ms)
         outputs = teacher_outputs(ctx, task, teacher, data) if ctx.config.distill.teacher_outputs == "cached" else None
         _log_teacher(ctx, task, teacher, outputs)
-        yield Prepared(data, teacher, outputs, time.perf_counter() - started, service, ray.get(service.where.remote()), reference)
+        yield Prepared(data, teacher, outputs, time.perf_counter() - started, service, service.where(), reference)
     finally:
         stop_service(service)
 

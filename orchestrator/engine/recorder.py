@@ -26,7 +26,7 @@ from ray.tune import Callback, Stopper
 from orchestrator.core.fronts import normalized_hypervolume
 from orchestrator.engine.context import SweepContext
 from orchestrator.engine.result import SweepProgress, trials_table
-from orchestrator.io.records import Status, TrialOutcome, TrialRecord
+from orchestrator.io.records import RUNG, RungRecord, Status, TrialOutcome, TrialRecord
 from orchestrator.io.sweep_files import STUDY_FILE, SweepFiles
 from orchestrator.tracking.sweep_runs import SweepRuns
 
@@ -63,6 +63,7 @@ class Recorder(Callback):
         self.hypervolumes: list[tuple[int, float]] = []  # (trials ended, hypervolume) after each trial
         self.failed_now = 0  # trials of this run of the sweep that failed (not a resumed sweep's earlier ones)
         self.tell: Callable[[str], None] | None = None  # tells the searcher a trial is recorded (`ConstrainedOptunaSearch.tell`)
+        self.rungs: list[RungRecord] = files.read_rungs() if files is not None and previous else []  # successive halving's judgements
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the experiment's state: the driver-side hooks (a progress callback
@@ -81,7 +82,11 @@ class Recorder(Callback):
         self._tracked("starting a trial's run", lambda: self.runs.start_trial(trial.trial_id, trial.config))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        """Validation accuracy reported during distillation (early stopping on): a curve over steps."""
+        """Validation accuracy reported during distillation (early stopping or fidelity on): a curve over steps;
+        a judgement at a rung of successive halving: recorded in `rungs.jsonl`, which the trials rank against."""
+        if RUNG in result and self.files is not None:
+            self.rungs.append(RungRecord.from_report(trial.trial_id, result, self.ctx.objectives.names))
+            self.files.write_rungs(self.rungs)
         if "distill_step" in result:
             step, values = int(result["distill_step"]), {"val_accuracy": result["val_accuracy"]}
             self._tracked("a trial's progress", lambda: self.runs.trial_progress(trial.trial_id, step, values))

@@ -18,7 +18,7 @@ from orchestrator.core.fronts import front_of
 from orchestrator.core.objectives import Objectives
 from orchestrator.core.pareto import knee_point
 from orchestrator.core.space import ObjectiveConstraints
-from orchestrator.io.records import TeacherRecord, TrialOutcome, TrialRecord
+from orchestrator.io.records import RungRecord, TeacherRecord, TrialOutcome, TrialRecord
 from orchestrator.tasks.base import Task
 from orchestrator.tasks.reload import export_pretrained, load_packed
 
@@ -70,6 +70,24 @@ def distillations(trials: pd.DataFrame) -> dict[str, float]:
     trained = int((done["cache_hit_distill"] == 0).sum())
     saved = float(done["distill_saved_s"].fillna(0).sum()) if "distill_saved_s" in done else 0.0
     return {"distillations": trained, "distillations_per_trial": trained / len(done), "distill_saved_s": saved}
+
+
+def fidelity_figures(rungs: Sequence[RungRecord], trials: pd.DataFrame, steps: int) -> dict[str, float]:
+    """Successive halving's tally: `fidelity_rung<k>_promoted` / `_stopped` per rung (from 1), and
+    `fidelity_steps_saved`: the distillation steps the students stopped at a rung did not take (of `steps`
+    each, or their own searched `steps`), and their share of the steps all students would have taken."""
+    if not rungs:
+        return {}
+    out: dict[str, float] = {}
+    for r in rungs:
+        key = f"fidelity_rung{r.rung + 1}_{'promoted' if r.promoted else 'stopped'}"
+        out[key] = out.get(key, 0) + 1
+    budget = {row.trial_id: int(row.steps) if "steps" in trials and pd.notna(getattr(row, "steps", None)) else steps
+              for row in trials.itertuples()}
+    saved = sum(budget.get(r.trial_id, steps) - r.step for r in rungs if not r.promoted)
+    out["fidelity_steps_saved"] = float(saved)
+    out["fidelity_steps_saved_share"] = saved / max(1, sum(budget.values()))
+    return out
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from orchestrator.engine.context import SweepContext
 from orchestrator.engine.prepare import prepared
 from orchestrator.engine.recorder import FailureLimit, Recorder
 from orchestrator.engine.recovery import close_running, recover_study
-from orchestrator.engine.result import SweepProgress, SweepResult, distillations
+from orchestrator.engine.result import SweepProgress, SweepResult, distillations, fidelity_figures
 from orchestrator.engine.search import make_searcher
 from orchestrator.engine.trial import TrialContext, tune_trial
 from orchestrator.io.plots import write_front_files, write_hypervolume_plot
@@ -129,8 +129,9 @@ class SweepRun:
         cfg, teacher, outputs, where = self.ctx.config, self.prep.teacher, self.prep.outputs, self.prep.service_where
         return {"task": self.task.name, "teacher_key": teacher.key, "teacher_cache_hit": str(teacher.cache_hit).lower(),
                 "teacher_measurements_cache_hit": str(teacher.measure_cache_hit).lower(), "storage": self.ctx.storage.where,
-                "pipeline": cfg.pipeline.label, "objectives": ",".join(cfg.objectives), "measure.node": where["node"],
-                "measure.device": where["device"], "measure.cores": ",".join(map(str, where["cores"])),
+                "pipeline": cfg.pipeline.label, "objectives": ",".join(cfg.objectives), "measure.node": ",".join(w["node"] for w in where),
+                "measure.device": where[0]["device"], "measure.cores": ",".join(map(str, where[0]["cores"])),
+                "measure.replicas": str(len(where)),
                 **({"register": cfg.register} if cfg.register else {}),
                 **({"warning": "; ".join(f"teacher: {w}" for w in teacher.warnings)} if teacher.warnings else {}),
                 **({"resumed": "true", "previous_trials": str(len(self.previous))} if self.resume else {}),
@@ -182,7 +183,8 @@ class SweepRun:
         # Validation reports during distillation (and the result of a trial stopped early) hold no objectives, which
         # Tune's strict metric check refuses; the searcher and the recorder handle them. A failed trial's traceback
         # goes to its error.txt and tracked run, not to the console (the progress line has its cause).
-        with environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1" if cfg.early_stopping.enabled else None, TUNE_PRINT_ALL_TRIAL_ERRORS="0"):
+        stops = cfg.early_stopping.enabled or cfg.fidelity.enabled
+        with environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1" if stops else None, TUNE_PRINT_ALL_TRIAL_ERRORS="0"):
             if self.remaining:
                 tuner.fit()
             else:
@@ -244,6 +246,7 @@ class SweepRun:
             this_run["time_stages_s"].fillna(0).sum() if "time_stages_s" in this_run else 0.0)
         overhead = 1 - stage_seconds / (wall - tune_seconds + busy)
         self.runs.log(distillations(trials))
+        self.runs.log(fidelity_figures(recorder.rungs, trials, self.ctx.config.distill.steps))
         self.runs.log({
             "trials_completed": int((trials["status"] == "COMPLETED").sum()), "trials_failed": int((trials["status"] == "ERROR").sum()),
             "trials_stopped_early": int((trials["status"] == "STOPPED").sum()), "front_size": int(trials["pareto"].sum()),

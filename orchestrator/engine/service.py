@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -177,8 +178,32 @@ def _pin_cores(threads: int) -> list[int]:
     return cores
 
 
-def start_service(ctx: SweepContext, task: Task, data_path: str, reference_artifact: str) -> Any:
-    """Create the sweep's measurement service (a Ray actor handle) on its target and wait until it is up."""
+@dataclass(frozen=True)
+class Replicas:
+    """The sweep's measurement service: `measure.replicas` actors, one per target node (each asks for one unit of
+    `measure.target`'s resource). A trial's model goes to one of them, chosen by its artifact's location, so the
+    models spread evenly; every replica scales its paired ratios by the same reference latency (the teacher's,
+    measured on the first), so their figures compare on nodes of one type."""
+
+    actors: tuple[Any, ...]
+
+    def pick(self, artifact: str) -> Any:
+        return self.actors[zlib.crc32(artifact.encode()) % len(self.actors)]
+
+    def set_reference_ms(self, ms: float) -> None:
+        import ray
+
+        ray.get([a.set_reference_ms.remote(ms) for a in self.actors])
+
+    def where(self) -> list[dict[str, Any]]:
+        """Each replica's node, cores and device."""
+        import ray
+
+        return ray.get([a.where.remote() for a in self.actors])
+
+
+def start_service(ctx: SweepContext, task: Task, data_path: str, reference_artifact: str) -> Replicas:
+    """Create the sweep's measurement service (its replicas) on its target and wait until every replica is up."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -190,10 +215,10 @@ def start_service(ctx: SweepContext, task: Task, data_path: str, reference_artif
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     else:
         options["resources"] = {m.target: 1}
-    actor = ray.remote(MeasurementService).options(**options).remote(task, data_path, reference_artifact, m,
-                                                                     cfg.figures_asked, ctx.objectives, ctx.encodings)
+    actors = tuple(ray.remote(MeasurementService).options(**options).remote(
+        task, data_path, reference_artifact, m, cfg.figures_asked, ctx.objectives, ctx.encodings) for _ in range(m.replicas))
     try:
-        ray.get(actor.where.remote(), timeout=START_TIMEOUT_S)  # raises here if it cannot start
+        ray.get([a.where.remote() for a in actors], timeout=START_TIMEOUT_S)  # raises here if one cannot start
     except ray.exceptions.ActorUnschedulableError:
         raise RuntimeError(
             f"the measurement service cannot run on this sweep's node (measure.target local) with "
@@ -201,31 +226,34 @@ def start_service(ctx: SweepContext, task: Task, data_path: str, reference_artif
             "cluster, give a node type a custom resource (e.g. latency_target: 1) and set measure.target to its name"
         ) from None
     except ray.exceptions.GetTimeoutError:
-        ray.kill(actor)
+        for a in actors:
+            ray.kill(a)
         wanted = {k: v for k, v in options.items() if k in ("num_cpus", "num_gpus", "resources")}
         raise RuntimeError(
-            f"the measurement service could not get {wanted} (measure.target {m.target!r}) within {START_TIMEOUT_S} s; "
-            f"free now: {ray.available_resources()}. Give the cluster a node with them, or change `measure.*`"
+            f"the measurement service could not get {wanted} {m.replicas} time(s) (measure.target {m.target!r}, "
+            f"measure.replicas {m.replicas}) within {START_TIMEOUT_S} s; free now: {ray.available_resources()}. Give the "
+            "cluster a node with them for each replica, or change `measure.*`"
         ) from None
-    return actor
+    return Replicas(actors)
 
 
 START_TIMEOUT_S = 300  # how long a sweep waits for its measurement service's resources
 
 
-def stop_service(service: Any) -> None:
+def stop_service(service: Replicas) -> None:
     """End the measurement service (it holds resources for as long as it lives)."""
     import ray
 
-    ray.kill(service, no_restart=True)
+    for actor in service.actors:
+        ray.kill(actor, no_restart=True)
 
 
-def measure_on_service(service: Any, artifact: str) -> tuple[dict[str, float], float]:
-    """(the target figures of `artifact`, seconds this caller waited in the service's queue)."""
+def measure_on_service(service: Replicas, artifact: str) -> tuple[dict[str, float], float]:
+    """(the target figures of `artifact`, seconds this caller waited in its replica's queue)."""
     import ray
 
     t = time.perf_counter()
-    result = ray.get(service.measure.remote(str(artifact)))
+    result = ray.get(service.pick(str(artifact)).measure.remote(str(artifact)))
     took = time.perf_counter() - t
     busy = result["ended"] - result["started"]
     metrics = {**result["metrics"], "measure_started_at": result["started"], "measure_ended_at": result["ended"]}

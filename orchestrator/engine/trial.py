@@ -9,6 +9,7 @@ the sweep's `Task`, everything technique-specific of the pipeline's techniques.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from orchestrator.core.fidelity import promoted, rung_steps
 from orchestrator.core.keys import content_key
 from orchestrator.core.stopping import EarlyStopped, stop_reason
 from orchestrator.engine.compress import Compressed, compress
@@ -30,7 +33,7 @@ from orchestrator.engine.service import measure_on_service
 from orchestrator.engine.students import distill_student, load_student, recover_student, tune_quantized
 from orchestrator.io.artifact import ARTIFACT
 from orchestrator.io.checkpoints import load_frozen
-from orchestrator.io.records import CacheStage, DistillRecord, Status, TeacherRecord, TrialOutcome, from_json
+from orchestrator.io.records import RUNG, RUNG_POINT, CacheStage, DistillRecord, Status, TeacherRecord, TrialOutcome, from_json
 from orchestrator.io.storage import Cache, fetch
 from orchestrator.io.sweep_files import SweepFiles
 from orchestrator.tasks.base import Task, TrialParams
@@ -84,6 +87,7 @@ def run_pipeline(params: TrialParams, tc: TrialContext, *, trial_id: str, report
     validation results.
     """
     ctx, task = tc.ctx, tc.task
+    began = {"trial_started_at": time.time()}  # unix seconds; with `trial_ended_at`, the trial function's wall time
     workdir = ctx.storage.path("sweeps", tc.sweep_id, "trials", trial_id)  # this node's copy
     workdir.mkdir(parents=True, exist_ok=True)
     hits = {CacheStage.TEACHER: tc.teacher.cache_hit}
@@ -91,13 +95,15 @@ def run_pipeline(params: TrialParams, tc: TrialContext, *, trial_id: str, report
         hits[CacheStage.TEACHER_OUTPUTS] = tc.teacher_outputs.cache_hit
     trial = _Trial(tc, params, trial_id, task.load_data(fetch(tc.data.path)), load_frozen(tc.teacher.path, task.build_model),
                    workdir, hits, {}, {"node": _node()})
-    pre, check = _premeasured(trial, report) if ctx.config.early_stopping.enabled else ({}, None)
+    stops = ctx.config.early_stopping.enabled or ctx.config.fidelity.enabled
+    pre, check = _premeasured(trial, report) if stops and ctx.config.pipeline.distill else ({}, None)
     t = time.perf_counter()
     try:
         student, source, distilled = _distilled(trial, check)
     except EarlyStopped as stop:
         trial.timings["time_distill_s"] = time.perf_counter() - t
-        return TrialOutcome(status=Status.STOPPED, metrics={"val_accuracy": stop.scores["accuracy"], **pre},
+        return TrialOutcome(status=Status.STOPPED, metrics={"val_accuracy": stop.scores["accuracy"], **pre, **began,
+                                                            "trial_ended_at": time.time()},
                             cache_hits={**hits, CacheStage.DISTILL: False}, timings=_with_total(trial.timings),
                             stop_reason=stop.reason, stopped_at_step=stop.step, tags=trial.tags)
     c = _compressed(trial, student, source)
@@ -111,7 +117,8 @@ def run_pipeline(params: TrialParams, tc: TrialContext, *, trial_id: str, report
                                             # a reused student: the training it did not repeat
                                             "distill_saved_s": distilled.train_seconds if hits.get(CacheStage.DISTILL) else 0.0}
     metrics = {**m.metrics, "sparsity_measured": c.sparsity, "int8_layers": float(len(c.int8_layers)),
-               "compression_ratio": tc.teacher.size_bytes / c.size_bytes, **_retained(m.metrics, tc), **trained, **pre}
+               "compression_ratio": tc.teacher.size_bytes / c.size_bytes, **_retained(m.metrics, tc), **trained, **pre,
+               **began, "trial_ended_at": time.time()}
     return TrialOutcome(status=Status.COMPLETED, metrics=metrics, cache_hits=hits, timings=_with_total(trial.timings),
                         artifact=location, warnings=m.warnings, tags=trial.tags,
                         curves=distilled.curves if distilled is not None else {})
@@ -214,22 +221,48 @@ def _premeasured(trial: _Trial, report: Callable[[dict], None] | None) -> tuple[
 
 
 def _early_stop_check(trial: _Trial, fixed: dict[str, float], pre: dict[str, float], report: Callable[[dict], None] | None) -> Check:
-    """Every `early_stopping.every` steps: report the validation scores, then stop if the front makes the student
-    hopeless (`core.stopping.stop_reason`)."""
+    """The checks that may stop the trial's distillation: at each rung of successive halving (`fidelity`), rank
+    the student among those that reached it (`_judge_at_rung`); every `early_stopping.every` steps, stop if the
+    front makes it hopeless (`core.stopping.stop_reason`). Each check reports its validation scores first."""
     tc, ctx = trial.tc, trial.tc.ctx
-    es, names = ctx.config.early_stopping, ctx.objectives.names
+    es, fid, names = ctx.config.early_stopping, ctx.config.fidelity, ctx.objectives.names
     files = SweepFiles(ctx.storage, tc.sweep_id)
+    steps = trial.params.steps or ctx.config.distill.steps
+    rungs = rung_steps(steps, fid.eta, fid.rungs) if fid.enabled else ()
 
     def callback(step: int, val: dict[str, float]) -> None:
         val = with_registered(val, ctx.objectives)
-        if report is not None:
-            report({"distill_step": step, "val_accuracy": val["accuracy"], **pre})
-        reason = stop_reason(val, fixed, objectives=ctx.objectives, margin=es.margin, front=files.read_front(names),
-                             constraints=ctx.constraints)
-        if reason is not None:
-            raise EarlyStopped(step, val, reason)
+        progress = {"distill_step": step, "val_accuracy": val["accuracy"], **pre}
+        if step in rungs:
+            _judge_at_rung(trial, files, rungs.index(step), step, {**fixed, **val}, progress, report)
+        elif report is not None:
+            report(progress)
+        if es.enabled and step % es.every == 0:
+            reason = stop_reason(val, fixed, objectives=ctx.objectives, margin=es.margin, front=files.read_front(names),
+                                 constraints=ctx.constraints)
+            if reason is not None:
+                raise EarlyStopped(step, val, reason)
 
-    return Check(every=es.every, val_tokens=es.val_tokens, callback=callback)
+    val_tokens = max(es.val_tokens if es.enabled else 0, fid.val_tokens if fid.enabled else 0)
+    return Check(every=es.every if es.enabled else 0, val_tokens=val_tokens, callback=callback, at=frozenset(rungs))
+
+
+def _judge_at_rung(trial: _Trial, files: SweepFiles, rung: int, step: int, figures: dict[str, float], progress: dict[str, float],
+                   report: Callable[[dict], None] | None) -> None:
+    """Rank the student among the points of this rung the sweep has recorded (`core.fidelity.promoted`), report
+    its point and the verdict (the driver records them in `rungs.jsonl`), and stop it unless it is promoted."""
+    ctx, eta = trial.tc.ctx, trial.tc.ctx.config.fidelity.eta
+    names = list(ctx.objectives.names)
+    others = [[r.point[n] for n in names] for r in files.read_rungs() if r.rung == rung and r.trial_id != trial.trial_id]
+    point = [figures[n] for n in names]
+    go_on, place, size = promoted(point, np.array(others, float).reshape(-1, len(names)), ctx.objectives.directions(), eta)
+    if report is not None:
+        report({**progress, RUNG: rung, "rung_promoted": float(go_on), "rung_place": place, "rung_size": size,
+                **{f"{RUNG_POINT}{n}": v for n, v in zip(names, point)}})
+    trial.tags["fidelity.rung"] = str(rung)
+    if not go_on:
+        raise EarlyStopped(step, figures, f"rung {rung + 1} (step {step}): place {place} of {size}, not in the best "
+                                          f"{math.ceil(size / eta)} (fidelity.eta {eta})")
 
 
 def _node() -> str:

@@ -200,6 +200,32 @@ class DistillRecord:
     paused_seconds: float = 0.0  # of `train_seconds`, paused between steps while the node's measurement service timed a model
 
 
+RUNG = "rung"  # a trial's report at a rung of successive halving carries its rung, verdict and point (`RUNG_POINT<objective>`)
+RUNG_POINT = "rung_point_"
+
+
+@dataclass(frozen=True)
+class RungRecord:
+    """A student judged at a rung of multi-objective successive halving (`core.fidelity`): one line of the
+    sweep's `rungs.jsonl`, which the trials read to rank themselves."""
+
+    VERSION: ClassVar[int] = 1
+    trial_id: str
+    rung: int  # 0: the first (fewest steps)
+    step: int
+    point: dict[str, float]  # its objectives there: validation scores, and the figures measured before training
+    promoted: bool  # trained on
+    place: int  # its place in the rung when judged, from 1
+    size: int  # the rung's points when judged, its own included
+
+    @classmethod
+    def from_report(cls, trial_id: str, result: Mapping[str, Any], objectives: Sequence[str]) -> "RungRecord":
+        """The judgement a trial reported at a rung (`engine.trial`)."""
+        return cls(trial_id=trial_id, rung=int(result[RUNG]), step=int(result["distill_step"]),
+                   point={n: float(result[RUNG_POINT + n]) for n in objectives}, promoted=bool(result["rung_promoted"]),
+                   place=int(result["rung_place"]), size=int(result["rung_size"]))
+
+
 @dataclass(frozen=True)
 class TeacherBuild:
     """`built.json` in the teacher's cache entry: what building it took."""

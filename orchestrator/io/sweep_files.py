@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.io.records import TrialRecord, from_json, to_json
+from orchestrator.io.records import RungRecord, TrialRecord, from_json, to_json
 from orchestrator.io.storage import Storage
 
 CONFIG_FILE = "config.yaml"  # the sweep's config, as run (a resumed sweep must match its params)
 TRIALS_FILE = "trials.jsonl"  # one line per ended trial: what the trials table holds
 FRONT_FILE = "front.json"
+RUNGS_FILE = "rungs.jsonl"  # students judged at the rungs of successive halving (`fidelity`), in the order judged
 STUDY_FILE = "optuna.db"
 
 
@@ -67,6 +68,14 @@ class SweepFiles:
         """Every line of `trials.jsonl` as the storage holds it, in the order the trials ended."""
         text = self.read_text(TRIALS_FILE) or ""
         return [from_json(TrialRecord, line) for line in text.splitlines() if line.strip()]
+
+    def write_rungs(self, records: Sequence[RungRecord]) -> None:
+        """Every rung judgement so far (replaced whole, then published: the trials read it)."""
+        self.write_text(RUNGS_FILE, "".join(to_json(r) + "\n" for r in records))
+
+    def read_rungs(self) -> list[RungRecord]:
+        text = self.read_text(RUNGS_FILE) or ""
+        return [from_json(RungRecord, line) for line in text.splitlines() if line.strip()]
 
     def publish(self, name: str) -> None:
         if self.path(name).is_file():

@@ -86,12 +86,17 @@ def hidden_shape(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Check:
-    """Score the validation split every `every` steps and hand the scores to `callback(step, scores)`,
-    which may raise to stop training (multi-objective early stopping)."""
+    """Score the validation split every `every` steps (0: never) and at the steps `at`, and hand the scores to
+    `callback(step, scores)`, which may raise to stop training (multi-objective early stopping, the rungs of
+    successive halving)."""
 
     every: int
     val_tokens: int
     callback: Callable[[int, dict[str, float]], None]
+    at: frozenset[int] = frozenset()
+
+    def due(self, step: int) -> bool:
+        return bool(self.every and step % self.every == 0) or step in self.at
 
 
 @dataclass
@@ -246,7 +251,7 @@ def _validate(run: _Run, check: Check | None, plateau: Plateau, step: int) -> tu
     """(this step's validation scores, computed once for both checks, or None; whether the student converged).
     A `check` may raise to stop training."""
     job, scored = run.job, None
-    if check is not None and step % check.every == 0 and step < job.steps:
+    if check is not None and check.due(step) and step < job.steps:
         scored = job.task.evaluate(run.student, run.data, "val", max_examples=check.val_tokens)
         check.callback(step, scored)
     if plateau.due(step):

@@ -356,3 +356,39 @@ def test_a_fanout_sweep_compresses_each_new_student_several_ways(sweep):
     assert parent["fanout_trials_queued"] >= len(t) - trained
     values = t[["accuracy", "size_mb", "latency_ms"]].to_numpy(float)  # all feasible: no constraints
     assert set(fanned.pareto["trial_id"]) == set(t["trial_id"][pareto_mask(values, ["max", "min", "min"])])
+
+
+def test_successive_halving_stops_students_at_a_rung_by_their_place_among_those_that_reached_it(sweep):
+    """fidelity: each student is judged at step 10 of 20 against the students judged there before it; the verdicts
+    in rungs.jsonl follow the promotion rule, the stopped ones end STOPPED (PRUNED in Optuna) and the promoted ones
+    train on to step 20 (never from scratch)."""
+    from orchestrator.core.fidelity import promoted
+    from orchestrator.io.sweep_files import SweepFiles
+    from orchestrator.io.storage import Storage
+
+    result, root, uri = sweep
+    halved = Sweep.from_yaml(SMOKE, trials=5, sampler_seed=5, fidelity={"enabled": True, "eta": 2, "rungs": 1},
+                             storage=str(root / "runs"), tracking_uri=uri, experiment="fidelity").run()
+    t = halved.trials
+    client = MlflowClient(uri)
+    sweep_id = client.get_run(halved.run_id).data.tags["sweep_id"]
+    rungs = SweepFiles(Storage(str(root / "runs")), sweep_id).read_rungs()
+    trained = t[t["cache_hit_distill"] != 1]  # a student reused from the cache is not judged again
+    assert sorted(r.trial_id for r in rungs) == sorted(trained["trial_id"]) and {r.step for r in rungs} == {10}
+    names = ["accuracy", "size_mb", "latency_ms"]
+    for i, r in enumerate(rungs):  # each verdict, from the points recorded before it
+        before = np.array([[p.point[n] for n in names] for p in rungs[:i]]).reshape(-1, 3)
+        assert promoted([r.point[n] for n in names], before, ["max", "min", "min"], 2) == (r.promoted, r.place, r.size)
+    by_id = t.set_index("trial_id")
+    for r in rungs:
+        row = by_id.loc[r.trial_id]
+        if r.promoted:
+            assert row["status"] == "COMPLETED" and row["distill_steps"] == 20
+        else:
+            assert row["status"] == "STOPPED" and row["stop_reason"].startswith("rung 1 (step 10): place")
+    assert not all(r.promoted for r in rungs) and rungs[0].promoted  # the first has nothing to rank against
+    parent = client.get_run(halved.run_id).data.metrics
+    stopped = sum(not r.promoted for r in rungs)
+    assert parent["fidelity_rung1_stopped"] == stopped and parent["fidelity_steps_saved"] == 10 * stopped
+    study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{root / 'runs' / 'sweeps' / sweep_id / 'optuna.db'}")
+    assert sum(s.state == optuna.trial.TrialState.PRUNED for s in study.trials) == stopped

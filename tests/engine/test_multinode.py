@@ -1,6 +1,6 @@
 """A sweep on a three-node cluster laid out as cluster.yaml lays it out, with nodes that share no disk: the
 head runs the trial drivers (`trial_driver`) and never trains, DDP puts one rank on each worker node, the
-measurement service runs on the `latency_target` node; storage in an S3 bucket (a real S3-protocol server),
+measurement service runs on the `latency_target` nodes (a replica on each); storage in an S3 bucket (a real S3-protocol server),
 MLflow on a real tracking server whose artifacts go to the bucket, each node with its own local cache."""
 
 import os
@@ -29,7 +29,8 @@ def _sweep(address: str, storage: str, tracking: str, cache: Path, cwd: Path, *m
     env = {**os.environ, **RAY_ENV, CACHE_ENV: str(cache)}
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", "sweep", str(SMOKE), "--address", address, "--trials", "2",
-         "--storage", storage, "--tracking-uri", tracking, "--set", "measure.target=latency_target", *DDP, *more],
+         "--storage", storage, "--tracking-uri", tracking, "--set", "measure.target=latency_target", "--set", "measure.replicas=2",
+         *DDP, *more],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
     )
 
@@ -56,7 +57,7 @@ def test_a_ddp_sweep_on_s3_storage_across_nodes_that_share_no_disk(tmp_path, s3_
         "env_vars": {CACHE_ENV: str(caches["head"])}})
     try:
         a = cluster.add_node(num_cpus=2, resources={"latency_target": 1}, node_ip_address=ip, env_vars={CACHE_ENV: str(caches["a"])})
-        b = cluster.add_node(num_cpus=1, node_ip_address=ip, env_vars={CACHE_ENV: str(caches["b"])})
+        b = cluster.add_node(num_cpus=1, resources={"latency_target": 1}, node_ip_address=ip, env_vars={CACHE_ENV: str(caches["b"])})
         cluster.wait_for_nodes()
 
         first = _sweep(cluster.address, storage, mlflow_server, caches["head"], cwd)
@@ -73,7 +74,9 @@ def test_a_ddp_sweep_on_s3_storage_across_nodes_that_share_no_disk(tmp_path, s3_
             digests = tags["distill.worker_weights"].split(",")
             assert len(digests) == 2 and len(set(digests)) == 1  # every rank ended with the same weights: DDP synced
         parent = client.search_runs([experiment], "tags.`orchestrator.role` = 'sweep'")[0]
-        assert parent.data.tags["measure.node"] == a.node_id  # every figure was measured on the latency_target node
+        # every figure was measured by one of the two replicas of the measurement service, one per latency_target node
+        assert sorted(parent.data.tags["measure.node"].split(",")) == sorted([a.node_id, b.node_id])
+        assert parent.data.tags["measure.replicas"] == "2"
         artifact = trials[0].data.tags["artifact"]
         assert artifact.startswith("s3://sweeps/cluster/sweeps/") and artifact.split("?")[0].endswith("/model.orc")
         for trial in trials:  # a front point's run also holds its MLflow model, in the bucket through the server

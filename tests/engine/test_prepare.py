@@ -5,7 +5,7 @@ import pytest
 
 from orchestrator import Sweep, load_config
 from orchestrator.engine.prepare import build_teacher, measure_teacher, prepare_data
-from orchestrator.engine.service import start_service
+from orchestrator.engine.service import start_service, stop_service
 from orchestrator.io.artifact import ARTIFACT
 from orchestrator.io.checkpoints import load_frozen
 
@@ -26,7 +26,7 @@ def test_a_cached_teacher_is_measured_again_when_the_evaluation_or_timing_settin
         try:
             return measure_teacher(ctx, task, data, key, entry, hit, service), task, data
         finally:
-            ray_session.kill(service)
+            stop_service(service)
 
     first, _, _ = teacher()
     assert not first.cache_hit and not first.measure_cache_hit and first.seconds_now > 0
