@@ -69,7 +69,7 @@ def measure(space: str, trials: int, root: Path) -> Measured:
         distill = row["time_distill_s"] - row.get("distill_paused_s", 0.0)
         wall = row["trial_ended_at"] - row["trial_started_at"]
         stages = row["time_stages_s"] - row["time_distill_s"] - busy
-        fixed = wall - row["time_stages_s"] - row["time_measure_wait_s"] - row.get("distill_paused_s", 0.0)
+        fixed = wall - row["time_stages_s"] - row["time_measure_wait_s"]  # paused time is inside the distillation's stage
         costs.append(Costs(distill=distill, stages=max(0.0, stages), measure=busy, fixed=max(0.0, fixed)))
         spans.append((row["trial_started_at"], row["trial_ended_at"]))
     metrics = MlflowClient(uri).get_run(result.run_id).data.metrics

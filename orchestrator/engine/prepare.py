@@ -18,9 +18,11 @@ from typing import Any
 import ray
 import torch
 
+from orchestrator.config.schema import SweepConfig
 from orchestrator.core.errors import ConfigError
 from orchestrator.core.fronts import reference_point
 from orchestrator.core.keys import content_key
+from orchestrator.core.losses import layer_map
 from orchestrator.core.space import Fixed
 from orchestrator.engine.context import SweepContext
 from orchestrator.engine.evaluation import measure_model
@@ -200,7 +202,9 @@ def build_teacher_outputs(ctx: SweepContext, task: Task, teacher: TeacherRecord,
     them (`params.beta` not fixed at 0)."""
     cfg, d = ctx.config, ctx.config.distill
     hidden = cfg.params["beta"] != Fixed(0.0)
-    key = content_key("teacher_outputs", teacher.key, cfg.pool_examples, cfg.seed, hidden, d.top_k, cfg.task.context, task.fingerprint())
+    layers = _kept_layers(cfg, task, teacher, data) if hidden else None
+    key = content_key("teacher_outputs", teacher.key, cfg.pool_examples, cfg.seed, hidden, d.top_k, cfg.task.context,
+                      task.fingerprint(), layers)
 
     def build(tmp: Path) -> None:
         t, threads = time.perf_counter(), torch.get_num_threads()
@@ -212,7 +216,7 @@ def build_teacher_outputs(ctx: SweepContext, task: Task, teacher: TeacherRecord,
             with torch.inference_mode():
                 width = model(inputs[:1].to(device))[0].shape[-1]
             top_k = d.top_k if d.top_k is not None and d.top_k < width else None  # k >= V: all logits
-            outputs = compute_teacher_outputs(model, inputs, targets, hidden=hidden, top_k=top_k)
+            outputs = compute_teacher_outputs(model, inputs, targets, hidden=hidden, top_k=top_k, layers=layers)
         finally:
             torch.set_num_threads(threads)
         outputs.save(tmp / "teacher_outputs.pt")
@@ -223,6 +227,19 @@ def build_teacher_outputs(ctx: SweepContext, task: Task, teacher: TeacherRecord,
     record = from_json(TeacherOutputsRecord, (entry / "teacher_outputs.json").read_text())
     return TeacherOutputsInfo(key=key, path=ctx.storage.located(path), cache_hit=hit, seconds=record.seconds,
                               size_bytes=path.stat().st_size, examples=record.examples)
+
+
+def _kept_layers(cfg: SweepConfig, task: Task, teacher: TeacherRecord, data: PreparedData) -> tuple[int, ...] | None:
+    """The teacher layers some student of the sweep is mapped to (`distill.layer_map`, else the evenly spaced map
+    of every student depth the task says it can have), or None to keep every layer."""
+    if cfg.distill.layer_map:
+        return tuple(sorted({j for _, j in cfg.distill.layer_map}))
+    depths = task.student_depths(cfg)
+    if depths is None:
+        return None
+    with torch.inference_mode():
+        depth = len(load_frozen(teacher.path, task.build_model)(task.example(task.load_data(fetch(data.path))), hidden=True)[1])
+    return tuple(sorted({j for s in depths for _, j in layer_map(s, depth)}))
 
 
 def _log_teacher(ctx: SweepContext, task: Task, teacher: TeacherRecord, outputs: TeacherOutputsInfo | None) -> None:

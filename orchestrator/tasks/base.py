@@ -163,6 +163,11 @@ class Task(abc.ABC):
     def batch(self, data: Any, split: Split, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A random batch of `split`: inputs and targets, as the model and `hard_loss` take them."""
 
+    def student_depths(self, cfg: SweepConfig) -> list[int] | None:
+        """How many hidden states (`model(x, hidden=True)`) the sweep's students can return, when the task knows
+        (the teacher-output pool then keeps only the teacher layers some student is mapped to); None: unknown."""
+        return None
+
     def pool(self, data: Any, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """`n` training draws for the teacher-output pool (`distill.cache_blocks`); by default `batch`'s random
         draws (a language model's windows: distinct in practice). A task with a finite training split gives

@@ -115,6 +115,12 @@ class CharLMTask(LanguageModelTask):
     def describe_student(self, shape: Mapping[str, Any]) -> str:
         return f"a {shape.get('layers')}-layer, {shape.get('width')}-wide student ({shape.get('heads')} heads)"
 
+    def student_depths(self, cfg: SweepConfig) -> list[int] | None:
+        """The built-in GPT returns one hidden state per block: its `params.layers` values."""
+        spec = cfg.params.get("layers")
+        values = param_values(spec) if spec is not None else None
+        return sorted({int(v) for v in values}) if values and all(isinstance(v, int) for v in values) else None
+
     def _read(self, cfg: SweepConfig) -> str:
         if self._text is None or self._text[0] != cfg:
             self._text = (cfg, task_text(cfg.task))

@@ -29,12 +29,13 @@ class TeacherOutputs:
     targets: torch.Tensor  # (N, ...) their targets, e.g. (N, T) next tokens
     logits: torch.Tensor  # (N, ..., V) float16, or (N, ..., k) with `top_k`
     indices: torch.Tensor | None  # (N, ..., k) int64 ids of the kept logits (top-k only)
-    hidden: torch.Tensor | None  # (L, N, ..., C) float16 per-layer hidden states; None when not stored
-    teacher_layers: int
+    hidden: torch.Tensor | None  # (L, N, ..., C) float16 hidden states of the `kept` layers; None when not stored
+    teacher_layers: int  # the teacher's depth
+    kept: tuple[int, ...] | None = None  # the teacher layers `hidden` holds, in order (None: all of them)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         blob = {"inputs": self.inputs, "targets": self.targets, "logits": self.logits, "indices": self.indices,
-                "hidden": self.hidden, "teacher_layers": self.teacher_layers}
+                "hidden": self.hidden, "teacher_layers": self.teacher_layers, "kept": self.kept}
         torch.save(blob, path)
 
     @classmethod
@@ -50,7 +51,12 @@ class TeacherOutputs:
         if hidden_layers:
             if self.hidden is None:
                 raise ValueError("these teacher outputs hold no hidden states; rebuild them with hidden=True")
-            states = [self.hidden[j][rows].float() for j in hidden_layers]
+            at = {j: i for i, j in enumerate(self.kept if self.kept is not None else range(self.teacher_layers))}
+            missing = sorted(set(hidden_layers) - set(at))
+            if missing:
+                raise ValueError(f"these teacher outputs keep the hidden states of teacher layers {sorted(at)}, not {missing}; "
+                                 "rebuild them for this student (its depth or `distill.layer_map` is outside the sweep's)")
+            states = [self.hidden[at[j]][rows].float() for j in hidden_layers]
         indices = self.indices[rows] if self.indices is not None else None
         return self.inputs[rows], self.targets[rows], self.logits[rows].float(), indices, states
 
@@ -83,14 +89,15 @@ class Passes:
 @torch.inference_mode()
 def compute_teacher_outputs(
     teacher: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, hidden: bool, top_k: int | None,
-    batch_size: int = 64,
+    batch_size: int = 64, layers: tuple[int, ...] | None = None,
 ) -> TeacherOutputs:
     """Run `teacher` once over a pool of training examples.
 
     Args:
         inputs, targets: (N, ...) the pool, drawn by the task (`Task.batch`).
-        hidden: also keep every layer's output (needed when any trial has beta > 0).
+        hidden: also keep the layers' outputs (needed when any trial has beta > 0).
         top_k: keep only the k largest logits per position (None: all of them).
+        layers: the teacher layers whose outputs to keep (None: every layer).
     """
     logits, indices, states = [], [], []
     teacher.eval()
@@ -102,12 +109,15 @@ def compute_teacher_outputs(
             indices.append(idx.cpu())
         logits.append(out.half().cpu())
         if hidden:
-            states.append(torch.stack(layer_states).half().cpu())  # (L, b, ..., C)
+            depth = len(layer_states)
+            kept = [layer_states[j] for j in layers] if layers is not None else layer_states
+            states.append(torch.stack(kept).half().cpu())  # (L, b, ..., C)
     return TeacherOutputs(
         inputs=inputs,
         targets=targets,
         logits=torch.cat(logits),
         indices=torch.cat(indices) if top_k is not None else None,
         hidden=torch.cat(states, dim=1) if hidden else None,
-        teacher_layers=len(states[0]) if hidden else 0,
+        teacher_layers=depth if hidden else 0,
+        kept=tuple(layers) if hidden and layers is not None else None,
     )

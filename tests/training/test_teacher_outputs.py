@@ -1,5 +1,6 @@
 """Teacher outputs computed once: they must be what the teacher says on those windows."""
 
+import pytest
 import torch
 
 from orchestrator.training.teacher_outputs import Passes, TeacherOutputs, compute_teacher_outputs
@@ -64,3 +65,15 @@ def test_same_seed_same_windows():
     b = _compute(teacher, train, blocks=8, seed=5, hidden=False, top_k=None)
     c = _compute(teacher, train, blocks=8, seed=6, hidden=False, top_k=None)
     assert torch.equal(a.inputs, b.inputs) and not torch.equal(a.inputs, c.inputs)
+
+
+def test_a_pool_keeps_only_the_teacher_layers_its_students_are_mapped_to():
+    teacher = _teacher()
+    train = torch.randint(20, (3000,), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
+    every = _compute(teacher, train, blocks=16, seed=3, hidden=True, top_k=None, batch_size=8)
+    some = _compute(teacher, train, blocks=16, seed=3, hidden=True, top_k=None, batch_size=8, layers=(0, 2))
+    assert some.hidden.shape[0] == 2 and some.kept == (0, 2) and some.teacher_layers == every.teacher_layers == 3
+    rows = torch.arange(4)
+    assert torch.equal(some.batch(rows, hidden_layers=[2])[4][0], every.batch(rows, hidden_layers=[2])[4][0])
+    with pytest.raises(ValueError, match=r"keep the hidden states of teacher layers \[0, 2\], not \[1\]"):
+        some.batch(rows, hidden_layers=[1, 2])
