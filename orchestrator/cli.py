@@ -155,8 +155,8 @@ def print_result(result: SweepResult) -> None:
     if infeasible:
         print(f"{infeasible} completed trials miss the sweep's constraints and are left off the front")
     reuse = distillations(result.trials)
-    students = (f", {reuse['distillations']:.0f} students distilled for {len(result.trials)} trials "
-                f"({reuse['distill_saved_s']:.0f} s of distillation saved by reuse)") if reuse else ""
+    saved = f" ({reuse['distill_saved_s']:.0f} s of distillation saved by reuse)" if reuse.get("distill_saved_s") else ""
+    students = f", {reuse['distillations']:.0f} students distilled for {len(result.trials)} trials{saved}" if reuse else ""
     print(f"\nwall time {result.wall_seconds:.0f} s, orchestration overhead {result.overhead:.0%}{students}")
     if result.config.register and result.models:
         print(f"registered {len(result.models)} front models as {result.config.register}: "
