@@ -127,3 +127,45 @@ def test_a_sweep_interrupted_then_its_driver_killed_is_finished_by_resume_with_o
     # have written the last result file of a trial the sweep had recorded
     assert 3 <= len(state["tune_trials"]) <= 5
     _front_matches_completed_trials(state)
+
+
+def test_a_sweep_interrupted_mid_rung_resumes_and_finishes_the_rung(root):
+    """Successive halving (fidelity, one rung at step 600 of 1200): Ctrl-C after the first student's judgement, while
+    the second trains; `--resume` keeps the rung's judgements, and every student trained in either run is judged
+    at the rung, in order, by the promotion rule against the ones judged before it."""
+    import numpy as np
+
+    from orchestrator.core.fidelity import promoted
+    from orchestrator.io.storage import Storage
+    from orchestrator.io.sweep_files import SweepFiles
+
+    halving = ["--set", "fidelity.enabled=true", "--set", "fidelity.eta=2", "--set", "fidelity.rungs=1",
+               "--set", "distill.steps=1200"]  # a trial of a few seconds: the signal lands in it
+    proc, log = _start(root, "halving", 31, *halving)
+    try:
+        harness.wait_for_text(proc, log, "/4] trial-0001")  # the first trial ended, judged at the rung first
+        harness.wait_for_trial(root, proc, "faults", 2)
+        proc.send_signal(signal.SIGINT)
+    finally:
+        code = harness.finish(proc)
+    assert code == 130, log.read_text()[-3000:]
+    sweep = harness.sweep_id(log)
+    files = SweepFiles(Storage(str(root / "runs")), sweep)
+    before = files.read_rungs()
+    assert before and before[0].promoted  # the first student had nothing to rank against
+    proc, resumed_log = _start(root, "halving-resumed", 31, *halving, "--resume", sweep)
+    assert harness.finish(proc) == 0, resumed_log.read_text()[-3000:]
+    after = files.read_rungs()
+    assert after[:len(before)] == before  # the rung's judgements survived the interruption
+    rows = _state(root, sweep)["rows"]
+    # every student trained as far as the rung (one that converged before it, `distill.patience`, is never judged)
+    trained = {r["trial_id"] for r in rows if r["status"] == "STOPPED" or r.get("distill_steps", 0) >= 600}
+    assert trained <= {r.trial_id for r in after} and {r.step for r in after} == {600}
+    names = ["accuracy", "size_mb", "latency_ms"]
+    for i, r in enumerate(after):
+        earlier = np.array([[p.point[n] for n in names] for p in after[:i] if p.trial_id != r.trial_id]).reshape(-1, 3)
+        assert promoted([r.point[n] for n in names], earlier, ["max", "min", "min"], 2) == (r.promoted, r.place, r.size)
+    status = {r["trial_id"]: r["status"] for r in rows}
+    for r in after:
+        if r.trial_id in status:  # judged in a trial that ended (not the one interrupted)
+            assert status[r.trial_id] == ("COMPLETED" if r.promoted else "STOPPED")
