@@ -63,7 +63,8 @@ class Recorder(Callback):
         self.hypervolumes: list[tuple[int, float]] = []  # (trials ended, hypervolume) after each trial
         self.failed_now = 0  # trials of this run of the sweep that failed (not a resumed sweep's earlier ones)
         self.tell: Callable[[str], None] | None = None  # tells the searcher a trial is recorded (`ConstrainedOptunaSearch.tell`)
-        self.rungs: list[RungRecord] = files.read_rungs() if files is not None and previous else []  # successive halving's judgements
+        # successive halving's judgements (a resumed sweep's, even from before any trial ended)
+        self.rungs: list[RungRecord] = files.read_rungs() if files is not None else []
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the experiment's state: the driver-side hooks (a progress callback
