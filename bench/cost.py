@@ -191,6 +191,28 @@ VARIANTS = {  # the product's runs: overrides of the space's settings
 }
 
 
+def isolation_check(space: str, base: str, tmp: str, trials: int = 8) -> dict:
+    """Pause against reserve on the same configurations (random sampler, same seed): what each isolation does to
+    the figures themselves, apart from the search. Per run: wall time and hypervolume; per configuration: the
+    latency ratio pause / reserve."""
+    out, rows = {}, {}
+    for name, over in (("pause", {}), ("reserve", {"measure.isolation": "reserve"})):
+        storage = Path(tmp) / f"isolation-{name}"
+        for part in ("teachers", "teacher_measurements", "data"):
+            shutil.copytree(Path(base) / part, storage / part)
+        cfg = orchestrator.load_config(space, overrides={"storage": str(storage), "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
+                                                         "experiment": f"isolation-{name}", "sampler": "random", "trials": trials, **over})
+        t = time.perf_counter()
+        result = orchestrator.Sweep(cfg).run()
+        out[name] = {"wall_s": round(time.perf_counter() - t, 1), "hypervolume": round(result.hypervolume, 4)}
+        rows[name] = result.trials.set_index(cfg.searched)  # the same seed: the same configurations in both runs
+    both = rows["pause"].join(rows["reserve"], how="inner", rsuffix="_reserve")
+    out["same_configurations"] = len(both)
+    out["same_accuracies"] = bool((both["accuracy"] == both["accuracy_reserve"]).all())
+    out["latency_pause_over_reserve_median"] = round(float(np.median(both["latency_ms"] / both["latency_ms_reserve"])), 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="bench/cost.yaml")
@@ -199,6 +221,8 @@ def main() -> None:
                         help="a storage that keeps the trained teacher between runs of this bench (default: a temporary one)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"the product's runs, among {', '.join(VARIANTS)}")
     parser.add_argument("--no-diy", action="store_true", help="skip the hand-written loop (its figures are then missing)")
+    parser.add_argument("--isolation-check", action="store_true",
+                        help="also run pause against reserve on the same 8 random configurations")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,6 +260,8 @@ def main() -> None:
             if "diy_wall_s" in figures:
                 figures[name]["wall_ratio_vs_diy"] = round(figures["diy_wall_s"] / wall, 2)
                 figures[name]["hypervolume_vs_diy"] = round(figures[name]["test_hypervolume"] / figures["diy_test_hypervolume"], 3)
+        if args.isolation_check:
+            figures["isolation_check"] = isolation_check(args.space, base, tmp)
         (Path(tmp) / "saving").mkdir()
         figures["teacher_outputs"] = teacher_output_saving(cfg, teacher, data_path, Path(tmp) / "saving")
     figures["curves"] = {k: [[round(t, 1), round(hv, 4)] for t, hv in c] for k, c in curves.items()}
