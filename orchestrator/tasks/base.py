@@ -112,7 +112,9 @@ class Task(abc.ABC):
         rules = {**cls.params, **CORE_PARAMS}  # the task's shape first: the order the sampler suggests them in
         raw = cfg.raw_params()
         previous = TASKS.get(cfg.task.name)
-        if previous is not None and previous is not cls:  # defaults another task filled in are not this task's parameters
+        # a config another task bound already (it filled in every parameter of its own): its defaults are not this
+        # task's parameters; a config read but not yet bound holds only what was given, all of it kept
+        if previous is not None and previous is not cls and set(previous.params) <= set(cfg.params):
             raw = {n: v for n, v in raw.items() if not (n in previous.params and n not in rules
                                                         and cfg.params[n] == Fixed(previous.params[n].default))}
         for name in raw:

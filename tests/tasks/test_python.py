@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 import orchestrator
 from orchestrator import ConfigError, PythonTask, Sweep, register_task
+from orchestrator.core.space import Fixed
 from orchestrator.core.compressible import UnitGroup, UnitSlice, unit_index
 from orchestrator.io.storage import Storage
 
@@ -240,6 +241,15 @@ def test_load_config_takes_your_tasks_own_parameters_and_its_name(tmp_path):
     space.write_text("params: {width: 16, activation: relu, depth: {choices: [1, 2]}}\n")
     with pytest.raises(ConfigError, match="`params.depth` is not an argument of the student builder"):
         Sweep(orchestrator.load_config(space, task=task), task=task)
+    # a value of your own that equals a default of the built-in GPT (its width is 64) is still yours
+    space.write_text("params: {width: 64, activation: relu}\n")
+    assert orchestrator.load_config(space, task=task).params["width"] == Fixed(64)
+    # while the GPT's defaults, filled in when a YAML was bound to char_lm first, are not (`Sweep(cfg, task=...)`)
+    (tmp_path / "gpt.yaml").write_text("params: {width: 32, bits: 4}\n")
+    gpt = orchestrator.load_config(tmp_path / "gpt.yaml")
+    assert gpt.task.name == "char_lm" and "heads" in gpt.params
+    rebound = task.bind(gpt).params
+    assert "heads" not in rebound and "layers" not in rebound and rebound["width"] == Fixed(32)
 
 
 def test_the_teacher_output_pool_of_a_python_task_is_distinct_examples_up_to_the_whole_training_split(tmp_path):
