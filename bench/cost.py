@@ -187,6 +187,9 @@ VARIANTS = {  # the product's runs: overrides of the space's settings
     "product_fanout4": {"fanout": 4},
     "product_fidelity": {"fidelity.enabled": True},  # successive halving: eta 3, rungs at 33 and 100 of 300 steps
     "product_fanout4_fidelity": {"fanout": 4, "fidelity.enabled": True},
+    # beta and lambda in steps of 0.5 and T among 3 values: close proposals share a student (the space is coarser)
+    "product_step": {"params.beta": {"low": 0.0, "high": 1.0, "step": 0.5}, "params.lambda": {"low": 0.0, "high": 1.0, "step": 0.5},
+                     "params.temperature": {"choices": [1.0, 2.0, 4.0]}},
     "product_reserve": {"measure.isolation": "reserve"},  # the measurement service holding a core (the default before)
 }
 
