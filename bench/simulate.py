@@ -10,8 +10,10 @@
    of those and its queueing), and the tracker's cost per trial (`tracking_ms_per_trial`, every MLflow call
    timed); the driver's cost to start a trial is the gap between a trial ending and the next one starting,
    less that tracking.
-2. Check: the same sweep simulated on this node (its slots, one service that pauses the node's training
-   while it measures) against the trials per hour measured in step 1.
+2. Check: the same sweep simulated on this node (its slots and service, each distillation as long as it ran
+   with its pauses: every measurement on the node paused it, this sweep's and any other's) against the
+   trials per hour measured in step 1. (`pause=True` models the pauses instead, from this sweep's own
+   measurements only.)
 3. Predict: `nodes` x `gpus` slots, each running a trial at the speed measured here (`--distill-speedup`
    scales distillation, e.g. for GPUs), with 1..R measurement replicas on target nodes of their own (nothing
    pauses), one driver (Tune's loop: it starts every trial and records every end). Reports trials per hour
@@ -42,6 +44,7 @@ class Costs:
     """One measured trial's costs, in seconds."""
 
     distill: float  # training work (paused time left out)
+    paused: float  # time its training stood paused while a measurement service on its node timed a model
     stages: float  # its other stages, in the trial
     measure: float  # the service's busy time for its model
     fixed: float  # the rest of its wall time: loading, start-up, reporting
@@ -70,7 +73,8 @@ def measure(space: str, trials: int, root: Path) -> Measured:
         wall = row["trial_ended_at"] - row["trial_started_at"]
         stages = row["time_stages_s"] - row["time_distill_s"] - busy
         fixed = wall - row["time_stages_s"] - row["time_measure_wait_s"]  # paused time is inside the distillation's stage
-        costs.append(Costs(distill=distill, stages=max(0.0, stages), measure=busy, fixed=max(0.0, fixed)))
+        costs.append(Costs(distill=distill, paused=row.get("distill_paused_s", 0.0), stages=max(0.0, stages), measure=busy,
+                           fixed=max(0.0, fixed)))
         spans.append((row["trial_started_at"], row["trial_ended_at"]))
     metrics = MlflowClient(uri).get_run(result.run_id).data.metrics
     record = metrics["tracking_ms_per_trial"] / 1000
@@ -98,8 +102,10 @@ class Simulation:
     """`slots` trials at once, `replicas` measurement servers (FIFO), one driver (FIFO); with `pause`, every
     distillation stops while a replica measures (one node, its service pausing training)."""
 
-    def __init__(self, measured: Measured, *, slots: int, replicas: int, pause: bool, trials: int, distill_speedup: float = 1.0):
+    def __init__(self, measured: Measured, *, slots: int, replicas: int, pause: bool, trials: int, distill_speedup: float = 1.0,
+                 as_measured: bool = False):
         self.m, self.slots, self.replicas, self.pause, self.total = measured, slots, replicas, pause, trials
+        self.as_measured = as_measured  # each distillation as long as it ran, its pauses included (every pause on its node)
         self.speed = distill_speedup
         self.events: list[tuple[float, int, str, object]] = []
         self.order = itertools.count()
@@ -151,8 +157,9 @@ class Simulation:
 
     def _on_start(self, _: object) -> None:
         c = next(self.costs)
-        self.busy["slots"] += c.fixed + c.distill / self.speed + c.stages
-        self.at(self.now + c.fixed, "train", _Trial(c, c.distill / self.speed))
+        distill = (c.distill + c.paused) if self.as_measured else c.distill / self.speed
+        self.busy["slots"] += c.fixed + distill + c.stages
+        self.at(self.now + c.fixed, "train", _Trial(c, distill))
 
     def _on_train(self, t: _Trial) -> None:
         self._settle()
@@ -215,7 +222,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         measured = measure(args.space, args.trials, Path(tmp))
-    here = Simulation(measured, slots=measured.slots, replicas=1, pause=True, trials=len(measured.trials)).run()
+    here = Simulation(measured, slots=measured.slots, replicas=1, pause=False, trials=len(measured.trials), as_measured=True).run()
     figures = {
         "space": args.space, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"),
         "measured": {"trials": len(measured.trials), "slots": measured.slots, "trials_per_hour": round(measured.trials_per_hour, 1),
