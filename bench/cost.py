@@ -194,15 +194,21 @@ VARIANTS = {  # the product's runs: overrides of the space's settings
 }
 
 
+def fresh_storage(base: str, path: Path) -> Path:
+    """A storage at `path` holding only `base`'s teacher, its measurements (one latency scale, the teacher's timing,
+    for every run) and the data: nothing of another run is reused."""
+    for part in ("teachers", "teacher_measurements", "data"):
+        shutil.copytree(Path(base) / part, path / part)
+    return path
+
+
 def isolation_check(space: str, base: str, tmp: str, trials: int = 8) -> dict:
     """Pause against reserve on the same configurations (random sampler, same seed): what each isolation does to
     the figures themselves, apart from the search. Per run: wall time and hypervolume; per configuration: the
     latency ratio pause / reserve."""
     out, rows = {}, {}
     for name, over in (("pause", {}), ("reserve", {"measure.isolation": "reserve"})):
-        storage = Path(tmp) / f"isolation-{name}"
-        for part in ("teachers", "teacher_measurements", "data"):
-            shutil.copytree(Path(base) / part, storage / part)
+        storage = fresh_storage(base, Path(tmp) / f"isolation-{name}")
         cfg = orchestrator.load_config(space, overrides={"storage": str(storage), "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
                                                          "experiment": f"isolation-{name}", "sampler": "random", "trials": trials, **over})
         t = time.perf_counter()
@@ -245,9 +251,7 @@ def main() -> None:
             curves["diy"] = curve(events, teacher)
             figures["diy_test_hypervolume"] = round(curves["diy"][-1][1], 4)
         for name in args.variants.split(","):
-            storage = Path(tmp) / name  # holds only the teacher and the data: nothing of another run is reused
-            for part in ("teachers", "teacher_measurements", "data"):  # one latency scale (the teacher's timing) for all
-                shutil.copytree(Path(base) / part, storage / part)
+            storage = fresh_storage(base, Path(tmp) / name)
             run_cfg = orchestrator.load_config(args.space, overrides={"storage": str(storage), "tracking_uri": f"sqlite:///{tmp}/mlflow.db",
                                                                       "experiment": name, **VARIANTS[name]})
             events, result, wall = product(run_cfg)

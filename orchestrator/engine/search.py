@@ -14,11 +14,10 @@ from ray.tune.search.optuna import OptunaSearch
 from orchestrator.config.samplers import make_sampler
 from orchestrator.core.space import Choice, Fixed, ObjectiveConstraints, ParamSpec, searched_grid
 from orchestrator.engine.context import SweepContext
-from orchestrator.io.records import Status, TrialOutcome
+from orchestrator.io.records import STUDENT_TAG, Status, TrialOutcome
 from orchestrator.io.sweep_files import SweepFiles
 
 STUDENT = "student"  # an Optuna trial's user attribute: the cache key of the student it compressed
-STUDENT_TAG = "distill.student"  # the same key among the trial's tags (`engine.trial`)
 FANOUT_OF = "fanout_of"  # an Optuna trial's user attribute: the Tune trial whose new student it compresses another way
 TUNE_TRIAL_ID = "tune_trial_id"  # an Optuna trial's user attribute: the Tune trial it ran as (the key of its record in trials.jsonl)
 

@@ -22,7 +22,7 @@ from orchestrator.core.losses import LossWeights
 from orchestrator.engine.context import SweepContext
 from orchestrator.engine.prepare import TeacherOutputsInfo
 from orchestrator.io.checkpoints import load_checkpoint, save_checkpoint
-from orchestrator.io.records import DistillRecord, TeacherRecord, to_json
+from orchestrator.io.records import TeacherRecord, to_json
 from orchestrator.io.storage import Cache
 from orchestrator.tasks.base import Task, TrialParams
 from orchestrator.techniques.base import PruneResult, TrainingHook

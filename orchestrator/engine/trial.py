@@ -28,12 +28,11 @@ from orchestrator.engine.compress import Compressed, compress
 from orchestrator.engine.context import SweepContext
 from orchestrator.engine.evaluation import measure_model, with_registered
 from orchestrator.engine.prepare import PreparedData, TeacherOutputsInfo
-from orchestrator.engine.search import STUDENT_TAG
 from orchestrator.engine.service import measure_on_service
 from orchestrator.engine.students import distill_student, load_student, recover_student, tune_quantized
 from orchestrator.io.artifact import ARTIFACT
 from orchestrator.io.checkpoints import load_frozen
-from orchestrator.io.records import RUNG, RUNG_POINT, CacheStage, DistillRecord, Status, TeacherRecord, TrialOutcome, from_json
+from orchestrator.io.records import RUNG, RUNG_POINT, STUDENT_TAG, CacheStage, DistillRecord, Status, TeacherRecord, TrialOutcome, from_json
 from orchestrator.io.storage import Cache, fetch
 from orchestrator.io.sweep_files import SweepFiles
 from orchestrator.tasks.base import Task, TrialParams
@@ -96,7 +95,7 @@ def run_pipeline(params: TrialParams, tc: TrialContext, *, trial_id: str, report
     trial = _Trial(tc, params, trial_id, task.load_data(fetch(tc.data.path)), load_frozen(tc.teacher.path, task.build_model),
                    workdir, hits, {}, {"node": _node()})
     stops = ctx.config.early_stopping.enabled or ctx.config.fidelity.enabled
-    pre, check = _premeasured(trial, report) if stops and ctx.config.pipeline.distill else ({}, None)
+    pre, check = _premeasured(trial, report) if stops else ({}, None)
     t = time.perf_counter()
     try:
         student, source, distilled = _distilled(trial, check)

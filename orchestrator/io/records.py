@@ -200,6 +200,7 @@ class DistillRecord:
     paused_seconds: float = 0.0  # of `train_seconds`, paused between steps while the node's measurement service timed a model
 
 
+STUDENT_TAG = "distill.student"  # a trial's tag: the cache key of the student it compressed (`fanout` reads it)
 RUNG = "rung"  # a trial's report at a rung of successive halving carries its rung, verdict and point (`RUNG_POINT<objective>`)
 RUNG_POINT = "rung_point_"
 

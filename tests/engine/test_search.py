@@ -140,7 +140,8 @@ def test_a_configuration_that_completed_is_told_again_not_run_again():
 
 
 def test_fanout_queues_trials_that_keep_a_new_students_params_and_sample_the_rest():
-    from orchestrator.engine.search import FANOUT_OF, STUDENT, STUDENT_TAG
+    from orchestrator.engine.search import FANOUT_OF, STUDENT
+    from orchestrator.io.records import STUDENT_TAG
     from orchestrator.io.records import CacheStage
 
     cfg = load_config(None, overrides={"fanout": 3, "params.bits": {"choices": [2, 3, 4, 8]}, "params.sparsity": {"low": 0.0, "high": 0.9},
