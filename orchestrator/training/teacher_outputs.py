@@ -99,25 +99,35 @@ def compute_teacher_outputs(
         top_k: keep only the k largest logits per position (None: all of them).
         layers: the teacher layers whose outputs to keep (None: every layer).
     """
-    logits, indices, states = [], [], []
     teacher.eval()
     device = next(teacher.parameters()).device  # the pool runs where the teacher is (a GPU with use_gpu)
+    logits = indices = states = None
+    depth = 0
     for i in range(0, len(inputs), batch_size):
         out, layer_states = teacher(inputs[i : i + batch_size].to(device), hidden=hidden)  # (b, ..., V)
+        rows = slice(i, i + len(out))
+        idx = None
         if top_k is not None:
             out, idx = out.topk(top_k, dim=-1)
-            indices.append(idx.cpu())
-        logits.append(out.half().cpu())
+        if logits is None:  # the whole pool's buffers, filled in place: no list of batches to concatenate
+            logits = torch.empty((len(inputs), *out.shape[1:]), dtype=torch.float16)
+            indices = torch.empty((len(inputs), *idx.shape[1:]), dtype=idx.dtype) if idx is not None else None
+        logits[rows] = out
+        if idx is not None:
+            indices[rows] = idx
         if hidden:
             depth = len(layer_states)
             kept = [layer_states[j] for j in layers] if layers is not None else layer_states
-            states.append(torch.stack(kept).half().cpu())  # (L, b, ..., C)
+            if states is None:
+                states = torch.empty((len(kept), len(inputs), *kept[0].shape[1:]), dtype=torch.float16)
+            for k, state in enumerate(kept):
+                states[k, rows] = state
     return TeacherOutputs(
         inputs=inputs,
         targets=targets,
-        logits=torch.cat(logits),
-        indices=torch.cat(indices) if top_k is not None else None,
-        hidden=torch.cat(states, dim=1) if hidden else None,
-        teacher_layers=depth if hidden else 0,
+        logits=logits,
+        indices=indices,
+        hidden=states,
+        teacher_layers=depth,
         kept=tuple(layers) if hidden and layers is not None else None,
     )
