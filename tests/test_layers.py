@@ -17,6 +17,7 @@ LAYERS = [
     ("core",),
     ("techniques", "models"),
     ("io",),
+    ("runtimes",),
     ("config",),
     ("tasks",),
     ("training", "tracking"),

@@ -350,6 +350,10 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
             raise ConfigError(f"{source}: `{key}` must be one of {', '.join(map(str, allowed))}, got {show(value)}"
                               f"{did_you_mean(value, allowed)}")
         return value
+    if origin is tuple and typing.get_args(hint)[1:] == (Ellipsis,):  # a YAML list of one type
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: `{key}` must be a list, got {show(value)}")
+        return tuple(_coerce(v, typing.get_args(hint)[0], source, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is Mapping:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: `{key}` must be a mapping, got {show(value)}")

@@ -18,6 +18,7 @@ from orchestrator.core.errors import ConfigError, did_you_mean, show
 from orchestrator.core.objectives import OBJECTIVES, describe
 from orchestrator.core.space import Fixed, param_values, searched_grid
 from orchestrator.io.storage import SCHEMES, is_uri
+from orchestrator.runtimes import FORMATS, RUNTIMES
 from orchestrator.techniques.base import STAGE_PARAMS
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ def check_sweep(cfg: SweepConfig) -> None:
     _check_stores(cfg)
     _check_resources(cfg)
     _check_sampler(cfg)
+    _check_runtimes(cfg)
     if cfg.task.chars is not None and cfg.task.chars * 0.05 < cfg.task.context + 1:
         raise ConfigError(f"{cfg.source}: `task.chars` = {cfg.task.chars} leaves a test split shorter than `task.context`; raise it")
 
@@ -181,3 +183,18 @@ def _check_sampler_options(cfg: SweepConfig) -> None:
                          options=cfg.sampler_options)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{source}: `sampler_options` {dict(cfg.sampler_options)} are refused by {cls.__name__}: {e}") from None
+
+
+def _check_runtimes(cfg: SweepConfig) -> None:
+    """Every runtime the sweep exports to (`measure.runtime`'s file, `export.formats`) must run every weight the
+    searched params can give, unless `export.fallback: dequantized` lets it run some as float."""
+    measured = RUNTIMES[cfg.measure.runtime]
+    used = ([measured] if measured.format else []) + [FORMATS[f] for f in cfg.export.formats if FORMATS[f] is not measured]
+    if cfg.export.fallback == "dequantized":
+        return
+    for runtime in used:
+        why = runtime.cannot_run(cfg.pipeline.quantize, {name: param_values(spec) for name, spec in cfg.params.items()})
+        if why:
+            named = f"`measure.runtime` {runtime.name}" if runtime is measured else f"`export.formats` {runtime.format}"
+            raise ConfigError(f"{cfg.source}: {named}: {why}, or set `export.fallback: dequantized` to run such weights as "
+                              "float there (named in each trial's tags)")

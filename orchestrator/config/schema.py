@@ -16,6 +16,7 @@ from orchestrator.config.rules import check_sweep
 from orchestrator.core.errors import ConfigError, did_you_mean, show
 from orchestrator.core.objectives import DEFAULT_OBJECTIVES, OBJECTIVES, describe
 from orchestrator.core.space import Fixed, ParamSpec, param_values
+from orchestrator.runtimes import FORMATS, RUNTIMES
 from orchestrator.techniques.base import Checked
 from orchestrator.techniques.base import check as _check
 from orchestrator.techniques.pipeline import Pipeline
@@ -97,6 +98,7 @@ class MeasureConfig(Checked):
     isolation: Literal["pause", "reserve", "none"] = "pause"  # how its timing gets the node to itself: pause: the node's training pauses between steps while it times (it holds no CPU); reserve: it holds `cpus` for the whole sweep; none: neither
     replicas: int = _check(lambda v: v >= 1, "an integer >= 1", 1)  # measurement actors, one per target node (each takes one unit of `target`'s resource); more than 1 needs a `target`
     cpus: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)  # isolation reserve: logical CPUs it holds, kept from trials (null: `threads`)
+    runtime: str = _check(lambda v: v in RUNTIMES, f"a registered runtime ({', '.join(RUNTIMES)})", "torch")  # where latency, throughput and memory are measured: torch (eager, the packed artifact) or onnxruntime (an .onnx export on ONNX Runtime's low-bit kernels)
 
 
 class _ObjectiveMapping:
@@ -193,6 +195,8 @@ class ExportConfig(Checked):
     """How the packed artifact is written (`io/artifact.py`); its byte length is `size_mb`."""
 
     entropy: Literal["none", "zstd"] = "zstd"  # zstd: entropy-code the packed levels, masks and values where it saves bytes (lossless; reloads stay bit-exact)
+    formats: tuple[str, ...] = _check(lambda v: all(f in FORMATS for f in v), f"a list among {', '.join(FORMATS)}", ())  # files every trial also writes beside its artifact, logged with its MLflow run (onnx: for ONNX Runtime)
+    fallback: Literal["refuse", "dequantized"] = "refuse"  # a weight a runtime has no kernel for (e.g. 3 bits in ONNX Runtime): refuse before the sweep starts, or run it as a float MatMul there (named in the trial's tags)
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,7 @@ class SweepConfig(Checked):
         out["pipeline"] = self.pipeline.to_raw()
         if self.distill.layer_map is not None:
             out["distill"]["layer_map"] = [list(pair) for pair in self.distill.layer_map]
+        out["export"]["formats"] = list(self.export.formats)
         out["sampler_options"] = dict(self.sampler_options)
         out["params"] = self.raw_params()
         out["initial_points"] = [dict(point) for point in self.initial_points]

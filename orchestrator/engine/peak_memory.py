@@ -1,5 +1,6 @@
-"""`python -m orchestrator.engine.peak_memory SPEC_DIR ARTIFACT DEVICE THREADS`: the peak memory of a batch-1
-inference of an exported model, in this fresh process; prints {"peak_memory_mb": ...} as its last line.
+"""`python -m orchestrator.engine.peak_memory SPEC_DIR FILE DEVICE THREADS [RUNTIME]`: the peak memory of a batch-1
+inference of an exported model (FILE: its packed artifact, or the file `RUNTIME` runs, e.g. an `.onnx` for
+onnxruntime; default torch), in this fresh process; prints {"peak_memory_mb": ...} as its last line.
 
 On CPU it is the resident set's high-water mark (Linux `VmHWM`, reset after the model is loaded) minus
 the resident set before the model was loaded: the loaded weights and the forward pass's peak, not the
@@ -16,12 +17,13 @@ import json
 import resource
 import sys
 from collections.abc import Mapping
+from typing import Any
 from pathlib import Path
 
 import torch
 from ray import cloudpickle
 
-from orchestrator.io.artifact import load_artifact
+from orchestrator.runtimes import RUNTIMES
 from orchestrator.tasks.base import Task
 from orchestrator.techniques.quantize import EncodedTensor
 
@@ -68,20 +70,25 @@ def _warm_up_runtime(device: str) -> None:
 
 @torch.inference_mode()
 def peak_memory_bytes(artifact: str, task: Task, example: torch.Tensor, device: str,
-                      encodings: Mapping[str, type[EncodedTensor]] | None = None) -> float:
+                      encodings: Mapping[str, type[EncodedTensor]] | None = None, *, runtime: str = "torch",
+                      threads: int = 1) -> float:
+    def load() -> Any:
+        return RUNTIMES[runtime].load(Path(artifact), build=task.build_model, encodings=encodings or {}, threads=threads,
+                                      device=device)
+
     _warm_up_runtime(device)
     gc.collect()
     _trim()
     if device == "cuda":
         torch.cuda.init()
         before = torch.cuda.memory_allocated()
-        model = load_artifact(artifact, task.build_model, encodings)[0].to(device).eval()
+        model = load()
         torch.cuda.reset_peak_memory_stats()
         model(example.to(device))
         torch.cuda.synchronize()
         return float(torch.cuda.max_memory_allocated() - before)
     before_kb = _status_kb("VmRSS")
-    model = load_artifact(artifact, task.build_model, encodings)[0].eval()
+    model = load()
     gc.collect()
     _trim()
     if before_kb is None or not _reset_high_water_mark():  # not Linux: the process's lifetime peak
@@ -94,11 +101,12 @@ def peak_memory_bytes(artifact: str, task: Task, example: torch.Tensor, device: 
 
 def main(argv: list[str]) -> None:
     spec, artifact, device, threads = Path(argv[0]), argv[1], argv[2], int(argv[3])
+    runtime = argv[4] if len(argv) > 4 else "torch"
     torch.set_num_threads(threads)
     task = cloudpickle.loads((spec / "task.pkl").read_bytes())
     encodings = cloudpickle.loads((spec / "encodings.pkl").read_bytes())  # the sweep's, techniques of your own included
     example = torch.load(spec / "example.pt", weights_only=True)
-    print(json.dumps({"peak_memory_mb": peak_memory_bytes(artifact, task, example, device, encodings) / 1e6}))
+    print(json.dumps({"peak_memory_mb": peak_memory_bytes(artifact, task, example, device, encodings, runtime=runtime, threads=threads) / 1e6}))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from orchestrator.core.measure import measure_latency
 from orchestrator.core.objectives import Objectives
 from orchestrator.engine.cluster import service_cpus
 from orchestrator.engine.context import SweepContext
-from orchestrator.io.artifact import load_artifact
+from orchestrator.runtimes import RUNTIMES
 from orchestrator.io.gate import Gate
 from orchestrator.io.storage import fetch
 from orchestrator.tasks.base import Task
@@ -60,7 +60,7 @@ class _Probe:
     """What the `target` objectives read (`core.objectives`), each measured once, when first read."""
 
     def __init__(self, service: "MeasurementService", model: torch.nn.Module, artifact: str) -> None:
-        self.service, self.model, self.artifact = service, model, artifact
+        self.service, self.model, self.artifact = service, model, artifact  # artifact: the file the runtime runs, local
         self.throughput_unit = service.task.throughput_unit()
 
     @cached_property
@@ -95,33 +95,51 @@ class MeasurementService:
     """The Ray actor's class (see the module's docstring); `start_service` creates it."""
 
     def __init__(self, task: Task, data_path: str, reference_artifact: str, settings: MeasureConfig, asked: list[str],
-                 objectives: Objectives, encodings: Mapping[str, type[EncodedTensor]]) -> None:
+                 objectives: Objectives, encodings: Mapping[str, type[EncodedTensor]], dequantized: bool = False) -> None:
         self.task, self.settings, self.objectives = task, settings, objectives  # yours included: the sweep's snapshot
         self.encodings = encodings  # how artifacts decode, techniques of your own included
+        self.dequantized = dequantized  # `export.fallback: dequantized`: a weight the runtime cannot run runs as float
         self.names = objectives.target_names(asked)
         self.device = torch.device(settings.device)
         torch.set_num_threads(settings.threads)
         self.cores = _pin_cores(settings.threads)
         self.data = task.load_data(fetch(data_path))
         self.example = task.example(self.data).to(self.device)
-        self.reference = self._load(reference_artifact)
-        self.reference_ms: float | None = None
+        self.runtime = RUNTIMES[settings.runtime]
         self.spec_dir = tempfile.mkdtemp(prefix="orchestrator-measure-")
+        self.reference = self._load(self._runnable(reference_artifact, None))
+        self.reference_ms: float | None = None
 
-    def _load(self, artifact: str) -> torch.nn.Module:
-        return load_artifact(fetch(artifact), self.task.build_model, self.encodings)[0].to(self.device).eval()
+    def _runnable(self, artifact: str, runnable: str | None) -> Path:
+        """The local file the runtime runs: the artifact itself (torch), the file the trial exported beside it
+        (`runnable`), or one this service exports now (the teacher's, once per sweep)."""
+        if self.runtime.format is None:
+            return fetch(artifact)
+        if runnable is not None:
+            return fetch(runnable)
+        out = Path(self.spec_dir) / f"{zlib.crc32(artifact.encode()):08x}-{self.runtime.file_name(artifact)}"
+        if not out.exists():
+            self.runtime.export(fetch(artifact), out, self.example.cpu(), build=self.task.build_model, encodings=self.encodings,
+                                dequantized=self.dequantized)
+        return out
+
+    def _load(self, path: Path) -> Any:
+        return self.runtime.load(path, build=self.task.build_model, encodings=self.encodings, threads=self.settings.threads,
+                                 device=str(self.device))
 
     def set_reference_ms(self, ms: float) -> None:
         """The reference model's own latency (alone, on this target): the scale of corrected latencies."""
         self.reference_ms = ms
 
-    def measure(self, artifact: str) -> dict[str, Any]:
-        """Every target figure of the model in `artifact`: {"metrics", "started", "ended"} (unix seconds), the
-        window in which the node's training paused (`measure.isolation: pause`)."""
-        model = self._load(artifact)
+    def measure(self, artifact: str, runnable: str | None = None) -> dict[str, Any]:
+        """Every target figure of the model in `artifact` (run by `measure.runtime`: from `runnable`, the file a
+        trial exported for it, when the runtime runs a file of its own): {"metrics", "started", "ended"} (unix
+        seconds), the window in which the node's training paused (`measure.isolation: pause`)."""
+        path = self._runnable(artifact, runnable)
+        model = self._load(path)
         with self._isolated() as window:  # everything timed, inside the window
             started = time.time()
-            probe = _Probe(self, model, artifact)
+            probe = _Probe(self, model, str(path))
             metrics = self.objectives.measured("target", probe, self.names)
             lat = probe.timing
             metrics.update({
@@ -153,7 +171,8 @@ class MeasurementService:
             torch.save(self.example.cpu(), spec / "example.pt")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         out = subprocess.run(
-            [sys.executable, "-m", "orchestrator.engine.peak_memory", str(spec), str(fetch(artifact)), self.settings.device, str(self.settings.threads)],
+            [sys.executable, "-m", "orchestrator.engine.peak_memory", str(spec), artifact, self.settings.device, str(self.settings.threads),
+             self.runtime.name],
             capture_output=True, text=True, env=env, timeout=600,
         )
         if out.returncode != 0:
@@ -216,7 +235,8 @@ def start_service(ctx: SweepContext, task: Task, data_path: str, reference_artif
     else:
         options["resources"] = {m.target: 1}
     actors = tuple(ray.remote(MeasurementService).options(**options).remote(
-        task, data_path, reference_artifact, m, cfg.figures_asked, ctx.objectives, ctx.encodings) for _ in range(m.replicas))
+        task, data_path, reference_artifact, m, cfg.figures_asked, ctx.objectives, ctx.encodings,
+        cfg.export.fallback == "dequantized") for _ in range(m.replicas))
     try:
         ray.get([a.where.remote() for a in actors], timeout=START_TIMEOUT_S)  # raises here if one cannot start
     except ray.exceptions.ActorUnschedulableError:
@@ -248,12 +268,13 @@ def stop_service(service: Replicas) -> None:
         ray.kill(actor, no_restart=True)
 
 
-def measure_on_service(service: Replicas, artifact: str) -> tuple[dict[str, float], float]:
-    """(the target figures of `artifact`, seconds this caller waited in its replica's queue)."""
+def measure_on_service(service: Replicas, artifact: str, runnable: str | None = None) -> tuple[dict[str, float], float]:
+    """(the target figures of `artifact` (run from `runnable`, its export for `measure.runtime`, when given), seconds
+    this caller waited in its replica's queue)."""
     import ray
 
     t = time.perf_counter()
-    result = ray.get(service.pick(str(artifact)).measure.remote(str(artifact)))
+    result = ray.get(service.pick(str(artifact)).measure.remote(str(artifact), runnable))
     took = time.perf_counter() - t
     busy = result["ended"] - result["started"]
     metrics = {**result["metrics"], "measure_started_at": result["started"], "measure_ended_at": result["ended"]}

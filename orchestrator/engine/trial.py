@@ -27,6 +27,7 @@ from orchestrator.core.stopping import EarlyStopped, stop_reason
 from orchestrator.engine.compress import Compressed, compress
 from orchestrator.engine.context import SweepContext
 from orchestrator.engine.evaluation import measure_model, with_registered
+from orchestrator.engine.exports import export_files, export_tags, runnable
 from orchestrator.engine.prepare import PreparedData, TeacherOutputsInfo
 from orchestrator.engine.service import measure_on_service
 from orchestrator.engine.students import distill_student, load_student, recover_student, tune_quantized
@@ -106,9 +107,13 @@ def run_pipeline(params: TrialParams, tc: TrialContext, *, trial_id: str, report
                             cache_hits={**hits, CacheStage.DISTILL: False}, timings=_with_total(trial.timings),
                             stop_reason=stop.reason, stopped_at_step=stop.step, tags=trial.tags)
     c = _compressed(trial, student, source)
+    files = export_files(ctx, task, trial.data, workdir / ARTIFACT, trial.timings)  # for other runtimes
+    exports = {fmt: ctx.storage.publish(e.path) for fmt, e in files.items()}
+    trial.tags.update(export_tags(files, exports))
     t = time.perf_counter()
     location = ctx.storage.publish(workdir / ARTIFACT)  # where the measurement service, the tracking and a user read it
-    m = measure_model(task, c.model, location, trial.data, ctx, service=tc.service, counts=(c.params, c.nonzero_params))
+    m = measure_model(task, c.model, location, trial.data, ctx, service=tc.service, counts=(c.params, c.nonzero_params),
+                      runnable=runnable(ctx.config, exports))
     trial.timings["time_measure_s"] = time.perf_counter() - t - m.wait_seconds
     trial.timings["time_measure_wait_s"] = trial.timings.get("time_measure_wait_s", 0.0) + m.wait_seconds  # orchestration, not a stage
     trained = {} if distilled is None else {"val_accuracy": distilled.val_accuracy, "val_loss": distilled.val_loss,
@@ -116,10 +121,11 @@ def run_pipeline(params: TrialParams, tc: TrialContext, *, trial_id: str, report
                                             # a reused student: the training it did not repeat
                                             "distill_saved_s": distilled.train_seconds if hits.get(CacheStage.DISTILL) else 0.0}
     metrics = {**m.metrics, "sparsity_measured": c.sparsity, "int8_layers": float(len(c.int8_layers)),
+               **{f"{fmt}_mb": e.size_bytes / 1e6 for fmt, e in files.items()},
                "compression_ratio": tc.teacher.size_bytes / c.size_bytes, **_retained(m.metrics, tc), **trained, **pre,
                **began, "trial_ended_at": time.time()}
     return TrialOutcome(status=Status.COMPLETED, metrics=metrics, cache_hits=hits, timings=_with_total(trial.timings),
-                        artifact=location, warnings=m.warnings, tags=trial.tags,
+                        artifact=location, warnings=m.warnings, tags=trial.tags, exports=exports,
                         curves=distilled.curves if distilled is not None else {})
 
 
@@ -210,8 +216,11 @@ def _premeasured(trial: _Trial, report: Callable[[dict], None] | None) -> tuple[
     compress(model, ctx.config.pipeline, trial.params.by_name(), artifact=artifact, meta=tc.task.meta(trial.data),
              entropy=ctx.config.export.entropy)
     figures = ctx.objectives.measured("artifact", SimpleNamespace(size_bytes=artifact.stat().st_size))
-    target, waited = measure_on_service(tc.service, ctx.storage.publish(artifact))
-    ctx.storage.discard(artifact)
+    files = export_files(ctx, tc.task, trial.data, artifact)
+    exports = {fmt: ctx.storage.publish(e.path) for fmt, e in files.items()}
+    target, waited = measure_on_service(tc.service, ctx.storage.publish(artifact), runnable(ctx.config, exports))
+    for e in [artifact, *(e.path for e in files.values())]:
+        ctx.storage.discard(e)
     figures.update({k: v for k, v in target.items() if k in ctx.objectives})
     trial.timings["time_premeasure_s"] = time.perf_counter() - t - waited
     trial.timings["time_measure_wait_s"] = waited

@@ -217,14 +217,13 @@ def _floats(entry: Mapping[str, Any], reader: _Reader, mask: torch.Tensor | None
     return torch.from_numpy(full).view(entry["shape"])
 
 
-def load_artifact(
+def load_encoded(
     path: str | os.PathLike[str], build: Callable[[dict[str, Any]], nn.Module] = build_registered,
     encodings: Mapping[str, type[EncodedTensor]] | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the compressed model stored by `export`; returns (model in eval mode, task metadata).
-    `build` makes the empty model from its description (a task's `build_model` for a model of its own);
-    `encodings` decode the integer forms (default: those registered in this process; a sweep's workers get
-    its driver's, `engine.context.SweepContext.encodings`)."""
+) -> tuple[nn.Module, dict[str, Any], dict[str, EncodedTensor]]:
+    """The model stored by `export` with every weight in float (its integer forms dequantized, no int8 kernel
+    swapped in), its manifest, and the integer forms by parameter name: what an exporter to another runtime
+    (`runtimes`) rewrites onto that runtime's kernels."""
     encodings = ENCODINGS if encodings is None else encodings
     manifest, blobs = _split(path)
     model = build({"architecture": manifest["architecture"], "config": manifest["config"]})
@@ -245,6 +244,18 @@ def load_artifact(
         quantized[entry["name"]] = encoded = encodings[entry["encoding"]].decode(entry, reader, mask)
         state[entry["name"]] = encoded.dequantize(mask)
     model.load_state_dict(state)
+    return model.eval(), manifest, quantized
+
+
+def load_artifact(
+    path: str | os.PathLike[str], build: Callable[[dict[str, Any]], nn.Module] = build_registered,
+    encodings: Mapping[str, type[EncodedTensor]] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the compressed model stored by `export`; returns (model in eval mode, task metadata).
+    `build` makes the empty model from its description (a task's `build_model` for a model of its own);
+    `encodings` decode the integer forms (default: those registered in this process; a sweep's workers get
+    its driver's, `engine.context.SweepContext.encodings`)."""
+    model, manifest, quantized = load_encoded(path, build, encodings)
     if manifest.get("int8_layers"):
         to_int8_kernels(model, quantized, manifest["int8_layers"])
     return model.eval(), manifest["meta"]

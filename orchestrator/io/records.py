@@ -122,6 +122,7 @@ class TrialOutcome:
     warnings: list[str] = field(default_factory=list)  # what the trial measured with less than it was asked for
     tags: dict[str, str] = field(default_factory=dict)  # where it ran: `node` (its driver's), `distill.worker_nodes` (each DDP rank's)
     curves: dict[str, list[list[float]]] = field(default_factory=dict)  # name -> [[step, value], ...]: distill_loss, distill_val_accuracy
+    exports: dict[str, str] = field(default_factory=dict)  # `export.formats` (and `measure.runtime`'s) file -> its location (COMPLETED)
 
     OUTCOME_KEY: ClassVar[str] = "outcome"  # the Tune result field that holds it
 
@@ -141,7 +142,8 @@ class TrialOutcome:
 
     def row(self) -> dict[str, Any]:
         """The trials table's columns for this trial."""
-        return {**self.numbers(), "artifact": self.artifact, "stop_reason": self.stop_reason}
+        return {**self.numbers(), "artifact": self.artifact, **{f"export_{fmt}": at for fmt, at in self.exports.items()},
+                "stop_reason": self.stop_reason}
 
     def report(self, objectives: Sequence[str]) -> dict[str, Any]:
         """What the trial hands Ray Tune: the sweep's `objectives` by name (for Optuna) and the outcome itself."""

@@ -85,6 +85,11 @@ class Tracker(abc.ABC):
         """The packed `artifact` as a loadable model in the run; its URI (what `orchestrator.load_model` takes),
         or None when it could not be logged. `task`: rebuilds a model of a task of your own."""
 
+    def log_onnx_model(self, run_id: str, onnx_file: str | Path, example: Any) -> str | None:
+        """The exported `.onnx` file as a model ONNX Runtime loads without this package (the `onnx` flavour);
+        its URI, or None when this store keeps no models of other formats."""
+        return None
+
     @abc.abstractmethod
     def register(self, name: str, uri: str, *, run_id: str, tags: Mapping[str, str], description: str) -> str | None:
         """A new version of the registered model `name` from the model at `uri`; its version, or None."""

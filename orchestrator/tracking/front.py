@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.core.objectives import Objectives
+from orchestrator.io.storage import fetch
 from orchestrator.tracking.sweep_runs import SweepRuns
 
 log = logging.getLogger("orchestrator")
@@ -42,6 +43,9 @@ def log_front_models(runs: SweepRuns, trials: pd.DataFrame, example: Any, *, tas
             uri = runs.tracker.log_model(row["run_id"], row["artifact"], np.asarray(example), task=task)
             if uri is not None:
                 models[row["trial_id"]] = uri
+            onnx_file = row.get("export_onnx")
+            if isinstance(onnx_file, str) and onnx_file:  # `export.formats: [onnx]`: also the onnx flavour
+                runs.tracker.log_onnx_model(row["run_id"], fetch(onnx_file), np.asarray(example))
     except Exception as e:
         runs.tracker.failed(f"the front's models were not logged ({type(e).__name__}: {e}); each trial keeps its packed artifact")
     return models

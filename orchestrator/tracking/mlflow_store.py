@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.core.environ import environ
 from orchestrator.tracking.base import RUNNING, RunInfo, Tracker, flatten
-from orchestrator.tracking.models import MODEL_PATH, copy_package, save_model
+from orchestrator.tracking.models import MODEL_PATH, ONNX_PATH, copy_package, save_model, save_onnx_model
 
 T = TypeVar("T")
 
@@ -156,6 +156,13 @@ class MlflowTracker(Tracker):
             save_model(Path(tmp) / "model", artifact, example, task=task, code=Path(self._code.name) / "orchestrator")
             done = self.log_artifact(run_id, Path(tmp) / "model", MODEL_PATH)
         return f"runs:/{run_id}/{MODEL_PATH}" if done else None
+
+    def log_onnx_model(self, run_id: str, onnx_file: str | Path, example: Any) -> str | None:
+        """An MLflow model of the `onnx` flavour (`tracking.models.save_onnx_model`) in the run's `onnx/`."""
+        with tempfile.TemporaryDirectory(prefix="orchestrator-onnx-") as tmp:
+            save_onnx_model(Path(tmp) / "onnx", onnx_file, example)
+            done = self.log_artifact(run_id, Path(tmp) / "onnx", ONNX_PATH)
+        return f"runs:/{run_id}/{ONNX_PATH}" if done else None
 
     def register(self, name: str, uri: str, *, run_id: str, tags: Mapping[str, str], description: str) -> str | None:
         try:

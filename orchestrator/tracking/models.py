@@ -99,6 +99,34 @@ def save_model(path: Path, artifact: str, example: np.ndarray, *, task: Any = No
             quiet.setLevel(level)
 
 
+ONNX_PATH = "onnx"  # the ONNX Runtime model's path inside its run (`export.formats: [onnx]`): runs:/<run>/onnx
+
+
+def save_onnx_model(path: Path, onnx_file: str | Path, example: np.ndarray) -> None:
+    """Write an MLflow model of the `onnx` flavour at `path` from an exported `.onnx` file (`runtimes.onnx`): it
+    loads with `mlflow.onnx.load_model` or, as a pyfunc, runs on ONNX Runtime (no orchestrator needed)."""
+    import mlflow.onnx
+    import onnx
+    import onnxruntime as ort
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    (predicted,) = session.run(None, {session.get_inputs()[0].name: example})
+    signature = ModelSignature(inputs=Schema([TensorSpec(example.dtype, (-1,) * example.ndim, session.get_inputs()[0].name)]),
+                               outputs=Schema([TensorSpec(predicted.dtype, (-1,) * predicted.ndim, session.get_outputs()[0].name)]))
+    quiet = logging.getLogger("mlflow")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        mlflow.onnx.save_model(onnx.load(str(onnx_file)), str(path), signature=signature, save_as_external_data=False,
+                               onnx_execution_providers=["CPUExecutionProvider"],
+                               pip_requirements=[f"{n}=={metadata.version(n)}" for n in ("onnx", "onnxruntime", "numpy")],
+                               metadata={"format": "ONNX, quantized weights as com.microsoft MatMulNBits"})
+    finally:
+        quiet.setLevel(level)
+
+
 def download_model(uri: str, tracking_uri: str | None = None, into: str | Path | None = None) -> Path:
     """The `data/artifact` directory of the MLflow model at `uri` (runs:/<run>/model, models:/<name>@<alias>,
     models:/<name>/<version>), downloaded into `into` (default: a new temporary directory). The registry is the tracking
@@ -126,4 +154,4 @@ def download_model(uri: str, tracking_uri: str | None = None, into: str | Path |
     return artifact
 
 
-__all__ = ["MODEL_PATH", "copy_package", "download_model", "pinned_requirements", "save_model"]
+__all__ = ["MODEL_PATH", "ONNX_PATH", "copy_package", "download_model", "pinned_requirements", "save_model", "save_onnx_model"]

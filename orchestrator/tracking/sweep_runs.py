@@ -157,6 +157,8 @@ class SweepRuns:
         if outcome.artifact:
             self.tracker.log_artifact(run_id, fetch(outcome.artifact))  # from this node's copy of the storage
             tags["artifact"] = outcome.artifact
+        for location in outcome.exports.values():  # its files for other runtimes (e.g. model.onnx), beside model.orc
+            self.tracker.log_artifact(run_id, fetch(location))
         self.tracker.log(run_id, metrics=outcome.numbers(), step=last, curves=outcome.curves, tags=tags)
         self._end(run_id, FINISHED)
 

@@ -393,3 +393,36 @@ def test_successive_halving_stops_students_at_a_rung_by_their_place_among_those_
     assert parent["fidelity_rung1_stopped"] == stopped and parent["fidelity_steps_saved"] == 10 * stopped
     study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{root / 'runs' / 'sweeps' / sweep_id / 'optuna.db'}")
     assert sum(s.state == optuna.trial.TrialState.PRUNED for s in study.trials) == stopped
+
+
+def test_a_sweep_measured_in_onnx_runtime_keeps_files_that_run_without_this_package(sweep):
+    """measure.runtime onnxruntime: every trial writes model.onnx beside model.orc (its run keeps both), the service
+    times the .onnx on ONNX Runtime, and a front point's `onnx` MLflow model predicts what the torch model predicts."""
+    import mlflow.pyfunc
+    import onnx
+    import torch
+
+    result, root, uri = sweep
+    run = Sweep.from_yaml(SMOKE, trials=2, storage=str(root / "runs"), tracking_uri=uri, experiment="onnx", sampler_seed=5,
+                          **{"measure.runtime": "onnxruntime", "params.bits": {"choices": [4, 8]}}).run()
+    t = run.trials
+    assert (t["status"] == "COMPLETED").all(), t["error"].tolist()
+    assert (t["latency_ms"] > 0).all() and (t["onnx_mb"] > 0).all() and (t["time_export_formats_s"] > 0).all()
+    client = MlflowClient(uri)
+    for _, row in t.iterrows():
+        assert {"model.orc", "model.onnx"} <= {f.path for f in client.list_artifacts(row["run_id"])}
+        assert client.get_run(row["run_id"]).data.tags["export.onnx"] == row["export_onnx"]
+        graph = onnx.load(row["export_onnx"]).graph
+        assert sum(n.op_type == "MatMulNBits" for n in graph.node) == 5  # one block's qkv, proj, fc, fc_out, and the head
+    point = run.pareto.iloc[0]
+    mlflow.set_tracking_uri(uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(f"runs:/{point['run_id']}/onnx")  # the onnx flavour: ONNX Runtime, no orchestrator
+    finally:
+        mlflow.set_tracking_uri(None)
+    x = np.random.default_rng(0).integers(0, 20, size=(3, 32))
+    predicted = pyfunc.predict({"input": x})
+    logits = np.asarray(predicted["output"] if isinstance(predicted, dict) else predicted)
+    with torch.no_grad():
+        want = load_model(point["artifact"])(torch.from_numpy(x))[0].numpy()
+    assert logits.shape == want.shape and (logits.argmax(-1) == want.argmax(-1)).mean() > 0.99
