@@ -189,6 +189,9 @@ def _check_runtimes(cfg: SweepConfig) -> None:
     """Every runtime the sweep exports to (`measure.runtime`'s file, `export.formats`) must run every weight the
     searched params can give, unless `export.fallback: dequantized` lets it run some as float."""
     measured = RUNTIMES[cfg.measure.runtime]
+    if measured.name != "torch" and cfg.measure.device == "cuda":
+        raise ConfigError(f"{cfg.source}: `measure.runtime` {measured.name} measures on CPU here (its CUDA execution provider "
+                          "and GPU peak memory are not wired up yet); set `measure.device: cpu` or `measure.runtime: torch`")
     used = ([measured] if measured.format else []) + [FORMATS[f] for f in cfg.export.formats if FORMATS[f] is not measured]
     if cfg.export.fallback == "dequantized":
         return

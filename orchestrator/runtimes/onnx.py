@@ -140,9 +140,16 @@ def linear_weights(model: nn.Module) -> set[str]:
     return {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
-def refusals(quantized: Mapping[str, EncodedTensor], linear: set[str]) -> dict[str, str]:
-    """{weight: why it has no MatMulNBits form} for the quantized Linear weights."""
-    return {name: why_not(qt) for name, qt in quantized.items() if name in linear and block_size(qt) is None}
+def _linear_forms(state: Mapping[str, torch.Tensor], quantized: Mapping[str, EncodedTensor], linear: set[str]) -> dict[str, EncodedTensor]:
+    """The integer form of every Linear weight that has one, by the Linear's name: its own, or that of the tensor it
+    is tied to (a Hugging Face LM head shares the token embedding's levels, stored under the embedding's name)."""
+    by_storage = {state[name].data_ptr(): qt for name, qt in quantized.items()}
+    return {name: by_storage[state[name].data_ptr()] for name in sorted(linear) if state[name].data_ptr() in by_storage}
+
+
+def refusals(quantized: Mapping[str, EncodedTensor], linear: set[str], state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """{weight: why it has no MatMulNBits form} for the quantized Linear weights (tied ones included)."""
+    return {name: why_not(qt) for name, qt in _linear_forms(state, quantized, linear).items() if block_size(qt) is None}
 
 
 def refuse(refused: Mapping[str, str], where: str) -> None:
@@ -173,18 +180,19 @@ def export_onnx(
 
     model, _, quantized = load_encoded(artifact, build, encodings)
     linear = linear_weights(model)
-    refused = refusals(quantized, linear)
+    refused = refusals(quantized, linear, model.state_dict())
     if not dequantized:
         refuse(refused, str(artifact))
     proto = _torch_export(model, example)
 
     state = model.state_dict()
     wanted: dict[str, tuple[str, bool]] = {}  # fingerprint -> (weight, transposed)
-    for name, qt in quantized.items():
-        if name in linear and name not in refused:
+    for name, qt in _linear_forms(state, quantized, linear).items():
+        if name not in refused:
             w = state[name].numpy()
             wanted[_fingerprint(w.T)] = (name, True)  # MatMul(x, Wᵀ)
             wanted.setdefault(_fingerprint(w), (name, False))  # Gemm(x, W, transB=1)
+            quantized = {**quantized, name: qt}
     graph = proto.graph
     found: dict[str, tuple[str, bool]] = {}
     for t in graph.initializer:
@@ -219,7 +227,7 @@ def export_onnx(
         if not any(o.domain == MS_DOMAIN for o in proto.opset_import):
             proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     missing = sorted({name for name, _ in wanted.values()} - set(result.kernels))
-    result.kernels.update({n: "float32 table (Gather)" for n in quantized if n not in linear})
+    result.kernels.update({n: "float32 table (Gather)" for n in quantized if n not in linear})  # tied: its head above
     if missing:
         raise RuntimeError(f"{artifact}: the exported graph has no MatMul on quantized weight(s) {', '.join(missing)}; "
                            "the exporter changed them (please report this)")
@@ -288,6 +296,9 @@ class OrtModel:
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError(f"ONNX Runtime here has no CUDA execution provider ({', '.join(ort.get_available_providers())}); "
+                               "install onnxruntime-gpu or measure on cpu")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input = self.session.get_inputs()[0].name

@@ -124,7 +124,8 @@ def test_a_hugging_face_llama_exports_with_its_tied_embedding_as_a_table(tmp_pat
              artifact=tmp_path / "m.orc", meta={})
     e = export_onnx(tmp_path / "m.orc", tmp_path / "m.onnx", torch.randint(96, (1, 16)), build=build)
     assert e.kernels["lm.model.layers.0.self_attn.q_proj.weight"] == "MatMulNBits 4-bit, block 32"
-    assert e.kernels["lm.model.embed_tokens.weight"] == "float32 table (Gather)"  # the tied head: MatMulNBits on the same levels
+    assert e.kernels["lm.model.embed_tokens.weight"] == "float32 table (Gather)"  # looked up in float
+    assert e.kernels["lm.lm_head.weight"] == "MatMulNBits 4-bit, block 32"  # the tied head: the table's own levels
     _exact(e.path, load_encoded(tmp_path / "m.orc")[0], [torch.randint(96, (1, 16)), torch.randint(96, (2, 9))])
 
 
@@ -163,7 +164,8 @@ def test_a_sweep_a_runtime_cannot_run_is_refused_in_one_line(overrides, needle):
 
 
 def test_unknown_runtimes_and_formats_are_refused():
-    for overrides, needle in [({"measure.runtime": "tvm"}, "registered runtime (torch, onnxruntime)"),
+    for overrides, needle in [({"measure.runtime": "onnxruntime", "measure.device": "cuda", "params.bits": 4}, "measures on CPU here"),
+                              ({"measure.runtime": "tvm"}, "registered runtime (torch, onnxruntime)"),
                               ({"export.formats": ["gguf"]}, "a list among onnx"), ({"export.formats": "onnx"}, "must be a list")]:
         with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
             orchestrator.load_config("search_spaces/smoke.yaml", overrides=overrides)
