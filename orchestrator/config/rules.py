@@ -186,18 +186,21 @@ def _check_sampler_options(cfg: SweepConfig) -> None:
 
 
 def _check_runtimes(cfg: SweepConfig) -> None:
-    """Every runtime the sweep exports to (`measure.runtime`'s file, `export.formats`) must run every weight the
-    searched params can give, unless `export.fallback: dequantized` lets it run some as float."""
+    """Every runtime the sweep exports to (`measure.runtime`'s file, `export.formats`) must run every model and weight
+    the searched params can give, unless `export.fallback: dequantized` lets it run some weights as float (where it
+    can: ONNX Runtime, not GGUF)."""
     measured = RUNTIMES[cfg.measure.runtime]
     if measured.name != "torch" and cfg.measure.device == "cuda":
-        raise ConfigError(f"{cfg.source}: `measure.runtime` {measured.name} measures on CPU here (its CUDA execution provider "
-                          "and GPU peak memory are not wired up yet); set `measure.device: cpu` or `measure.runtime: torch`")
+        raise ConfigError(f"{cfg.source}: `measure.runtime` {measured.name} measures on CPU here (its GPU execution and GPU "
+                          "peak memory are not wired up yet); set `measure.device: cpu` or `measure.runtime: torch`")
     used = ([measured] if measured.format else []) + [FORMATS[f] for f in cfg.export.formats if FORMATS[f] is not measured]
-    if cfg.export.fallback == "dequantized":
-        return
     for runtime in used:
-        why = runtime.cannot_run(cfg.pipeline.quantize, {name: param_values(spec) for name, spec in cfg.params.items()})
+        if cfg.export.fallback == "dequantized" and runtime.fallback:
+            continue
+        why = runtime.cannot_run(cfg.pipeline.quantize, {name: param_values(spec) for name, spec in cfg.params.items()},
+                                 task=cfg.task.name)
         if why:
             named = f"`measure.runtime` {runtime.name}" if runtime is measured else f"`export.formats` {runtime.format}"
-            raise ConfigError(f"{cfg.source}: {named}: {why}, or set `export.fallback: dequantized` to run such weights as "
-                              "float there (named in each trial's tags)")
+            fallback = (", or set `export.fallback: dequantized` to run such weights as float there (named in each trial's "
+                        "tags)") if runtime.fallback else ""
+            raise ConfigError(f"{cfg.source}: {named}: {why}{fallback}")

@@ -49,6 +49,7 @@ class Exported:
 class Runtime(abc.ABC):
     name: ClassVar[str]  # `measure.runtime`
     format: ClassVar[str | None] = None  # `export.formats` entry and file suffix; None: it runs the artifact itself
+    fallback: ClassVar[bool] = False  # it can run a weight it has no kernel for as float (`export.fallback: dequantized`)
 
     def file_name(self, artifact: str | Path) -> str:
         """The name of the file it runs, beside `artifact` (model.orc -> model.onnx)."""
@@ -65,9 +66,9 @@ class Runtime(abc.ABC):
         """What `path` (the artifact, or the file `export` wrote) runs as: callable like a task's model,
         `model(x)` -> (outputs, hidden states)."""
 
-    def cannot_run(self, quantize: Any, values: Mapping[str, list[Any] | None]) -> str | None:
-        """Why some trial of a sweep could give a weight this runtime has no kernel for, judged from the quantize
-        method and every value its params can take (None: a continuous range); None when none could."""
+    def cannot_run(self, quantize: Any, values: Mapping[str, list[Any] | None], *, task: str) -> str | None:
+        """Why some trial of a sweep of `task` could give a model or weight this runtime cannot run, judged from the
+        quantize method and every value its params can take (None: a continuous range); None when none could."""
         return None
 
 

@@ -322,6 +322,7 @@ class OnnxRuntime(Runtime):
 
     name = "onnxruntime"
     format = "onnx"
+    fallback = True
 
     def export(self, artifact: Path, out: Path, example: torch.Tensor, *, build: Callable[[dict[str, Any]], nn.Module],
                encodings: Mapping[str, type[EncodedTensor]], dequantized: bool) -> Exported:
@@ -331,7 +332,7 @@ class OnnxRuntime(Runtime):
              threads: int, device: str) -> Any:
         return OrtModel(path, threads=threads, device=device)
 
-    def cannot_run(self, quantize: Any, values: Mapping[str, list[Any] | None]) -> str | None:
+    def cannot_run(self, quantize: Any, values: Mapping[str, list[Any] | None], *, task: str) -> str | None:
         bits = [b for b in values.get("bits") or [] if int(b) not in FLOAT_BITS]
         if quantize is None or not bits:
             return None

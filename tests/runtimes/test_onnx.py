@@ -165,8 +165,8 @@ def test_a_sweep_a_runtime_cannot_run_is_refused_in_one_line(overrides, needle):
 
 def test_unknown_runtimes_and_formats_are_refused():
     for overrides, needle in [({"measure.runtime": "onnxruntime", "measure.device": "cuda", "params.bits": 4}, "measures on CPU here"),
-                              ({"measure.runtime": "tvm"}, "registered runtime (torch, onnxruntime)"),
-                              ({"export.formats": ["gguf"]}, "a list among onnx"), ({"export.formats": "onnx"}, "must be a list")]:
+                              ({"measure.runtime": "tvm"}, "registered runtime (torch, llama_cpp, onnxruntime)"),
+                              ({"export.formats": ["tflite"]}, "a list among gguf, onnx"), ({"export.formats": "onnx"}, "must be a list")]:
         with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
             orchestrator.load_config("search_spaces/smoke.yaml", overrides=overrides)
 

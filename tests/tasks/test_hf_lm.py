@@ -3,6 +3,7 @@ built here and saved with `save_pretrained`, loaded back by `load_pretrained`.""
 
 import inspect
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -174,6 +175,36 @@ def test_a_sweep_over_a_local_hf_model_distils_prunes_quantizes_and_exports(ray_
     x = data.test[:32].long()[None]
     with torch.no_grad():
         assert torch.equal(again(input_ids=x).logits, result.load_model(t.loc[16, "trial_id"])(x)[0])
+
+
+@pytest.mark.slow
+def test_a_sweep_measured_in_llama_cpp_exports_every_trial_to_gguf_that_transformers_loads(ray_session, tiny_llama_dir, tmp_path):
+    """measure.runtime llama_cpp: each trial writes model.gguf (symmetric groups of 32: Q8_0 and Q4_0, the levels the
+    product chose; its tokenizer inside), the service times it in llama.cpp, its run keeps it, and transformers
+    computes the product's logits from it."""
+    from mlflow.tracking import MlflowClient
+    from transformers import AutoModelForCausalLM
+
+    from orchestrator import Sweep
+
+    cfg = _space(tiny_llama_dir, tmp_path, **{
+        "measure.runtime": "llama_cpp", "params.group_size": 32, "params.bits": {"choices": [4, 8]},
+        "objectives": ["accuracy", "size_mb", "latency_ms", "peak_memory_mb"],
+        "pipeline": ["distill", {"prune": {"method": "magnitude"}}, {"quantize": {"method": "symmetric", "granularity": "group"}}]})
+    result = Sweep(cfg).run()
+    t = result.trials.set_index("bits")
+    assert (t["status"] == "COMPLETED").all(), result.trials.get("error")
+    assert (t["latency_ms"] > 0).all() and (t["decode_tokens_per_s"] > 0).all() and (t["peak_memory_mb"] > 0).all()
+    client = MlflowClient(cfg.tracking_uri)
+    data = result.task.load_data(next((tmp_path / "runs" / "data").glob("*/data.pt")))
+    x = data.test[:32].long()[None]
+    for bits, row in t.iterrows():
+        assert row["gguf_mb"] > 0 and "model.gguf" in {f.path for f in client.list_artifacts(row["run_id"])}
+        path = Path(row["export_gguf"])
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+        with torch.no_grad():
+            want, got = result.load_model(row["trial_id"])(x)[0], loaded(input_ids=x).logits
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max(), bits
 
 
 def test_decoding_from_the_kv_cache_matches_full_forward_passes(tiny_llama_dir):
