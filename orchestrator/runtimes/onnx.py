@@ -201,6 +201,11 @@ def export_onnx(
             if hit is not None:
                 found[t.name] = hit
 
+    for node in graph.node:  # a weight the exporter did not fold into a transposed constant (a large tied embedding)
+        if node.op_type == "Transpose" and node.input[0] in found and not found[node.input[0]][1]:
+            perm = next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), [1, 0])
+            if perm == [1, 0]:
+                found[node.output[0]] = (found[node.input[0]][0], True)
     result = Exported(Path(out), dequantized=dict(refused))
     forms: dict[str, NBitsWeight] = {}
     nodes = []
@@ -220,6 +225,10 @@ def export_onnx(
                 numpy_helper.from_array(form.zero_points, f"{name}.nbits_zero_points"),
             ])
             result.kernels[name] = f"MatMulNBits {form.bits}-bit, block {form.block}"
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type == "Transpose" and n.output[0] in found and n.output[0] not in used]
+        for n in dead:  # the transposes that fed the replaced MatMuls
+            graph.node.remove(n)
         used = {i for n in graph.node for i in n.input}
         keep = [t for t in graph.initializer if t.name in used]
         del graph.initializer[:]
