@@ -31,6 +31,7 @@ import torch
 
 from orchestrator.core.errors import ConfigError
 from orchestrator.io.artifact import load_encoded
+from orchestrator.models.registry import build
 from orchestrator.runtimes.base import Exported, Runtime, register_runtime
 from orchestrator.techniques.base import FLOAT_BITS
 from orchestrator.techniques.quantize import EncodedTensor
@@ -130,8 +131,6 @@ def export_gguf(artifact: str | os.PathLike[str], out: str | os.PathLike[str], *
     """Write the Llama-family model of `artifact` to `out` (a `.gguf`), its tokenizer from `tokenizer` (default:
     where the artifact says it came from, `meta.tokenizer`). See the module docstring."""
     import gguf
-
-    from orchestrator.models.registry import build
 
     model, manifest, quantized = load_encoded(artifact, build, encodings)
     lm = getattr(model, "lm", None)
