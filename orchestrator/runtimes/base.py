@@ -61,8 +61,8 @@ class Runtime(abc.ABC):
         raise NotImplementedError(f"runtime {self.name} runs the artifact itself")
 
     @abc.abstractmethod
-    def load(self, path: Path, *, build: Callable[[dict[str, Any]], nn.Module], encodings: Mapping[str, type[EncodedTensor]],
-             threads: int, device: str) -> Any:
+    def load(self, path: Path, *, build: Callable[[dict[str, Any]], nn.Module],
+             encodings: Mapping[str, type[EncodedTensor]] | None, threads: int, device: str) -> Any:
         """What `path` (the artifact, or the file `export` wrote) runs as: callable like a task's model,
         `model(x)` -> (outputs, hidden states)."""
 
@@ -78,6 +78,6 @@ class TorchRuntime(Runtime):
 
     name = "torch"
 
-    def load(self, path: Path, *, build: Callable[[dict[str, Any]], nn.Module], encodings: Mapping[str, type[EncodedTensor]],
-             threads: int, device: str) -> Any:
+    def load(self, path: Path, *, build: Callable[[dict[str, Any]], nn.Module],
+             encodings: Mapping[str, type[EncodedTensor]] | None, threads: int, device: str) -> Any:
         return load_artifact(path, build, encodings)[0].to(device).eval()

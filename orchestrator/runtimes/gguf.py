@@ -242,7 +242,7 @@ class LlamaCppRuntime(Runtime):
                dequantized: bool) -> Exported:
         return export_gguf(artifact, out, encodings=encodings)
 
-    def load(self, path: Path, *, build: Any, encodings: Mapping[str, type[EncodedTensor]], threads: int, device: str) -> Any:
+    def load(self, path: Path, *, build: Any, encodings: Mapping[str, type[EncodedTensor]] | None, threads: int, device: str) -> Any:
         return LlamaCppModel(path, threads=threads)
 
     def cannot_run(self, quantize: Any, values: Mapping[str, list[Any] | None], *, task: str) -> str | None:

@@ -337,8 +337,8 @@ class OnnxRuntime(Runtime):
                encodings: Mapping[str, type[EncodedTensor]], dequantized: bool) -> Exported:
         return export_onnx(artifact, out, example, build=build, encodings=encodings, dequantized=dequantized)
 
-    def load(self, path: Path, *, build: Callable[[dict[str, Any]], nn.Module], encodings: Mapping[str, type[EncodedTensor]],
-             threads: int, device: str) -> Any:
+    def load(self, path: Path, *, build: Callable[[dict[str, Any]], nn.Module],
+             encodings: Mapping[str, type[EncodedTensor]] | None, threads: int, device: str) -> Any:
         return OrtModel(path, threads=threads, device=device)
 
     def cannot_run(self, quantize: Any, values: Mapping[str, list[Any] | None], *, task: str) -> str | None:

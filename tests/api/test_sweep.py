@@ -402,10 +402,13 @@ def test_a_sweep_measured_in_onnx_runtime_keeps_files_that_run_without_this_pack
     import onnx
     import torch
 
+    from orchestrator.runtimes.onnx import OrtModel
+
     result, root, uri = sweep
     run = Sweep.from_yaml(SMOKE, trials=2, storage=str(root / "runs"), tracking_uri=uri, experiment="onnx", sampler_seed=5,
                           **{"measure.runtime": "onnxruntime", "params.bits": {"choices": [4, 8]}}).run()
     t = run.trials
+    data = CharData.load(next((root / "runs" / "data").glob("*/data.pt")))
     assert (t["status"] == "COMPLETED").all(), t["error"].tolist()
     assert (t["latency_ms"] > 0).all() and (t["onnx_mb"] > 0).all() and (t["time_export_formats_s"] > 0).all()
     client = MlflowClient(uri)
@@ -414,6 +417,10 @@ def test_a_sweep_measured_in_onnx_runtime_keeps_files_that_run_without_this_pack
         assert client.get_run(row["run_id"]).data.tags["export.onnx"] == row["export_onnx"]
         graph = onnx.load(row["export_onnx"]).graph
         assert sum(n.op_type == "MatMulNBits" for n in graph.node) == 5  # one block's qkv, proj, fc, fc_out, and the head
+        ort_model = OrtModel(row["export_onnx"], threads=1)  # the held-out metrics through ONNX Runtime: the logged ones
+        for split, logged in ((data.val, row["accuracy"]), (data.test, row["test_accuracy"])):
+            scored = score_lm(ort_model, split, context=run.config.task.context, max_positions=run.config.task.eval_tokens)
+            assert abs(scored.accuracy - logged) <= 1e-3  # argmax ties may fall the other way in float32: 4 of 4096 positions
     point = run.pareto.iloc[0]
     mlflow.set_tracking_uri(uri)
     try:

@@ -34,7 +34,7 @@ def test_smollm2_q8_0_and_q4_0_score_in_llama_cpp_what_they_score_in_the_product
         assert e.kernels["lm.model.layers.0.self_attn.q_proj.weight"] == kind
         with torch.inference_mode():
             ours = score_lm(load_artifact(artifact)[0], data.test, context=64, max_positions=1024, batch_size=8)
-            llm = LlamaCppModel(e.path, threads=2)
+            llm = LlamaCppModel(e.path, threads=1)  # one core: the suite's other worker keeps the other
             theirs = score_lm(llm, data.test, context=64, max_positions=1024, batch_size=8)
         assert ours.positions == theirs.positions == 1024
         assert abs(theirs.perplexity - ours.perplexity) <= TOLERANCE * ours.perplexity, (bits, ours.perplexity, theirs.perplexity)
