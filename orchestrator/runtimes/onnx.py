@@ -187,10 +187,12 @@ def export_onnx(
 
     state = model.state_dict()
     wanted: dict[str, tuple[str, bool]] = {}  # fingerprint -> (weight, transposed)
+    prints: dict[str, str] = {}  # weight -> the fingerprint of its transpose (weights of equal values share one)
     for name, qt in _linear_forms(state, quantized, linear).items():
         if name not in refused:
             w = state[name].numpy()
-            wanted[_fingerprint(w.T)] = (name, True)  # MatMul(x, Wᵀ)
+            prints[name] = _fingerprint(w.T)
+            wanted[prints[name]] = (name, True)  # MatMul(x, Wᵀ)
             wanted.setdefault(_fingerprint(w), (name, False))  # Gemm(x, W, transB=1)
             quantized = {**quantized, name: qt}
     graph = proto.graph
@@ -235,7 +237,11 @@ def export_onnx(
         graph.initializer.extend(keep)
         if not any(o.domain == MS_DOMAIN for o in proto.opset_import):
             proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    missing = sorted({name for name, _ in wanted.values()} - set(result.kernels))
+    done = {prints[n]: n for n in result.kernels}
+    for name in set(prints) - set(result.kernels):  # its values equal another weight's, whose MatMulNBits serves both
+        if prints[name] in done:
+            result.kernels[name] = f"{result.kernels[done[prints[name]]]} (equal to {done[prints[name]]})"
+    missing = sorted(set(prints) - set(result.kernels))
     result.kernels.update({n: "float32 table (Gather)" for n in quantized if n not in linear})  # tied: its head above
     if missing:
         raise RuntimeError(f"{artifact}: the exported graph has no MatMul on quantized weight(s) {', '.join(missing)}; "

@@ -176,3 +176,16 @@ def test_export_settings_round_trip_through_the_configs_yaml_form():
     assert cfg.to_dict()["export"] == {"entropy": "zstd", "formats": [], "fallback": "dequantized"}
     cfg = orchestrator.load_config("search_spaces/smoke.yaml", overrides={"export.formats": ["onnx"], "params.bits": {"choices": [4, 8, 32]}})
     assert cfg.to_dict()["export"]["formats"] == ["onnx"] and cfg.export.formats == ("onnx",)
+
+
+def test_weights_of_equal_values_share_one_kernel(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(30, 16, layers=2, width=32, heads=2)
+    with torch.no_grad():
+        model.blocks[1].fc.weight.copy_(model.blocks[0].fc.weight)  # the exporter may keep one initializer for both
+    compress(model, Pipeline(prune=None, quantize=AffineQuantization(granularity="group")), {"bits": 4, "group_size": 16},
+             artifact=tmp_path / "m.orc", meta={})
+    x = torch.randint(30, (2, 16))
+    e = export_onnx(tmp_path / "m.orc", tmp_path / "m.onnx", x, build=build)
+    assert e.kernels["blocks.0.fc.weight"].startswith("MatMulNBits 4-bit") and e.kernels["blocks.1.fc.weight"].startswith("MatMulNBits 4-bit")
+    _exact(e.path, load_encoded(tmp_path / "m.orc")[0], [x])
