@@ -56,27 +56,25 @@ def timed(model, x: torch.Tensor) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
-PEAK = """
-import json, sys, types, torch
-from orchestrator.engine.peak_memory import peak_memory_bytes
-from orchestrator.models.registry import build
-path, runtime, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-torch.set_num_threads(threads)
-example = torch.load(sys.argv[4], weights_only=True)
-print(json.dumps(peak_memory_bytes(path, types.SimpleNamespace(build_model=build), example, "cpu", runtime=runtime, threads=threads)))
-"""
-
-
 def peak_memory_mb(path: Path, runtime: str, threads: int, example: torch.Tensor) -> float:
-    """Peak memory of a batch-1 inference of `path` in `runtime`, in a fresh process (the product's own measurement,
-    `engine.peak_memory`: the resident set's high-water mark over loading and one forward pass)."""
+    """Peak memory of a batch-1 inference of `path` in `runtime`: the product's own measurement, run as the
+    measurement service runs it (`python -m orchestrator.engine.peak_memory`, a fresh process)."""
     import subprocess
     import sys
+    import types
 
-    torch.save(example, path.with_suffix(".example.pt"))
-    out = subprocess.run([sys.executable, "-c", PEAK, str(path), runtime, str(threads), str(path.with_suffix(".example.pt"))],
+    from ray import cloudpickle
+
+    from orchestrator.techniques.quantize import ENCODINGS
+
+    spec = path.parent / f"{path.name}.spec"
+    spec.mkdir(exist_ok=True)
+    (spec / "task.pkl").write_bytes(cloudpickle.dumps(types.SimpleNamespace(build_model=build)))  # all the loader asks of a task
+    (spec / "encodings.pkl").write_bytes(cloudpickle.dumps(dict(ENCODINGS)))
+    torch.save(example, spec / "example.pt")
+    out = subprocess.run([sys.executable, "-m", "orchestrator.engine.peak_memory", str(spec), str(path), "cpu", str(threads), runtime],
                          capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1]) / 1e6
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_memory_mb"])
 
 
 def smollm2(threads: int, positions: int = 4096) -> list[dict]:

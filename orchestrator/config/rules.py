@@ -190,7 +190,7 @@ def _check_runtimes(cfg: SweepConfig) -> None:
     the searched params can give, unless `export.fallback: dequantized` lets it run some weights as float (where it
     can: ONNX Runtime, not GGUF)."""
     measured = RUNTIMES[cfg.measure.runtime]
-    if measured.name != "torch" and cfg.measure.device == "cuda":
+    if measured.format is not None and cfg.measure.device == "cuda":
         raise ConfigError(f"{cfg.source}: `measure.runtime` {measured.name} measures on CPU here (its GPU execution and GPU "
                           "peak memory are not wired up yet); set `measure.device: cpu` or `measure.runtime: torch`")
     used = ([measured] if measured.format else []) + [FORMATS[f] for f in cfg.export.formats if FORMATS[f] is not measured]

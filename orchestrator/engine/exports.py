@@ -13,20 +13,22 @@ from orchestrator.runtimes import FORMATS, RUNTIMES, Exported, Runtime
 from orchestrator.tasks.base import Task
 
 
-def exported_runtimes(cfg: SweepConfig) -> list[Runtime]:
+def exported_runtimes(cfg: SweepConfig, *, measured_only: bool = False) -> list[Runtime]:
     """The runtimes a trial writes a file for: `measure.runtime` (when it runs a file of its own), then
-    `export.formats`, each once."""
+    `export.formats`, each once (`measured_only`: the first alone)."""
     measured = RUNTIMES[cfg.measure.runtime]
     out = [measured] if measured.format else []
-    return out + [FORMATS[f] for f in cfg.export.formats if FORMATS[f] is not measured]
+    return out if measured_only else out + [FORMATS[f] for f in cfg.export.formats if FORMATS[f] is not measured]
 
 
-def export_files(ctx: SweepContext, task: Task, data: Any, artifact: Path, timings: dict[str, float] | None = None) -> dict[str, Exported]:
+def export_files(ctx: SweepContext, task: Task, data: Any, artifact: Path, timings: dict[str, float] | None = None, *,
+                 measured_only: bool = False) -> dict[str, Exported]:
     """Every file of `exported_runtimes` for the model in `artifact` (a local path), by format; `timings`
-    receives `time_export_formats_s`."""
+    receives `time_export_formats_s`. `measured_only`: only what the measurement service runs (an untrained
+    student measured before training needs no file to keep)."""
     cfg, out = ctx.config, {}
     t = time.perf_counter()
-    for runtime in exported_runtimes(cfg):
+    for runtime in exported_runtimes(cfg, measured_only=measured_only):
         out[runtime.format] = runtime.export(artifact, artifact.with_name(runtime.file_name(artifact)), task.example(data),
                                              build=task.build_model, encodings=ctx.encodings,
                                              dequantized=cfg.export.fallback == "dequantized")

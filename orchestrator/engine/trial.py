@@ -216,7 +216,7 @@ def _premeasured(trial: _Trial, report: Callable[[dict], None] | None) -> tuple[
     compress(model, ctx.config.pipeline, trial.params.by_name(), artifact=artifact, meta=tc.task.meta(trial.data),
              entropy=ctx.config.export.entropy)
     figures = ctx.objectives.measured("artifact", SimpleNamespace(size_bytes=artifact.stat().st_size))
-    files = export_files(ctx, tc.task, trial.data, artifact)
+    files = export_files(ctx, tc.task, trial.data, artifact, measured_only=True)
     exports = {fmt: ctx.storage.publish(e.path) for fmt, e in files.items()}
     target, waited = measure_on_service(tc.service, ctx.storage.publish(artifact), runnable(ctx.config, exports))
     for e in [artifact, *(e.path for e in files.values())]:

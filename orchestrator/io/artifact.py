@@ -34,6 +34,7 @@ import zstandard
 from torch import nn
 
 from orchestrator.core.bits import unpack_bits
+from orchestrator.io.files import replaced
 from orchestrator.models.registry import build as build_registered
 from orchestrator.models.registry import describe
 from orchestrator.techniques.int8 import to_int8_kernels
@@ -173,12 +174,10 @@ def export(
     head = json.dumps(manifest, separators=(",", ":")).encode()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with replaced(path) as tmp, open(tmp, "wb") as f:
         f.write(MAGIC + struct.pack("<I", len(head)) + head)
         for blob in blobs.blobs:
             f.write(blob)
-    os.replace(tmp, path)
     return path.stat().st_size
 
 

@@ -10,13 +10,13 @@ storage always holds the latest; trials read `front.json` from the storage itsel
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from orchestrator.io.files import replaced
 from orchestrator.io.records import RungRecord, TrialRecord, from_json, to_json
 from orchestrator.io.storage import Storage
 
@@ -51,9 +51,8 @@ class SweepFiles:
         """Replace a file atomically in this node's copy, then publish it."""
         path = self.path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        with replaced(path) as tmp:
+            tmp.write_text(text)
         self.store.publish(path)
 
     def append_record(self, record: TrialRecord) -> None:

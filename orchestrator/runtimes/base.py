@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from orchestrator.core.errors import ConfigError
+
 from orchestrator.io.artifact import load_artifact
 from orchestrator.techniques.quantize import EncodedTensor
 
@@ -31,6 +33,15 @@ def register_runtime(cls: type["Runtime"]) -> type["Runtime"]:
     if cls.format:
         FORMATS[cls.format] = runtime
     return cls
+
+
+def refuse(refused: Mapping[str, str], what: str, fix: str) -> None:
+    """One line for the weights a runtime cannot take, {weight: why} (none: nothing): "<what> weight <name> (and N
+    more): <why>; <fix>"."""
+    if refused:
+        name, why = next(iter(refused.items()))
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise ConfigError(f"{what} weight {name}{more}: {why}; {fix}")
 
 
 @dataclass

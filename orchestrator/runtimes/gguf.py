@@ -31,8 +31,9 @@ import torch
 
 from orchestrator.core.errors import ConfigError
 from orchestrator.io.artifact import load_encoded
+from orchestrator.io.files import replaced
 from orchestrator.models.registry import build
-from orchestrator.runtimes.base import Exported, Runtime, register_runtime
+from orchestrator.runtimes.base import Exported, Runtime, refuse, register_runtime
 from orchestrator.techniques.base import FLOAT_BITS
 from orchestrator.techniques.quantize import EncodedTensor
 from orchestrator.techniques.rounding import GridQuantization, QuantizedTensor
@@ -81,8 +82,7 @@ def encode_block(qt: QuantizedTensor, rows: np.ndarray | None = None) -> tuple[s
         data = np.concatenate([d[..., None].view(np.uint8), (q - z[..., None]).astype(np.int8).view(np.uint8)], axis=-1)
         back = (q - z[..., None]) * d.astype(np.float32)[..., None]
     else:
-        levels = q if kind == "Q4_1" else q  # Q4_0: value = (q − 8)·d, and z is 8
-        packed = _nibbles(levels.astype(np.uint8))
+        packed = _nibbles(q.astype(np.uint8))  # Q4_0: value = (q − 8)·d, its z being 8; Q4_1: q·d + m
         if kind == "Q4_0":
             data = np.concatenate([d[..., None].view(np.uint8), packed], axis=-1)
             back = (q - 8) * d.astype(np.float32)[..., None]
@@ -141,59 +141,55 @@ def export_gguf(artifact: str | os.PathLike[str], out: str | os.PathLike[str], *
     state = model.state_dict()
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    refused = {n: _why_not(qt) for n, qt in quantized.items() if gguf_type(qt) is None}
-    if refused:
-        name, why = next(iter(refused.items()))
-        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
-        raise ConfigError(f"{artifact}: GGUF has no type for weight {name}{more}: {why}; quantize with granularity group, "
-                          "group_size 32, 4 bits, or 8 bits symmetric")
+    refuse({n: _why_not(qt) for n, qt in quantized.items() if gguf_type(qt) is None}, f"{artifact}: GGUF has no type for",
+           "quantize with granularity group, group_size 32, 4 bits, or 8 bits symmetric")
     result = Exported(Path(out))
-    writer = gguf.GGUFWriter(str(Path(out).with_name(f".{Path(out).name}.{os.getpid()}.tmp")), "llama")
-    writer.add_name(str(manifest["meta"].get("name", "orchestrator")))
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_dimension_count(config.hidden_size // heads)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or config.rope_parameters["rope_theta"]))
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if any(gguf_type(q) == "Q8_0" for q in quantized.values())
-                         else gguf.LlamaFileType.MOSTLY_Q4_0 if quantized else gguf.LlamaFileType.ALL_F32)
-    _tokenizer(writer, tokenizer if tokenizer is not None else manifest["meta"].get("tokenizer"))
-    stored = {t.data_ptr(): n for n, t in ((n, state[n]) for n in quantized)}
-    written: set[int] = set()
-    for name, tensor in state.items():
-        hf_name = name.removeprefix("lm.")
-        if tensor.data_ptr() in written:  # a tied head: llama.cpp reads token_embd when there is no output.weight
-            continue
-        written.add(tensor.data_ptr())
-        target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if target is None:
-            if "rotary_emb" in hf_name:
+    with replaced(out) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), "llama")
+        writer.add_name(str(manifest["meta"].get("name", "orchestrator")))
+        writer.add_context_length(config.max_position_embeddings)
+        writer.add_embedding_length(config.hidden_size)
+        writer.add_block_count(config.num_hidden_layers)
+        writer.add_feed_forward_length(config.intermediate_size)
+        writer.add_head_count(heads)
+        writer.add_head_count_kv(kv_heads)
+        writer.add_rope_dimension_count(getattr(config, "head_dim", None) or config.hidden_size // heads)
+        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+        writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or config.rope_parameters["rope_theta"]))
+        writer.add_vocab_size(config.vocab_size)
+        writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if any(gguf_type(q) == "Q8_0" for q in quantized.values())
+                             else gguf.LlamaFileType.MOSTLY_Q4_0 if quantized else gguf.LlamaFileType.ALL_F32)
+        _tokenizer(writer, tokenizer if tokenizer is not None else manifest["meta"].get("tokenizer"))
+        stored = {t.data_ptr(): n for n, t in ((n, state[n]) for n in quantized)}
+        written: set[int] = set()
+        for name, tensor in state.items():
+            hf_name = name.removeprefix("lm.")
+            if tensor.data_ptr() in written:  # a tied head: llama.cpp reads token_embd when there is no output.weight
                 continue
-            raise ConfigError(f"{artifact}: tensor {name} has no GGUF name for a llama model")
-        rows = None
-        if hf_name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
-            rows = _permute_rows(tensor.shape[0], heads if "q_proj" in hf_name else kv_heads)
-        qt = quantized.get(stored.get(tensor.data_ptr(), ""))
-        if qt is not None:
-            kind, data, error = encode_block(qt, rows)  # type: ignore[arg-type]
-            writer.add_tensor(target, data, raw_dtype=gguf.GGMLQuantizationType[kind])  # (rows, bytes): its byte shape
-            result.kernels[name] = kind + (f" (offsets rounded to float16: max |difference| {error:.2g})" if error else "")
-            continue
-        values = tensor.detach().float().numpy()
-        values = values[rows] if rows is not None else values
-        half = tensor.dim() == 2 and torch.equal(tensor, tensor.half().float())  # a 16-bit copy stays 16-bit
-        writer.add_tensor(target, values.astype(np.float16 if half else np.float32))
-        result.kernels[name] = "F16" if half else "F32"
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(Path(out).with_name(f".{Path(out).name}.{os.getpid()}.tmp"), out)
+            written.add(tensor.data_ptr())
+            target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            if target is None:
+                if "rotary_emb" in hf_name:
+                    continue
+                raise ConfigError(f"{artifact}: tensor {name} has no GGUF name for a llama model")
+            rows = None
+            if hf_name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
+                rows = _permute_rows(tensor.shape[0], heads if "q_proj" in hf_name else kv_heads)
+            qt = quantized.get(stored.get(tensor.data_ptr(), ""))
+            if qt is not None:
+                kind, data, error = encode_block(qt, rows)  # type: ignore[arg-type]
+                writer.add_tensor(target, data, raw_dtype=gguf.GGMLQuantizationType[kind])  # (rows, bytes): its byte shape
+                result.kernels[name] = kind + (f" (scales or offsets rounded to float16: max |difference| {error:.2g})" if error else "")
+                continue
+            values = tensor.detach().float().numpy()
+            values = values[rows] if rows is not None else values
+            half = tensor.dim() == 2 and torch.equal(tensor, tensor.half().float())  # a 16-bit copy stays 16-bit
+            writer.add_tensor(target, values.astype(np.float16 if half else np.float32))
+            result.kernels[name] = "F16" if half else "F32"
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
     return result
 
 

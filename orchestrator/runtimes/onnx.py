@@ -35,9 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.core.errors import ConfigError
+from orchestrator.core.bits import pack_bits, unpack_bits
 from orchestrator.io.artifact import load_encoded
-from orchestrator.runtimes.base import Exported, Runtime, register_runtime
+from orchestrator.io.files import replaced
+from orchestrator.runtimes.base import Exported, Runtime, refuse, register_runtime
 from orchestrator.techniques.base import FLOAT_BITS
 from orchestrator.techniques.quantize import EncodedTensor, layout
 from orchestrator.techniques.rounding import GridQuantization, QuantizedTensor
@@ -71,13 +72,9 @@ def why_not(qt: EncodedTensor) -> str:
 
 
 def _pack(values: np.ndarray, bits: int) -> np.ndarray:
-    """(..., n) levels < 2^bits -> (..., n·bits/8) bytes, low bits first (n·bits a multiple of 8)."""
-    per = 8 // bits
-    v = values.astype(np.uint8).reshape(*values.shape[:-1], -1, per)
-    out = np.zeros(v.shape[:-1], dtype=np.uint8)
-    for i in range(per):
-        out |= v[..., i] << (bits * i)
-    return out
+    """(..., n) levels < 2^bits -> (..., n·bits/8) bytes, low bits first (n·bits a multiple of 8): the artifact's own
+    dense packing (`core.bits`), row by row."""
+    return np.frombuffer(pack_bits(values, bits), dtype=np.uint8).reshape(*values.shape[:-1], -1)
 
 
 @dataclass(frozen=True)
@@ -111,12 +108,10 @@ class NBitsWeight:
 
     def dequantize(self) -> np.ndarray:
         """(N, K) float32: what ONNX Runtime computes with (for checks)."""
-        per = 8 // self.bits
-        mask = (1 << self.bits) - 1
-        q = np.stack([(self.b >> (self.bits * i)) & mask for i in range(per)], axis=-1).reshape(self.n, -1)
-        z = np.stack([(self.zero_points >> (self.bits * i)) & mask for i in range(per)], axis=-1).reshape(self.n, -1)
         blocks = self.scales.shape[1]
-        w = (q.reshape(self.n, blocks, self.block).astype(np.float32) - z[:, :blocks, None]) * self.scales[..., None]
+        q = unpack_bits(self.b.tobytes(), self.bits, self.b.size * 8 // self.bits).reshape(self.n, blocks, self.block)
+        z = unpack_bits(self.zero_points.tobytes(), self.bits, self.zero_points.size * 8 // self.bits).reshape(self.n, -1)
+        w = (q.astype(np.float32) - z[:, :blocks, None]) * self.scales[..., None]
         return w.reshape(self.n, -1)[:, : self.k]
 
 
@@ -147,19 +142,9 @@ def _linear_forms(state: Mapping[str, torch.Tensor], quantized: Mapping[str, Enc
     return {name: by_storage[state[name].data_ptr()] for name in sorted(linear) if state[name].data_ptr() in by_storage}
 
 
-def refusals(quantized: Mapping[str, EncodedTensor], linear: set[str], state: Mapping[str, torch.Tensor]) -> dict[str, str]:
-    """{weight: why it has no MatMulNBits form} for the quantized Linear weights (tied ones included)."""
-    return {name: why_not(qt) for name, qt in _linear_forms(state, quantized, linear).items() if block_size(qt) is None}
-
-
-def refuse(refused: Mapping[str, str], where: str) -> None:
-    """The one-line error for weights ONNX Runtime has no kernel for (none: nothing)."""
-    if refused:
-        name, why = next(iter(refused.items()))
-        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
-        raise ConfigError(f"{where}: ONNX Runtime has no kernel for weight {name}{more}: {why}; quantize to "
-                          f"{', '.join(map(str, NBITS))} bits in power-of-two groups, or allow a float fallback "
-                          "(`export.fallback: dequantized`)")
+def refusals(forms: Mapping[str, EncodedTensor]) -> dict[str, str]:
+    """{weight: why it has no MatMulNBits form} for the quantized Linear weights (`_linear_forms`)."""
+    return {name: why_not(qt) for name, qt in forms.items() if block_size(qt) is None}
 
 
 def export_onnx(
@@ -179,22 +164,22 @@ def export_onnx(
     from onnx import helper, numpy_helper
 
     model, _, quantized = load_encoded(artifact, build, encodings)
-    linear = linear_weights(model)
-    refused = refusals(quantized, linear, model.state_dict())
+    state, linear = model.state_dict(), linear_weights(model)
+    forms_of = _linear_forms(state, quantized, linear)  # tied heads included, under their own names
+    refused = refusals(forms_of)
     if not dequantized:
-        refuse(refused, str(artifact))
+        refuse(refused, f"{artifact}: ONNX Runtime has no kernel for",
+               f"quantize to {', '.join(map(str, NBITS))} bits in power-of-two groups, or allow a float fallback "
+               "(`export.fallback: dequantized`)")
     proto = _torch_export(model, example)
 
-    state = model.state_dict()
     wanted: dict[str, tuple[str, bool]] = {}  # fingerprint -> (weight, transposed)
     prints: dict[str, str] = {}  # weight -> the fingerprint of its transpose (weights of equal values share one)
-    for name, qt in _linear_forms(state, quantized, linear).items():
-        if name not in refused:
-            w = state[name].numpy()
-            prints[name] = _fingerprint(w.T)
-            wanted[prints[name]] = (name, True)  # MatMul(x, Wᵀ)
-            wanted.setdefault(_fingerprint(w), (name, False))  # Gemm(x, W, transB=1)
-            quantized = {**quantized, name: qt}
+    for name in set(forms_of) - set(refused):
+        w = state[name].numpy()
+        prints[name] = _fingerprint(w.T)
+        wanted[prints[name]] = (name, True)  # MatMul(x, Wᵀ)
+        wanted.setdefault(_fingerprint(w), (name, False))  # Gemm(x, W, transB=1)
     graph = proto.graph
     found: dict[str, tuple[str, bool]] = {}
     for t in graph.initializer:
@@ -212,11 +197,11 @@ def export_onnx(
     forms: dict[str, NBitsWeight] = {}
     nodes = []
     for node in graph.node:
-        replaced = _replace(node, found, quantized, forms, helper)
-        if replaced is None:
+        swapped = _replace(node, found, forms_of, forms, helper)
+        if swapped is None:
             nodes.append(node)
             continue
-        nodes.extend(replaced)
+        nodes.extend(swapped)
     if forms:
         del graph.node[:]
         graph.node.extend(nodes)
@@ -247,9 +232,8 @@ def export_onnx(
         raise RuntimeError(f"{artifact}: the exported graph has no MatMul on quantized weight(s) {', '.join(missing)}; "
                            "the exporter changed them (please report this)")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out).with_name(f".{Path(out).name}.{os.getpid()}.tmp")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, out)
+    with replaced(out) as tmp:
+        onnx.save(proto, str(tmp))
     return result
 
 

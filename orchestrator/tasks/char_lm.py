@@ -21,6 +21,7 @@ from torch import nn
 from orchestrator.config.schema import SweepConfig
 from orchestrator.core.errors import ConfigError, show
 from orchestrator.core.space import ParamRule, param_values
+from orchestrator.io.files import replaced
 from orchestrator.models.gpt import GPT, GPTConfig
 from orchestrator.tasks.base import TrialParams, Units, register_task
 from orchestrator.tasks.corpora import builtin_text
@@ -46,9 +47,8 @@ class CharData:
         return {"vocab": self.vocab}
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        tmp = Path(f"{path}.{os.getpid()}.tmp")
-        torch.save({"vocab": self.vocab, "train": self.train, "val": self.val, "test": self.test}, tmp)
-        os.replace(tmp, path)
+        with replaced(path) as tmp:
+            torch.save({"vocab": self.vocab, "train": self.train, "val": self.val, "test": self.test}, tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "CharData":

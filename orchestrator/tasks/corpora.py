@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from orchestrator.io.files import replaced
+
 BUILTIN = ("kjv", "shakespeare", "python-stdlib")
 SPLITS = (0.90, 0.05, 0.05)  # train, validation, test
 DOCUMENT_SEPARATOR = "\n\n"
@@ -88,10 +90,9 @@ class TokenData:
     meta: dict[str, Any] = field(default_factory=dict)  # how to rebuild the tokenizer; stored with artifacts
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        tmp = Path(f"{path}.{os.getpid()}.tmp")
-        torch.save({"kind": "tokens", "train": self.train, "val": self.val, "test": self.test,
-                    "vocab_size": self.vocab_size, "meta": json.dumps(self.meta)}, tmp)
-        os.replace(tmp, path)
+        with replaced(path) as tmp:
+            torch.save({"kind": "tokens", "train": self.train, "val": self.val, "test": self.test,
+                        "vocab_size": self.vocab_size, "meta": json.dumps(self.meta)}, tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "TokenData":

@@ -16,48 +16,25 @@ from orchestrator.engine.compress import compress  # noqa: E402
 from orchestrator.io.artifact import load_encoded  # noqa: E402
 from orchestrator.runtimes.gguf import _permute_rows, export_gguf  # noqa: E402
 from orchestrator.tasks.char_lm import build_model  # noqa: E402
-from orchestrator.tasks.corpora import builtin_text  # noqa: E402
 from orchestrator.techniques.pipeline import Pipeline  # noqa: E402
 from orchestrator.techniques.rounding import AffineQuantization, SymmetricQuantization  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    """A tiny random Llama (GQA: 4 heads, 2 key-value heads) and a byte-level BPE tokenizer, saved as a Hugging
-    Face directory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([builtin_text("kjv")[:40_000]], trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
-    directory = tmp_path_factory.mktemp("llama")
-    LlamaForCausalLM(cfg).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-def _compressed(llama, tmp_path, method, bits):
+def _compressed(tiny_llama_dir, tmp_path, method, bits):
     from orchestrator.tasks.hf_lm import load_pretrained
 
-    model, _ = load_pretrained(str(llama))
+    model, _ = load_pretrained(str(tiny_llama_dir))
     compress(model, Pipeline(prune=None, quantize=method(granularity="group")), {"bits": bits, "group_size": 32},
-             artifact=tmp_path / "m.orc", meta={"tokenizer": {"tokenizer": str(llama), "gguf_file": None}})
+             artifact=tmp_path / "m.orc", meta={"tokenizer": {"tokenizer": str(tiny_llama_dir), "gguf_file": None}})
     return tmp_path / "m.orc"
 
 
 @pytest.mark.parametrize("method,bits,kind", [(SymmetricQuantization, 8, "Q8_0"), (SymmetricQuantization, 4, "Q4_0"),
                                               (AffineQuantization, 4, "Q4_1")])
-def test_a_gguf_file_reads_back_to_the_products_weights_and_transformers_loads_it(llama, tmp_path, method, bits, kind):
+def test_a_gguf_file_reads_back_to_the_products_weights_and_transformers_loads_it(tiny_llama_dir, tmp_path, method, bits, kind):
     from transformers import AutoModelForCausalLM
 
-    artifact = _compressed(llama, tmp_path, method, bits)
+    artifact = _compressed(tiny_llama_dir, tmp_path, method, bits)
     e = export_gguf(artifact, tmp_path / "m.gguf")
     assert e.kernels["lm.model.layers.0.self_attn.q_proj.weight"].startswith(kind)
     assert e.kernels["lm.model.norm.weight"] == "F32" and "lm.lm_head.weight" not in e.kernels  # tied: token_embd serves
@@ -86,8 +63,8 @@ def test_a_gguf_file_reads_back_to_the_products_weights_and_transformers_loads_i
     assert (got - want).abs().max() <= (1e-4 if kind != "Q4_1" else 2e-2) * want.abs().max()
 
 
-def test_other_grids_and_models_are_refused_in_one_line(llama, tmp_path):
-    artifact = _compressed(llama, tmp_path, AffineQuantization, 8)
+def test_other_grids_and_models_are_refused_in_one_line(tiny_llama_dir, tmp_path):
+    artifact = _compressed(tiny_llama_dir, tmp_path, AffineQuantization, 8)
     with pytest.raises(ConfigError) as e:
         export_gguf(artifact, tmp_path / "m.gguf")
     assert "\n" not in str(e.value) and "8-bit affine levels" in str(e.value) and not (tmp_path / "m.gguf").exists()
