@@ -5,6 +5,9 @@ teacher-side compression, on a teacher trained to convergence.
     python bench/frontier.py entropy   # bytes each storage format takes with and without zstd
     python bench/frontier.py sweep     # a sweep of the product: its smallest points keeping 95% and 90%
     python bench/frontier.py smollm2   # SmolLM2-135M: GPTQ at 4 bits against round-to-nearest
+    python bench/frontier.py mixed     # uniform against mixed widths at equal bytes (teacher and a student)
+    python bench/frontier.py mixed_smollm2                       # the same on SmolLM2-135M at 3, 4 and 5 bits
+    python bench/frontier.py sweep --space search_spaces/frontier_mixed.yaml   # a sweep over effective_bits
     [--storage DIR] (default /tmp/frontier/runs: the teacher, students and recoveries are reused between parts)
 
 The teacher is `search_spaces/frontier.yaml`'s: the built-in 4 x 128 character GPT trained 3000 steps.
@@ -139,7 +142,7 @@ def entropy(storage: str) -> None:
     _save("entropy", {"date": time.strftime("%Y-%m-%d"), "teacher": _teacher(teacher), **measured})
 
 
-def sweep(storage: str, trials: int) -> None:
+def sweep(storage: str, trials: int, space: str = SPACE) -> None:
     """One sweep of the product (frontier.yaml with `--trials`), then its smallest completed points whose
     validation accuracy keeps 95% / 90% of the teacher's (what a user picks from the front), with their
     test-split figures."""
@@ -148,7 +151,7 @@ def sweep(storage: str, trials: int) -> None:
     from orchestrator.core.space import Fixed
 
     started = time.perf_counter()
-    result = orchestrator.Sweep.from_yaml(SPACE, storage=storage, trials=trials,
+    result = orchestrator.Sweep.from_yaml(space, storage=storage, trials=trials,
                                           tracking_uri=f"sqlite:///{storage}/mlflow.db").run(progress=print_progress)
     wall = time.perf_counter() - started
     teacher = result.teacher
@@ -165,15 +168,16 @@ def sweep(storage: str, trials: int) -> None:
             continue
         best = ok.iloc[0]
         picks[f"{target:.0%}"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()
-                                  if k in ("trial_id", "size_vs_teacher", "val_retained", "test_accuracy_retained", "size_mb",
+                                  if k in ("trial_id", "size_vs_teacher", "effective_bits", "val_retained", "test_accuracy_retained", "size_mb",
                                            "accuracy", "test_accuracy", "distill_steps", "time_stages_s")}
         picks[f"{target:.0%}"]["params"] = {name: (best[name].item() if hasattr(best[name], "item") else best[name])
                                             for name in searched}
         print(f"keeps {target:.0%}: trial {best['trial_id']} at {best['size_vs_teacher']:.2%} of the teacher's bytes "
               f"(validation {best['val_retained']:.1%}, test {best['test_accuracy_retained']:.1%})", flush=True)
-    columns = [c for c in ("trial_id", *searched, "size_vs_teacher", "val_retained", "test_accuracy_retained", "distill_steps",
+    columns = [c for c in ("trial_id", *searched, "size_vs_teacher", "effective_bits", "val_retained", "test_accuracy_retained", "distill_steps",
                            "time_stages_s") if c in done.columns]
-    _save("sweep", {"date": time.strftime("%Y-%m-%d"), "space": SPACE, "trials": trials, "wall_s": round(wall, 1),
+    _save("sweep" if space == SPACE else f"sweep_{Path(space).stem}", {
+                    "date": time.strftime("%Y-%m-%d"), "space": space, "trials": trials, "wall_s": round(wall, 1),
                     "teacher": _teacher(teacher), "completed": int(len(done)), "front": result.pareto["trial_id"].tolist(),
                     "picks": picks, "table": json.loads(done[columns].round(4).to_json(orient="records"))})
 
@@ -187,28 +191,91 @@ SMOLLM2 = [
 ]
 
 
+def m(method: str, **kw: Any) -> dict:
+    """A quantize stage that allocates widths per tensor (`allocation: sensitivity`)."""
+    return q(method, allocation="sensitivity", **kw)
+
+
+# uniform b bits in groups of 128, and mixed at the bits per weight that uniform row measured (scales and zero
+# points included: b + (16 + b) / 128), so that each pair compares at equal bytes
+UNIFORM_128 = {b: round(b + (16 + b) / 128, 3) for b in (3, 4, 5)}
+WIDTHS = [2, 3, 4, 8, 16]
+MIXED_SMOLLM2 = [
+    ("teacher float32", "teacher float32", [], {}),
+    *[row for b, e in UNIFORM_128.items() for row in (
+        (f"{b}-bit GPTQ group-128, uniform", "teacher float32", [q("gptq", granularity="group", calibration_windows=256)],
+         g(128, bits=b)),
+        (f"{e} bits GPTQ group-128, mixed (fisher)", "teacher float32",
+         [m("gptq", granularity="group", calibration_windows=256, candidate_bits=WIDTHS, sensitivity_windows=32)],
+         g(128, effective_bits=e)))],
+    ("4.5 bits GPTQ group-128, mixed (fisher)", "teacher float32",
+     [m("gptq", granularity="group", calibration_windows=256, candidate_bits=WIDTHS, sensitivity_windows=32)],
+     g(128, effective_bits=4.5)),
+    ("4.156 bits RTN group-128, mixed (fisher)", "teacher float32",
+     [m("affine", granularity="group", candidate_bits=WIDTHS, sensitivity_windows=32)], g(128, effective_bits=4.156)),
+]
+
+
+def mixed_smollm2(storage: str) -> None:
+    """SmolLM2-135M: uniform GPTQ at 3, 4 and 5 bits against mixed widths at the same bits per weight (issue 27)."""
+    _smollm2_rows(storage, MIXED_SMOLLM2, "mixed_smollm2", calibration="256 training windows of 64 tokens (GPTQ); the "
+                  "sensitivities on 32 of them (fisher)")
+
+
+# the converged teacher and a converged student, uniform against mixed at equal bytes (groups of 32 and 128)
+MIXED_GPT = [
+    (T, T, [], {}),
+    *[row for b in (2, 3, 4) for row in (
+        (f"teacher GPTQ group-128 {b}-bit + {R} QAT", T, [q("gptq", granularity="group", recovery_steps=R)], g(128, bits=b)),
+        (f"teacher GPTQ group-128 mixed {b + (16 + b) / 128:.3f} bits + {R} QAT", T,
+         [m("gptq", granularity="group", recovery_steps=R, candidate_bits=[2, 3, 4, 8])], g(128, effective_bits=round(b + (16 + b) / 128, 3))))],
+    ("student 3x96 float32 (to convergence)", T, [D], {"layers": 3, "width": 96}),
+    *[row for b in (2, 3, 4) for row in (
+        (f"student 3x96 GPTQ group-128 {b}-bit + {R} QAT", T, [D, q("gptq", granularity="group", recovery_steps=R)],
+         g(128, layers=3, width=96, bits=b)),
+        (f"student 3x96 GPTQ group-128 mixed {b + (16 + b) / 128:.3f} bits + {R} QAT", T,
+         [D, m("gptq", granularity="group", recovery_steps=R, candidate_bits=[2, 3, 4, 8])],
+         g(128, layers=3, width=96, effective_bits=round(b + (16 + b) / 128, 3))))],
+]
+
+
+def mixed(storage: str) -> None:
+    """The converged char GPT: uniform against mixed widths at equal bytes (issue 27)."""
+    started = time.perf_counter()
+    teacher, results, _ = run_rows(SPACE, MIXED_GPT, student=STUDENT, teacher_params=TEACHER, group_size=128, overrides={},
+                                   storage=storage)
+    _save("mixed", {"date": time.strftime("%Y-%m-%d"), "teacher": _teacher(teacher), "rows": results,
+                    "wall_s": round(time.perf_counter() - started, 1)})
+
+
 def smollm2(storage: str) -> None:
+    _smollm2_rows(storage, SMOLLM2, "smollm2", calibration="256 training windows of 64 tokens (GPTQ)")
+
+
+def _smollm2_rows(storage: str, rows: list, section: str, calibration: str) -> None:
     from smollm2 import SPACE as SMOL, STUDENT as SMOL_STUDENT, TEACHER as SMOL_TEACHER
 
     started = time.perf_counter()
     overrides = {"task.chars": 1_000_000, "task.eval_tokens": 8192, "measure.repeats": 10, "trials": 1, "distill.val_tokens": 1024}
-    teacher, results, _ = run_rows(SMOL, SMOLLM2, student=SMOL_STUDENT, teacher_params=SMOL_TEACHER, group_size=128,
+    teacher, results, _ = run_rows(SMOL, rows, student=SMOL_STUDENT, teacher_params=SMOL_TEACHER, group_size=128,
                                    overrides=overrides, storage=f"{storage}-smollm2")
     for row in results:
         row["perplexity_vs_float"] = round(row["perplexity"] / teacher.test_perplexity - 1, 4)
-    _save("smollm2", {"date": time.strftime("%Y-%m-%d"), "space": SMOL, "eval_tokens": 8192,
-                      "corpus": "kjv, first 1,000,000 characters; test = last 5% (contiguous)",
-                      "teacher": _teacher(teacher), "rows": results, "wall_s": round(time.perf_counter() - started, 1)})
+    _save(section, {"date": time.strftime("%Y-%m-%d"), "space": SMOL, "eval_tokens": 8192, "calibration": calibration,
+                    "embedding": "quantized as the tied head (its width allocated like any tensor in mixed rows)",
+                    "corpus": "kjv, first 1,000,000 characters; test = last 5% (contiguous)",
+                    "teacher": _teacher(teacher), "rows": results, "wall_s": round(time.perf_counter() - started, 1)})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["rows", "entropy", "sweep", "smollm2"])
+    parser.add_argument("part", choices=["rows", "entropy", "sweep", "smollm2", "mixed", "mixed_smollm2"])
     parser.add_argument("--storage", default="/tmp/frontier/runs")
     parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--space", default=SPACE, help="sweep: the search space (search_spaces/frontier_mixed.yaml: mixed widths)")
     args = parser.parse_args()
     if args.part == "sweep":
-        sweep(args.storage, args.trials)
+        sweep(args.storage, args.trials, args.space)
     else:
         globals()[args.part](args.storage)
 

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 import orchestrator
+from orchestrator.io.artifact import read_manifest
+from orchestrator.io.storage import fetch
 from orchestrator.core.space import Fixed
 from orchestrator.engine.trial import TrialContext, run_pipeline
 from orchestrator.io.records import TeacherRecord
@@ -172,11 +174,28 @@ def _row(space: str, common: dict, ctx: TrialContext, i: int, name: str, pipelin
         "int8_layers": int(m["int8_layers"]), "latency_ms": round(m["latency_ms"], 3),
         "decode_tokens_per_s": round(m["decode_tokens_per_s"], 2),
         **({"distill_steps": int(m["distill_steps"])} if not math.isnan(m.get("distill_steps", math.nan)) else {}),
+        **_allocation(m),
         "seconds": round(time.perf_counter() - t, 1),
         # stages read from storage instead of computed (their build time is not in `seconds`)
         "reused": sorted(k[len("cache_hit_"):] for k, v in m.items() if k.startswith("cache_hit_") and v == 1
                          and k not in ("cache_hit_teacher", "cache_hit_teacher_outputs")),
     }
+
+
+def _allocation(m: dict) -> dict:
+    """A quantized row's measured effective bits and, mixed, how its allocation spread the widths (tensors per
+    width, the token embedding's width) and what allocating took."""
+    if math.isnan(m.get("effective_bits", math.nan)):
+        return {}
+    out = {"effective_bits": round(m["effective_bits"], 3)}
+    allocation = read_manifest(fetch(m["artifact"])).get("allocation")
+    if allocation:
+        widths = [row[1] for row in allocation["data"]]
+        out["tensors_per_width"] = {str(b): widths.count(b) for b in sorted(set(widths))}
+        out["embedding_bits"] = next((row[1] for row in allocation["data"] if "emb" in row[0] or row[0].startswith("tok.")), None)
+        out["estimate"] = allocation["estimate"]
+        out["allocate_s"] = round(m.get("time_allocate_s", 0.0), 1)
+    return out
 
 
 def main() -> None:

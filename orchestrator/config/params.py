@@ -27,6 +27,8 @@ CORE_PARAMS: dict[str, ParamRule] = {
     "temperature": ParamRule(float, lambda v: v > 0, "a number > 0", 2.0, "T: softens both distributions"),
     "sparsity": ParamRule(float, lambda v: 0 <= v < 1, "a number in [0, 1)", 0.0, "fraction of weights (or units) pruned"),
     "bits": ParamRule(int, lambda v: v in BITS, "one of 2..8, 16 or 32", 32, "bit width of the quantized weights"),
+    "effective_bits": ParamRule(float, lambda v: 1 <= v <= 32, "a number in [1, 32]", None,
+                                "bits per quantized weight, scales and zero points included (quantize `allocation: sensitivity`)"),
     "optimizer": ParamRule(str, lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}", "adamw", "the student's optimizer"),
     "lr": ParamRule(float, lambda v: v > 0, "a number > 0", 1e-3, "its peak learning rate"),
     "weight_decay": ParamRule(float, lambda v: v >= 0, "a number >= 0", 0.0, "its weight decay"),
@@ -100,6 +102,8 @@ def _one(rule: ParamRule, v: Any, source: str, where: str) -> Any:
 def build_spec(name: str, value: Any, source: str, rule: ParamRule) -> ParamSpec:
     """A plain value is fixed, {choices: [...]} is categorical, {low, high[, log][, step]} is a range."""
     key = f"params.{name}"
+    if value is None and rule.default is None:  # unset, as its default is (e.g. `effective_bits` without an allocation)
+        return Fixed(None)
     if not isinstance(value, dict):
         return Fixed(_one(rule, value, source, key))
     keys = set(value)

@@ -109,6 +109,8 @@ def _check_pipeline(cfg: SweepConfig) -> None:
                 raise ConfigError(f"{source}: `params.{name}` is searched but `pipeline` has no {stage} stage; remove it or add {stage}")
     for technique in pipe.techniques:
         technique.check(source=source, given=given, distill=pipe.distill)
+    if pipe.quantize is not None and pipe.quantize.allocation == "sensitivity":
+        _check_budget(cfg)
     if cfg.fanout > 1:
         compression = [n for n in cfg.searched if n in pipe.compression_params]
         if not pipe.distill or not compression:
@@ -116,6 +118,18 @@ def _check_pipeline(cfg: SweepConfig) -> None:
                 f"no searched param is read only after distillation (searched: {', '.join(cfg.searched) or 'none'})"
             raise ConfigError(f"{source}: `fanout` is {cfg.fanout}: trials that compress one distilled student other ways, but {why}; "
                               "search a one-shot technique's param (e.g. `params.sparsity`, `params.bits`) or set fanout to 1")
+
+
+def _check_budget(cfg: SweepConfig) -> None:
+    """A mixed allocation's `effective_bits` must lie within its candidate widths (scales add a little on top of
+    the narrowest, which a budget at its very bottom cannot pay: that trial fails naming it)."""
+    spec, widths = cfg.params["effective_bits"], sorted(cfg.pipeline.quantize.candidate_bits)
+    values = [v for v in (param_values(spec) or [spec.low, spec.high]) if v is not None]
+    for v in values:
+        if not widths[0] < v <= widths[-1]:
+            raise ConfigError(f"{cfg.source}: `params.effective_bits` can be {v:g}, outside what `quantize.candidate_bits` "
+                              f"{list(widths)} can allocate (above {widths[0]}, at most {widths[-1]}); narrow the range or change "
+                              "the candidates")
 
 
 def _check_stores(cfg: SweepConfig) -> None:

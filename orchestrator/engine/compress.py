@@ -1,4 +1,5 @@
-"""What a trial does to a trained model, in order: prune [-> recover] -> quantize [-> recover] -> export -> kernels.
+"""What a trial does to a trained model, in order: prune [-> recover] -> [allocate widths ->] quantize [-> recover] ->
+export -> kernels.
 
 `compress` runs the pipeline's techniques with the trial's strengths, writes the packed artifact (its byte
 length is `size_mb`) and returns the model as it runs: with 8-bit symmetric Linear layers on int8 kernels
@@ -18,12 +19,13 @@ import torch
 from torch import nn
 
 from orchestrator.core.measure import count_params
-from orchestrator.io.artifact import export
+from orchestrator.io.artifact import effective_bits, export
+from orchestrator.techniques.allocation import Allocation, allocate_widths
 from orchestrator.techniques.base import PruneResult
 from orchestrator.techniques.int8 import int8_layers, to_int8_kernels
 from orchestrator.techniques.pipeline import Pipeline
 from orchestrator.techniques.quantize import Calibration, Quantized, QuantSpec
-from orchestrator.techniques.weights import measured_sparsity
+from orchestrator.techniques.weights import measured_sparsity, quantizable_weights
 
 Recover = Callable[[PruneResult], PruneResult]  # fine-tunes a one-shot pruned model; returns it with its masks
 Tune = Callable[[nn.Module, QuantSpec, dict[str, torch.Tensor], Quantized], nn.Module]  # fine-tunes a quantized model
@@ -39,6 +41,8 @@ class Compressed:
     params: int  # parameters of the compressed shape (before the int8 swap, which hides them from torch)
     nonzero_params: int
     sparsity: float  # measured after pruning: fraction of prunable weights that are zero
+    effective_bits: float | None = None  # bits per weight of the quantized tensors, read from the artifact (a quantize stage)
+    allocation: Allocation | None = None  # `allocation: sensitivity`: each tensor's width and why
 
 
 def compress(
@@ -56,7 +60,8 @@ def compress(
         calibration: training inputs and a cache for a method that calibrates (GPTQ); without it such a method
             rounds to the nearest level of its grid (what an untrained model's size is measured with).
         entropy: the artifact's entropy coding (`export.entropy`).
-        timings: receives time_prune_s, time_recover_s, time_quantize_s, time_quantize_recover_s, time_export_s.
+        timings: receives time_prune_s, time_recover_s, time_allocate_s, time_quantize_s, time_quantize_recover_s,
+            time_export_s.
     """
     timings = timings if timings is not None else {}
     masks: dict[str, torch.Tensor] = {}
@@ -71,23 +76,33 @@ def compress(
             timings["time_recover_s"] = time.perf_counter() - t
         model, masks = result.model, result.masks
     sparsity = measured_sparsity(model)  # before quantization, which rounds more weights to zero
-    model, quantized = _quantize(model, pipeline, params, masks, tune=tune, calibration=calibration, timings=timings)
+    model, spec, quantized, allocation = _quantize(model, pipeline, params, masks, tune=tune, calibration=calibration,
+                                                  timings=timings)
     kernels = int8_layers(model, quantized) if pipeline.quantize is not None and pipeline.quantize.kernel == "auto" else []
     count, nonzero = count_params(model)
+    names = list(quantizable_weights(model, embeddings=pipeline.quantize.embeddings)) if spec is not None else []
     t = time.perf_counter()
-    spec = pipeline.quant_spec(params)
-    size = export(model, artifact, float16=spec is not None and spec.float16, masks=masks, quantized=quantized, meta=meta,
-                  int8_layers=kernels, entropy=entropy)
+    float16: bool | set[str] = spec.float16_names() if spec is not None and spec.widths else spec is not None and spec.float16
+    size = export(model, artifact, float16=float16, masks=masks, quantized=quantized, meta=meta, int8_layers=kernels,
+                  entropy=entropy, allocation=allocation.to_json() if allocation is not None else None)
     timings["time_export_s"] = time.perf_counter() - t
+    bits = effective_bits(artifact, names) if names else None
     to_int8_kernels(model, quantized, kernels)
     return Compressed(model=model.eval(), masks=masks, quantized=quantized, int8_layers=kernels, size_bytes=size,
-                      params=count, nonzero_params=nonzero, sparsity=sparsity)
+                      params=count, nonzero_params=nonzero, sparsity=sparsity, effective_bits=bits, allocation=allocation)
 
 
 def _quantize(model: nn.Module, pipeline: Pipeline, params: Mapping[str, Any], masks: dict[str, torch.Tensor], *,
-              tune: Tune | None, calibration: Calibration | None, timings: dict[str, float]) -> tuple[nn.Module, Quantized]:
-    """The quantize stage and its recovery: the model as it runs, and its integer weights."""
+              tune: Tune | None, calibration: Calibration | None, timings: dict[str, float],
+              ) -> tuple[nn.Module, QuantSpec | None, Quantized, Allocation | None]:
+    """The quantize stage and its recovery: the model as it runs, the spec it was quantized with (widths
+    allocated), its integer weights and, mixed, its allocation."""
     spec, method = pipeline.quant_spec(params), pipeline.quantize
+    allocation = None
+    if spec is not None and not spec.allocated:
+        t = time.perf_counter()
+        spec, allocation = allocate_widths(model, spec, masks, calibration)
+        timings["time_allocate_s"] = time.perf_counter() - t
     t = time.perf_counter()
     quantized: Quantized = method.quantize(model, spec, masks, calibration) if spec is not None else {}
     timings["time_quantize_s"] = time.perf_counter() - t
@@ -96,4 +111,4 @@ def _quantize(model: nn.Module, pipeline: Pipeline, params: Mapping[str, Any], m
         model = tune(model, spec, masks, quantized)
         quantized = method.requantize(model, spec, masks, quantized)
         timings["time_quantize_recover_s"] = time.perf_counter() - t
-    return model, quantized
+    return model, spec, quantized, allocation

@@ -54,14 +54,15 @@ def held_out_metrics(task: Task, model: nn.Module, data: Any, ctx: SweepContext)
 
 def measure_model(
     task: Task, model: nn.Module, artifact: str | Path, data: Any, ctx: SweepContext, *, service: Any,
-    counts: tuple[int, int] | None = None, runnable: str | None = None,
+    counts: tuple[int, int] | None = None, runnable: str | None = None, sized: Path | None = None,
 ) -> Measurement:
     """Held-out metrics of `model` (scored here), the size of `artifact` (a storage location), and its target
     figures from the measurement `service`. `counts` (parameters, non-zero) of the compressed shape, when
-    int8 layers hide them from torch. `runnable`: the file `measure.runtime` runs, exported from `artifact`."""
+    int8 layers hide them from torch. `runnable`: the file `measure.runtime` runs, exported from `artifact`.
+    `sized`: the file whose bytes are the size, when not `artifact` (the teacher's reference, coded as students are)."""
     with working():  # scoring is work the node's measurements pause, like training (`io.gate`)
         result = held_out_metrics(task, model, data, ctx)
-    size = fetch(artifact).stat().st_size
+    size = (sized or fetch(artifact)).stat().st_size
     total, nonzero = counts or count_params(model)
     target, waited = measure_on_service(service, str(artifact), runnable)
     result.metrics.update({

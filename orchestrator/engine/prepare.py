@@ -140,6 +140,9 @@ def build_teacher(ctx: SweepContext, task: Task, data: PreparedData) -> tuple[st
     return key, entry, hit
 
 
+REFERENCE_FORMAT = 2  # part of the teacher measurements' key (2: the size is the artifact coded as the students' are)
+
+
 def measure_teacher(ctx: SweepContext, task: Task, data: PreparedData, key: str, entry: Path, hit: bool, service: Any) -> TeacherRecord:
     """The teacher measured like any student, its latency alone (it is the service's reference). The
     measurements are keyed by the weights and every setting they depend on (`measure.*`, the figures asked
@@ -147,13 +150,19 @@ def measure_teacher(ctx: SweepContext, task: Task, data: PreparedData, key: str,
     teacher again."""
     cfg = ctx.config
     asked = ctx.objectives.target_names(cfg.figures_asked)
-    measure_key = content_key("teacher_measurements", key, dataclasses.asdict(cfg.measure), asked, task.evaluation_settings(cfg))
+    measure_key = content_key("teacher_measurements", key, dataclasses.asdict(cfg.measure), asked, task.evaluation_settings(cfg),
+                              REFERENCE_FORMAT, cfg.export.entropy)
     artifact = ctx.storage.located(entry / ARTIFACT)
 
     def measure(tmp: Path) -> None:
         t0 = time.perf_counter()
         teacher, loaded = load_frozen(entry / "teacher.pt", task.build_model), task.load_data(fetch(data.path))
-        result = measure_model(task, teacher, artifact, loaded, ctx, service=service)
+        # the size reference: the teacher's float32 artifact coded as every student's is (`export.entropy`), so an
+        # untouched teacher is 100 % of itself; the plain one's bytes are kept beside it
+        export(teacher, tmp / "reference.orc", meta=task.meta(loaded), entropy=cfg.export.entropy)
+        result = measure_model(task, teacher, artifact, loaded, ctx, service=service, sized=tmp / "reference.orc")
+        result.metrics["size_bytes_plain"] = float(fetch(artifact).stat().st_size)
+        (tmp / "reference.orc").unlink()
         with torch.inference_mode():
             result.metrics["output_classes"] = float(teacher(task.example(loaded))[0].shape[-1])
         seconds = time.perf_counter() - t0 - result.wait_seconds

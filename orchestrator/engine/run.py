@@ -139,9 +139,8 @@ class SweepRun:
 
     def _teacher_figures(self) -> dict[str, float]:
         """The teacher's measured figures (`teacher_<name>`), the hypervolume's reference point and the teacher outputs' cost."""
-        teacher, outputs, objectives = self.prep.teacher, self.prep.outputs, self.ctx.objectives
-        names = [*objectives.registered, *(f"test_{n}" for n in objectives.registered if objectives[n].where == "held_out"), "params"]
-        return {**{f"teacher_{k}": teacher.metrics[k] for k in names if k in teacher.metrics},
+        teacher, outputs = self.prep.teacher, self.prep.outputs
+        return {**{f"teacher_{k}": v for k, v in teacher.metrics.items()},  # all it measured: size coded as the students' and plain, test scores
                 **{f"hypervolume_ref_{k}": v for k, v in self.prep.reference.items()},
                 **({"teacher_outputs_mb": outputs.size_bytes / 1e6, "teacher_outputs_seconds": outputs.seconds,
                     "teacher_outputs_examples": outputs.examples} if outputs else {})}

@@ -121,6 +121,7 @@ def run_pipeline(params: TrialParams, tc: TrialContext, *, trial_id: str, report
                                             # a reused student: the training it did not repeat
                                             "distill_saved_s": distilled.train_seconds if hits.get(CacheStage.DISTILL) else 0.0}
     metrics = {**m.metrics, "sparsity_measured": c.sparsity, "int8_layers": float(len(c.int8_layers)),
+               **({"effective_bits": c.effective_bits} if c.effective_bits is not None else {}),
                **{f"{fmt}_mb": e.size_bytes / 1e6 for fmt, e in files.items()},
                "compression_ratio": tc.teacher.size_bytes / c.size_bytes, **_retained(m.metrics, tc), **trained, **pre,
                **began, "trial_ended_at": time.time()}
@@ -201,7 +202,14 @@ def _calibration(trial: _Trial) -> Calibration:
         entry, trial.hits[CacheStage.GPTQ] = ctx.storage.entry(Cache.GPTQ, key, lambda tmp: save_quantized(build(), tmp / "gptq.pt"))
         return load_quantized(entry / "gptq.pt")
 
-    return Calibration(inputs=inputs, cached=cached)
+    def tables(parts: tuple[Any, ...], build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        key = content_key("sensitivity", *parts, tc.data.key, ctx.config.seed, tc.task.fingerprint())
+        entry, trial.hits[CacheStage.SENSITIVITY] = ctx.storage.entry(
+            Cache.SENSITIVITY, key, lambda tmp: np.savez(tmp / "sensitivity.npz", **build()))
+        with np.load(entry / "sensitivity.npz") as table:
+            return dict(table)
+
+    return Calibration(inputs=inputs, cached=cached, tables=tables)
 
 
 def _premeasured(trial: _Trial, report: Callable[[dict], None] | None) -> tuple[dict[str, float], Check]:

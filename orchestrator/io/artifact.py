@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from orchestrator.core.bits import unpack_bits
 from orchestrator.io.files import replaced
 from orchestrator.models.registry import build as build_registered
 from orchestrator.models.registry import describe
+from orchestrator.techniques.allocation import stored_bits
 from orchestrator.techniques.int8 import to_int8_kernels
 from orchestrator.techniques.quantize import ENCODINGS, EncodedTensor
 
@@ -140,21 +141,25 @@ def _entry(name: str, t: torch.Tensor, blobs: _Blobs, *, mask: torch.Tensor | No
 
 
 def export(
-    model: nn.Module, path: str | os.PathLike[str], *, float16: bool = False, masks: Mapping[str, torch.Tensor] | None = None,
-    quantized: Mapping[str, EncodedTensor] | None = None, meta: Mapping[str, Any] | None = None,
-    int8_layers: list[str] | None = None, entropy: str = "none",
+    model: nn.Module, path: str | os.PathLike[str], *, float16: bool | Collection[str] = False,
+    masks: Mapping[str, torch.Tensor] | None = None, quantized: Mapping[str, EncodedTensor] | None = None,
+    meta: Mapping[str, Any] | None = None, int8_layers: list[str] | None = None, entropy: str = "none",
+    allocation: Mapping[str, Any] | None = None,
 ) -> int:
     """Write `model` in packed form to `path` (atomically) and return the file's size in bytes.
 
     Args:
         model: the compressed model as it runs (pruned entries zero, weights already quantized).
-        float16: store the float matrices that are not in `quantized` as float16 (`bits` 16).
+        float16: store the float matrices that are not in `quantized` as float16 (`bits` 16), or (a collection)
+            those named (a mixed allocation's 16-bit tensors).
         masks: keep-masks from pruning, by parameter name.
         quantized: integer forms of weights (`QuantizeMethod.quantize`), by parameter name.
         meta: JSON-able task metadata stored with the model (e.g. ``{"vocab": "..."}``).
         int8_layers: Linear layers the model runs on int8 kernels (their weights must be in `quantized`).
             `model` is the float form, before `to_int8_kernels`.
         entropy: "zstd" entropy-codes every blob where that saves bytes (see the module docstring).
+        allocation: a mixed-precision model's allocation table (`techniques.allocation.Allocation.to_json`),
+            kept in the manifest.
     """
     if entropy not in ENTROPY:
         raise ValueError(f"entropy must be one of {ENTROPY}, got {entropy!r}")
@@ -166,11 +171,13 @@ def export(
         if stored_as.get(name, name) != name:
             entries.append({"name": name, "shape": list(state[name].shape), "tied_to": stored_as[name]})
         else:
+            half = float16 if isinstance(float16, bool) else name in float16
             entries.append(_entry(name, state[name].detach().cpu(), blobs, mask=masks.get(name), encoded=quantized.get(name),
-                                  float16=float16))
+                                  float16=half))
     description = describe(model)
     manifest = {"format": FORMAT, "architecture": description["architecture"], "config": description["config"],
-                "meta": dict(meta or {}), "int8_layers": list(int8_layers or []), "tensors": entries}
+                "meta": dict(meta or {}), "int8_layers": list(int8_layers or []), "tensors": entries,
+                **({"allocation": dict(allocation)} if allocation else {})}
     head = json.dumps(manifest, separators=(",", ":")).encode()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -258,3 +265,24 @@ def load_artifact(
     if manifest.get("int8_layers"):
         to_int8_kernels(model, quantized, manifest["int8_layers"])
     return model.eval(), manifest["meta"]
+
+
+def effective_bits(path: str | os.PathLike[str], names: Collection[str],
+                   encodings: Mapping[str, type[EncodedTensor]] | None = None) -> float:
+    """Bits per weight of the tensors `names` as the artifact stores them before entropy coding: every weight's
+    level (a pruned one too), scales, zero points and centroids, as each tensor's encoding writes them (read back
+    and encoded again); 16 or 32 per weight for float tensors. A tied name counts once."""
+    encodings = ENCODINGS if encodings is None else encodings
+    manifest, blobs = _split(path)
+    reader = _Reader(blobs)
+    entries = {e["name"]: e for e in manifest["tensors"]}
+    total = weights = 0
+    for name in sorted({entries[n].get("tied_to", n) for n in names}):
+        entry = entries[name]
+        numel = int(np.prod(entry["shape"], dtype=np.int64))
+        weights += numel
+        if entry["encoding"] in ("float32", "float16"):
+            total += numel * (16 if entry["encoding"] == "float16" else 32)
+        else:
+            total += stored_bits(encodings[entry["encoding"]].decode(entry, reader, _mask(entry, reader)))
+    return total / max(1, weights)

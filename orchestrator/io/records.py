@@ -48,6 +48,7 @@ class CacheStage(str, enum.Enum):
     DISTILL = "distill"
     RECOVER = "recover"  # fine-tuning after one-shot pruning
     GPTQ = "gptq"  # a calibrated quantizer's result
+    SENSITIVITY = "sensitivity"  # a model's per-tensor sensitivities (mixed-precision allocation)
     QUANTIZE_RECOVER = "quantize_recover"  # fine-tuning after quantization
 
 

@@ -58,6 +58,7 @@ class Cache(str, enum.Enum):
     TEACHER_OUTPUTS = "teacher_outputs"  # the teacher's outputs on a pool of training examples
     STUDENTS = "students"  # distilled, recovered and quantize-recovered students
     GPTQ = "gptq"  # a calibrated quantizer's results (GPTQ's levels and scales)
+    SENSITIVITY = "sensitivity"  # a model's sensitivity to each width of each tensor (mixed-precision allocation)
 
 
 def cache_root() -> Path:

@@ -21,6 +21,7 @@ from torch import nn
 from orchestrator.core.errors import ConfigError
 
 from orchestrator.io.artifact import load_artifact
+from orchestrator.techniques.base import FLOAT_BITS
 from orchestrator.techniques.quantize import EncodedTensor
 
 RUNTIMES: dict[str, "Runtime"] = {}  # `measure.runtime` -> the runtime
@@ -81,6 +82,14 @@ class Runtime(abc.ABC):
         """Why some trial of a sweep of `task` could give a model or weight this runtime cannot run, judged from the
         quantize method and every value its params can take (None: a continuous range); None when none could."""
         return None
+
+
+def integer_widths(quantize: Any, values: Mapping[str, list[Any] | None]) -> tuple[list[int], str]:
+    """Every integer width a weight of the sweep can get (from `params.bits`, or a mixed allocation's
+    `candidate_bits`), and the key that sets them (for a refusal)."""
+    if getattr(quantize, "allocation", "uniform") == "sensitivity":
+        return [int(b) for b in quantize.candidate_bits if int(b) not in FLOAT_BITS], "`quantize.candidate_bits`"
+    return [int(b) for b in values.get("bits") or [] if int(b) not in FLOAT_BITS], "`params.bits`"
 
 
 @register_runtime

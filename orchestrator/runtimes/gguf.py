@@ -33,8 +33,7 @@ from orchestrator.core.errors import ConfigError
 from orchestrator.io.artifact import load_encoded
 from orchestrator.io.files import replaced
 from orchestrator.models.registry import build
-from orchestrator.runtimes.base import Exported, Runtime, refuse, register_runtime
-from orchestrator.techniques.base import FLOAT_BITS
+from orchestrator.runtimes.base import Exported, Runtime, integer_widths, refuse, register_runtime
 from orchestrator.techniques.quantize import EncodedTensor
 from orchestrator.techniques.rounding import GridQuantization, QuantizedTensor
 
@@ -244,7 +243,7 @@ class LlamaCppRuntime(Runtime):
     def cannot_run(self, quantize: Any, values: Mapping[str, list[Any] | None], *, task: str) -> str | None:
         if task != "hf_causal_lm":
             return f"GGUF takes Llama-family Hugging Face models (task hf_causal_lm), not task {task}"
-        bits = [int(b) for b in values.get("bits") or [] if int(b) not in FLOAT_BITS]
+        bits, named = integer_widths(quantize, values)
         if quantize is None or not bits:
             return None
         if not isinstance(quantize, GridQuantization) or quantize.granularity != "group":
@@ -255,6 +254,6 @@ class LlamaCppRuntime(Runtime):
             return f"`params.group_size` must be {BLOCK} (the block of Q8_0, Q4_0 and Q4_1), got {sizes or 'a range'}"
         odd = [b for b in bits if b != 4 and not (b == 8 and quantize.symmetric)]
         if odd:
-            return (f"`params.bits` can be {odd[0]}, which GGUF's Q8_0, Q4_0 and Q4_1 do not hold (4 bits, or 8 bits with method "
+            return (f"{named} can be {odd[0]}, which GGUF's Q8_0, Q4_0 and Q4_1 do not hold (4 bits, or 8 bits with method "
                     "symmetric); drop it")
         return None

@@ -38,8 +38,7 @@ from torch import nn
 from orchestrator.core.bits import pack_bits, unpack_bits
 from orchestrator.io.artifact import load_encoded
 from orchestrator.io.files import replaced
-from orchestrator.runtimes.base import Exported, Runtime, refuse, register_runtime
-from orchestrator.techniques.base import FLOAT_BITS
+from orchestrator.runtimes.base import Exported, Runtime, integer_widths, refuse, register_runtime
 from orchestrator.techniques.quantize import EncodedTensor, layout
 from orchestrator.techniques.rounding import GridQuantization, QuantizedTensor
 
@@ -332,7 +331,7 @@ class OnnxRuntime(Runtime):
         return OrtModel(path, threads=threads, device=device)
 
     def cannot_run(self, quantize: Any, values: Mapping[str, list[Any] | None], *, task: str) -> str | None:
-        bits = [b for b in values.get("bits") or [] if int(b) not in FLOAT_BITS]
+        bits, named = integer_widths(quantize, values)
         if quantize is None or not bits:
             return None
         if not isinstance(quantize, GridQuantization):
@@ -340,7 +339,7 @@ class OnnxRuntime(Runtime):
                     "(MatMulNBits) runs only those; use affine, symmetric or gptq")
         odd = [b for b in bits if int(b) not in NBITS]
         if odd:
-            return (f"`params.bits` can be {odd[0]}, which ONNX Runtime's MatMulNBits cannot run (it takes "
+            return (f"{named} can be {odd[0]}, which ONNX Runtime's MatMulNBits cannot run (it takes "
                     f"{', '.join(map(str, NBITS))} bits); drop {odd[0]}")
         if quantize.granularity == "group":
             sizes = values.get("group_size")

@@ -76,6 +76,7 @@ class TrialParams:
     lr: float
     weight_decay: float = 0.0
     group_size: int = 64
+    effective_bits: float | None = None  # quantize `allocation: sensitivity`: the budget widths are allocated under
     steps: int | None = None  # distillation steps (None: `distill.steps`)
     shape: Mapping[str, Any] = field(default_factory=dict)  # the task's own parameters, by the YAML's names
 

@@ -32,7 +32,7 @@ from torch import nn
 from orchestrator.core.errors import ConfigError, show
 
 STAGES = ("distill", "prune", "quantize")  # the order stages run in; any of them can be left out
-STAGE_PARAMS = {"prune": ("sparsity",), "quantize": ("bits", "group_size")}  # the searched strengths of each stage
+STAGE_PARAMS = {"prune": ("sparsity",), "quantize": ("bits", "effective_bits", "group_size")}  # the searched strengths of each stage
 FLOAT_BITS = {16: "float16", 32: "float32"}  # `bits` values that store floats, not 2^b integer levels
 TECHNIQUES: dict[str, dict[str, type["Technique"]]] = {"prune": {}, "quantize": {}}  # stage -> method name -> class
 

@@ -14,8 +14,9 @@ columns are visited out of order); per channel and per tensor from the original 
 (a mask) are rounded to zero, and their error is compensated like any other.
 
 The model is processed one block at a time (the blocks are its largest `nn.ModuleList`: a built-in GPT's
-`blocks`, a Hugging Face model's decoder layers): every block sees the outputs of the blocks before it as
-they are once quantized. Layers outside the blocks (an untied LM head) come last, from one forward pass of
+`blocks`, a Hugging Face model's decoder layers): every block is calibrated on the inputs the model's own
+forward gives it once the blocks before it are quantized (caught by a hook, the earlier blocks replaying
+their outputs), so whatever the forward does between blocks (an activation, a residual sum) is seen. Layers outside the blocks (an untied LM head) come last, from one forward pass of
 the quantized model, an LM head tied to the token embedding among them (the embedding then looks up the
 head's levels); other embeddings use round-to-nearest (they are lookups, not products).
 """
@@ -33,11 +34,11 @@ from torch import nn
 
 from orchestrator.core.keys import tensors_digest
 from orchestrator.techniques.base import check, register_technique
-from orchestrator.techniques.quantize import Calibration, Quantized, QuantSpec, layout
+from orchestrator.techniques.quantize import ALLOCATION_FIELDS, Calibration, Quantized, QuantSpec, layout
 from orchestrator.techniques.rounding import AffineQuantization, QuantizedTensor
 from orchestrator.techniques.weights import quantizable_weights
 
-GPTQ_FORMAT = 3  # part of the cache key of GPTQ's results: raise it when what they hold changes (2: float16 scales; 3: stored with their encoding)
+GPTQ_FORMAT = 4  # part of the cache key of GPTQ's results: raise it when what they hold changes (2: float16 scales; 3: stored with their encoding; 4: blocks calibrated on the inputs the model's forward gives them)
 
 
 @torch.no_grad()
@@ -134,8 +135,24 @@ def _blocks(model: nn.Module) -> nn.ModuleList | None:
     return best
 
 
-def _block_inputs(model: nn.Module, first: nn.Module, batches: Sequence[torch.Tensor]) -> list[tuple[tuple, dict]]:
-    """What the first block is called with for each calibration batch (the model stops there)."""
+class _Replay(nn.Module):
+    """Stands in for a block already quantized: returns, call after call, the outputs it gave on its real inputs
+    (so the model's own forward, whatever it does between blocks, carries them to the next block)."""
+
+    def __init__(self, outputs: Sequence[Any]) -> None:
+        super().__init__()
+        self.outputs, self.calls = outputs, 0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.outputs[self.calls - 1]
+
+
+def _block_inputs(model: nn.Module, blocks: nn.ModuleList, i: int, batches: Sequence[torch.Tensor],
+                  outputs: Sequence[Sequence[Any]]) -> list[tuple[tuple, dict]]:
+    """What block `i` is called with by the model's own forward for each calibration batch: the model runs with
+    the blocks before it replaying their (quantized) outputs, and stops at block `i`. Whatever the forward does
+    between blocks (an activation, a residual sum, a norm) reaches block `i` as it does in use."""
     seen: list[tuple[tuple, dict]] = []
 
     def catch(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -148,7 +165,10 @@ def _block_inputs(model: nn.Module, first: nn.Module, batches: Sequence[torch.Te
         seen.append((args, kwargs))
         raise _Stop
 
-    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
+    originals = [blocks[j] for j in range(i)]
+    for j in range(i):
+        blocks[j] = _Replay(outputs[j])
+    handle = blocks[i].register_forward_pre_hook(catch, with_kwargs=True)
     try:
         for x in batches:
             try:
@@ -157,15 +177,24 @@ def _block_inputs(model: nn.Module, first: nn.Module, batches: Sequence[torch.Te
                 pass
     finally:
         handle.remove()
+        for j, block in enumerate(originals):
+            blocks[j] = block
     return seen
 
 
 def _quantize_layers(layers: dict[str, nn.Linear], stats: dict[str, _Hessian], spec: QuantSpec, masks: Mapping[str, torch.Tensor],
                      out: dict[str, QuantizedTensor], names: dict[int, str], **options: Any) -> None:
+    """GPTQ each layer at its own width (`spec.width`); a layer a mixed spec keeps in float: its float16 copy, or
+    left alone."""
     for name, linear in layers.items():
         stats[name].handle.remove()
         key = names[id(linear.weight)]
-        qt = gptq_tensor(linear.weight, stats[name].H, spec, mask=masks.get(key), **options)
+        one = spec.at(key)
+        if not one.integer:
+            if one.float16:
+                linear.weight.copy_(linear.weight.half().float())
+            continue
+        qt = gptq_tensor(linear.weight, stats[name].H, one, mask=masks.get(key), **options)
         linear.weight.copy_(qt.dequantize(masks.get(key)))
         out[key] = qt
 
@@ -185,6 +214,7 @@ def gptq_quantize_(
     # each weight once, by the name `quantizable_weights` gives it: an LM head tied to the token embedding is
     # quantized as the head (a product, whose inputs GPTQ sees), and the embedding looks its rows up
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m.weight) in by_tensor}
+    linear_weights = {by_tensor[id(m.weight)] for m in linears.values()}  # done by GPTQ (in integer form or in float)
     out: dict[str, QuantizedTensor] = {}
     options = {"act_order": act_order, "damping": damping}
 
@@ -192,15 +222,16 @@ def gptq_quantize_(
     inside: set[str] = set()
     if blocks is not None and len(blocks):
         prefix = next(n for n, m in model.named_modules() if m is blocks)
-        calls = _block_inputs(model, blocks[0], batches)
+        outputs: list[list[Any]] = []  # each quantized block's outputs on its real inputs, batch by batch
         for i, block in enumerate(blocks):
+            calls = _block_inputs(model, blocks, i, batches, outputs)
             here = {n: m for n, m in linears.items() if n.startswith(f"{prefix}.{i}.")}
             inside |= set(here)
             stats = {n: _Hessian(m) for n, m in here.items()}
             for args, kwargs in calls:
                 block(*args, **kwargs)
             _quantize_layers(here, stats, spec, masks, out, by_tensor, **options)
-            calls = [((_first(block(*args, **kwargs)), *args[1:]), kwargs) for args, kwargs in calls]
+            outputs.append([block(*args, **kwargs) for args, kwargs in calls])
     rest = {n: m for n, m in linears.items() if n not in inside}
     if rest:  # e.g. an untied LM head: its inputs from the quantized blocks
         stats = {n: _Hessian(m) for n, m in rest.items()}
@@ -208,16 +239,15 @@ def gptq_quantize_(
             model(x)
         _quantize_layers(rest, stats, spec, masks, out, by_tensor, **options)
     for name, w in targets.items():  # embeddings (and any weight not in a Linear): round to nearest
-        if name not in out:
-            qt = spec.method.quantize_tensor(w, spec)
+        one = spec.at(name)
+        if name not in out and one.integer and name not in linear_weights:
+            qt = spec.method.quantize_tensor(w, one)
             w.copy_(qt.dequantize(masks.get(name)))
             out[name] = qt
+        elif name not in out and one.float16 and name not in linear_weights:
+            w.copy_(w.half().float())
     model.train(was_training)
     return out
-
-
-def _first(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 @register_technique("gptq")
@@ -232,6 +262,11 @@ class GPTQQuantization(AffineQuantization):
     damping: float = check(lambda v: 0 < v < 1, "a number in (0, 1)", 0.01)  # added to H's diagonal, as a fraction of its mean
     calibration_windows: int = check(lambda v: v >= 1, "an integer >= 1", 128)  # training windows (examples) whose inputs give each layer's Hessian
 
+    def rounding_key(self) -> dict[str, Any]:
+        """One tensor alone rounds as affine does (the calibration fields decide the compensation only)."""
+        out = {k: v for k, v in super().rounding_key().items() if k not in ("act_order", "damping", "calibration_windows")}
+        return {**out, "method": AffineQuantization.method}
+
     @torch.no_grad()
     def quantize(self, model: nn.Module, spec: QuantSpec, masks: Mapping[str, torch.Tensor],
                  calibration: Calibration | None) -> Quantized:
@@ -242,12 +277,15 @@ class GPTQQuantization(AffineQuantization):
             batches = list(calibration.inputs(self.calibration_windows).split(32))
             return gptq_quantize_(copy.deepcopy(model), spec, batches, masks, act_order=self.act_order, damping=self.damping)
 
-        key = (GPTQ_FORMAT, tensors_digest(model.state_dict()), tensors_digest(masks), dataclasses.asdict(self), spec.bits,
-               spec.group_size)
+        config = {k: v for k, v in dataclasses.asdict(self).items() if k not in ALLOCATION_FIELDS}
+        key = (GPTQ_FORMAT, tensors_digest(model.state_dict()), tensors_digest(masks), config, spec.bits,
+               spec.group_size, *([list(spec.widths)] if spec.widths else []))
         quantized = calibration.cached(key, build)
         weights = quantizable_weights(model, embeddings=self.embeddings)
         for name, qt in quantized.items():
             weights[name].copy_(qt.dequantize(masks.get(name)))
+        for name in spec.float16_names():  # a mixed model's float16 tensors
+            weights[name].copy_(weights[name].half().float())
         return quantized
 
 

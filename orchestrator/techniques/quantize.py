@@ -22,6 +22,9 @@ from orchestrator.core.errors import ConfigError
 from orchestrator.techniques.base import FLOAT_BITS, Technique, TrainingHook, check
 from orchestrator.techniques.weights import quantizable_weights
 
+CANDIDATE_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)  # widths an allocation may give a tensor
+ALLOCATION_FIELDS = ("allocation", "candidate_bits", "sensitivity", "sensitivity_windows")  # a quantize config's allocation settings
+
 ENCODINGS: dict[str, type["EncodedTensor"]] = {}  # an artifact entry's `encoding` -> the class that decodes it
 
 
@@ -140,34 +143,58 @@ def ungrouped(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """What one trial quantizes with: the method's config plus the searched `bits` and `group_size`."""
+    """What one trial quantizes with: the method's config plus the searched `bits` and `group_size`, or, with
+    `allocation: sensitivity`, a budget of `effective_bits` that `techniques.allocation` turns into a width per
+    tensor (`widths`)."""
 
     method: "QuantizeMethod"
-    bits: int  # 2..8 integer levels, or one of FLOAT_BITS (16: a float16 copy; 32: left alone)
+    bits: int  # 2..8 integer levels, or one of FLOAT_BITS (16: a float16 copy; 32: left alone); mixed: a tensor not in `widths`
     group_size: int  # inputs per group (granularity group only)
+    widths: tuple[tuple[str, int], ...] = ()  # mixed precision: (tensor name, its width), every quantizable tensor listed
+    budget: float | None = None  # `allocation: sensitivity`: bits per weight of the quantizable tensors, scales included
+
+    def width(self, name: str) -> int:
+        """The width tensor `name` is quantized to."""
+        return dict(self.widths).get(name, self.bits)
+
+    def at(self, name: str) -> "QuantSpec":
+        """The uniform spec of one tensor (its own width)."""
+        return dataclasses.replace(self, bits=self.width(name), widths=(), budget=None)
+
+    @property
+    def allocated(self) -> bool:
+        """Its widths are known: uniform, or mixed and allocated."""
+        return self.budget is None or bool(self.widths)
 
     @property
     def integer(self) -> bool:
-        return self.bits not in FLOAT_BITS
+        """Some tensor gets integer levels."""
+        return any(b not in FLOAT_BITS for _, b in self.widths) if self.widths else self.bits not in FLOAT_BITS
 
     @property
     def float16(self) -> bool:
-        return FLOAT_BITS.get(self.bits) == "float16"
+        """Uniform 16 bits: every float matrix is stored as float16."""
+        return not self.widths and FLOAT_BITS.get(self.bits) == "float16"
+
+    def float16_names(self) -> set[str]:
+        """Mixed: the tensors kept as float16 copies."""
+        return {name for name, b in self.widths if FLOAT_BITS.get(b) == "float16"}
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """What a quantize method that calibrates on data (GPTQ) may use, given by the sweep: model inputs from
-    the training split, and a cache of its results keyed by everything that determines them."""
+    """What a quantize method that calibrates on data (GPTQ), and a sensitivity estimate, may use, given by the
+    sweep: model inputs from the training split, and caches of their results keyed by everything that
+    determines them."""
 
     inputs: Callable[[int], torch.Tensor]  # n -> (n, ...) training examples, drawn with the sweep's seed
     cached: Callable[[tuple[Any, ...], Callable[[], Quantized]], Quantized]  # (key parts, build) -> the result, built once
+    tables: Callable[[tuple[Any, ...], Callable[[], dict[str, np.ndarray]]], dict[str, np.ndarray]] | None = None  # the same for arrays (sensitivities)
 
 
 @dataclass(frozen=True)
 class QuantizeMethod(Technique):
     stage: ClassVar[str] = "quantize"
-    uses: ClassVar[tuple[str, ...]] = ("bits", "group_size")
     trainable: ClassVar[bool] = True  # it can run as quantization-aware training (`mode: qat`)
     granularity: Literal["tensor", "channel", "group"] = "channel"  # one scale per tensor, per output row, or per `group_size` inputs of a row
     mode: Literal["ptq", "qat"] = "ptq"  # qat: fake quantization (straight-through) during distillation, then the same quantizer after it
@@ -175,11 +202,39 @@ class QuantizeMethod(Technique):
     kernel: Literal["auto", "dequantized"] = "auto"  # auto: 8-bit symmetric per-tensor/channel Linear layers run torch's int8 kernels; dequantized: float always
     embeddings: bool = True  # also quantize the token and position tables
     recovery_steps: int = check(lambda v: v >= 0, "an integer >= 0", 0)  # distillation steps after quantizing (from the teacher's outputs; without `distill`, the teacher fine-tunes its own compressed copy): QAT from the quantized weights (codebook: the centroids, assignments fixed)
+    allocation: Literal["uniform", "sensitivity"] = "uniform"  # uniform: every quantizable tensor at `params.bits`; sensitivity: each tensor a width of `candidate_bits`, the summed sensitivity least within `params.effective_bits`
+    candidate_bits: tuple[int, ...] = check(lambda v: len(v) >= 2 and len(set(v)) == len(v) and all(b in CANDIDATE_BITS for b in v),
+                                            f"a list of at least two distinct widths among {', '.join(map(str, CANDIDATE_BITS))}", (2, 3, 4, 8, 16))  # allocation sensitivity: the widths a tensor may get
+    sensitivity: Literal["fisher", "kl", "mse"] = "fisher"  # allocation sensitivity: how a tensor's loss at a width is estimated (techniques/allocation.py): fisher: the output distribution's Fisher information times the rounding error (one backward pass per window); kl: measured KL divergence of the outputs with that tensor rounded (a forward pass per tensor and width); mse: the rounding error alone (no data)
+    sensitivity_windows: int = check(lambda v: v >= 1, "an integer >= 1", 16)  # allocation sensitivity: training windows (examples) the estimate is computed on
+
+    @property
+    def uses(self) -> tuple[str, ...]:  # type: ignore[override]
+        """`bits` and `group_size`; with `allocation: sensitivity`, `effective_bits` in place of `bits`."""
+        return ("effective_bits", "group_size") if self.allocation == "sensitivity" else ("bits", "group_size")
+
+    def why_unused(self, param: str) -> str:
+        if param == "bits":
+            return " with `allocation: sensitivity` (each tensor's width comes from `candidate_bits` under `params.effective_bits`)"
+        if param == "effective_bits":
+            return " with `allocation: uniform` (set `allocation: sensitivity` to allocate widths under a budget)"
+        return ""
 
     def spec(self, params: Mapping[str, Any]) -> QuantSpec | None:
-        """The trial's quantizer, from its `bits` and `group_size`; None when `bits` keeps float32."""
+        """The trial's quantizer, from its `bits` (or, allocated, `effective_bits`) and `group_size`; None when
+        every weight keeps float32."""
+        if self.allocation == "sensitivity":
+            return QuantSpec(self, 32, int(params["group_size"]), budget=float(params["effective_bits"]))
         bits = int(params["bits"])
         return None if FLOAT_BITS.get(bits) == "float32" else QuantSpec(self, bits, int(params["group_size"]))
+
+    def rounding_key(self) -> dict[str, Any]:
+        """The config that decides how `quantize_tensor` rounds one tensor (what a sensitivity estimate depends on),
+        without what only decides how a model is trained, calibrated or allocated."""
+        out = {"method": self.method, **dataclasses.asdict(self)}
+        for name in ("mode", "qat_start", "kernel", "recovery_steps", *ALLOCATION_FIELDS):
+            out.pop(name, None)
+        return out
 
     def quantize_tensor(self, w: torch.Tensor, spec: QuantSpec, mask: torch.Tensor | None = None) -> EncodedTensor:
         """One 2-D weight in integer form (a method that rounds tensor by tensor implements this)."""
@@ -188,17 +243,20 @@ class QuantizeMethod(Technique):
     @torch.no_grad()
     def quantize(self, model: nn.Module, spec: QuantSpec, masks: Mapping[str, torch.Tensor],
                  calibration: Calibration | None) -> Quantized:
-        """Every quantizable weight in integer form, each replaced in place by what it dequantizes to (pruned
-        entries stay 0; 16 bits: a float16 copy, nothing in integer form). Without `calibration` (an untrained
+        """Every quantizable weight in integer form at its width (`spec.width`), each replaced in place by what it
+        dequantizes to (pruned entries stay 0; 16 bits: a float16 copy, nothing in integer form). Without `calibration` (an untrained
         model measured before training) a method that calibrates rounds to the nearest level of its grid."""
+        if not spec.allocated:
+            raise ValueError("a spec with a budget is allocated first (techniques.allocation.allocate_widths)")
         out: Quantized = {}
-        if FLOAT_BITS.get(spec.bits) == "float32":  # weights left alone
-            return out
         for name, w in quantizable_weights(model, embeddings=self.embeddings).items():
-            if spec.float16:
+            kind = FLOAT_BITS.get(spec.width(name))
+            if kind == "float32":  # left alone
+                continue
+            if kind == "float16":
                 w.copy_(w.half().float())
                 continue
-            qt = self.quantize_tensor(w, spec, masks.get(name))
+            qt = self.quantize_tensor(w, spec.at(name), masks.get(name))
             w.copy_(qt.dequantize(masks.get(name)))
             out[name] = qt
         return out
@@ -233,17 +291,27 @@ class QuantizeMethod(Technique):
         if self.mode == "qat" and self.recovery_steps:
             raise ConfigError(f"{source}: quantize `mode: qat` already trains the quantized weights; set `recovery_steps` to 0 "
                               "or use `mode: ptq`")
+        if self.allocation == "sensitivity" and "effective_bits" not in given:
+            raise ConfigError(f"{source}: quantize `allocation: sensitivity` allocates widths under a budget; search "
+                              "`params.effective_bits` (e.g. {low: 2.5, high: 6}) or set `allocation: uniform`")
+        if self.allocation == "sensitivity" and self.mode == "qat":
+            raise ConfigError(f"{source}: quantize `allocation: sensitivity` allocates widths on the trained model, so it cannot "
+                              "train with them (`mode: qat`); use `mode: ptq` (with `recovery_steps: N` to fine-tune the allocated model)")
         if "group_size" in given and self.granularity != "group":
             raise ConfigError(f"{source}: `params.group_size` applies to quantize granularity group only; set it there or "
                               "remove the param")
 
     def describe(self, params: Mapping[str, Any]) -> str:
         bits = params.get("bits")
-        if bits is not None and int(bits) >= 32:
+        if self.allocation == "uniform" and bits is not None and int(bits) >= 32:
             return "Keep float32 weights (bits 32)."
         grain = f"in groups of {params.get('group_size')}" if self.granularity == "group" else f"per {self.granularity}"
         extra = ", trained with fake quantization (QAT)" if self.mode == "qat" else ""
         extra += f", then {self.recovery_steps} recovery steps" if self.recovery_steps else ""
+        if self.allocation == "sensitivity":
+            widths = "/".join(map(str, sorted(self.candidate_bits)))
+            return (f"Quantize to {params.get('effective_bits')} bits per weight, each tensor {widths} bits by {self.sensitivity} "
+                    f"sensitivity: {self.method}, {grain}{extra}.")
         return f"Quantize to {bits} bits: {self.method}, {grain}{extra}."
 
 
@@ -274,9 +342,13 @@ def add_fake_quant(model: nn.Module, spec: QuantSpec, *, active: bool = True) ->
     Registered before training starts (DDP must see the module structure it will run), switched on later."""
     out = []
     kinds = (nn.Linear, nn.Embedding) if spec.method.embeddings else (nn.Linear,)
+    names = {id(w): name for name, w in quantizable_weights(model, embeddings=spec.method.embeddings).items()}
     for module in model.modules():
-        if isinstance(module, kinds):
-            out.append(FakeQuant(spec, active))
+        if isinstance(module, kinds) and id(module.weight) in names:
+            one = spec.at(names[id(module.weight)])
+            if one.bits in FLOAT_BITS:  # a mixed model's float tensor: not on a grid
+                continue
+            out.append(FakeQuant(one, active))
             parametrize.register_parametrization(module, "weight", out[-1])
     return out
 

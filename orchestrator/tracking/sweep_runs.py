@@ -7,15 +7,19 @@ description, results, curves, tags and files, and the sweep's own figures. Writt
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from orchestrator.core.objectives import Objectives
 from orchestrator.io.records import Status, TrialRecord
+from orchestrator.io.artifact import read_manifest
 from orchestrator.io.storage import fetch
 from orchestrator.tracking.base import FAILED, FINISHED, KILLED, RUNNING, Tracker
 
 PARENT_TAG = "mlflow.parentRunId"  # links a trial's run to its sweep's (the MLflow UI nests by it)
+ALLOCATION = "allocation.json"  # a mixed-precision trial's widths, among its run's artifacts
 ROLE_TAG = "orchestrator.role"  # "sweep" or "trial"
 NOTE_TAG = "mlflow.note.content"  # a run's description (the MLflow UI shows it)
 VIEW_TAG = "mlflow.sharedViewState."  # an experiment tag the MLflow UI reads for ?viewStateShareKey=<key>
@@ -157,10 +161,24 @@ class SweepRuns:
         if outcome.artifact:
             self.tracker.log_artifact(run_id, fetch(outcome.artifact))  # from this node's copy of the storage
             tags["artifact"] = outcome.artifact
+            self._log_allocation(run_id, fetch(outcome.artifact))
         for location in outcome.exports.values():  # its files for other runtimes (e.g. model.onnx), beside model.orc
             self.tracker.log_artifact(run_id, fetch(location))
         self.tracker.log(run_id, metrics=outcome.numbers(), step=last, curves=outcome.curves, tags=tags)
         self._end(run_id, FINISHED)
+
+    def _log_allocation(self, run_id: str, artifact: Path) -> None:
+        """A mixed-precision model's allocation (tensor, bits, stored bits, score), from its artifact's manifest, as
+        the run's `allocation.json` (MLflow's table form: columns and data)."""
+        try:
+            allocation = read_manifest(artifact).get("allocation")
+        except ValueError:  # a file of another format (a test's stand-in) holds no allocation
+            return
+        if allocation:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / ALLOCATION
+                path.write_text(json.dumps(allocation, indent=1))
+                self.tracker.log_artifact(run_id, path)
 
     def _end(self, run_id: str, status: str) -> None:
         self.tracker.end_run(run_id, status)

@@ -1,5 +1,6 @@
 """search_spaces/smoke.yaml end to end through real Ray Tune + Train, Optuna and a SQLite MLflow store."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -433,3 +434,46 @@ def test_a_sweep_measured_in_onnx_runtime_keeps_files_that_run_without_this_pack
     with torch.no_grad():
         want = load_model(point["artifact"])(torch.from_numpy(x))[0].numpy()
     assert logits.shape == want.shape and (logits.argmax(-1) == want.argmax(-1)).mean() > 0.99
+
+
+def test_a_sweep_over_effective_bits_allocates_widths_per_tensor_within_each_budget(sweep):
+    """`allocation: sensitivity`: every trial meets its budget on its artifact's measured bits, logs its allocation,
+    reloads bit-exactly with its logged accuracies; the budgets a student is fanned out to reuse its sensitivities;
+    the front is the front of its trials."""
+    result, root, uri = sweep
+    mixed = Sweep.from_yaml(
+        SMOKE, trials=4, fanout=2, max_concurrent_trials=1, sampler_seed=3, storage=str(root / "runs"), tracking_uri=uri,
+        experiment="mixed", pipeline=["distill", {"quantize": {"granularity": "group", "allocation": "sensitivity",
+                                                               "candidate_bits": [2, 3, 4, 8, 16], "sensitivity_windows": 4}}],
+        **{**RECIPE, "params.effective_bits": {"low": 2.8, "high": 6.0}, "params.group_size": 16, "params.sparsity": 0.0,
+           "params.bits": 32},
+    ).run()
+    t = mixed.trials
+    assert (t["status"] == "COMPLETED").all(), t["error"].tolist()
+    client = MlflowClient(uri)
+    for _, row in t.iterrows():
+        run = client.get_run(row["run_id"])
+        budget = float(run.data.params["effective_bits"])
+        assert row["effective_bits"] <= budget
+        local = client.download_artifacts(row["run_id"], "allocation.json", str(root / f"alloc-{row['trial_id']}"))
+        table = json.loads(Path(local).read_text())
+        assert table["budget"] == budget and table["estimate"] == "fisher" and table["columns"][:2] == ["tensor", "bits"]
+        assert len({r[1] for r in table["data"]}) > 1
+        assert _reloads_exactly(mixed, root, row)
+    fanned = t[t["cache_hit_distill"] == 1]
+    assert len(fanned) >= 1 and (fanned["cache_hit_sensitivity"] == 1).all()  # another budget on the same student
+    values = t[["accuracy", "size_mb", "latency_ms"]].to_numpy(float)
+    assert set(mixed.pareto["trial_id"]) == set(t["trial_id"][pareto_mask(values, ["max", "min", "min"])])
+
+
+def test_an_untouched_teacher_is_all_of_its_own_bytes(sweep):
+    """One size reference: the teacher's float32 artifact coded as the students' are, so a teacher compressed by
+    nothing (32 bits) has compression ratio 1; the plain reference and the test scores are on the parent run too."""
+    result, root, uri = sweep
+    untouched = Sweep.from_yaml(SMOKE, trials=1, storage=str(root / "runs"), tracking_uri=uri, experiment="untouched",
+                                pipeline=["quantize"], **RECIPE, params={"bits": 32, "layers": 2, "width": 64, "heads": 2, "sparsity": 0.0}).run()
+    row = untouched.trials.iloc[0]
+    assert row["compression_ratio"] == 1.0 and row["size_bytes"] == untouched.teacher.size_bytes
+    parent = MlflowClient(uri).get_run(untouched.run_id).data.metrics
+    assert parent["teacher_size_bytes_plain"] > parent["teacher_size_bytes"] == row["size_bytes"]
+    assert parent["teacher_test_perplexity"] > 1 and parent["teacher_test_accuracy"] > 0

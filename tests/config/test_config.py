@@ -160,6 +160,26 @@ def test_overrides_take_dotted_keys_and_nested_dicts():
         ("params: {steps: 0}", "`params.steps` must be an integer >= 1, got 0"),
         ("distill: {patience: 0}", "`distill.patience` must be null or an integer >= 1, got 0"),
         ("export: {entropy: gzip}", "`export.entropy` must be one of none, zstd, got 'gzip'"),
+        ("pipeline: [distill, {quantize: {allocation: sensitivity}}]", "quantize `allocation: sensitivity` allocates widths under a "
+         "budget; search `params.effective_bits`"),
+        ("pipeline: [distill, {quantize: {allocation: sensitivity}}]\nparams: {effective_bits: 4, bits: 4}",
+         "`params.bits` is not used by quantize method affine with `allocation: sensitivity`"),
+        ("params: {effective_bits: {low: 3, high: 5}}", "`params.effective_bits` is not used by quantize method affine with "
+         "`allocation: uniform`"),
+        ("pipeline: [distill, {quantize: {allocation: sensitivity}}]\nparams: {effective_bits: {low: 2, high: 5}}",
+         "`params.effective_bits` can be 2, outside what `quantize.candidate_bits` [2, 3, 4, 8, 16] can allocate"),
+        ("pipeline: [distill, {quantize: {allocation: sensitivity, candidate_bits: [4, 8]}}]\nparams: {effective_bits: 9}",
+         "`params.effective_bits` can be 9, outside what `quantize.candidate_bits` [4, 8] can allocate"),
+        ("pipeline: [distill, {quantize: {allocation: sensitivity, mode: qat}}]\nparams: {effective_bits: 4}",
+         "allocates widths on the trained model, so it cannot train with them (`mode: qat`)"),
+        ("pipeline: [{quantize: {allocation: sensitivity, candidate_bits: [4, 9]}}]",
+         "`pipeline[0].quantize.candidate_bits` must be a list of at least two distinct widths among 2, 3, 4, 5, 6, 7, 8, 16, 32"),
+        ("pipeline: [{quantize: {allocation: sensitivity, candidate_bits: [4]}}]", "`pipeline[0].quantize.candidate_bits` must be a list"),
+        ("pipeline: [{quantize: {allocation: mixed}}]", "`pipeline[0].quantize.allocation` must be one of uniform, sensitivity"),
+        ("pipeline: [{quantize: {sensitivity: hessian}}]", "`pipeline[0].quantize.sensitivity` must be one of fisher, kl, mse"),
+        ("pipeline: [distill, {quantize: {allocation: sensitivity}}]\nparams: {effective_bits: 4}\nexport: {formats: [onnx]}",
+         "`export.formats` onnx: `quantize.candidate_bits` can be 3, which ONNX Runtime's MatMulNBits cannot run"),
+        ("params: {effective_bits: 0.5}", "`params.effective_bits` must be a number in [1, 32], got 0.5"),
     ],
 )
 def test_bad_values_name_the_file_the_key_and_the_value(tmp_path, yaml_text, message):
@@ -217,9 +237,13 @@ def test_every_section_round_trips_through_yaml(tmp_path):
                               "calibration_windows": 16, "recovery_steps": 20}}],
     [{"prune": {"method": "nm", "recovery_steps": 10}}, {"quantize": {"method": "codebook", "granularity": "channel",
                                                                      "iterations": 5, "recovery_steps": 30}}],
+    ["distill", {"quantize": {"method": "gptq", "granularity": "group", "allocation": "sensitivity", "candidate_bits": [3, 4, 8],
+                              "sensitivity": "kl", "sensitivity_windows": 4}}],
 ])
 def test_every_technique_config_round_trips_through_yaml(tmp_path, pipeline):
     extra = {"params.group_size": {"choices": [16, 32]}} if "group" in str(pipeline) else {}
+    if "sensitivity" in str(pipeline):
+        extra["params.effective_bits"] = {"low": 3.5, "high": 6.0}
     cfg = load_config(None, overrides={"pipeline": pipeline, "distill": {"layer_map": [[0, 1], [1, 3]], "temperature_end": 1.0},
                                        "params.weight_decay": {"low": 0.0, "high": 0.1}, **extra})
     again = tmp_path / "again.yaml"
