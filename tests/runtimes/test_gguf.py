@@ -73,3 +73,26 @@ def test_other_grids_and_models_are_refused_in_one_line(tiny_llama_dir, tmp_path
              artifact=tmp_path / "g.orc", meta={})
     with pytest.raises(ConfigError, match="Llama-family"):
         export_gguf(tmp_path / "g.orc", tmp_path / "g.gguf")
+
+
+def test_a_mixed_model_gives_each_tensor_its_own_gguf_type(tiny_llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from orchestrator.tasks.hf_lm import load_pretrained
+
+    model, _ = load_pretrained(str(tiny_llama_dir))
+    method = SymmetricQuantization(granularity="group", allocation="sensitivity", candidate_bits=(4, 8, 16))
+    c = compress(model, Pipeline(prune=None, quantize=method), {"effective_bits": 7.0, "group_size": 32}, artifact=tmp_path / "m.orc",
+                 meta={"tokenizer": {"tokenizer": str(tiny_llama_dir), "gguf_file": None}})
+    widths = dict(c.allocation.widths)
+    assert len(set(widths.values())) > 1
+    e = export_gguf(tmp_path / "m.orc", tmp_path / "m.gguf")
+    for tensor, bits in widths.items():
+        if tensor != "lm.lm_head.weight":  # tied: token_embd serves
+            assert e.kernels[tensor].startswith({4: "Q4_0", 8: "Q8_0", 16: "F16"}[bits]), (tensor, e.kernels[tensor])
+    reloaded, _, _ = load_encoded(tmp_path / "m.orc")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
+    x = torch.randint(reloaded.vocab_size, (2, 24))
+    with torch.no_grad():
+        want, got = reloaded(x)[0], loaded(input_ids=x).logits
+    assert (got - want).abs().max() <= 1e-3 * want.abs().max()

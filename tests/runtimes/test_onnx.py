@@ -189,3 +189,25 @@ def test_weights_of_equal_values_share_one_kernel(tmp_path):
     e = export_onnx(tmp_path / "m.orc", tmp_path / "m.onnx", x, build=build)
     assert e.kernels["blocks.0.fc.weight"].startswith("MatMulNBits 4-bit") and e.kernels["blocks.1.fc.weight"].startswith("MatMulNBits 4-bit")
     _exact(e.path, load_encoded(tmp_path / "m.orc")[0], [x])
+
+
+def test_a_mixed_model_runs_each_tensor_at_its_own_width(tmp_path):
+    """Mixed precision: each integer tensor on MatMulNBits at its allocated width, 16- and 32-bit tensors as float
+    MatMuls, outputs exact."""
+    torch.manual_seed(5)
+    model = build_model(70, 64, layers=2, width=96, heads=2)
+    method = AffineQuantization(granularity="group", allocation="sensitivity", candidate_bits=(2, 4, 16, 32))
+    c = compress(model, Pipeline(prune=None, quantize=method), {"effective_bits": 9.0, "group_size": 32}, artifact=tmp_path / "m.orc",
+                 meta={})
+    widths = dict(c.allocation.widths)
+    assert {b for b in widths.values() if b <= 8} and {b for b in widths.values() if b > 8}  # some of each
+    e = export_onnx(tmp_path / "m.orc", tmp_path / "m.onnx", torch.randint(70, (1, 64)), build=build)
+    for tensor, bits in widths.items():
+        if tensor in ("tok.weight", "pos.weight"):  # tables: looked up in float32 (Gather) at any width
+            assert e.kernels.get(tensor, "float32 table (Gather)") == "float32 table (Gather)"
+        elif bits <= 8:
+            assert e.kernels[tensor].startswith(f"MatMulNBits {bits}-bit"), tensor
+        else:
+            assert tensor not in e.kernels
+    float_model, _, _ = load_encoded(tmp_path / "m.orc")
+    _exact(e.path, float_model, [torch.randint(70, (1, 64)), torch.randint(70, (2, 9))])
