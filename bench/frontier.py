@@ -142,7 +142,7 @@ def entropy(storage: str) -> None:
     _save("entropy", {"date": time.strftime("%Y-%m-%d"), "teacher": _teacher(teacher), **measured})
 
 
-def sweep(storage: str, trials: int, space: str = SPACE) -> None:
+def sweep(storage: str, trials: int, space: str = SPACE, resume: str | None = None) -> None:
     """One sweep of the product (frontier.yaml with `--trials`), then its smallest completed points whose
     validation accuracy keeps 95% / 90% of the teacher's (what a user picks from the front), with their
     test-split figures."""
@@ -150,10 +150,12 @@ def sweep(storage: str, trials: int, space: str = SPACE) -> None:
     from orchestrator.cli import print_progress
     from orchestrator.core.space import Fixed
 
+    uri = f"sqlite:///{storage}/mlflow.db"
+    own_wall = _sweep_wall(uri, resume) if resume else None  # a finished sweep read back: its own run's wall time
     started = time.perf_counter()
-    result = orchestrator.Sweep.from_yaml(space, storage=storage, trials=trials,
-                                          tracking_uri=f"sqlite:///{storage}/mlflow.db").run(progress=print_progress)
-    wall = time.perf_counter() - started
+    result = orchestrator.Sweep.from_yaml(space, storage=storage, trials=trials, tracking_uri=uri).run(progress=print_progress,
+                                                                                                      resume=resume)
+    wall = own_wall if own_wall is not None else time.perf_counter() - started
     teacher = result.teacher
     searched = [name for name, spec in result.config.params.items() if not isinstance(spec, Fixed)]
     t = result.trials
@@ -168,18 +170,27 @@ def sweep(storage: str, trials: int, space: str = SPACE) -> None:
             continue
         best = ok.iloc[0]
         picks[f"{target:.0%}"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()
-                                  if k in ("trial_id", "size_vs_teacher", "effective_bits", "val_retained", "test_accuracy_retained", "size_mb",
+                                  if k in ("trial_id", "size_vs_teacher", "effective_bits_measured", "val_retained", "test_accuracy_retained", "size_mb",
                                            "accuracy", "test_accuracy", "distill_steps", "time_stages_s")}
         picks[f"{target:.0%}"]["params"] = {name: (best[name].item() if hasattr(best[name], "item") else best[name])
                                             for name in searched}
         print(f"keeps {target:.0%}: trial {best['trial_id']} at {best['size_vs_teacher']:.2%} of the teacher's bytes "
               f"(validation {best['val_retained']:.1%}, test {best['test_accuracy_retained']:.1%})", flush=True)
-    columns = [c for c in ("trial_id", *searched, "size_vs_teacher", "effective_bits", "val_retained", "test_accuracy_retained", "distill_steps",
+    columns = [c for c in ("trial_id", *searched, "size_vs_teacher", "effective_bits_measured", "val_retained", "test_accuracy_retained", "distill_steps",
                            "time_stages_s") if c in done.columns]
     _save("sweep" if space == SPACE else f"sweep_{Path(space).stem}", {
                     "date": time.strftime("%Y-%m-%d"), "space": space, "trials": trials, "wall_s": round(wall, 1),
                     "teacher": _teacher(teacher), "completed": int(len(done)), "front": result.pareto["trial_id"].tolist(),
                     "picks": picks, "table": json.loads(done[columns].round(4).to_json(orient="records"))})
+
+
+def _sweep_wall(uri: str, sweep_id: str) -> float:
+    """The wall time a sweep's parent run logged (read before a resume logs its own)."""
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()],
+                                         filter_string=f"attributes.run_name = '{sweep_id}'")
+    return float(runs[0].data.metrics["wall_seconds"])
 
 
 SMOLLM2 = [
@@ -196,46 +207,63 @@ def m(method: str, **kw: Any) -> dict:
     return q(method, allocation="sensitivity", **kw)
 
 
-# uniform b bits in groups of 128, and mixed at the bits per weight that uniform row measured (scales and zero
-# points included: b + (16 + b) / 128), so that each pair compares at equal bytes
-UNIFORM_128 = {b: round(b + (16 + b) / 128, 3) for b in (3, 4, 5)}
-WIDTHS = [2, 3, 4, 8, 16]
+# uniform b bits in groups of 128, then mixed widths at the bits per weight that uniform row measured
+# (`"=NAME"`: scales and zero points included), so that each pair compares at equal bytes
+WIDTHS = [2, 3, 4, 5, 6, 8, 16]
+GPTQ_256 = {"granularity": "group", "calibration_windows": 256}
 MIXED_SMOLLM2 = [
     ("teacher float32", "teacher float32", [], {}),
-    *[row for b, e in UNIFORM_128.items() for row in (
-        (f"{b}-bit GPTQ group-128, uniform", "teacher float32", [q("gptq", granularity="group", calibration_windows=256)],
-         g(128, bits=b)),
-        (f"{e} bits GPTQ group-128, mixed (fisher)", "teacher float32",
-         [m("gptq", granularity="group", calibration_windows=256, candidate_bits=WIDTHS, sensitivity_windows=32)],
-         g(128, effective_bits=e)))],
-    ("4.5 bits GPTQ group-128, mixed (fisher)", "teacher float32",
-     [m("gptq", granularity="group", calibration_windows=256, candidate_bits=WIDTHS, sensitivity_windows=32)],
-     g(128, effective_bits=4.5)),
-    ("4.156 bits RTN group-128, mixed (fisher)", "teacher float32",
-     [m("affine", granularity="group", candidate_bits=WIDTHS, sensitivity_windows=32)], g(128, effective_bits=4.156)),
+    *[row for b in (3, 4, 5) for row in (
+        (f"{b}-bit GPTQ group-128, uniform", "teacher float32", [q("gptq", **GPTQ_256)], g(128, bits=b)),
+        (f"GPTQ group-128, mixed (fisher, 32 windows) at the {b}-bit row's bits", "teacher float32",
+         [m("gptq", **GPTQ_256, candidate_bits=WIDTHS, sensitivity_windows=32)],
+         g(128, effective_bits=f"={b}-bit GPTQ group-128, uniform")))],
+    ("GPTQ group-128, mixed (fisher, 32 windows) at 4.5 bits", "teacher float32",
+     [m("gptq", **GPTQ_256, candidate_bits=WIDTHS, sensitivity_windows=32)], g(128, effective_bits=4.5)),
+    ("4-bit RTN group-128, uniform", "teacher float32", [q(granularity="group")], g(128, bits=4)),
+    ("RTN group-128, mixed (fisher, 32 windows) at the 4-bit RTN row's bits", "teacher float32",
+     [m("affine", granularity="group", candidate_bits=WIDTHS, sensitivity_windows=32)],
+     g(128, effective_bits="=4-bit RTN group-128, uniform")),
 ]
 
 
 def mixed_smollm2(storage: str) -> None:
     """SmolLM2-135M: uniform GPTQ at 3, 4 and 5 bits against mixed widths at the same bits per weight (issue 27)."""
     _smollm2_rows(storage, MIXED_SMOLLM2, "mixed_smollm2", calibration="256 training windows of 64 tokens (GPTQ); the "
-                  "sensitivities on 32 of them (fisher)")
+                  f"sensitivities on 32 of them (fisher); candidate widths {WIDTHS}")
 
 
-# the converged teacher and a converged student, uniform against mixed at equal bytes (groups of 32 and 128)
+# the converged teacher and a converged student, uniform against mixed at equal bytes (groups of 128), by each estimate
+GPT_WIDTHS = [2, 3, 4, 5, 6, 8]
+
+
+def _pair(prefix: str, base: list, shape: dict, b: int, estimate: str = "fisher") -> list:
+    uniform = f"{prefix} GPTQ group-128 {b}-bit + {R} QAT"
+    return [
+        (uniform, T, [*base, q("gptq", granularity="group", recovery_steps=R)], g(128, **shape, bits=b)),
+        (f"{prefix} GPTQ group-128 mixed ({estimate}) at the {b}-bit row's bits + {R} QAT", T,
+         [*base, m("gptq", granularity="group", recovery_steps=R, candidate_bits=GPT_WIDTHS, sensitivity=estimate)],
+         g(128, **shape, effective_bits=f"={uniform}")),
+    ]
+
+
+def _between(prefix: str, base: list, shape: dict, bits: float) -> tuple:
+    """Mixed at a budget no uniform width gives."""
+    return (f"{prefix} GPTQ group-128 mixed (fisher) at {bits} bits + {R} QAT", T,
+            [*base, m("gptq", granularity="group", recovery_steps=R, candidate_bits=GPT_WIDTHS)], g(128, **shape, effective_bits=bits))
+
+
+S = {"layers": 3, "width": 96}
 MIXED_GPT = [
     (T, T, [], {}),
-    *[row for b in (2, 3, 4) for row in (
-        (f"teacher GPTQ group-128 {b}-bit + {R} QAT", T, [q("gptq", granularity="group", recovery_steps=R)], g(128, bits=b)),
-        (f"teacher GPTQ group-128 mixed {b + (16 + b) / 128:.3f} bits + {R} QAT", T,
-         [m("gptq", granularity="group", recovery_steps=R, candidate_bits=[2, 3, 4, 8])], g(128, effective_bits=round(b + (16 + b) / 128, 3))))],
-    ("student 3x96 float32 (to convergence)", T, [D], {"layers": 3, "width": 96}),
-    *[row for b in (2, 3, 4) for row in (
-        (f"student 3x96 GPTQ group-128 {b}-bit + {R} QAT", T, [D, q("gptq", granularity="group", recovery_steps=R)],
-         g(128, layers=3, width=96, bits=b)),
-        (f"student 3x96 GPTQ group-128 mixed {b + (16 + b) / 128:.3f} bits + {R} QAT", T,
-         [D, m("gptq", granularity="group", recovery_steps=R, candidate_bits=[2, 3, 4, 8])],
-         g(128, layers=3, width=96, effective_bits=round(b + (16 + b) / 128, 3))))],
+    (f"teacher GPTQ group-128 2-bit + {R} QAT", T, [q("gptq", granularity="group", recovery_steps=R)], g(128, bits=2)),
+    _between("teacher", [], {}, 2.6),
+    *[row for b in (3, 4) for row in _pair("teacher", [], {}, b)],
+    *_pair("teacher", [], {}, 3, "kl")[1:], *_pair("teacher", [], {}, 3, "mse")[1:],
+    ("student 3x96 float32 (to convergence)", T, [D], S),
+    (f"student 3x96 GPTQ group-128 2-bit + {R} QAT", T, [D, q("gptq", granularity="group", recovery_steps=R)], g(128, **S, bits=2)),
+    _between("student 3x96", [D], S, 2.6),
+    *[row for b in (3, 4) for row in _pair("student 3x96", [D], S, b)],
 ]
 
 
@@ -273,9 +301,10 @@ def main() -> None:
     parser.add_argument("--storage", default="/tmp/frontier/runs")
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--space", default=SPACE, help="sweep: the search space (search_spaces/frontier_mixed.yaml: mixed widths)")
+    parser.add_argument("--resume", help="sweep: a finished sweep's id in --storage, read back rather than run again")
     args = parser.parse_args()
     if args.part == "sweep":
-        sweep(args.storage, args.trials, args.space)
+        sweep(args.storage, args.trials, args.space, args.resume)
     else:
         globals()[args.part](args.storage)
 

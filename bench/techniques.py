@@ -135,6 +135,7 @@ def run_rows(
                                    sweep_id="bench", service=ready.service)
                 by_name: dict[str, dict] = {}
                 for i, (name, baseline, pipeline, fixed) in enumerate(rows):
+                    fixed = _resolved(fixed, by_name)
                     row = _row(space, common, ctx, i, name, pipeline, fixed, student, teacher_params, group_size)
                     ref = by_name.get(baseline)
                     if ref is not None:
@@ -182,12 +183,21 @@ def _row(space: str, common: dict, ctx: TrialContext, i: int, name: str, pipelin
     }
 
 
+def _resolved(fixed: dict, by_name: dict[str, dict]) -> dict:
+    """`effective_bits: "=NAME"`: the bits per weight row NAME measured (rounded down to 0.001), so that a mixed
+    row is compared with a uniform one at equal (or fewer) bytes."""
+    ref = fixed.get("effective_bits")
+    if isinstance(ref, str) and ref.startswith("="):
+        return {**fixed, "effective_bits": math.floor(by_name[ref[1:]]["effective_bits_exact"] * 1000) / 1000}
+    return fixed
+
+
 def _allocation(m: dict) -> dict:
     """A quantized row's measured effective bits and, mixed, how its allocation spread the widths (tensors per
     width, the token embedding's width) and what allocating took."""
     if math.isnan(m.get("effective_bits", math.nan)):
         return {}
-    out = {"effective_bits": round(m["effective_bits"], 3)}
+    out = {"effective_bits": round(m["effective_bits"], 3), "effective_bits_exact": m["effective_bits"]}
     allocation = read_manifest(fetch(m["artifact"])).get("allocation")
     if allocation:
         widths = [row[1] for row in allocation["data"]]

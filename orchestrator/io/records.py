@@ -176,9 +176,13 @@ class TrialRecord:
         object.__setattr__(self, "status", Status(self.status))
 
     def row(self) -> dict[str, Any]:
-        """The trials table's columns: ids, status, params, every measured number, artifact, error."""
+        """The trials table's columns: ids, status, params, every measured number, artifact, error. A measured number
+        named as a param (`effective_bits`: the budget searched, and the bits the artifact measured) is
+        `<name>_measured` here (MLflow keeps params and metrics apart under one name)."""
+        measured = self.outcome.row() if self.outcome is not None else {}
+        measured = {f"{k}_measured" if k in self.params else k: v for k, v in measured.items()}
         return {"trial_id": self.trial_id, "run_name": self.run_name, "status": self.status.value, "run_id": self.run_id,
-                **self.params, **(self.outcome.row() if self.outcome is not None else {}), "error": self.error}
+                **self.params, **measured, "error": self.error}
 
     def objective_values(self, names: Sequence[str]) -> list[float] | None:
         """Its values of the objectives `names`, when it completed."""
