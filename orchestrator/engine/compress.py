@@ -24,7 +24,7 @@ from orchestrator.techniques.allocation import Allocation, allocate_widths
 from orchestrator.techniques.base import PruneResult
 from orchestrator.techniques.int8 import int8_layers, to_int8_kernels
 from orchestrator.techniques.pipeline import Pipeline
-from orchestrator.techniques.quantize import Calibration, Quantized, QuantSpec
+from orchestrator.techniques.quantize import Calibration, EncodedTensor, Quantized, QuantSpec
 from orchestrator.techniques.weights import measured_sparsity, quantizable_weights
 
 Recover = Callable[[PruneResult], PruneResult]  # fine-tunes a one-shot pruned model; returns it with its masks
@@ -49,6 +49,7 @@ def compress(
     model: nn.Module, pipeline: Pipeline, params: Mapping[str, Any], *, artifact: str | os.PathLike[str],
     meta: dict[str, Any], entropy: str = "zstd", recover: Recover | None = None, tune: Tune | None = None,
     calibration: Calibration | None = None, timings: dict[str, float] | None = None,
+    encodings: Mapping[str, type[EncodedTensor]] | None = None,
 ) -> Compressed:
     """Prune, recover, quantize, recover `model` (in place where the shape allows) with the trial's `params`
     (YAML names: sparsity, bits, group_size), export it to `artifact`.
@@ -62,6 +63,8 @@ def compress(
         entropy: the artifact's entropy coding (`export.entropy`).
         timings: receives time_prune_s, time_recover_s, time_allocate_s, time_quantize_s, time_quantize_recover_s,
             time_export_s.
+        encodings: how the artifact's integer forms are read back (to measure `effective_bits`): the sweep's
+            (`SweepContext.encodings`, which ship the driver's to its workers); default this process's.
     """
     timings = timings if timings is not None else {}
     masks: dict[str, torch.Tensor] = {}
@@ -86,7 +89,7 @@ def compress(
     size = export(model, artifact, float16=float16, masks=masks, quantized=quantized, meta=meta, int8_layers=kernels,
                   entropy=entropy, allocation=allocation.to_json() if allocation is not None else None)
     timings["time_export_s"] = time.perf_counter() - t
-    bits = effective_bits(artifact, names) if names else None
+    bits = effective_bits(artifact, names, encodings) if names else None
     to_int8_kernels(model, quantized, kernels)
     return Compressed(model=model.eval(), masks=masks, quantized=quantized, int8_layers=kernels, size_bytes=size,
                       params=count, nonzero_params=nonzero, sparsity=sparsity, effective_bits=bits, allocation=allocation)

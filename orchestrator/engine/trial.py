@@ -186,7 +186,7 @@ def _compressed(trial: _Trial, student: nn.Module, source: str) -> Compressed:
 
     return compress(student.eval(), ctx.config.pipeline, trial.params.by_name(), artifact=trial.workdir / ARTIFACT,
                     meta=tc.task.meta(trial.data), entropy=ctx.config.export.entropy, recover=recover, tune=tune,
-                    calibration=_calibration(trial), timings=trial.timings)
+                    calibration=_calibration(trial), timings=trial.timings, encodings=ctx.encodings)
 
 
 def _calibration(trial: _Trial) -> Calibration:
@@ -222,7 +222,7 @@ def _premeasured(trial: _Trial, report: Callable[[dict], None] | None) -> tuple[
     artifact = trial.workdir / "untrained.orc"
     model = tc.task.student(ctx.config, trial.params, trial.data, trial.teacher)
     compress(model, ctx.config.pipeline, trial.params.by_name(), artifact=artifact, meta=tc.task.meta(trial.data),
-             entropy=ctx.config.export.entropy)
+             entropy=ctx.config.export.entropy, encodings=ctx.encodings)
     figures = ctx.objectives.measured("artifact", SimpleNamespace(size_bytes=artifact.stat().st_size))
     files = export_files(ctx, tc.task, trial.data, artifact, measured_only=True)
     exports = {fmt: ctx.storage.publish(e.path) for fmt, e in files.items()}

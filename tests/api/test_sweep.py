@@ -331,7 +331,7 @@ def test_gradual_pruning_with_qat_and_a_teacher_only_pipeline_end_to_end(sweep):
     t = teacher_only.trials
     assert (t["status"] == "COMPLETED").all() and (t["sparsity_measured"] == 0.5).all()
     assert (t["params"] == result.teacher.params).all()  # the teacher itself, compressed
-    assert (t["size_mb"] < result.teacher.size_bytes / 1e6 / 4).all()
+    assert (t["size_mb"] < result.teacher.metrics["size_bytes_plain"] / 1e6 / 4).all()  # a quarter of its float32 bytes
 
 
 def test_a_fanout_sweep_compresses_each_new_student_several_ways(sweep):
@@ -461,8 +461,11 @@ def test_a_sweep_over_effective_bits_allocates_widths_per_tensor_within_each_bud
         assert table["budget"] == budget and table["estimate"] == "fisher" and table["columns"][:2] == ["tensor", "bits"]
         assert len({r[1] for r in table["data"]}) > 1
         assert _reloads_exactly(mixed, root, row)
-    fanned = t[t["cache_hit_distill"] == 1]
-    assert len(fanned) >= 1 and (fanned["cache_hit_sensitivity"] == 1).all()  # another budget on the same student
+    students = [client.get_run(r).data.tags["distill.student"] for r in t["run_id"]]
+    assert len(set(students)) < len(t)  # fanned out: one student at several budgets
+    for student in set(students):  # its sensitivities computed once in this sweep, read back for every other budget
+        hits = t["cache_hit_sensitivity"][[s == student for s in students]]
+        assert (hits == 0).sum() == 1 and (hits == 1).sum() == len(hits) - 1
     values = t[["accuracy", "size_mb", "latency_ms"]].to_numpy(float)
     assert set(mixed.pareto["trial_id"]) == set(t["trial_id"][pareto_mask(values, ["max", "min", "min"])])
 
