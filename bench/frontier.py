@@ -90,11 +90,16 @@ def _teacher(t: Any) -> dict:
 
 
 def rows(storage: str) -> None:
+    _gpt_rows(storage, ROWS, "rows", group_size=32)
+
+
+def _gpt_rows(storage: str, table: list, section: str, group_size: int) -> None:
+    """`table`'s rows on frontier.yaml's converged teacher, saved as `section`."""
     started = time.perf_counter()
-    teacher, results, _ = run_rows(SPACE, ROWS, student=STUDENT, teacher_params=TEACHER, group_size=32, overrides={},
+    teacher, results, _ = run_rows(SPACE, table, student=STUDENT, teacher_params=TEACHER, group_size=group_size, overrides={},
                                    storage=storage)
-    _save("rows", {"date": time.strftime("%Y-%m-%d"), "teacher": _teacher(teacher), "rows": results,
-                   "wall_s": round(time.perf_counter() - started, 1)})
+    _save(section, {"date": time.strftime("%Y-%m-%d"), "teacher": _teacher(teacher), "rows": results,
+                    "wall_s": round(time.perf_counter() - started, 1)})
 
 
 def entropy(storage: str) -> None:
@@ -269,11 +274,7 @@ MIXED_GPT = [
 
 def mixed(storage: str) -> None:
     """The converged char GPT: uniform against mixed widths at equal bytes (issue 27)."""
-    started = time.perf_counter()
-    teacher, results, _ = run_rows(SPACE, MIXED_GPT, student=STUDENT, teacher_params=TEACHER, group_size=128, overrides={},
-                                   storage=storage)
-    _save("mixed", {"date": time.strftime("%Y-%m-%d"), "teacher": _teacher(teacher), "rows": results,
-                    "wall_s": round(time.perf_counter() - started, 1)})
+    _gpt_rows(storage, MIXED_GPT, "mixed", group_size=128)
 
 
 def smollm2(storage: str) -> None:

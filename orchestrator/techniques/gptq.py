@@ -240,11 +240,13 @@ def gptq_quantize_(
         _quantize_layers(rest, stats, spec, masks, out, by_tensor, **options)
     for name, w in targets.items():  # embeddings (and any weight not in a Linear): round to nearest
         one = spec.at(name)
-        if name not in out and one.integer and name not in linear_weights:
+        if name in linear_weights:
+            continue
+        if one.integer:
             qt = spec.method.quantize_tensor(w, one)
             w.copy_(qt.dequantize(masks.get(name)))
             out[name] = qt
-        elif name not in out and one.float16 and name not in linear_weights:
+        elif one.float16:
             w.copy_(w.half().float())
     model.train(was_training)
     return out

@@ -444,7 +444,8 @@ def test_a_sweep_over_effective_bits_allocates_widths_per_tensor_within_each_bud
     mixed = Sweep.from_yaml(
         SMOKE, trials=4, fanout=2, max_concurrent_trials=1, sampler_seed=3, storage=str(root / "runs"), tracking_uri=uri,
         experiment="mixed", pipeline=["distill", {"quantize": {"granularity": "group", "allocation": "sensitivity",
-                                                               "candidate_bits": [2, 3, 4, 8, 16], "sensitivity_windows": 4}}],
+                                                               "candidate_bits": [2, 3, 4, 8, 16], "sensitivity_windows": 4,
+                                                               "recovery_steps": 3}}],  # QAT at each tensor's width
         **{**RECIPE, "params.effective_bits": {"low": 2.8, "high": 6.0}, "params.group_size": 16, "params.sparsity": 0.0,
            "params.bits": 32},
     ).run()
