@@ -60,6 +60,7 @@ def _run(tmp_path, *args):
         ("trials: 2", ["--tracking-uri", "sqlite:////no/such/dir/mlflow.db"], "the directory of the SQLite file, /no/such/dir, does not exist"),
         ("trials: 2", ["--address", "127.0.0.1:9"], "--address '127.0.0.1:9': the Ray cluster did not answer (tried a TCP connection to 127.0.0.1:9"),
         ("trials: 2", ["--address", "ray:/x"], "--address 'ray:/x': not a Ray address; give auto, HOST:6379 or ray://HOST:10001"),
+        ("task: {files: 'corpus/*.txt'}", [], "space.yaml: `task.files` 'corpus/*.txt' matches no file; give a path or glob"),
         ("tracking_uri: http://127.0.0.1:9", [], "space.yaml: `tracking_uri` 'http://127.0.0.1:9': no MLflow server answered there"),
         # argparse's own errors: one line too
         ("trials: 2", ["--trials", "x"], "orchestrator sweep: error: argument --trials: invalid int value: 'x' (see orchestrator sweep --help)"),
@@ -80,6 +81,30 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, monkeypatch,
     assert len(lines[0]) <= 1100
     assert "Traceback" not in err and out == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no mlflow.db, no storage
+
+
+def test_too_little_text_is_one_line_before_anything_starts(tmp_path, monkeypatch, capsys):
+    """Not torch's `random_` error from inside the teacher: the length each split needs, named."""
+    from orchestrator.tasks.lm import fewest_tokens
+
+    (tmp_path / "a.txt").write_text("x" * (fewest_tokens(32) - 1))
+    space = tmp_path / "space.yaml"
+    space.write_text("task: {files: '*.txt', context: 32}\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.chdir(tmp_path)
+    assert _main(["sweep", str(space)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"orchestrator: error: {space}: `task.files` '*.txt' gives {fewest_tokens(32) - 1} characters; the "
+                          f"90/5/5 splits need at least {fewest_tokens(32)} for one window of `task.context` = 32 in each")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    (tmp_path / "a.txt").write_text("x" * fewest_tokens(32))  # one more character is enough: every split holds a window
+    from orchestrator import load_config
+    from orchestrator.tasks.char_lm import build_data
+
+    assert load_config(space).task.files == "*.txt"
+    data = build_data("x" * fewest_tokens(32))
+    assert min(len(data.train), len(data.val), len(data.test)) >= 34
 
 
 def _main(argv):

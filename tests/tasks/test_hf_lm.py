@@ -122,6 +122,18 @@ def test_hf_config_errors_name_the_key_and_the_fix(tiny_llama_dir, tmp_path):
         _space(tiny_llama_dir, tmp_path, **{"task.name": "char_lm"})
 
 
+def test_too_few_tokens_is_one_config_error_naming_the_count(tiny_llama_dir, tmp_path):
+    """Enough characters can still be too few tokens: told when the data is written, before the teacher."""
+    from orchestrator import ConfigError, Sweep
+    from orchestrator.tasks.lm import fewest_tokens
+
+    cfg = _space(tiny_llama_dir, tmp_path, **{"task.context": 512, "task.chars": fewest_tokens(512) + 10})  # ~3 characters a token
+    with pytest.raises(ConfigError, match=r"`task.corpus` 'kjv' gives \d+ tokens; the 90/5/5 splits "
+                                          f"need at least {fewest_tokens(512)} for one window of `task.context` = 512"):
+        Sweep(cfg).task.write_data(cfg, tmp_path / "data.pt")
+    assert not (tmp_path / "data.pt").exists()
+
+
 def test_a_layer_map_is_not_held_to_the_unused_teacher_shape_of_the_built_in_gpt(tiny_llama_dir, tmp_path):
     # SmolLM2 has 30 layers; `teacher.layers` (4 by default) belongs to char_lm's GPT and says nothing here.
     # The pairs are checked against the loaded teacher before any trial (the slow sweep test below).
