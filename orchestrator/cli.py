@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--max-failures", type=int, metavar="N", help="stop the sweep cleanly once N trials failed "
                                                                      "(overrides `max_failures`; default: never)")
     sweep.add_argument("--ray-logs", action="store_true", help="show Ray workers' own log lines")
+    sweep.add_argument("--verbose", action="store_true", help="also print Ray Tune's own output (its experiment banner and "
+                                                              "trial tables)")
     tracking = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)"
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 and print the last sweep's pages")
     ui.add_argument("--tracking-uri", help=tracking)
@@ -202,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signals = sweep.signals  # SIGINT/SIGTERM received while it ran
     with terminate_as_interrupt(signals):
         try:
-            result = sweep.run(progress=print_progress, ray_logs=args.ray_logs, resume=args.resume)
+            result = sweep.run(progress=print_progress, ray_logs=args.ray_logs, resume=args.resume, verbose=args.verbose)
         except ConfigError as e:  # what only the prepared teacher can tell (e.g. an objective the task does not measure)
             print(f"orchestrator: error: {e}", file=sys.stderr)
             return 2

@@ -19,14 +19,16 @@ def tracking(root: Path) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
-def start(root: Path, name: str, space: Path, *args: str, tracking_uri: str | None = None) -> tuple[subprocess.Popen, Path]:
+def start(root: Path, name: str, space: Path, *args: str, tracking_uri: str | None = None,
+          env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
     """`orchestrator sweep SPACE` with storage `root/runs` and MLflow `tracking_uri` (default `root/mlflow.db`),
-    in its own process group (its Ray too), its output in `root/NAME.log`."""
+    in its own process group (its Ray too), its output in `root/NAME.log`; `env`: variables set for it."""
     log = root / f"{name}.log"
     cmd = [sys.executable, "-m", "orchestrator", "sweep", str(space), "--storage", str(root / "runs"),
            "--tracking-uri", tracking_uri or tracking(root), *args]
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
     return proc, log
 
 
@@ -65,9 +67,9 @@ def finish(proc: subprocess.Popen, seconds: float = 300) -> int:
 
 
 def sweep_id(log: Path) -> str:
-    """From Tune's banner: `Configuration for experiment  <sweep id>`."""
-    line = next(line for line in log.read_text().splitlines() if "Configuration for experiment" in line)
-    return line.split("experiment", 1)[1].split()[0]
+    """From the sweep's own line: `sweep <sweep id>: its files in ...`."""
+    line = next(line for line in log.read_text().splitlines() if line.startswith("sweep ") and ": its files in " in line)
+    return line.split()[1].rstrip(":")
 
 
 def state(root: Path, sweep: str, experiment: str, tracking_uri: str | None = None) -> dict[str, Any]:

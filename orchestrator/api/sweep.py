@@ -87,7 +87,7 @@ class Sweep:
         return check_resume(self.context, sweep_id)
 
     def run(self, *, progress: Callable[[SweepProgress], None] | None = None, ray_logs: bool = False,
-            resume: str | None = None, tracker: Tracker | None = None) -> SweepResult:
+            resume: str | None = None, tracker: Tracker | None = None, verbose: bool = False) -> SweepResult:
         """Run every trial and return the result; blocks until the sweep ends.
 
         Args:
@@ -97,6 +97,8 @@ class Sweep:
                 count in the front (`trials` counts the whole sweep). Checked by `check_resume`.
             tracker: where the sweep records its runs (default: MLflow at the context's tracking URI); e.g.
                 `orchestrator.tracking.memory.MemoryTracker()` for a sweep that needs no store.
+            verbose: also print Ray Tune's own output (its experiment banner, trial tables and TensorBoard hint);
+                by default only the product's progress is printed.
         """
         import ray
 
@@ -111,13 +113,13 @@ class Sweep:
             start_ray(self.config, self.context.ray_address, ray_logs=ray_logs)
         try:
             with terminate_as_interrupt(self.signals):  # after ray.init, which sets SIGTERM handlers of its own
-                return self._run_on_ray(started, progress, resume, previous or [], tracker)
+                return self._run_on_ray(started, progress, resume, previous or [], tracker, verbose)
         finally:
             if own_ray:
                 ray.shutdown()
 
     def _run_on_ray(self, started: float, progress: Callable[[SweepProgress], None] | None, resume: str | None,
-                    previous: list[TrialRecord], tracker: Tracker | None) -> SweepResult:
+                    previous: list[TrialRecord], tracker: Tracker | None, verbose: bool) -> SweepResult:
         import ray
 
         ctx, cfg = self.context, self.config
@@ -133,7 +135,7 @@ class Sweep:
 
         def sweep_run(send: Callable[[SweepProgress], None] | None, at: float) -> SweepResult:
             return SweepRun(ctx, task, started=at, slots=slots, resume=resume, previous=previous, progress=send,
-                            tracker=tracker).run()
+                            tracker=tracker, verbose=verbose).run()
 
         if is_client(ctx.ray_address):  # Tune would run on the cluster anyway: run the whole driver there
             return run_on_cluster(lambda send: sweep_run(send, time.perf_counter()), progress)

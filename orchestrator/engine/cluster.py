@@ -55,6 +55,12 @@ def start_ray(cfg: SweepConfig, address: str | None, *, ray_logs: bool) -> None:
 
     for k, v in RAY_ENV.items():
         os.environ.setdefault(k, v)
+    if address is None:  # a local sweep writes only to its storage, its tracking store and the node cache: torch's
+        # compiler cache (a directory torch makes in the temp directory when its optimizers first import torch._dynamo)
+        # goes to the node cache, in this process and the workers that inherit its environment
+        from orchestrator.io.storage import cache_root
+
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "torchinductor"))
     init = dict(include_dashboard=False, log_to_driver=ray_logs, runtime_env={"env_vars": RAY_ENV})
     try:
         if is_client(address):

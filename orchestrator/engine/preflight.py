@@ -160,23 +160,62 @@ def _connect(host: str, port: int, name: str, value: str, timeout: float, what: 
 
 
 def _check_address(address: str, name: str, timeout: float) -> None:
-    """A Ray address: `auto` (the cluster `ray start` left on this machine), HOST:PORT or ray://HOST:PORT."""
+    """A Ray address: `auto` (found as `ray.init` finds it: Ray's address file in its temp directory, `RAY_TMPDIR`
+    included, then a GCS process on this machine), HOST:PORT or ray://HOST:PORT."""
     fix = "; start the cluster's head (ray start --head) or give the address it printed"
     if address == "auto":
-        current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
-        try:
-            address = current.read_text().strip()
-        except OSError:
-            raise ConfigError(f"{name} 'auto': no Ray cluster was started on this machine (tried {current}){fix}") from None
-        if not address:
-            raise ConfigError(f"{name} 'auto': {current} is empty{fix}")
+        address = _auto_address(name, fix)
     where = address[len("ray://"):] if address.startswith("ray://") else address
     host, sep, port = where.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise ConfigError(f"{name} {show(address)}: not a Ray address; give auto, HOST:6379 or ray://HOST:10001")
     _connect(host.strip("[]"), int(port), name, address, timeout, "the Ray cluster", fix, grpc=True)
-    if not address.startswith("ray://"):
+    if address.startswith("ray://"):
+        _client_handshake(address, where, name, timeout, fix)
+    else:
         _gcs_handshake(address, name, timeout, fix)
+
+
+def _auto_address(name: str, fix: str) -> str:
+    """The cluster `auto` means, by Ray's own code (`ray._private.services.canonicalize_bootstrap_address`, what
+    `ray.init(address="auto")` runs): `$RAY_ADDRESS`, else the address file the last `ray start` wrote in Ray's temp
+    directory, else a running GCS process of this machine."""
+    from ray._common.utils import get_ray_address_file
+    from ray._private import services
+
+    try:
+        found = services.canonicalize_bootstrap_address("auto")
+    except ConnectionError:
+        found = None
+    if not found:
+        raise ConfigError(f"{name} 'auto': no running Ray cluster found the way ray.init finds one (the address file "
+                          f"{get_ray_address_file(None)}, then a Ray GCS process on this machine){fix}")
+    return found
+
+
+def _client_handshake(address: str, where: str, name: str, timeout: float, fix: str) -> None:
+    """Ask the Ray Client server for a ping, as `ray.init("ray://...")` does first, over a channel made by Ray's own
+    helper (with this process's token when token authentication is on): a refused token is told here in one line
+    (Ray's client retries it for a minute and more)."""
+    import grpc
+    import ray.core.generated.ray_client_pb2 as pb
+    import ray.core.generated.ray_client_pb2_grpc as pb_grpc
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.util.client.common import GRPC_OPTIONS
+
+    channel = init_grpc_channel(where, options=GRPC_OPTIONS, asynchronous=False)
+    try:
+        pb_grpc.RayletDriverStub(channel).ClusterInfo(pb.ClusterInfoRequest(type=pb.ClusterInfoType.PING), timeout=timeout)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise ConfigError(f"{name} {show(address)}: the Ray cluster refused this process's token (token authentication "
+                              "is on there); set RAY_AUTH_TOKEN to its token (`ray get-auth-token` on the head)") from None
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            raise ConfigError(f"{name} {show(address)}: it answered, but not as a Ray Client server (asked for a ping: "
+                              f"{' '.join(str(e.details()).split())[:160]}){fix}") from None
+        # anything else (the server busy starting a client's process, a deadline): Ray's own connect retries it
+    finally:
+        channel.close()
 
 
 def _gcs_handshake(address: str, name: str, timeout: float, fix: str) -> None:

@@ -8,11 +8,12 @@ prepare (the task's data, the teacher, the measurement service and the teacher's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import optuna
@@ -65,8 +66,9 @@ class SweepRun:
 
     def __init__(self, ctx: SweepContext, task: Task, *, started: float, slots: int, resume: str | None = None,
                  previous: list[TrialRecord] | None = None, progress: Callable[[SweepProgress], None] | None = None,
-                 tracker: Tracker | None = None) -> None:
+                 tracker: Tracker | None = None, verbose: bool = False) -> None:
         self.ctx, self.task, self.started, self.slots, self.resume = ctx, task, started, slots, resume
+        self.verbose = verbose  # Tune's own output too
         self.previous, self.progress, self.tracker = list(previous or []), progress, tracker
         cfg = ctx.config
         self.stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -85,6 +87,7 @@ class SweepRun:
             self.prep = prep
             self.setup_seconds = time.perf_counter() - self.started - prep.seconds
             self.runs = self.track()
+            log.info("sweep %s: its files in %s, its MLflow run %s", self.sweep_id, self.files.location(), self.runs.parent_id)
             self.recorder = Recorder(self.ctx, self.runs, files=self.files, total=self.remaining, reference=prep.reference,
                                      previous=self.previous, progress=self.progress)
             status = FAILED
@@ -176,14 +179,17 @@ class SweepRun:
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=self.remaining, max_concurrent_trials=self.slots,
                                         reuse_actors=True),  # a trial's driver process (torch imported, teacher files warm) serves the next
             run_config=tune.RunConfig(name=f"{self.sweep_id}-resumed-{self.stamp}" if self.resume else self.sweep_id,
-                                      storage_path=ctx.storage.location("tune"), callbacks=[self.recorder], stop=limit, verbose=0),
+                                      storage_path=ctx.storage.location("tune"), callbacks=[self.recorder], stop=limit,
+                                      verbose=1 if self.verbose else 0),
         )
         self.tune_started = time.perf_counter()
         # Validation reports during distillation (and the result of a trial stopped early) hold no objectives, which
         # Tune's strict metric check refuses; the searcher and the recorder handle them. A failed trial's traceback
-        # goes to its error.txt and tracked run, not to the console (the progress line has its cause).
+        # goes to its error.txt and tracked run, not to the console (the progress line has its cause). Tune's new output
+        # engine prints its experiment banner at any verbosity; its old one, at verbosity 0, prints nothing.
         stops = cfg.early_stopping.enabled or cfg.fidelity.enabled
-        with environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1" if stops else None, TUNE_PRINT_ALL_TRIAL_ERRORS="0"):
+        with environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1" if stops else None, TUNE_PRINT_ALL_TRIAL_ERRORS="0",
+                     RAY_AIR_NEW_OUTPUT=None if self.verbose else "0"), _quiet("ray.tune", not self.verbose):
             if self.remaining:
                 tuner.fit()
             else:
@@ -253,6 +259,19 @@ class SweepRun:
             "stage_seconds": stage_seconds, "orchestration_overhead": overhead, "tail_idle_seconds": tune_seconds * self.slots - busy,
         })
         return wall, overhead
+
+
+@contextlib.contextmanager
+def _quiet(logger: str, on: bool) -> Iterator[None]:
+    """While on: INFO lines of `logger` hidden (Tune's "Wrote the latest version of all result files ...")."""
+    target = logging.getLogger(logger)
+    before = target.level
+    if on:
+        target.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        target.setLevel(before)
 
 
 def _num(value: Any) -> str:

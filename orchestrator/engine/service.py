@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,8 @@ from orchestrator.io.gate import Gate
 from orchestrator.io.storage import fetch
 from orchestrator.tasks.base import Task
 from orchestrator.techniques.quantize import EncodedTensor
+
+log = logging.getLogger("orchestrator")
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class MeasurementService:
         self.data = task.load_data(fetch(data_path))
         self.example = task.example(self.data).to(self.device)
         self.runtime = RUNTIMES[settings.runtime]
-        self.spec_dir = tempfile.mkdtemp(prefix="orchestrator-measure-")
+        self.spec_dir = tempfile.mkdtemp(prefix="orchestrator-measure-")  # removed by `close` (`stop_service`)
         self.reference = self._load(self._runnable(reference_artifact, None))
         self.reference_ms: float | None = None
 
@@ -178,6 +182,10 @@ class MeasurementService:
         if out.returncode != 0:
             raise RuntimeError(f"peak memory of {artifact}: the measuring process failed: {out.stderr.strip()[-2000:]}")
         return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_memory_mb"])
+
+    def close(self) -> None:
+        """Remove what it wrote: the teacher's runnable export and the peak-memory process's inputs."""
+        shutil.rmtree(self.spec_dir, ignore_errors=True)
 
     def where(self) -> dict[str, Any]:
         """The node, cores and device it measures on."""
@@ -261,9 +269,13 @@ START_TIMEOUT_S = 300  # how long a sweep waits for its measurement service's re
 
 
 def stop_service(service: Replicas) -> None:
-    """End the measurement service (it holds resources for as long as it lives)."""
+    """End the measurement service (it holds resources for as long as it lives), its files removed first."""
     import ray
 
+    try:
+        ray.get([a.close.remote() for a in service.actors], timeout=30)
+    except Exception as e:  # noqa: BLE001 (a replica that died took nothing more to remove with it)
+        log.debug("measurement service: closing failed (%s)", e)
     for actor in service.actors:
         ray.kill(actor, no_restart=True)
 

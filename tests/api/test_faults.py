@@ -4,7 +4,9 @@ the sweep's own files: nothing left RUNNING, nothing lost or run twice, one pare
 
 from __future__ import annotations
 
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +17,7 @@ from tests import harness
 from tests.servers import listening, loopback
 
 SMOKE = Path(__file__).parents[2] / "search_spaces" / "smoke.yaml"
-ARGS = ["--trials", "4", "--set", "distill.steps=300", "--set", "experiment=faults"]  # trials long enough to stop mid-way
+ARGS = ["--trials", "4", "--set", "distill.steps=1000", "--set", "experiment=faults"]  # trials long enough to stop mid-way (~3 s)
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +27,10 @@ def root(tmp_path_factory):
     return tmp_path_factory.mktemp("faults")  # one storage: the teacher is built once for every sweep here
 
 
-def _start(root: Path, name: str, seed: int, *args: str):
+def _start(root: Path, name: str, seed: int, *args: str, env: dict[str, str] | None = None):
     """The smoke sweep in its own process group; each samples with its own `seed`, so that no trial reuses
     another sweep's student (and ends at once)."""
-    return harness.start(root, name, SMOKE, *ARGS, "--set", f"sampler_seed={seed}", *args)
+    return harness.start(root, name, SMOKE, *ARGS, "--set", f"sampler_seed={seed}", *args, env=env)
 
 
 def _state(root: Path, sweep_id: str) -> dict:
@@ -103,10 +105,17 @@ def test_a_sweep_interrupted_then_its_driver_killed_is_finished_by_resume_with_o
     assert trials[2].user_attrs["rerun_of"] == interrupted.number and trials[2].params == interrupted.params  # rerun as it was
     killed = trials[3]
 
-    # resumed again: the sweep finishes
-    proc, log = _start(root, "resumed", 2, "--resume", sweep_id)
+    # resumed again: the sweep finishes, leaving nothing in the temp directory but Ray's own session files, and
+    # printing its own lines, not Tune's banners
+    temp = Path(tempfile.mkdtemp(prefix="fp"))  # short: Ray's sockets go under it
+    proc, log = _start(root, "resumed", 2, "--resume", sweep_id, env={"TMPDIR": str(temp)})
     assert harness.finish(proc) == 0, log.read_text()[-3000:]
+    left = sorted(p.name for p in temp.iterdir() if p.name != "ray")
+    shutil.rmtree(temp, ignore_errors=True)
+    assert left == []
     text = log.read_text()
+    for banner in ("Configuration for experiment", "View detailed results here", "TensorBoard", "Wrote the latest version"):
+        assert banner not in text
     assert "1 trial run(s) its driver left RUNNING closed KILLED" in text
     assert "1 trial(s) a killed driver left RUNNING told FAIL; 1 interrupted configuration(s) queued" in text
     state = _state(root, sweep_id)

@@ -22,11 +22,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    """A Ray head on free ports with token auth; yields (job server URL, env with the token, Ray Client
-    address, GCS address); stopped after."""
+    """A Ray head on free ports with token auth and a temp directory of its own (`--temp-dir`); yields (job server
+    URL, env with the token, Ray Client address, GCS address, its temp directory); stopped after."""
+    import shutil
+    import tempfile
+
     from orchestrator.engine.cluster import RAY_ENV
 
     tmp_path = tmp_path_factory.mktemp("head")
+    temp = Path(tempfile.mkdtemp(prefix="rh"))  # short: the head's sockets go under it
     env = {**os.environ, **RAY_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     low = free_port()  # the workers' port range: the named ports below must fall outside it, or Ray refuses to start
@@ -42,7 +46,7 @@ def head(tmp_path_factory):
         "--object-manager-port")}
     proc = subprocess.Popen(
         [executable("ray"), "start", "--head", "--block", "--num-cpus", "3", "--include-dashboard", "true", "--dashboard-host",
-         "127.0.0.1", "--min-worker-port", str(low), "--max-worker-port", str(low + 200),
+         "127.0.0.1", "--min-worker-port", str(low), "--max-worker-port", str(low + 200), "--temp-dir", str(temp / "ray"),
          *(x for flag, port in ports.items() for x in (flag, str(port)))],
         env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -56,7 +60,7 @@ def head(tmp_path_factory):
             time.sleep(1)
         else:
             pytest.fail("the job server did not answer within 120 s")
-        yield url, env, f"ray://127.0.0.1:{ports['--ray-client-server-port']}", f"127.0.0.1:{ports['--port']}"
+        yield url, env, f"ray://127.0.0.1:{ports['--ray-client-server-port']}", f"127.0.0.1:{ports['--port']}", temp
     finally:
         # SIGTERM to `ray start --block` alone: it drains and stops the head's processes in order (~2 s). Sent
         # to the whole group, GCS dies first and the drain waits out its timeout (~60 s).
@@ -67,9 +71,7 @@ def head(tmp_path_factory):
             os.killpg(proc.pid, 9)  # anything of the head's still there
         except ProcessLookupError:
             pass
-        current = Path("/tmp/ray/ray_current_cluster")  # what `ray stop` would remove: no later ray.init() joins it
-        if current.is_file() and current.read_text().strip().endswith(f":{ports['--port']}"):
-            current.unlink()
+        shutil.rmtree(temp, ignore_errors=True)  # its address file with it: no later ray.init() joins it
 
 
 def _listening(port: int) -> bool:
@@ -108,7 +110,7 @@ def _wait(url, env, job, until, timeout=420):
 
 
 def test_a_sweep_runs_as_a_ray_job_and_lands_in_mlflow(head, tmp_path):
-    url, env, _, _ = head
+    url, env, _, _, _ = head
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = _submit(url, env, "search_spaces/smoke.yaml", "--trials", "2", "--storage", str(tmp_path / "runs"),
                   "--tracking-uri", uri)
@@ -133,7 +135,7 @@ def test_a_sweep_runs_as_a_ray_job_and_lands_in_mlflow(head, tmp_path):
 def test_a_sweep_driven_from_a_ray_client_reports_here(head, tmp_path):
     """Through Ray Client the sweep's driver runs on the head; its progress lines, log lines, front table and
     exit status come back to this process as for a local sweep."""
-    _, env, client, gcs = head
+    _, env, client, gcs, _ = head
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = subprocess.run(
         [executable("orchestrator"), "sweep", str(ROOT / "search_spaces" / "smoke.yaml"), "--trials", "2", "--address", client,
@@ -157,3 +159,37 @@ def test_a_sweep_driven_from_a_ray_client_reports_here(head, tmp_path):
     last = refused.stderr.strip().splitlines()[-1]
     assert refused.stderr.strip() == last, refused.stderr[-2000:]  # one line: checked before Ray's own retries
     assert last.startswith(f"orchestrator: error: --address '{gcs}': the Ray cluster refused this process's token"), last
+
+    started = time.monotonic()  # through Ray Client too: one line within seconds, not Ray's minute of retries
+    refused = subprocess.run(
+        [executable("orchestrator"), "sweep", str(ROOT / "search_spaces" / "smoke.yaml"), "--address", client,
+         "--storage", str(tmp_path / "runs"), "--tracking-uri", uri], env=bad, cwd=tmp_path, capture_output=True, text=True,
+        timeout=300,
+    )
+    took = time.monotonic() - started
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert refused.stderr.startswith(f"orchestrator: error: --address '{client}': the Ray cluster refused this process's "
+                                     "token (token authentication is on there); set RAY_AUTH_TOKEN"), refused.stderr
+    assert took < 30, took  # the process's start and imports included
+
+
+def test_auto_finds_a_head_started_with_its_own_temp_dir_as_ray_init_does(head, tmp_path):
+    """`ray start --head --temp-dir DIR/ray` and RAY_TMPDIR=DIR: `auto` is the head's GCS, resolved by Ray's own code
+    (what `ray.init(address="auto")` resolves), and the preflight's handshake with it passes."""
+    _, env, _, gcs, temp = head
+    probe = ("from ray._private.services import canonicalize_bootstrap_address as ray_resolves\n"
+             "from orchestrator.engine.preflight import _auto_address, _check_address\n"
+             "_check_address('auto', '--address', 5.0)\n"
+             "print(_auto_address('--address', ''), ray_resolves('auto'))")
+    env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", probe], env={**env, "RAY_TMPDIR": str(temp)}, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    mine, rays = out.stdout.split()
+    assert mine == rays and mine.endswith(f":{gcs.rsplit(':', 1)[1]}"), out.stdout  # the head's GCS, at this node's address
+    nothing = Path(tmp_path / "empty")  # no address file there; Ray then looks for a GCS process on this machine
+    nothing.mkdir()
+    out = subprocess.run([sys.executable, "-c", probe.replace("_check_address('auto', '--address', 5.0)\n", "")],
+                         env={**env, "RAY_TMPDIR": str(nothing)}, capture_output=True, text=True, timeout=120)
+    mine, rays = out.stdout.split() if out.returncode == 0 else (None, None)
+    assert out.returncode == 0 and mine == rays, out.stderr[-2000:]  # whichever Ray's rule picks, the same one
