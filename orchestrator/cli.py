@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000, help="the UI's port (default 5000)")
     ui.add_argument("--host", default="127.0.0.1", help="the address it listens on (default 127.0.0.1: this machine only; "
                                                         "0.0.0.0 opens it to every machine that reaches this one)")
+    sync = sub.add_parser("sync", help="deliver to MLflow what a sweep journaled while its tracking store was away")
+    sync.add_argument("sweep_id", metavar="SWEEP_ID", help="the sweep's id (its parent run's name)")
+    sync.add_argument("--storage", help="the sweep's storage (default: $ORCHESTRATOR_STORAGE, else ./orchestrator_runs)")
+    sync.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep's own)")
     compare = sub.add_parser("compare", help="print the fronts of several sweeps side by side, with their hypervolumes")
     compare.add_argument("sweep_ids", nargs="+", metavar="SWEEP_ID", help="sweep ids (their MLflow parent runs' names)")
     compare.add_argument("--tracking-uri", help=tracking)
@@ -106,6 +110,22 @@ def compare_main(args: argparse.Namespace) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         print(table[columns].to_string(index=False))
     print(f"plot of all fronts: {args.plot}")
+    return 0
+
+
+def sync_main(args: argparse.Namespace) -> int:
+    from orchestrator.tracking.sync import sync
+
+    try:
+        done = sync(args.sweep_id, storage=args.storage, tracking_uri=args.tracking_uri)
+    except ConfigError as e:
+        print(f"orchestrator: error: {e}", file=sys.stderr)
+        return 2
+    if done.left:
+        print(f"orchestrator: sync {done.sweep_id}: {done.delivered} record(s) delivered to MLflow at {done.tracking_uri}, "
+              f"{done.left} still waiting in {done.journal} (it stopped answering); run it again", file=sys.stderr)
+        return 1
+    print(f"sync {done.sweep_id}: {done.delivered} record(s) delivered to MLflow at {done.tracking_uri}; nothing left in its journal")
     return 0
 
 
@@ -188,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_ui(resolve_tracking_uri(args.tracking_uri), args.port, host=args.host)
     if args.command == "compare":
         return compare_main(args)
+    if args.command == "sync":
+        return sync_main(args)
     try:
         cfg = _config(args)
         sweep = Sweep(cfg)

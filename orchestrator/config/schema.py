@@ -215,6 +215,7 @@ class SweepConfig(Checked):
     study_storage: str | None = None  # the Optuna study's database URL (postgresql://..., mysql://...); null: SQLite in the sweep's directory
     tracking_uri: str | None = None  # MLflow; null: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
     experiment: str | None = None  # MLflow experiment; null: the sweep's name
+    tracking_retry_s: float = _check(lambda v: v > 0, "a number > 0", 180.0)  # how long a tracking call retries a store that is away; then it and the records after it go to the sweep's journal, delivered in order when the store answers (`orchestrator sync`)
     register: str | None = _check(lambda v: v is None or (v.strip() != "" and not set(v) & set("/:")),
                                   "null or a name without '/' or ':'", None)  # register the front under this Model Registry name, with aliases recommended, smallest, fastest, most-accurate
     address: str | None = None  # Ray cluster address; null: $RAY_ADDRESS (set in a Ray job) or start a local Ray

@@ -24,6 +24,7 @@ from ray import tune
 
 from orchestrator.config.params import CORE_PARAMS
 from orchestrator.core.environ import environ
+from orchestrator.core.errors import ConfigError
 from orchestrator.core.fronts import normalized_hypervolume
 from orchestrator.engine.cluster import trial_resources
 from orchestrator.engine.context import SweepContext
@@ -105,13 +106,34 @@ class SweepRun:
                 raise
             finally:
                 self.runs.end(status)
+                self.deliver_journal()
+
+    def deliver_journal(self) -> None:
+        """What the tracker journaled and could not deliver yet: tried once more, for the retry window; what is
+        still left is one warning with the command that delivers it later."""
+        tracker = self.runs.tracker
+        if not tracker.pending():
+            return
+        tracker.flush(wait=True)
+        if tracker.pending():
+            log.warning("tracking: %d record(s) of sweep %s wait in its journal (MLflow at %s is away); deliver them once "
+                        "it answers with: orchestrator sync %s --storage %s --tracking-uri %s", tracker.pending(), self.sweep_id,
+                        tracker.uri, self.sweep_id, self.ctx.storage.where, tracker.uri)
 
     # -- track --------------------------------------------------------------------------------------
     def track(self) -> SweepRuns:
         """The sweep's run: the config as params, what was reused and the environment as tags, the teacher's
         figures as metrics; for a resumed sweep the same run, reopened."""
         cfg, prep = self.ctx.config, self.prep
-        tracker = self.tracker or MlflowTracker(self.ctx.tracking_uri, cfg.experiment or cfg.name)
+        tracker = self.tracker or MlflowTracker(self.ctx.tracking_uri, cfg.experiment or cfg.name, outage_s=cfg.tracking_retry_s)
+        if isinstance(tracker, MlflowTracker) and tracker.journal is None:  # what the store could not take waits there
+            tracker.journal = self.files.journal()
+        if self.resume and tracker.pending():  # the records a driver killed during an outage left, first
+            delivered = tracker.flush(wait=True)
+            if tracker.pending():
+                raise ConfigError(f"--resume {self.sweep_id}: MLflow at {tracker.uri} did not take the {tracker.pending()} "
+                                  f"record(s) its journal holds ({tracker.journal.directory}); resume once it answers")
+            log.info("tracking: %d record(s) the sweep journaled while MLflow was away delivered", delivered)
         env = environment_tags(device=_device(cfg.resources.use_gpu), data_key=prep.data.key)
         runs = SweepRuns(tracker, self.sweep_id, trial_tags={"pipeline": cfg.pipeline.label, "task": self.task.name, **env},
                          describe=self.describe_trial)
@@ -227,6 +249,7 @@ class SweepRun:
             tracking_uri=self.runs.tracker.uri, wall_seconds=wall, overhead=overhead, interrupted=interrupted,
             hypervolume=normalized_hypervolume(trials, prep.reference, self.ctx.objectives), task=self.task,
             stop_reason=stop_reason if interrupted else "", sweep_id=self.sweep_id, objective_set=self.ctx.objectives)
+        self.runs.tracker.flush(wait=True)  # the trials' runs delivered before the front's models and tags name them
         pick = result.recommend()
         example = self.task.example(self.task.load_data(fetch(prep.data.path)))  # the models' input example
         models = record_front(self.runs, trials, objectives=self.ctx.objectives, example=example, task=self.task,

@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,11 +21,15 @@ from orchestrator.io.files import replaced
 from orchestrator.io.records import RungRecord, TrialRecord, from_json, to_json
 from orchestrator.io.storage import Storage
 
+if TYPE_CHECKING:
+    from orchestrator.tracking.journal import Journal
+
 CONFIG_FILE = "config.yaml"  # the sweep's config, as run (a resumed sweep must match its params)
 TRIALS_FILE = "trials.jsonl"  # one line per ended trial: what the trials table holds
 FRONT_FILE = "front.json"
 RUNGS_FILE = "rungs.jsonl"  # students judged at the rungs of successive halving (`fidelity`), in the order judged
 STUDY_FILE = "optuna.db"
+JOURNAL_DIR = "journal"  # tracking records MLflow could not take yet (`tracking.journal`)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,27 @@ class SweepFiles:
         """Bring this node's copy of these files up to date with the storage (to resume the sweep here)."""
         for name in names:
             self.store.pull("sweeps", self.sweep_id, name)
+
+    def journal(self) -> "Journal":
+        """The sweep's tracking journal (`journal/`: what MLflow could not take yet), published as it is written."""
+        from orchestrator.tracking.journal import Journal
+
+        return Journal(self.path(JOURNAL_DIR), publish=self.store.publish)
+
+    def pull_journal(self) -> None:
+        """This node's copy of the journal brought up to date with the storage (`orchestrator sync` on another node)."""
+        if not self.store.remote:
+            return
+        for name in self.store.listdir("sweeps", self.sweep_id, JOURNAL_DIR):
+            self._pull_tree(JOURNAL_DIR, name)
+
+    def _pull_tree(self, *parts: str) -> None:
+        children = self.store.listdir("sweeps", self.sweep_id, *parts)
+        if children:
+            for child in children:
+                self._pull_tree(*parts, child)
+        else:
+            self.store.pull("sweeps", self.sweep_id, *parts)
 
     def study_url(self, study_storage: str | None) -> str:
         """The Optuna study's storage: `study_storage`, else SQLite in this node's copy (published after

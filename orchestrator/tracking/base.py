@@ -46,6 +46,7 @@ class Tracker(abc.ABC):
         self.seconds = 0.0  # spent inside tracking calls: what tracking cost the sweep
         self.seconds_by_call: dict[str, float] = {}  # the same, by what the call did (its first word or two)
         self.failures: list[str] = []  # calls that could not be made, each in one line
+        self.journaled = 0  # calls kept in the sweep's journal to be delivered later (a store away: `tracking.journal`)
 
     # -- runs -------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -78,6 +79,15 @@ class Tracker(abc.ABC):
     @abc.abstractmethod
     def set_experiment_tag(self, key: str, value: str) -> None:
         """A tag of the experiment (the MLflow UI reads saved views from them)."""
+
+    def flush(self, *, wait: bool = False) -> int:
+        """Deliver what the tracker journaled while its store was away (`wait`: retried for its window); how many
+        records it delivered. A tracker that never journals has nothing to deliver."""
+        return 0
+
+    def pending(self) -> int:
+        """Journaled records not delivered yet."""
+        return 0
 
     # -- models -----------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -109,7 +109,8 @@ def record_front(runs: SweepRuns, trials: pd.DataFrame, *, objectives: Objective
         log.info("registered %d front models as %s (aliases: %s)", len(models), register,
                  ", ".join(f"{a} -> v{v}" for a, v in aliases.items()))
     runs.log({"tracking_seconds": tracker.seconds, "front_models_seconds": time.perf_counter() - t,
-              **({"tracking_ms_per_trial": per_trial} if per_trial is not None else {}), "tracking_failures": len(tracker.failures)})
+              **({"tracking_ms_per_trial": per_trial} if per_trial is not None else {}), "tracking_failures": len(tracker.failures),
+              "tracking_journaled": tracker.journaled})
     cost = out_dir / "tracking.json"  # where the tracking time went, by kind of call, and what failed
     cost.write_text(json.dumps({"seconds_by_call": tracker.seconds_by_call, "failures": tracker.failures}, indent=1))
     tracker.log_artifact(parent, cost)

@@ -79,6 +79,13 @@ class Journal:
         self.directory, self._publish = Path(directory), publish
         self._lock = threading.Lock()  # Tune's callbacks and the driver's own thread both record
 
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks, and the tracker's journal with them
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     # -- what it holds -----------------------------------------------------------------------------------------
     def entries(self) -> list[dict[str, Any]]:
         path = self.directory / ENTRIES
@@ -144,6 +151,8 @@ class Journal:
             for entry in entries[done:]:
                 args = resolve(entry["args"], ids)
                 kwargs = resolve(entry["kwargs"], ids)
+                if entry["call"] == "create_run":  # the run's key stays its key (not the id it got)
+                    kwargs["tags"][RUN_KEY_TAG] = entry["kwargs"]["tags"][RUN_KEY_TAG]
                 run_id = send(entry["call"], args, kwargs, ids)
                 if entry["call"] == "create_run" and run_id is not None:
                     ids[kwargs["tags"][RUN_KEY_TAG]] = run_id

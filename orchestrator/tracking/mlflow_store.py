@@ -67,7 +67,6 @@ class MlflowTracker(Tracker):
         self.attempts = 0  # tries of the last call
         self.down = False  # a call waited `outage_s` in vain: calls are tried once until one goes through
         self.journal: Journal | None = None  # where calls that waited out `outage_s` go, delivered later
-        self.journaled = 0  # calls this tracker put in the journal
         self.delivered = 0  # journaled calls it delivered
         self._last_flush = 0.0  # when it last tried to deliver the journal in vain (monotonic)
         self._code: tempfile.TemporaryDirectory | None = None  # this package's code, copied once for the models
@@ -161,7 +160,7 @@ class MlflowTracker(Tracker):
 
         try:
             self.journal.deliver(send)
-            self._last_flush = 0.0
+            self._last_flush, self.down = 0.0, False
         except Exception as e:  # the store away again: what is left waits for the next try
             self._last_flush = time.monotonic()
             if wait:
@@ -172,6 +171,9 @@ class MlflowTracker(Tracker):
         if delivered and not self.journal:
             log.info("MLflow at %s answers again: %d journaled record(s) delivered", self.uri, delivered)
         return delivered
+
+    def pending(self) -> int:
+        return len(self.journal.pending()) if self.journal is not None else 0
 
     def _replay_create_run(self, experiment_id: str, *, run_name: str, tags: dict[str, str]) -> str:
         """A journaled run: the run of its key when the store already holds it (the first try went through
