@@ -20,6 +20,7 @@ from orchestrator.core.objectives import Objectives
 from orchestrator.engine.recovery import terminate_as_interrupt
 from orchestrator.engine.result import distillations
 from orchestrator.tracking.compare import compare
+from orchestrator.tracking.sync import sync
 from orchestrator.tracking.ui import run_ui
 
 COMPRESSION_COLUMNS = ["sparsity", "bits", "optimizer"]  # the front table's core params, beside the task's searched ones
@@ -114,8 +115,6 @@ def compare_main(args: argparse.Namespace) -> int:
 
 
 def sync_main(args: argparse.Namespace) -> int:
-    from orchestrator.tracking.sync import sync
-
     try:
         done = sync(args.sweep_id, storage=args.storage, tracking_uri=args.tracking_uri)
     except ConfigError as e:

@@ -72,6 +72,12 @@ def sweep_id(log: Path) -> str:
     return line.split()[1].rstrip(":")
 
 
+def sweep_id_from_storage(root: Path) -> str:
+    """The one sweep in storage `root/runs` (its id before it prints it: its config is its first file)."""
+    (found,) = [p.name for p in (root / "runs" / "sweeps").iterdir()]
+    return found
+
+
 def state(root: Path, sweep: str, experiment: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """What every store holds of sweep `sweep`: its MLflow parent runs and child runs, its Optuna study, its
     trials.jsonl rows, and Tune's trials that reported a result."""

@@ -17,6 +17,7 @@ from orchestrator.core.environ import environ
 from orchestrator.core.errors import ConfigError, show
 from orchestrator.engine.client import connect, is_client
 from orchestrator.engine.context import SweepContext
+from orchestrator.io.storage import cache_root
 from orchestrator.tasks.base import Task
 
 TRIAL_MEMORY_BYTES = 512 * 1024**2  # logical memory each trial's driver reserves in Ray
@@ -58,8 +59,6 @@ def start_ray(cfg: SweepConfig, address: str | None, *, ray_logs: bool) -> None:
     if address is None:  # a local sweep writes only to its storage, its tracking store and the node cache: torch's
         # compiler cache (a directory torch makes in the temp directory when its optimizers first import torch._dynamo)
         # goes to the node cache, in this process and the workers that inherit its environment
-        from orchestrator.io.storage import cache_root
-
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "torchinductor"))
     init = dict(include_dashboard=False, log_to_driver=ray_logs, runtime_env={"env_vars": RAY_ENV})
     try:

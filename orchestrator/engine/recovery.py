@@ -37,7 +37,7 @@ from orchestrator.core.errors import ConfigError, show
 from orchestrator.engine.context import SweepContext
 from orchestrator.engine.search import TUNE_TRIAL_ID
 from orchestrator.io.records import Status, TrialRecord
-from orchestrator.io.sweep_files import CONFIG_FILE, STUDY_FILE, SweepFiles
+from orchestrator.io.sweep_files import CONFIG_FILE, TRIALS_FILE, SweepFiles
 from orchestrator.tracking.sweep_runs import SweepRuns
 
 log = logging.getLogger("orchestrator")
@@ -120,12 +120,13 @@ def check_resume(ctx: SweepContext, sweep_id: str) -> list[TrialRecord]:
     cfg, store = ctx.config, ctx.storage
     files = SweepFiles(store, sweep_id)
     there = store.listdir("sweeps", sweep_id)
-    if CONFIG_FILE not in there or (cfg.study_storage is None and STUDY_FILE not in there):
+    if CONFIG_FILE not in there:
         known = store.listdir("sweeps")
         raise ConfigError(f"--resume {sweep_id}: no resumable sweep of that id under {store.location('sweeps')}; sweep ids "
                           f"there: {', '.join(known[-5:]) or 'none'} (give --storage of the original sweep)")
     files.pull(CONFIG_FILE)
-    if cfg.study_storage is not None and sweep_id not in optuna.study.get_all_study_names(storage=cfg.study_storage):
+    if TRIALS_FILE in there and cfg.study_storage is not None and \
+            sweep_id not in optuna.study.get_all_study_names(storage=cfg.study_storage):  # (no trials: stopped before its study)
         raise ConfigError(f"--resume {sweep_id}: `study_storage` holds no study of that name; give the study_storage the "
                           "sweep ran with")
     earlier = load_config(files.path(CONFIG_FILE))

@@ -37,11 +37,12 @@ from orchestrator.engine.trial import TrialContext, tune_trial
 from orchestrator.io.plots import write_front_files, write_hypervolume_plot
 from orchestrator.io.records import TrialRecord
 from orchestrator.io.storage import fetch
-from orchestrator.io.sweep_files import CONFIG_FILE, FRONT_FILE, STUDY_FILE, TRIALS_FILE, SweepFiles
+from orchestrator.io.sweep_files import CONFIG_FILE, FRONT_FILE, JOURNAL_DIR, STUDY_FILE, TRIALS_FILE, SweepFiles
 from orchestrator.tasks.base import Task
 from orchestrator.tracking.base import FAILED, FINISHED, KILLED, Tracker
 from orchestrator.tracking.environment import environment_tags
 from orchestrator.tracking.front import record_front
+from orchestrator.tracking.journal import Journal
 from orchestrator.tracking.mlflow_store import MlflowTracker, client_settings
 from orchestrator.tracking.sweep_runs import SweepRuns, saved_view
 
@@ -70,6 +71,7 @@ class SweepRun:
                  tracker: Tracker | None = None, verbose: bool = False) -> None:
         self.ctx, self.task, self.started, self.slots, self.resume = ctx, task, started, slots, resume
         self.verbose = verbose  # Tune's own output too
+        self.fresh_study = not resume  # the sweep's study is made now (a new sweep, or one stopped before its first trial)
         self.previous, self.progress, self.tracker = list(previous or []), progress, tracker
         cfg = ctx.config
         self.stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -80,10 +82,20 @@ class SweepRun:
     def sweep_id(self) -> str:
         return self.files.sweep_id
 
+    def study_exists(self) -> bool:
+        """Whether the sweep's Optuna study was made (its first trial was about to start)."""
+        url = self.files.study_url(self.ctx.config.study_storage)
+        return self.sweep_id in optuna.study.get_all_study_names(storage=url)
+
     def run(self) -> SweepResult:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial INFO lines would drown the progress
         if self.resume:  # the driver's node continues the sweep's files (and its SQLite study) from the storage
             self.files.pull(TRIALS_FILE, FRONT_FILE, *(() if self.ctx.config.study_storage else (STUDY_FILE,)))
+            if not self.study_exists():  # stopped before its first trial (e.g. while its teacher trained)
+                log.info("sweep %s stopped before its first trial; its trials start now", self.sweep_id)
+                self.fresh_study = True
+        else:  # first thing: a sweep stopped at any point after this can be resumed by its id
+            self.files.write_text(CONFIG_FILE, yaml.safe_dump(self.ctx.config.to_dict(), sort_keys=False))
         with client_settings(), prepared(self.ctx, self.task) as prep:
             self.prep = prep
             self.setup_seconds = time.perf_counter() - self.started - prep.seconds
@@ -93,10 +105,8 @@ class SweepRun:
                                      previous=self.previous, progress=self.progress)
             status = FAILED
             try:
-                if self.resume:
+                if not self.fresh_study:
                     recover_study(self.ctx, self.files, self.runs, self.previous)
-                else:
-                    self.files.write_text(CONFIG_FILE, yaml.safe_dump(self.ctx.config.to_dict(), sort_keys=False))
                 limit = self.tune()
                 result = self.finish(stop_reason="max_failures" if limit.reached else "interrupted")
                 status = KILLED if result.interrupted else FINISHED
@@ -127,7 +137,7 @@ class SweepRun:
         cfg, prep = self.ctx.config, self.prep
         tracker = self.tracker or MlflowTracker(self.ctx.tracking_uri, cfg.experiment or cfg.name, outage_s=cfg.tracking_retry_s)
         if isinstance(tracker, MlflowTracker) and tracker.journal is None:  # what the store could not take waits there
-            tracker.journal = self.files.journal()
+            tracker.journal = Journal(self.files.path(JOURNAL_DIR), publish=self.ctx.storage.publish)
         if self.resume and tracker.pending():  # the records a driver killed during an outage left, first
             delivered = tracker.flush(wait=True)
             if tracker.pending():
@@ -193,7 +203,7 @@ class SweepRun:
         tc = TrialContext(ctx=ctx, task=self.task, data=prep.data, teacher=prep.teacher, teacher_outputs=prep.outputs,
                           sweep_id=self.sweep_id, service=prep.service)
         trainable = tune.with_resources(tune.with_parameters(tune_trial, tc=tc), trial_resources(cfg))
-        searcher = make_searcher(ctx, self.files, self.resume)
+        searcher = make_searcher(ctx, self.files, None if self.fresh_study else self.resume)
         self.recorder.tell = searcher.tell
         limit = FailureLimit(self.recorder, cfg.max_failures)
         tuner = tune.Tuner(

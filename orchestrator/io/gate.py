@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.io.storage import cache_root
+
 GATE_ENV = "ORCHESTRATOR_GATE"  # the node's gate directory (node-local: read on the node; default: in the node cache)
 ROOM, REQUEST = "room.lock", "request-"
 POLL_S = 0.002  # how often a paused worker looks whether the service is done, and the service whether it may start
@@ -43,8 +45,6 @@ _serial = itertools.count()
 
 def gate_dir() -> Path:
     """This node's gate: $ORCHESTRATOR_GATE, else `gate/` in the node cache (`io.storage.cache_root`)."""
-    from orchestrator.io.storage import cache_root
-
     return Path(os.environ.get(GATE_ENV) or cache_root() / "gate")
 
 

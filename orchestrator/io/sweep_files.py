@@ -13,16 +13,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from orchestrator.io.files import replaced
 from orchestrator.io.records import RungRecord, TrialRecord, from_json, to_json
 from orchestrator.io.storage import Storage
-
-if TYPE_CHECKING:
-    from orchestrator.tracking.journal import Journal
 
 CONFIG_FILE = "config.yaml"  # the sweep's config, as run (a resumed sweep must match its params)
 TRIALS_FILE = "trials.jsonl"  # one line per ended trial: what the trials table holds
@@ -93,12 +89,6 @@ class SweepFiles:
         """Bring this node's copy of these files up to date with the storage (to resume the sweep here)."""
         for name in names:
             self.store.pull("sweeps", self.sweep_id, name)
-
-    def journal(self) -> "Journal":
-        """The sweep's tracking journal (`journal/`: what MLflow could not take yet), published as it is written."""
-        from orchestrator.tracking.journal import Journal
-
-        return Journal(self.path(JOURNAL_DIR), publish=self.store.publish)
 
     def pull_journal(self) -> None:
         """This node's copy of the journal brought up to date with the storage (`orchestrator sync` on another node)."""

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 import yaml
 
 from orchestrator.core.environ import DEFAULT_STORAGE, STORAGE_ENV, from_env
+from orchestrator.core.environ import tracking_uri as default_tracking_uri
 from orchestrator.core.errors import ConfigError, show
 from orchestrator.io.storage import Storage
-from orchestrator.io.sweep_files import CONFIG_FILE, SweepFiles
+from orchestrator.io.sweep_files import CONFIG_FILE, JOURNAL_DIR, SweepFiles
+from orchestrator.tracking.journal import Journal
+from orchestrator.tracking.mlflow_store import MlflowTracker, client_settings
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,6 @@ class Synced:
 def sync(sweep_id: str, *, storage: str | None = None, tracking_uri: str | None = None) -> Synced:
     """Deliver the journal of sweep `sweep_id` in `storage` (default: $ORCHESTRATOR_STORAGE, else ./orchestrator_runs)
     to `tracking_uri` (default: the sweep's own, from its config). `ConfigError` for a sweep that is not there."""
-    from orchestrator.tracking.mlflow_store import MlflowTracker, client_settings
-
     where, _ = from_env(storage, STORAGE_ENV, DEFAULT_STORAGE)
     files = SweepFiles(Storage(str(where)), sweep_id)
     text = files.read_text(CONFIG_FILE)
@@ -39,12 +40,8 @@ def sync(sweep_id: str, *, storage: str | None = None, tracking_uri: str | None 
                           "give the storage it ran with (--storage)")
     config = yaml.safe_load(text)
     files.pull_journal()
-    journal = files.journal()
-    uri = tracking_uri or config.get("tracking_uri")
-    if uri is None:
-        from orchestrator.core.environ import tracking_uri as default_uri
-
-        uri = default_uri(None)
+    journal = Journal(files.path(JOURNAL_DIR), publish=files.store.publish)
+    uri = tracking_uri or config.get("tracking_uri") or default_tracking_uri(None)
     if not journal.pending():
         return Synced(sweep_id, uri, 0, 0, str(journal.directory))
     with client_settings():

@@ -18,7 +18,7 @@ from tests import harness
 from tests.servers import MlflowServer
 
 SMOKE = Path(__file__).parents[2] / "search_spaces" / "smoke.yaml"
-ARGS = ["--set", "distill.steps=1000", "--set", "experiment=outage", "--set", "tracking_retry_s=1"]
+ARGS = ["--set", "experiment=outage", "--set", "tracking_retry_s=1", "--set", "distill.steps=1000"]  # ~3 s trials: a stop lands in one
 SYSTEM = ("mlflow.runName", "mlflow.user", "mlflow.source.name", "mlflow.source.type", "mlflow.log-model.history",
           "orchestrator.run_key", "mlflow.source.git.commit", "mlflow.parentRunId", "sweep_id", "trial_id", "artifact",
           "model_uri", "resumed", "previous_trials", "stale_runs_closed", "trials_total")
