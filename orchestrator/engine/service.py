@@ -44,8 +44,8 @@ from orchestrator.core.objectives import Objectives
 from orchestrator.engine.cluster import service_cpus
 from orchestrator.engine.context import SweepContext
 from orchestrator.runtimes import RUNTIMES
-from orchestrator.io.gate import Gate
-from orchestrator.io.storage import fetch
+from orchestrator.io.gate import Gate, alive
+from orchestrator.io.storage import cache_root, fetch
 from orchestrator.tasks.base import Task
 from orchestrator.techniques.quantize import EncodedTensor
 
@@ -110,7 +110,7 @@ class MeasurementService:
         self.data = task.load_data(fetch(data_path))
         self.example = task.example(self.data).to(self.device)
         self.runtime = RUNTIMES[settings.runtime]
-        self.spec_dir = tempfile.mkdtemp(prefix="orchestrator-measure-")  # removed by `close` (`stop_service`)
+        self.spec_dir = _scratch()  # removed by `close` (`stop_service`)
         self.reference = self._load(self._runnable(reference_artifact, None))
         self.reference_ms: float | None = None
 
@@ -192,6 +192,18 @@ class MeasurementService:
         import ray
 
         return {"node": ray.get_runtime_context().get_node_id(), "cores": self.cores, "device": str(self.device)}
+
+
+def _scratch() -> str:
+    """The service's scratch directory in the node cache (`measure/<pid>-...`), made after removing the ones
+    of services whose process is gone (a sweep killed with its Ray has no `close`)."""
+    home = cache_root() / "measure"
+    home.mkdir(parents=True, exist_ok=True)
+    for old in home.iterdir():
+        pid = old.name.split("-", 1)[0]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=home)
 
 
 def _pin_cores(threads: int) -> list[int]:

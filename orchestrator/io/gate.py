@@ -48,7 +48,8 @@ def gate_dir() -> Path:
     return Path(os.environ.get(GATE_ENV) or cache_root() / "gate")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` of this node is running."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -115,7 +116,7 @@ class Gate:
             return False
         live = False
         for name in names:
-            if _alive(int(name[len(REQUEST):].split("-")[0])):
+            if alive(int(name[len(REQUEST):].split("-")[0])):
                 live = True
             else:
                 with contextlib.suppress(FileNotFoundError):

@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.core.environ import environ
 from orchestrator.tracking.base import RUNNING, RunInfo, Tracker, flatten
 from orchestrator.tracking.journal import PENDING_PREFIX, RUN_KEY_TAG, Journal, resolve
-from orchestrator.tracking.models import MODEL_PATH, ONNX_PATH, copy_package, save_model, save_onnx_model
+from orchestrator.tracking.models import MODEL_PATH, ONNX_PATH, package_copy, save_model, save_onnx_model
 
 T = TypeVar("T")
 log = logging.getLogger("orchestrator")
@@ -69,13 +69,9 @@ class MlflowTracker(Tracker):
         self.journal: Journal | None = None  # where calls that waited out `outage_s` go, delivered later
         self.delivered = 0  # journaled calls it delivered
         self._last_flush = 0.0  # when it last tried to deliver the journal in vain (monotonic)
-        self._code: tempfile.TemporaryDirectory | None = None  # this package's code, copied once for the models
         found = self.retried("find experiment", self.client.get_experiment_by_name, experiment)
         self.experiment_id = found.experiment_id if found is not None else self.retried(
             "create experiment", self.client.create_experiment, experiment, artifact_location=artifact_root(tracking_uri, experiment))
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_code": None}  # Tune pickles its callbacks, and the tracker with them
 
     def retried(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)`, timed, tried again after 1, 2, 4, then every 5 s for up to `outage_s` (a
@@ -239,11 +235,8 @@ class MlflowTracker(Tracker):
 
     def log_model(self, run_id: str, artifact: str, example: Any, *, task: Any = None) -> str | None:
         """An MLflow model of the `python_function` flavour (`tracking.models.save_model`) in the run's `model/`."""
-        if self._code is None:
-            self._code = tempfile.TemporaryDirectory(prefix="orchestrator-code-")
-            copy_package(Path(self._code.name))
         with tempfile.TemporaryDirectory(prefix="orchestrator-model-") as tmp:
-            save_model(Path(tmp) / "model", artifact, example, task=task, code=Path(self._code.name) / "orchestrator")
+            save_model(Path(tmp) / "model", artifact, example, task=task, code=package_copy())
             done = self.log_artifact(run_id, Path(tmp) / "model", MODEL_PATH)
         return f"runs:/{run_id}/{MODEL_PATH}" if done else None
 

@@ -8,6 +8,7 @@ requirements pinned to the installed versions. Trials off the front keep their `
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import shutil
@@ -21,7 +22,7 @@ import numpy as np
 from orchestrator.core.environ import environ
 from orchestrator.core.environ import tracking_uri as tracking_uri_or_default
 from orchestrator.io.artifact import read_manifest
-from orchestrator.io.storage import fetch
+from orchestrator.io.storage import cache_root, fetch
 from orchestrator.models.registry import ARCHITECTURES
 from orchestrator.techniques.quantize import ENCODINGS, EncodedTensor
 from orchestrator.tracking.pyfunc import ARTIFACT_FILE, ENCODINGS_FILE, TASK_FILE, _load_pyfunc
@@ -42,6 +43,25 @@ def copy_package(into: Path) -> Path:
     target = into / "orchestrator"
     shutil.copytree(Path(__file__).resolve().parents[1], target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return target
+
+
+def package_copy() -> Path:
+    """This package's copy for models' `code/` in the node cache (`code/<digest of its files>/orchestrator`):
+    made once per version of the package, by whichever process needs it first, and renamed into place whole."""
+    source = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(p for p in source.rglob("*.py") if "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes())
+    home = cache_root() / "code" / digest.hexdigest()[:16]
+    if not (home / "orchestrator").is_dir():
+        home.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{home.name}-", dir=home.parent))
+        copy_package(tmp)
+        try:
+            tmp.rename(home)
+        except OSError:  # another process put it there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return home / "orchestrator"
 
 
 def _pickle(obj: Any, path: Path) -> None:
@@ -154,4 +174,4 @@ def download_model(uri: str, tracking_uri: str | None = None, into: str | Path |
     return artifact
 
 
-__all__ = ["MODEL_PATH", "ONNX_PATH", "copy_package", "download_model", "pinned_requirements", "save_model", "save_onnx_model"]
+__all__ = ["MODEL_PATH", "ONNX_PATH", "copy_package", "download_model", "package_copy", "pinned_requirements", "save_model", "save_onnx_model"]

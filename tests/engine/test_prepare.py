@@ -1,6 +1,9 @@
 """The teacher is trained once per storage; its measurements are redone whenever a setting they depend
 on changes (evaluation positions, context, timing), and reused otherwise."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 from orchestrator import Sweep, load_config
@@ -45,3 +48,22 @@ def test_a_cached_teacher_is_measured_again_when_the_evaluation_or_timing_settin
     assert "peak_memory_mb" not in first.metrics
     memory, _, _ = teacher(**{"measure.repeats": 7, "objectives": ["accuracy", "peak_memory_mb"]})
     assert not memory.measure_cache_hit and memory.metrics["peak_memory_mb"] > 0
+
+
+def test_the_measurement_service_scratch_is_in_the_node_cache_and_a_dead_services_is_removed(tmp_path, monkeypatch):
+    """A sweep killed with its Ray never closes its service: the next service on the node removes what it left."""
+    import subprocess
+    import sys
+
+    from orchestrator.engine.service import _scratch
+    from orchestrator.tracking.models import package_copy
+
+    monkeypatch.setenv("ORCHESTRATOR_CACHE", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / "measure" / f"{gone.stdout.strip()}-abc"  # a process that has ended
+    (left / "x").mkdir(parents=True)
+    mine = Path(_scratch())
+    assert mine.parent == tmp_path / "measure" and mine.name.startswith(f"{os.getpid()}-") and not left.exists()
+    assert Path(_scratch()).exists() and mine.exists()  # a live service's is kept
+    code = package_copy()  # the package's copy for MLflow models: made once per version, in the node cache
+    assert code == package_copy() and (code / "tracking" / "pyfunc.py").is_file() and code.is_relative_to(tmp_path / "code")

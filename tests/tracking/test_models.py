@@ -58,7 +58,7 @@ def test_a_front_model_loads_through_pyfunc_and_as_the_torch_module(tmp_path):
     model = orchestrator.load_model(models["t0"], tracking_uri=uri)
     for a, b in zip(model.state_dict().values(), nets["t0"].state_dict().values()):
         assert torch.equal(a, b)
-    local = download_model(models["t0"], uri).parent.parent
+    local = download_model(models["t0"], uri, into=tmp_path / "download").parent.parent
     requirements = (local / "requirements.txt").read_text().split()
     assert set(pinned_requirements("gpt")) <= set(requirements) and any(r.startswith("mlflow==") for r in requirements)
     assert all("==" in r and "+" not in r for r in requirements)
