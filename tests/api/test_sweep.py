@@ -482,3 +482,26 @@ def test_an_untouched_teacher_is_all_of_its_own_bytes(sweep):
     parent = MlflowClient(uri).get_run(untouched.run_id).data.metrics
     assert parent["teacher_size_bytes_plain"] > parent["teacher_size_bytes"] == row["size_bytes"]
     assert parent["teacher_test_perplexity"] > 1 and parent["teacher_test_accuracy"] > 0
+
+
+def test_the_same_seed_makes_the_same_models_byte_for_byte(ray_session, tmp_path):
+    """One configuration run twice from empty storages, two trials at a time: the same teacher, the same students
+    and the same quantized levels (GPTQ's included), artifact for artifact."""
+    import hashlib
+
+    def digests(name: str) -> tuple[str, dict[tuple, str]]:
+        root = tmp_path / name
+        root.mkdir()
+        result = Sweep.from_yaml(SMOKE, trials=4, max_concurrent_trials=2, storage=str(root / "runs"),
+                                 tracking_uri=f"sqlite:///{root / 'mlflow.db'}", **{"distill.steps": 60},
+                                 pipeline=["distill", {"prune": {"method": "magnitude"}},
+                                           {"quantize": {"method": "gptq", "granularity": "group", "calibration_windows": 8}}],
+                                 **{"params.bits": {"choices": [3, 4, 8]}, "params.group_size": 16}).run()
+        assert (result.trials["status"] == "COMPLETED").all(), result.trials["error"].tolist()
+        teacher = hashlib.sha256(Path(result.teacher.artifact).read_bytes()).hexdigest()
+        return teacher, {tuple(row[p] for p in PARAMS): hashlib.sha256(Path(row["artifact"]).read_bytes()).hexdigest()
+                         for _, row in result.trials.iterrows()}
+
+    first, second = digests("first"), digests("second")
+    assert first[0] == second[0] and len(first[1]) == 4
+    assert first[1] == second[1]
