@@ -70,7 +70,7 @@ class DistillConfig(Checked):
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the student's forward pass and loss under torch.autocast in bfloat16 (weights and optimizer stay float32)
     patience: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", 3)  # stop once validation accuracy has not improved for this many checks (a converged student); null: train every step
     check_every: int = _check(lambda v: v >= 1, "an integer >= 1", 100)  # steps between those checks (each scores up to 4096 validation positions)
-    checkpoint_every: int = _check(lambda v: v >= 0, "an integer >= 0", 500)  # Ray Train workers: checkpoint the training state every this many steps; a worker lost mid-distillation restarts its group from the last one (0: from the start)
+    checkpoint_every: int = _check(lambda v: v >= 0, "an integer >= 0", 500)  # checkpoint the training state every this many steps (Ray Train workers and in-process distillation alike); a worker lost mid-distillation restarts its group from the last one, and a student trained again after its trial process died goes on from it (0: from the start)
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,8 @@ def _train_teacher(ctx: SweepContext, job: DistillJob, key: str, cpus: float) ->
     if not ctx.config.distill_in_trial:
         return run_distill(job, name=f"teacher-{key}", num_workers=r.num_workers, placement_strategy=r.placement_strategy, **kwargs)
     remote = ray.remote(num_cpus=cpus, num_gpus=1 if r.use_gpu else 0, max_retries=0)(run_distill)
-    return ray.get(remote.remote(job, name="teacher", num_workers=1, in_process=True, **kwargs))
+    return ray.get(remote.remote(job, name="teacher", num_workers=1, in_process=True,
+                                 checkpoints=ctx.storage.path("train", "in_process", f"teacher-{key}"), **kwargs))
 
 
 def build_teacher(ctx: SweepContext, task: Task, data: PreparedData) -> tuple[str, Path, bool]:

@@ -56,10 +56,12 @@ def _job_key(kind: str, source: str, job: DistillJob, ctx: SweepContext, *extra:
     return content_key(kind, source, recipe, ctx.config.resources.num_workers, job.task.fingerprint(), *extra)
 
 
-def _trained(ctx: SweepContext, job: DistillJob, start: nn.Module, masks: Mapping[str, torch.Tensor], *, name: str,
+def _trained(ctx: SweepContext, job: DistillJob, start: nn.Module, masks: Mapping[str, torch.Tensor], *, name: str, key: str,
              check: Check | None = None, extras: Mapping[str, Any] | None = None) -> Callable[[Path], None]:
     """The cache entry's builder: train `job` from `start` (the checkpoint it starts from carries the masks it
-    keeps and what its hooks start from) and keep student.pt and distill.json."""
+    keeps and what its hooks start from) and keep student.pt and distill.json. In the trial's own process the
+    training state is checkpointed under `train/in_process/<key>` in this node's copy of the storage, so the
+    same student, trained again after its process died, goes on from there."""
 
     def build(tmp: Path) -> None:
         init = tmp / "init.pt"
@@ -69,7 +71,8 @@ def _trained(ctx: SweepContext, job: DistillJob, start: nn.Module, masks: Mappin
         try:
             result = run_distill(dataclasses.replace(job, init_path=where), name=name, storage_path=ctx.storage.location("train"),
                                  num_workers=r.num_workers, use_gpu=r.use_gpu, cpus_per_worker=r.cpus_per_worker,
-                                 placement_strategy=r.placement_strategy, in_process=ctx.config.distill_in_trial, check=check)
+                                 placement_strategy=r.placement_strategy, in_process=ctx.config.distill_in_trial, check=check,
+                                 checkpoints=ctx.storage.path("train", "in_process", key) if ctx.config.distill_in_trial else None)
         finally:
             ctx.storage.discard(init)
         save_checkpoint(tmp / "student.pt", job.model, result.state_dict, masks=dict(masks))
@@ -100,7 +103,7 @@ def distill_student(ctx: SweepContext, task: Task, p: TrialParams, *, data: Any,
                       steps=p.steps or cfg.distill.steps, warmup=cfg.distill.warmup, patience=cfg.distill.patience,
                       hooks=cfg.pipeline.distill_hooks(p.by_name()))
     key = _job_key("student", outputs.key if outputs else teacher.key, job, ctx, teacher.key)
-    return ctx.storage.entry(Cache.STUDENTS, key, _trained(ctx, job, start, {}, name=f"distill-{trial_id}", check=check))
+    return ctx.storage.entry(Cache.STUDENTS, key, _trained(ctx, job, start, {}, name=f"distill-{trial_id}", key=key, check=check))
 
 
 def recover_student(ctx: SweepContext, task: Task, p: TrialParams, pruned: PruneResult, source: str, *, data_path: str,
@@ -115,7 +118,7 @@ def recover_student(ctx: SweepContext, task: Task, p: TrialParams, pruned: Prune
     job = distill_job(ctx, task, p, data_path=data_path, teacher=teacher, outputs=outputs, model=task.describe(pruned.model),
                       steps=steps, warmup=min(ctx.config.distill.warmup, steps // 10), hooks=hooks)
     key = _job_key("recovered", source, job, ctx, method.to_raw() | {"sparsity": p.sparsity})
-    entry, hit = ctx.storage.entry(Cache.STUDENTS, key, _trained(ctx, job, pruned.model, pruned.masks, name=f"recover-{trial_id}"))
+    entry, hit = ctx.storage.entry(Cache.STUDENTS, key, _trained(ctx, job, pruned.model, pruned.masks, name=f"recover-{trial_id}", key=key))
     model, masks = load_student(task, entry / "student.pt")
     return PruneResult(model.train(False), masks), hit
 
@@ -135,6 +138,6 @@ def tune_quantized(ctx: SweepContext, task: Task, p: TrialParams, model: nn.Modu
                       hooks=((HoldMasks(),) if masks else ()) + (hook,))
     start = tensors_digest(model.state_dict()), tensors_digest(masks)
     key = _job_key("quantize_recovered", outputs.key if outputs else teacher.key, job, ctx, *start)
-    entry, hit = ctx.storage.entry(Cache.STUDENTS, key, _trained(ctx, job, model, masks, name=f"tune-{trial_id}", extras=extras))
+    entry, hit = ctx.storage.entry(Cache.STUDENTS, key, _trained(ctx, job, model, masks, name=f"tune-{trial_id}", key=key, extras=extras))
     tuned, _ = load_student(task, entry / "student.pt")
     return tuned.train(False), hit

@@ -5,6 +5,7 @@ whose student comes back through a Ray Train checkpoint. `run_distill` picks the
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ def train_loop(config: dict[str, Any]) -> None:
 def run_distill(
     job: DistillJob, *, name: str, storage_path: str, num_workers: int, use_gpu: bool, cpus_per_worker: float,
     placement_strategy: str = "PACK", in_process: bool = False, check: Check | None = None,
+    checkpoints: Path | None = None,
 ) -> DistillResult:
     """Train with `num_workers` DDP workers and return the rank-0 model (blocking).
 
@@ -53,12 +55,18 @@ def run_distill(
         in_process: run `fit` right here instead (one worker only): the caller's process must hold the
             resources, as a Tune trial does. Saves starting a worker group (seconds per trial).
         check: validation checks during training (in-process only).
+        checkpoints: in-process only: a directory of this node for the training state (`LocalSession`): a run
+            that finds one there goes on from it; removed when the run ends, however it ends, unless its process died.
     """
     t = time.perf_counter()
     if in_process:
         if num_workers != 1:
             raise ValueError(f"in-process distillation runs one worker, not num_workers={num_workers}")
-        record, student = fit(job, LocalSession(torch.device("cuda" if use_gpu else "cpu")), check)
+        try:
+            record, student = fit(job, LocalSession(torch.device("cuda" if use_gpu else "cpu"), checkpoints), check)
+        finally:
+            if checkpoints is not None:
+                shutil.rmtree(checkpoints, ignore_errors=True)
         state = {k: v.detach() for k, v in student.state_dict().items()}
     elif check is not None:
         raise ValueError("validation checks during training need in_process=True")

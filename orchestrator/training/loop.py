@@ -30,7 +30,7 @@ from orchestrator.techniques.base import TrainingHook
 from orchestrator.training.job import DistillJob
 from orchestrator.training.progress import Curves, Plateau
 from orchestrator.training.sessions import LocalSession, RayTrainSession
-from orchestrator.training.teacher_outputs import Passes, TeacherOutputs
+from orchestrator.training.teacher_outputs import Passes, TeacherOutputs, mix
 
 Signal = tuple[torch.Tensor, torch.Tensor | None, dict[int, torch.Tensor]]  # teacher logits, their ids (top-k), states by layer
 
@@ -171,8 +171,8 @@ def fit(job: DistillJob, session: LocalSession | RayTrainSession, check: Check |
     model = session.prepare(run.distillee)
     optimizer = make_optimizer(job.optimizer, model.parameters(), job.lr, job.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup=job.warmup, steps=job.steps))
-    # each rank its own data stream; after a resume a fresh one (the steps before are not replayed)
-    gen = torch.Generator().manual_seed(job.seed * 1_000_003 + session.rank + run.start * 7_919)
+    # each rank its own data stream, a function of seed, rank and step: a resumed run draws what an uninterrupted one does
+    stream = mix(job.seed, session.rank)
     model.train()
     plateau = Plateau(job.patience, job.check_every, job.steps, job.val_tokens,
                       after=max([0, *(hook.settles_at(job.steps) for hook in run.hooks)]))
@@ -184,7 +184,7 @@ def fit(job: DistillJob, session: LocalSession | RayTrainSession, check: Check |
         for hook in run.hooks:
             hook.resume(run.student, run.start)
     with working(session.agree) as gate:  # pauses between steps while the node's measurement service times a model
-        step, val = _train(run, session, model, optimizer, schedule, gen, plateau, curves, check, gate)
+        step, val = _train(run, session, model, optimizer, schedule, stream, plateau, curves, check, gate)
     for hook in reversed(run.hooks):
         hook.finish(run.student)
     record = DistillRecord(steps=step, train_seconds=time.perf_counter() - t0, val_accuracy=val["accuracy"],
@@ -194,11 +194,11 @@ def fit(job: DistillJob, session: LocalSession | RayTrainSession, check: Check |
 
 
 def _train(run: _Run, session: LocalSession | RayTrainSession, model: nn.Module, optimizer: torch.optim.Optimizer,
-           schedule: Any, gen: torch.Generator, plateau: Plateau, curves: Curves, check: Check | None,
+           schedule: Any, stream: int, plateau: Plateau, curves: Curves, check: Check | None,
            gate: Worker) -> tuple[int, dict[str, float]]:
     """The steps, then the final validation score: (the last step, its scores)."""
     job, step = run.job, run.start
-    for step, (x, y, signal) in enumerate(_batches(run, gen, session.device, gate, steps=job.steps - run.start), start=run.start + 1):
+    for step, (x, y, signal) in enumerate(_batches(run, stream, session.device, gate), start=run.start + 1):
         curves.loss(step, _step(run, model, optimizer, x, y, signal, step))
         schedule.step()
         for hook in run.hooks:
@@ -260,14 +260,14 @@ def _validate(run: _Run, check: Check | None, plateau: Plateau, step: int) -> tu
     return scored, False
 
 
-def _batches(run: _Run, gen: torch.Generator, device: torch.device, gate: Worker, *,
-             steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, Signal | None]]:
-    """`steps` batches on `device`: inputs, targets, and what the teacher says about them (None with no
-    teacher): read from its cached outputs, or from a live forward pass. Before each, the step boundary:
+def _batches(run: _Run, stream: int, device: torch.device, gate: Worker) -> Iterator[tuple[torch.Tensor, torch.Tensor, Signal | None]]:
+    """The batches of steps `run.start + 1` to `job.steps` on `device`: inputs, targets, and what the teacher says
+    about them (None with no teacher): read from its cached outputs (the pool's passes of `stream`), or drawn
+    with a generator seeded by `stream` and the step, then a live forward pass. Before each, the step boundary:
     `gate` pauses here while the node's measurement service times a model."""
     job, layers = run.job, run.hidden_layers
-    passes = Passes(len(run.cached.inputs), gen) if run.cached is not None else None
-    for _ in range(steps):
+    passes = Passes(len(run.cached.inputs), stream, start=run.start * job.batch_size) if run.cached is not None else None
+    for step in range(run.start + 1, job.steps + 1):
         gate.between_steps()
         if passes is not None:
             x, y, logits, indices, states = run.cached.batch(passes.take(job.batch_size), hidden_layers=layers)
@@ -275,7 +275,7 @@ def _batches(run: _Run, gen: torch.Generator, device: torch.device, gate: Worker
                       {j: h.to(device) for j, h in zip(layers, states)})
             yield x.to(device), y.to(device), signal
             continue
-        x, y = job.task.batch(run.data, "train", job.batch_size, gen)
+        x, y = job.task.batch(run.data, "train", job.batch_size, torch.Generator().manual_seed(mix(stream, step)))
         x, y = x.to(device), y.to(device)
         if run.teacher is None:
             yield x, y, None

@@ -13,23 +13,33 @@ from torch import nn
 
 
 class LocalSession:
-    """`fit` in the calling process: world size 1, no process group, no checkpoints (a Tune trial that fails
-    runs again whole)."""
+    """`fit` in the calling process: world size 1, no process group. With `checkpoints` (a directory), the
+    training state every `checkpoint_every` steps goes to `training.pt` there (replaced whole), and a `fit` that
+    finds one there goes on from it: a trial whose process died resumes its student when it runs again."""
 
     rank = 0
     agree = None  # one process decides alone whether to pause for a measurement (`io.gate`)
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, device: torch.device, checkpoints: Path | None = None) -> None:
+        self.device, self.checkpoints = device, checkpoints
 
     def prepare(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
 
     def restored(self) -> dict[str, Any] | None:
-        return None
+        path = self.checkpoints / CHECKPOINT if self.checkpoints is not None else None
+        return torch.load(path, map_location="cpu", weights_only=False) if path is not None and path.is_file() else None
 
     def save(self, step: int, state: Callable[[], dict[str, Any]]) -> None:
-        pass
+        if self.checkpoints is None:
+            return
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoints / f".{CHECKPOINT}.tmp"
+        torch.save(state(), tmp)
+        tmp.replace(self.checkpoints / CHECKPOINT)  # never half a checkpoint
+
+
+CHECKPOINT = "training.pt"  # a distillation's training state: step, model, optimizer, schedule, curves
 
 
 class RayTrainSession:
@@ -66,7 +76,7 @@ class RayTrainSession:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as d:
-            path = Path(d) / "training.pt"
+            path = Path(d) / CHECKPOINT
             return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
 
     def save(self, step: int, state: Callable[[], dict[str, Any]]) -> None:
@@ -77,5 +87,5 @@ class RayTrainSession:
             ray.train.report({"step": step}, checkpoint=None)
             return
         with tempfile.TemporaryDirectory() as tmp:
-            torch.save(state(), Path(tmp) / "training.pt")
+            torch.save(state(), Path(tmp) / CHECKPOINT)
             ray.train.report({"step": step}, checkpoint=ray.train.Checkpoint.from_directory(tmp))

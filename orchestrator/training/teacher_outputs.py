@@ -62,28 +62,46 @@ class TeacherOutputs:
 
 
 class Passes:
-    """The rows of a pool of `n` examples in a seeded random order, each once per pass over the pool (then a
-    new order): a student sees as many distinct examples as it draws, up to the pool's size.
+    """The rows of a pool of `n` examples in a random order, each once per pass over the pool (then a new
+    order): a student sees as many distinct examples as it draws, up to the pool's size. Pass p's order is a
+    function of `seed` and p alone, so a stream started at draw `start` (a resumed student) continues the
+    very order an uninterrupted one takes.
 
-        >>> p = Passes(5, torch.Generator().manual_seed(0))
+        >>> p = Passes(5, seed=0)
         >>> sorted(torch.cat([p.take(2), p.take(2), p.take(1)]).tolist())
         [0, 1, 2, 3, 4]
+        >>> p.take(3).tolist() == Passes(5, seed=0, start=5).take(3).tolist()
+        True
     """
 
-    def __init__(self, n: int, generator: torch.Generator) -> None:
-        self.n, self.generator = n, generator
-        self.order, self.at = torch.randperm(n, generator=generator), 0
+    def __init__(self, n: int, seed: int, start: int = 0) -> None:
+        self.n, self.seed = n, seed
+        self.passes, self.at = divmod(start, n)
+        self.order = self._order(self.passes)
+
+    def _order(self, index: int) -> torch.Tensor:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(mix(self.seed, index)))
 
     def take(self, k: int) -> torch.Tensor:
         parts = []
         while k > 0:
             if self.at == self.n:
-                self.order, self.at = torch.randperm(self.n, generator=self.generator), 0
+                self.passes += 1
+                self.order, self.at = self._order(self.passes), 0
             part = self.order[self.at : self.at + k]
             self.at += len(part)
             k -= len(part)
             parts.append(part)
         return torch.cat(parts)
+
+
+def mix(seed: int, index: int) -> int:
+    """A generator seed for item `index` of stream `seed` (a step's batch, a pass's order).
+
+        >>> mix(0, 1) != mix(1, 0)
+        True
+    """
+    return (seed * 1_000_003 + index * 7_919 + 1) % (1 << 62)
 
 
 @torch.inference_mode()

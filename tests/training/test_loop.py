@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -266,6 +267,9 @@ def test_a_ddp_worker_killed_mid_distillation_resumes_from_its_last_checkpoint(r
     assert record.steps == 300 and len(set(record.worker_weights)) == 1
     loss = record.curves["distill_loss"]
     assert loss[-1][0] == 300 and loss[-1][1] < loss[0][1]  # the curve spans the whole run, before and after the kill
+    # and it ends where a run never interrupted ends: the data order is a function of seed, rank and step
+    whole = run_distill(job, name="whole", storage_path=str(tmp_path), num_workers=2, use_gpu=False, cpus_per_worker=0.5)
+    assert whole.record.resumed_from == 0 and whole.record.worker_weights == record.worker_weights
 
 
 def test_the_loop_pauses_between_steps_while_the_nodes_gate_is_shut(data_path, teacher_path, tmp_path, monkeypatch):
@@ -291,3 +295,44 @@ def test_the_loop_pauses_between_steps_while_the_nodes_gate_is_shut(data_path, t
     assert len(stamps) == 79 and len(windows) >= 3
     assert [t for t in stamps for w in windows if w[0] <= t <= w[1]] == []
     assert result["r"].record.paused_seconds > 0
+
+
+_KILLED_FIT = """
+import sys, torch
+from orchestrator.training.launch import run_distill
+from tests.training.test_loop import _job
+job = _job(sys.argv[1], steps=int(sys.argv[3]), checkpoint_every=int(sys.argv[4]))
+from pathlib import Path
+result = run_distill(job, name="x", storage_path="unused", num_workers=1, use_gpu=False, cpus_per_worker=1, in_process=True,
+                     checkpoints=Path(sys.argv[2]))
+from orchestrator.core.keys import tensors_digest
+print("digest", tensors_digest(result.state_dict), result.record.resumed_from)
+"""
+
+
+@pytest.mark.slow
+def test_in_process_distillation_killed_mid_way_resumes_bit_identical(data_path, tmp_path):
+    """SIGKILL of the process that distils in-process, once it has checkpointed; the same run started again goes
+    on from the checkpoint (its data order a function of seed and step) and ends with the weights of a run that was
+    never interrupted."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[2]
+    steps, every = "600", "50"
+    args = [sys.executable, "-c", _KILLED_FIT, data_path, str(tmp_path / "ck"), steps, every]
+    proc = subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "ck" / "training.pt").exists():  # the first checkpoint: kill it now, mid-way
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert torch.load(tmp_path / "ck" / "training.pt", weights_only=False)["step"] < int(steps)
+    resumed = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=300)
+    whole = subprocess.run([*args[:4], str(tmp_path / "whole"), steps, every], cwd=root, capture_output=True, text=True,
+                           timeout=300)
+    (digest, start), (expected, zero) = (r.stdout.split()[1:] for r in (resumed, whole))
+    assert int(start) > 0 and int(start) % int(every) == 0 and zero == "0", (resumed.stderr[-2000:], whole.stderr[-2000:])
+    assert digest == expected  # bit-identical to the uninterrupted run
+    assert not (tmp_path / "ck").exists()  # a finished run leaves no checkpoint behind
