@@ -12,6 +12,7 @@ from pathlib import Path
 STORAGE_ENV = "ORCHESTRATOR_STORAGE"  # the sweep's storage when the config gives none (a cluster's nodes set it)
 TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own: the tracking store when the config gives none
 ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own: the cluster to join (a Ray job's driver has it)
+CACHE_MAX_ENV = "ORCHESTRATOR_CACHE_MAX_GB"  # this node's copies of URI storages' entries kept under this many GB (LRU)
 CACHE_ENV = "ORCHESTRATOR_CACHE"  # this node's copy of URI storages (node-local: read where the node reads it)
 DEFAULT_STORAGE = "orchestrator_runs"
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from orchestrator.core.errors import ConfigError, show
 from orchestrator.engine.context import SweepContext
-from orchestrator.io.storage import probe_directory
+from orchestrator.io.storage import cache_limit, probe_directory
 
 T = TypeVar("T")
 TIMEOUT_S = 5.0  # how long a server has to answer
@@ -83,6 +83,10 @@ def _stderr_hidden() -> Iterator[None]:
 
 def _check_storage(ctx: SweepContext, name: str, timeout: float) -> None:
     store = ctx.storage
+    try:
+        cache_limit()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if not store.remote:
         try:
             store.probe()

@@ -13,6 +13,10 @@ directory storage, and under `$ORCHESTRATOR_CACHE` (default ``~/.cache/orchestra
   checked against its entry's manifest when it has one, renamed into place (so it can be memory-mapped).
 - `Storage.publish(path)`: upload a file written in the node's copy (a trial's artifact, the sweep's
   files) and return its location.
+- `evict()`: with `$ORCHESTRATOR_CACHE_MAX_GB` set, a node's copies of URI storages' entries are kept under that
+  size, least recently used first out (each use stamps the entry's manifest); an entry used in the last
+  `CACHE_KEEP_S` is never evicted, and neither is anything of a directory storage (it is the storage itself).
+  An evicted entry is downloaded again when next needed; a file already open or memory-mapped stays readable.
 
 Example (a directory storage: locations are its paths, and nothing is copied):
     >>> s = Storage("/data/runs")
@@ -26,11 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,9 +44,10 @@ from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from orchestrator.core.environ import CACHE_ENV
+from orchestrator.core.environ import CACHE_ENV, CACHE_MAX_ENV
 
 MANIFEST = ".complete"  # an entry is whole when this is there: {"key": ..., "files": {name: sha256}}
+CACHE_KEEP_S = 900.0  # a node's copy of an entry used this recently is never evicted (it may be about to be opened)
 SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")  # what pyarrow.fs reaches
 
 
@@ -146,12 +153,14 @@ def fetch(location: str | os.PathLike[str]) -> Path:
     uri = str(location)
     local = _local_copy(uri)
     if local.is_file():
+        _used(local.parent)
         return local
     scheme, path, query = _split(uri)
     entry = f"{scheme}://{path.rsplit('/', 1)[0]}{'?' + query if query else ''}"
     blob = _read_remote(_join(entry, MANIFEST))
     if blob is not None:  # a file of a cache entry: the node takes the whole entry, as `Storage.entry` would
         _download_entry(entry, local.parent, json.loads(blob))
+        evict()
     if not local.is_file():  # not part of an entry (or not in its manifest): the object alone
         _download(uri, local)
     return local
@@ -269,11 +278,13 @@ class Storage:
         kind = Cache(kind).value
         local = self.path(kind, key)
         if (local / MANIFEST).exists():
+            _used(local)
             return local, True
         if self.remote:
             blob = _read_remote(self.location(kind, key, MANIFEST))
             if blob is not None:
                 _download_entry(self.location(kind, key), local, json.loads(blob))
+                evict()
                 return local, True
         _build_entry(local, key, build)
         if self.remote:
@@ -282,7 +293,72 @@ class Storage:
                 for name in manifest["files"]:
                     _upload(local / name, self.location(kind, key, name))
                 _upload(local / MANIFEST, self.location(kind, key, MANIFEST))
+            evict()
         return local, False
+
+def _used(entry: Path) -> None:
+    """Stamp the node's copy of an entry as used now (its manifest's time: what eviction orders by)."""
+    with contextlib.suppress(OSError):
+        os.utime(entry / MANIFEST)
+
+
+def node_entries() -> list[tuple[Path, int, float]]:
+    """This node's copies of URI storages' cache entries: (directory, bytes, last use), least recently used first."""
+    found = []
+    for scheme in SCHEMES:
+        for manifest in (cache_root() / scheme).rglob(MANIFEST):
+            entry = manifest.parent
+            try:
+                size = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
+                found.append((entry, size, manifest.stat().st_mtime))
+            except OSError:  # evicted meanwhile by another process
+                continue
+    return sorted(found, key=lambda e: e[2])
+
+
+def cache_limit() -> int | None:
+    """The node cache's limit in bytes ($ORCHESTRATOR_CACHE_MAX_GB), or None (no limit)."""
+    value = os.environ.get(CACHE_MAX_ENV)
+    if not value:
+        return None
+    try:
+        limit = float(value)
+    except ValueError:
+        raise ValueError(f"${CACHE_MAX_ENV} = {value!r} is not a number of GB; set e.g. {CACHE_MAX_ENV}=50, or unset it") from None
+    if limit <= 0:
+        raise ValueError(f"${CACHE_MAX_ENV} = {value!r} must be > 0 GB; set e.g. {CACHE_MAX_ENV}=50, or unset it")
+    return int(limit * 1e9)
+
+
+def evict(limit: int | None = None, keep_s: float = CACHE_KEEP_S) -> list[Path]:
+    """Remove this node's least recently used entry copies until they take at most `limit` bytes (default
+    $ORCHESTRATOR_CACHE_MAX_GB; nothing without one), skipping any used in the last `keep_s` seconds; returns
+    what it removed. One process of the node evicts at a time; an entry goes whole (renamed away, then deleted)."""
+    limit = cache_limit() if limit is None else limit
+    if limit is None:
+        return []
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    removed: list[Path] = []
+    with open(root / ".evict.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = node_entries()
+        total, now = sum(size for _, size, _ in entries), time.time()
+        for entry, size, used in entries:
+            if total <= limit:
+                break
+            if now - used < keep_s:
+                continue
+            gone = entry.with_name(f".{entry.name}.{uuid.uuid4().hex}.evicted")
+            try:
+                os.rename(entry, gone)
+            except OSError:
+                continue
+            shutil.rmtree(gone, ignore_errors=True)
+            removed.append(entry)
+            total -= size
+    return removed
+
 
 def probe_directory(directory: Path) -> None:
     """Create `directory` (and its missing parents), write and remove a probe file, then remove what was

@@ -127,3 +127,44 @@ def test_a_storage_sent_to_another_node_keeps_its_copy_in_that_nodes_cache(tmp_p
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "node"))  # as a worker on another node sees its environment
     arrived = pickle.loads(pickle.dumps(storage))
     assert arrived == storage and arrived.root == tmp_path / "node" / "s3" / "bucket" / "prefix"
+
+
+def test_a_nodes_copies_stay_under_its_limit_least_recently_used_first_and_come_back_from_the_bucket(s3_server, node, tmp_path,
+                                                                                                     monkeypatch):
+    """ORCHESTRATOR_CACHE_MAX_GB: the node's least recently used entry copies go first; one used in the last
+    CACHE_KEEP_S stays whatever the size; an evicted entry is downloaded again, not rebuilt; a directory storage's
+    entries (the storage itself) are never touched."""
+    import time
+
+    from orchestrator.core.environ import CACHE_MAX_ENV
+    from orchestrator.io.storage import MANIFEST, cache_limit, evict
+
+    store, builds = Storage(s3_server.format("lru")), []
+
+    def build(d):
+        builds.append(1)
+        (d / "w.bin").write_bytes(os.urandom(1000))
+
+    cache = node("lru")
+    monkeypatch.setenv(CACHE_MAX_ENV, "0.0000025")  # 2,500 bytes: two entries and a bit
+    assert cache_limit() == 2500
+    for age, key in ((3000, "k1"), (2000, "k2"), (1000, "k3")):  # used 50, 33 and 17 minutes ago
+        entry, _ = store.entry("students", key, build)
+        os.utime(entry / MANIFEST, (time.time() - age, time.time() - age))
+    assert (cache / "s3" / "sweeps" / "lru" / "students" / "k3").is_dir()  # none evicted yet: all within 15 minutes when built
+    store.entry("students", "k4", build)  # 4,000 bytes now: the two least recently used go
+    kept = sorted(p.name for p in (cache / "s3" / "sweeps" / "lru" / "students").iterdir())
+    assert kept == ["k3", "k4"]
+    entry, hit = store.entry("students", "k1", build)  # back from the bucket, not built again
+    assert hit and builds == [1, 1, 1, 1] and (entry / "w.bin").stat().st_size == 1000
+    assert not list(cache.rglob("*.evicted"))
+    assert sorted(p.name for p in entry.parent.iterdir()) == ["k1", "k4"]  # k3, least recently used, made room for it
+    assert evict(limit=0) == []  # k1 and k4 were used just now: kept even over the limit
+    local = Storage(str(tmp_path / "dir"))  # a directory storage: its entries are the storage
+    there, _ = local.entry("students", "k", build)
+    os.utime(there / MANIFEST, (0, 0))
+    evict(limit=0)
+    assert (there / "w.bin").is_file()
+    monkeypatch.setenv(CACHE_MAX_ENV, "lots")
+    with pytest.raises(ValueError, match=r"\$ORCHESTRATOR_CACHE_MAX_GB = 'lots' is not a number of GB"):
+        cache_limit()
