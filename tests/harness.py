@@ -3,6 +3,7 @@ and what every store then holds of the sweep: Tune's files, the Optuna study, ML
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -96,8 +97,9 @@ def state(root: Path, sweep: str, experiment: str, tracking_uri: str | None = No
     lines = (files / "trials.jsonl").read_text().splitlines() if (files / "trials.jsonl").exists() else []
     rows = [from_json(TrialRecord, line).row() for line in lines]  # read back as the product reads them
     tune = [p for p in (root / "runs" / "tune").glob(f"{sweep}*/*/result.json") if '"outcome"' in p.read_text()]
+    tune_ids = {json.loads(line)["trial_id"] for p in tune for line in p.read_text().splitlines() if '"outcome"' in line}
     return {"parents": parents, "children": children, "study": study, "rows": rows,
-            "files": files, "client": client, "tune_trials": tune}
+            "files": files, "client": client, "tune_trials": tune, "tune_ids": tune_ids}
 
 
 def counts(st: dict[str, Any], params: Sequence[str]) -> dict[str, int]:

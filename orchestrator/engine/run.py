@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from types import SimpleNamespace
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -35,7 +36,7 @@ from orchestrator.engine.result import SweepProgress, SweepResult, distillations
 from orchestrator.engine.search import make_searcher
 from orchestrator.engine.trial import TrialContext, tune_trial
 from orchestrator.io.plots import write_front_files, write_hypervolume_plot
-from orchestrator.io.records import TrialRecord
+from orchestrator.io.records import TrialOutcome, TrialRecord
 from orchestrator.io.storage import fetch
 from orchestrator.io.sweep_files import CONFIG_FILE, FRONT_FILE, JOURNAL_DIR, STUDY_FILE, TRIALS_FILE, SweepFiles
 from orchestrator.tasks.base import Task
@@ -223,7 +224,7 @@ class SweepRun:
         with environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1" if stops else None, TUNE_PRINT_ALL_TRIAL_ERRORS="0",
                      RAY_AIR_NEW_OUTPUT=None if self.verbose else "0"), _quiet("ray.tune", not self.verbose):
             if self.remaining:
-                tuner.fit()
+                self._record_late(tuner.fit())
             else:
                 log.info("all %d trials of sweep %s have run; finishing it", cfg.trials, self.sweep_id)
         self.tune_stopped = time.perf_counter()
@@ -239,6 +240,20 @@ class SweepRun:
                 log.info("Optuna: %d trial(s) stopped before they ended told FAIL (interrupted); --resume runs their "
                          "configurations again", len(closed))
         return limit
+
+    def _record_late(self, results: Any) -> None:
+        """Trials whose final result reached Tune while it wound down after Ctrl-C (its callbacks no longer called):
+        recorded now, as they ended, so that they count and `--resume` does not run them again."""
+        late = 0
+        for result in results:
+            metrics = result.metrics or {}
+            trial_id = metrics.get("trial_id")
+            outcome = TrialOutcome.from_result(metrics) if trial_id and trial_id not in self.recorder.records else None
+            if outcome is not None:
+                self.recorder.record(SimpleNamespace(trial_id=trial_id, config=result.config), outcome.status, outcome, None)
+                late += 1
+        if late:
+            log.info("%d trial(s) that finished as the sweep stopped recorded (they are not run again)", late)
 
     # -- finish -------------------------------------------------------------------------------------
     def finish(self, *, stop_reason: str) -> SweepResult:

@@ -131,10 +131,10 @@ def test_a_sweep_interrupted_then_its_driver_killed_is_finished_by_resume_with_o
     rows = state["rows"]
     assert [r["status"] for r in rows] == ["COMPLETED"] * 4 and len({r["trial_id"] for r in rows}) == 4  # none twice
     assert sum(c.info.status == "FINISHED" for c in state["children"]) == 4  # one FINISHED run per completed trial
-    # Tune's own files: a trial Ctrl-C stopped may have reported as Tune wound down (the sweep had stopped
-    # listening: that result counts nowhere, and its configuration ran again), and a SIGKILLed driver may not
-    # have written the last result file of a trial the sweep had recorded
-    assert 3 <= len(state["tune_trials"]) <= 5
+    # Tune's own files: every trial that reported its outcome to Tune is recorded (one that finished as Tune wound
+    # down after Ctrl-C too: recorded then, not run again); a SIGKILLed driver may not have written the last result
+    # file of a trial the sweep had recorded
+    assert state["tune_ids"] <= {r["trial_id"] for r in rows} and len(state["tune_ids"]) >= 3
     _front_matches_completed_trials(state)
 
 
