@@ -7,7 +7,7 @@ import Ray, Optuna or MLflow.
 
     >>> import orchestrator
     >>> sorted(orchestrator.__all__)
-    ['ConfigError', 'Objective', 'PythonTask', 'Sweep', 'SweepProgress', 'SweepResult', 'Task', 'TeacherRecord', 'TrialOutcome', 'TrialParams', 'compare', 'export_pretrained', 'load_config', 'load_model', 'register_objective', 'register_task', 'register_technique']
+    ['ConfigError', 'Objective', 'PythonTask', 'RayDied', 'Sweep', 'SweepProgress', 'SweepResult', 'Task', 'TeacherRecord', 'TrialOutcome', 'TrialParams', 'compare', 'export_pretrained', 'load_config', 'load_model', 'register_objective', 'register_task', 'register_technique']
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from orchestrator.api import (
         ConfigError,
         Objective,
+        RayDied,
         PythonTask,
         Sweep,
         SweepProgress,
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
         register_technique,
     )
 
-__all__ = ["ConfigError", "Objective", "PythonTask", "Sweep", "SweepProgress", "SweepResult", "Task", "TeacherRecord",
+__all__ = ["ConfigError", "Objective", "PythonTask", "RayDied", "Sweep", "SweepProgress", "SweepResult", "Task", "TeacherRecord",
            "TrialOutcome", "TrialParams", "compare", "export_pretrained", "load_config", "load_model", "register_objective",
            "register_task", "register_technique"]
 

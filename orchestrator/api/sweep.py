@@ -12,8 +12,9 @@ from typing import Any
 
 from orchestrator.config import load as config_load
 from orchestrator.config.schema import SweepConfig
+from orchestrator.core.errors import RayDied
 from orchestrator.engine.client import is_client, run_on_cluster
-from orchestrator.engine.cluster import check_fits, ship_by_value, start_ray
+from orchestrator.engine.cluster import RayletWatch, check_fits, ship_by_value, start_ray
 from orchestrator.engine.context import SweepContext, resolve
 from orchestrator.engine.preflight import check_reachable
 from orchestrator.engine.recovery import check_resume, terminate_as_interrupt
@@ -111,12 +112,25 @@ class Sweep:
         own_ray = not ray.is_initialized()
         if own_ray:
             start_ray(self.config, self.context.ray_address, ray_logs=ray_logs)
+        # the Ray it started on this machine, watched: its death is a `RayDied`, not the end of this process
+        watch = RayletWatch() if own_ray and self.context.ray_address is None and \
+            threading.current_thread() is threading.main_thread() else None
         try:
             with terminate_as_interrupt(self.signals):  # after ray.init, which sets SIGTERM handlers of its own
-                return self._run_on_ray(started, progress, resume, previous or [], tracker, verbose)
+                result = self._run_on_ray(started, progress, resume, previous or [], tracker, verbose)
+        except KeyboardInterrupt:
+            if watch is not None and watch.died:  # before the trials: nothing of the sweep to finish
+                raise RayDied(f"{watch.died} before the trials started; run the sweep again") from None
+            raise
         finally:
+            if watch is not None:
+                watch.stop()
             if own_ray:
                 ray.shutdown()
+        if watch is not None and watch.died:
+            raise RayDied(f"{watch.died}; {len(result.trials)} of its {self.config.trials} trials ended and are recorded",
+                          sweep_id=result.sweep_id)
+        return result
 
     def _run_on_ray(self, started: float, progress: Callable[[SweepProgress], None] | None, resume: str | None,
                     previous: list[TrialRecord], tracker: Tracker | None, verbose: bool) -> SweepResult:

@@ -1,4 +1,5 @@
-"""Bad user input as one line: `ConfigError`, and how its messages echo values and suggest fixes."""
+"""Bad user input as one line: `ConfigError`, and how its messages echo values and suggest fixes; `RayDied`: the
+sweep's own Ray stopped under it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ class ConfigError(ValueError):
             head = MAX_MESSAGE * 2 // 3
             line = f"{line[:head]} ... {line[-(MAX_MESSAGE - head - 5):]}"
         super().__init__(line)
+
+
+class RayDied(RuntimeError):
+    """The Ray a sweep started for itself stopped under it (its raylet ended from outside). The sweep wound down
+    as on Ctrl-C: every trial that ended is recorded, and `--resume sweep_id` finishes it (`sweep_id` is None when
+    Ray stopped before the trials began). The process can start another sweep."""
+
+    def __init__(self, message: str, sweep_id: str | None = None) -> None:
+        super().__init__(message)
+        self.sweep_id = sweep_id
 
 
 _SHOW = reprlib.Repr()  # Python 3.11's takes no arguments

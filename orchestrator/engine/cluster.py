@@ -4,11 +4,13 @@ workers by value when they cannot import it."""
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import inspect
 import os
 import sys
 import sysconfig
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,6 +79,35 @@ def start_ray(cfg: SweepConfig, address: str | None, *, ray_logs: bool) -> None:
         raise ConfigError(f"address {show(address)}: Ray could not connect ({' '.join(str(e).split())[:200]}); give the "
                           "address `ray start --head` printed (a cluster with token authentication also needs its token "
                           "in RAY_AUTH_TOKEN)") from None
+
+
+class RayletWatch:
+    """The raylet of the Ray this process started, watched from a thread: when it ends (killed from outside, e.g. by
+    a `ray stop --force` elsewhere), the main thread is interrupted as by Ctrl-C, so the sweep winds down while it
+    still can (Ray's core worker would end the process within seconds of its next call to the dead raylet) and
+    `died` says what happened."""
+
+    def __init__(self) -> None:
+        import ray
+        from ray._private import ray_constants
+
+        node = ray._private.worker.global_worker.node
+        self.process = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process
+        self.died: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="orchestrator-raylet-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            if self.process.poll() is not None:
+                self.died = f"the sweep's Ray stopped under it: its raylet (pid {self.process.pid}) ended with code " \
+                            f"{self.process.returncode}"
+                _thread.interrupt_main()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def ship_by_value(task: Task, ctx: SweepContext) -> None:

@@ -179,22 +179,3 @@ def test_a_sweep_interrupted_mid_rung_resumes_and_finishes_the_rung(root):
         if r.trial_id in status:  # judged in a trial that ended (not the one interrupted)
             assert status[r.trial_id] == ("COMPLETED" if r.promoted else "STOPPED")
 
-
-def test_a_sweep_killed_while_its_teacher_trains_is_resumed_by_its_id(tmp_path):
-    """SIGKILL before the first trial (the teacher half trained, no study, no MLflow run yet): `--resume` builds the
-    teacher (nothing half-written is read), makes the study and the sweep's one run, and runs every trial."""
-    slow_teacher = ["--trials", "2", "--set", "teacher.steps=3000", "--set", "experiment=faults-teacher"]
-    proc, log = harness.start(tmp_path, "killed", SMOKE, *slow_teacher)
-    try:
-        harness.wait_for_text(proc, log, "3000 training steps")
-        sweep = harness.sweep_id_from_storage(tmp_path)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        assert harness.finish(proc) == -signal.SIGKILL
-    proc, log = harness.start(tmp_path, "resumed", SMOKE, *slow_teacher, "--resume", sweep)
-    assert harness.finish(proc) == 0, log.read_text()[-3000:]
-    assert f"sweep {sweep} stopped before its first trial; its trials start now" in log.read_text()
-    state = harness.state(tmp_path, sweep, "faults-teacher")
-    assert [p.info.status for p in state["parents"]] == ["FINISHED"]
-    assert [(c.info.run_name, c.info.status) for c in state["children"]] == [("trial-0001", "FINISHED"), ("trial-0002", "FINISHED")]
-    assert [t.state.name for t in state["study"].trials] == ["COMPLETE", "COMPLETE"] and len(state["rows"]) == 2
