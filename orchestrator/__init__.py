@@ -7,7 +7,7 @@ import Ray, Optuna or MLflow.
 
     >>> import orchestrator
     >>> sorted(orchestrator.__all__)
-    ['ConfigError', 'Objective', 'PythonTask', 'RayDied', 'Sweep', 'SweepProgress', 'SweepResult', 'Task', 'TeacherRecord', 'TrialOutcome', 'TrialParams', 'compare', 'export_pretrained', 'load_config', 'load_model', 'register_objective', 'register_task', 'register_technique']
+    ['ConfigError', 'Objective', 'PythonTask', 'RayDied', 'StorageFull', 'Sweep', 'SweepProgress', 'SweepResult', 'Task', 'TeacherRecord', 'TrialOutcome', 'TrialParams', 'compare', 'export_pretrained', 'load_config', 'load_model', 'register_objective', 'register_task', 'register_technique']
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         ConfigError,
         Objective,
         RayDied,
+        StorageFull,
         PythonTask,
         Sweep,
         SweepProgress,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
         register_technique,
     )
 
-__all__ = ["ConfigError", "Objective", "PythonTask", "RayDied", "Sweep", "SweepProgress", "SweepResult", "Task", "TeacherRecord",
+__all__ = ["ConfigError", "Objective", "PythonTask", "RayDied", "StorageFull", "Sweep", "SweepProgress", "SweepResult", "Task", "TeacherRecord",
            "TrialOutcome", "TrialParams", "compare", "export_pretrained", "load_config", "load_model", "register_objective",
            "register_task", "register_technique"]
 

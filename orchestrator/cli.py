@@ -15,7 +15,7 @@ from orchestrator.config.load import parse_set
 from orchestrator.config.params import CORE_PARAMS
 from orchestrator.config.schema import SweepConfig
 from orchestrator.core.environ import tracking_uri as resolve_tracking_uri
-from orchestrator.core.errors import ConfigError, RayDied
+from orchestrator.core.errors import ConfigError, RayDied, StorageFull
 from orchestrator.core.objectives import Objectives
 from orchestrator.engine.recovery import terminate_as_interrupt
 from orchestrator.engine.result import distillations
@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as e:  # what only the prepared teacher can tell (e.g. an objective the task does not measure)
             print(f"orchestrator: error: {e}", file=sys.stderr)
             return 2
-        except RayDied as e:  # its Ray ended from outside: the sweep wound down, its ended trials recorded
+        except (RayDied, StorageFull) as e:  # its Ray ended from outside, or its disk filled: ended trials recorded
             resume = f". Finish it with: {_resume_command(argv, e.sweep_id)}" if e.sweep_id else ""
             print(f"orchestrator: error: {e}{resume}", file=sys.stderr)
             return 1

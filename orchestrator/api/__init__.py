@@ -11,7 +11,7 @@
 
 from orchestrator.api.models import export_pretrained, load_model
 from orchestrator.api.sweep import Sweep, load_config
-from orchestrator.core.errors import ConfigError, RayDied
+from orchestrator.core.errors import ConfigError, RayDied, StorageFull
 from orchestrator.core.objectives import Objective, register_objective
 from orchestrator.engine.result import SweepProgress, SweepResult
 from orchestrator.io.records import TeacherRecord, TrialOutcome
@@ -19,6 +19,6 @@ from orchestrator.tasks import PythonTask, Task, TrialParams, register_task
 from orchestrator.techniques.base import register_technique
 from orchestrator.tracking.compare import compare
 
-__all__ = ["ConfigError", "RayDied", "Objective", "PythonTask", "Sweep", "SweepProgress", "SweepResult", "Task", "TeacherRecord",
+__all__ = ["ConfigError", "RayDied", "StorageFull", "Objective", "PythonTask", "Sweep", "SweepProgress", "SweepResult", "Task", "TeacherRecord",
            "TrialOutcome", "TrialParams", "compare", "export_pretrained", "load_config", "load_model", "register_objective",
            "register_task", "register_technique"]

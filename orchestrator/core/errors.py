@@ -36,6 +36,35 @@ class RayDied(RuntimeError):
         self.sweep_id = sweep_id
 
 
+class StorageFull(RuntimeError):
+    """A sweep's storage (or the node's cache) ran out of space mid-sweep: the sweep stopped, every trial that ended
+    before is recorded, nothing half-written is ever read, and `--resume sweep_id` finishes it once there is room
+    (the trials that could not write run again)."""
+
+    def __init__(self, message: str, sweep_id: str | None = None) -> None:
+        super().__init__(" ".join(str(message).split()))
+        self.sweep_id = sweep_id
+
+
+NO_SPACE = ("[Errno 28]", "No space left on device", "database or disk is full")  # how a full disk reads in an error
+
+
+def no_space(error: BaseException | str | None) -> bool:
+    """Whether `error` (or what caused it), or an error's text, says a disk was full.
+
+        >>> no_space(OSError(28, "No space left on device")), no_space("ValueError: bad"), no_space(None)
+        (True, False, False)
+    """
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, str):
+            return any(mark in error for mark in NO_SPACE)
+        if getattr(error, "errno", None) == 28 or any(mark in str(error) for mark in NO_SPACE):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
 _SHOW = reprlib.Repr()  # Python 3.11's takes no arguments
 _SHOW.maxlevel, _SHOW.maxdict, _SHOW.maxlist, _SHOW.maxtuple, _SHOW.maxset = 3, 6, 6, 6, 6
 _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 60, 60, 40

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 from ray.tune import Callback, Stopper
 
+from orchestrator.core.errors import no_space
 from orchestrator.core.fronts import normalized_hypervolume
 from orchestrator.engine.context import SweepContext
 from orchestrator.engine.result import SweepProgress, trials_table
@@ -62,6 +63,7 @@ class Recorder(Callback):
         self.end_times: list[float] = []  # perf_counter() when each trial ended
         self.hypervolumes: list[tuple[int, float]] = []  # (trials ended, hypervolume) after each trial
         self.failed_now = 0  # trials of this run of the sweep that failed (not a resumed sweep's earlier ones)
+        self.full: str | None = None  # a write found no space (the trial's or the sweep's own): the sweep stops
         self.tell: Callable[[str], None] | None = None  # tells the searcher a trial is recorded (`ConstrainedOptunaSearch.tell`)
         # successive halving's judgements (a resumed sweep's, even from before any trial ended)
         self.rungs: list[RungRecord] = files.read_rungs() if files is not None else []
@@ -100,7 +102,11 @@ class Recorder(Callback):
             self.record(trial, outcome.status, outcome, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.record(trial, Status.ERROR, None, *trial_error(trial))
+        summary, path = trial_error(trial)
+        if no_space(summary):  # not a failure of its configuration: left unrecorded, it runs again on --resume
+            self.full = self.full or summary
+            return
+        self.record(trial, Status.ERROR, None, summary, path)
 
     def record(self, trial: Any, status: Status, outcome: TrialOutcome | None, error: str | None,
                error_file: str | None = None) -> TrialRecord:
@@ -115,8 +121,15 @@ class Recorder(Callback):
         table = self.table()
         names = list(self.ctx.objectives.names)
         if self.files is not None:  # 1. recorded
-            self.files.write_front(names, table.loc[table["pareto"], names].to_numpy(dtype=float))
-            self.files.append_record(record)
+            try:
+                self.files.write_front(names, table.loc[table["pareto"], names].to_numpy(dtype=float))
+                self.files.append_record(record)
+            except OSError as e:
+                if not no_space(e):
+                    raise
+                self.full = self.full or f"{type(e).__name__}: {e}"
+                del self.records[trial_id]  # not recorded: runs again on --resume
+                return record
         if self.tell is not None:  # 2. told
             self.tell(trial_id)
         if self.files is not None:
@@ -154,4 +167,4 @@ class FailureLimit(Stopper):
         return self.limit is not None and self.recorder.failed_now >= self.limit
 
     def stop_all(self) -> bool:
-        return self.reached
+        return self.reached or self.recorder.full is not None  # a full disk stops the sweep too

@@ -25,7 +25,7 @@ from ray import tune
 
 from orchestrator.config.params import CORE_PARAMS
 from orchestrator.core.environ import environ
-from orchestrator.core.errors import ConfigError
+from orchestrator.core.errors import ConfigError, StorageFull, no_space
 from orchestrator.core.fronts import normalized_hypervolume
 from orchestrator.engine.cluster import trial_resources
 from orchestrator.engine.context import SweepContext
@@ -89,6 +89,18 @@ class SweepRun:
         return self.sweep_id in optuna.study.get_all_study_names(storage=url)
 
     def run(self) -> SweepResult:
+        """The sweep's steps; `StorageFull` (one line, naming where) when a write found no space."""
+        try:
+            return self._run()
+        except Exception as e:
+            if not no_space(e) and not (hasattr(self, "recorder") and self.recorder.full):
+                raise
+            cause = getattr(self, "recorder", None) and self.recorder.full or f"{type(e).__name__}: {e}"
+            raise StorageFull(f"storage {self.ctx.storage.where} is full ({' '.join(str(cause).split())[:300]}); the trials that "
+                              "ended are recorded; free space there, then finish the sweep with --resume "
+                              f"{self.sweep_id}", sweep_id=self.sweep_id) from None
+
+    def _run(self) -> SweepResult:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial INFO lines would drown the progress
         if self.resume:  # the driver's node continues the sweep's files (and its SQLite study) from the storage
             self.files.pull(TRIALS_FILE, FRONT_FILE, *(() if self.ctx.config.study_storage else (STUDY_FILE,)))
@@ -109,6 +121,9 @@ class SweepRun:
                 if not self.fresh_study:
                     recover_study(self.ctx, self.files, self.runs, self.previous)
                 limit = self.tune()
+                if self.recorder.full:  # the sweep stopped: nothing more is written to a full storage
+                    status = KILLED
+                    raise OSError(28, f"No space left on device ({self.recorder.full})")
                 result = self.finish(stop_reason="max_failures" if limit.reached else "interrupted")
                 status = KILLED if result.interrupted else FINISHED
                 return result
@@ -311,15 +326,30 @@ class SweepRun:
 
 @contextlib.contextmanager
 def _quiet(logger: str, on: bool) -> Iterator[None]:
-    """While on: INFO lines of `logger` hidden (Tune's "Wrote the latest version of all result files ...")."""
+    """While on: INFO lines of `logger` hidden (Tune's "Wrote the latest version of all result files ..."), and
+    Ray's reports of a full disk (the sweep stops and says so in one line: `StorageFull`) and of failed trials (each
+    has its own progress line)."""
     target = logging.getLogger(logger)
     before = target.level
+    handlers = logging.getLogger("ray").handlers if on else []
     if on:
         target.setLevel(logging.WARNING)
+    for handler in handlers:
+        handler.addFilter(_shown)
     try:
         yield
     finally:
         target.setLevel(before)
+        for handler in handlers:
+            handler.removeFilter(_shown)
+
+
+def _shown(record: logging.LogRecord) -> bool:
+    """A log filter: False for a record about a full disk (its message or its exception), or Tune's list of the
+    trials that did not complete."""
+    message = record.getMessage()
+    return not (no_space(message) or message.startswith("Trials did not complete")
+                or (record.exc_info is not None and no_space(record.exc_info[1])))
 
 
 def _num(value: Any) -> str:

@@ -9,7 +9,9 @@ the sweep's `Task`, everything technique-specific of the pipeline's techniques.
 from __future__ import annotations
 
 import copy
+import errno
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from orchestrator.core.errors import no_space
 from orchestrator.core.fidelity import promoted, rung_steps
 from orchestrator.core.keys import content_key
 from orchestrator.core.stopping import EarlyStopped, stop_reason
@@ -34,7 +37,7 @@ from orchestrator.engine.students import distill_student, load_student, recover_
 from orchestrator.io.artifact import ARTIFACT
 from orchestrator.io.checkpoints import load_frozen
 from orchestrator.io.records import RUNG, RUNG_POINT, STUDENT_TAG, CacheStage, DistillRecord, Status, TeacherRecord, TrialOutcome, from_json
-from orchestrator.io.storage import Cache, fetch
+from orchestrator.io.storage import Cache, cache_root, fetch
 from orchestrator.io.sweep_files import SweepFiles
 from orchestrator.tasks.base import Task, TrialParams
 from orchestrator.techniques.base import PruneResult
@@ -75,8 +78,22 @@ def tune_trial(config: dict[str, Any], tc: TrialContext) -> None:
     import ray.tune
 
     trial_id = ray.tune.get_context().get_trial_id()
-    outcome = run_pipeline(TrialParams.from_config(config), tc, trial_id=trial_id, report=ray.tune.report)
+    try:
+        outcome = run_pipeline(TrialParams.from_config(config), tc, trial_id=trial_id, report=ray.tune.report)
+    except Exception as e:  # torch, SQLite and others report a full disk in words of their own: said plainly here
+        full = [str(p) for p in (tc.ctx.storage.root, cache_root()) if _nearly_full(p)]
+        if full and not no_space(e):
+            raise OSError(errno.ENOSPC, f"No space left on device under {full[0]} ({type(e).__name__}: {e})") from e
+        raise
     ray.tune.report(outcome.report(tc.ctx.objectives.names))
+
+
+def _nearly_full(path: Path) -> bool:
+    """Whether the filesystem of `path` (or of its nearest existing parent) has less than 1 MiB left."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize < 1 << 20
 
 
 def run_pipeline(params: TrialParams, tc: TrialContext, *, trial_id: str, report: Callable[[dict], None] | None = None) -> TrialOutcome:

@@ -61,7 +61,13 @@ class SweepFiles:
         path = self.path(TRIALS_FILE)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
-            f.write(to_json(record) + "\n")
+            at = f.tell()
+            try:
+                f.write(to_json(record) + "\n")
+                f.flush()
+            except OSError:  # a disk that filled: the file as it was, never half a line
+                f.truncate(at)
+                raise
         self.store.publish(path)
 
     def read_records(self) -> list[TrialRecord]:

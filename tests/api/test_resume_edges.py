@@ -3,6 +3,7 @@ each is resumed by its id and finishes; after `RayDied` the same process runs an
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -110,3 +111,44 @@ def test_after_its_ray_died_the_same_process_runs_another_sweep(tmp_path):
     lines = [line for line in out.stdout.splitlines() if line.startswith(("raised", "no error", "second"))]
     assert lines[0].startswith("raised smoke-"), out.stdout[-2000:] + out.stderr[-3000:]
     assert lines[1] == "second 2 ['COMPLETED', 'COMPLETED']", out.stdout[-2000:] + out.stderr[-3000:]
+
+
+def test_a_storage_that_fills_mid_sweep_stops_it_in_one_line_and_resume_finishes_it(tmp_path):
+    """The storage on a small tmpfs, filled to the last byte after the first trial: one line naming the storage and
+    the cause, exit 1, nothing half-written read; once space is freed `--resume` finishes the sweep, each trial
+    recorded once."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m", "tmpfs", str(disk)], check=True)
+    try:
+        args = ["--trials", "3", *STEPS, "--set", "experiment=full", "--storage", str(disk / "runs")]
+        proc, log = harness.start(tmp_path, "full", SMOKE, *args)
+        filler = disk / "filler"
+        try:
+            harness.wait_for_text(proc, log, "[1/3]")
+            with open(filler, "wb") as f:  # every byte left
+                free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+                os.posix_fallocate(f.fileno(), 0, free)
+        finally:
+            code = harness.finish(proc, 240)
+        text = log.read_text()
+        last = text.strip().splitlines()[-1]
+        assert code == 1, text[-3000:]
+        assert last.startswith(f"orchestrator: error: storage {disk / 'runs'} is full (") and "No space left on device" in last \
+            and "free space there, then finish the sweep with --resume" in last and " Finish it with: orchestrator sweep " in last, last
+        assert "Traceback" not in text
+        sweep = harness.sweep_id(log)
+        filler.unlink()
+        proc, log = harness.start(tmp_path, "full-resumed", SMOKE, *args, "--resume", sweep)
+        assert harness.finish(proc) == 0, log.read_text()[-3000:]
+        lines = (disk / "runs" / "sweeps" / sweep / "trials.jsonl").read_text().splitlines()
+        ids = [json.loads(line)["trial_id"] for line in lines]
+        assert len(ids) == 3 and len(set(ids)) == 3  # each once, none half-written
+        assert {json.loads(line)["status"] for line in lines} == {"COMPLETED"}
+        assert not list((disk / "runs").rglob("*.tmp"))  # no half-built entry left, none read
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
