@@ -7,8 +7,9 @@ directory storage, and under `$ORCHESTRATOR_CACHE` (default ``~/.cache/orchestra
 
 - `Storage.entry(kind, key, build)`: a content-addressed cache entry (a `Cache` kind: teachers, students,
   data, teacher outputs, ...), built once anywhere and reused everywhere. With a URI the entry is built in the node's copy,
-  uploaded file by file, and its manifest (`.complete`: the key and each file's SHA-256) goes last, so no
-  reader sees half an entry.
+  uploaded file by file under a directory of the node's own (`.by-<writer>/`), and its manifest (`.complete`: the key,
+  that directory and each file's SHA-256) goes last, so no reader sees half an entry, and two nodes that build one
+  entry at once never mix their files: the last manifest written names one whole set.
 - `fetch(location)`: a local file for a location, on any node: downloaded once per node into its copy,
   checked against its entry's manifest when it has one, renamed into place (so it can be memory-mapped).
 - `Storage.publish(path)`: upload a file written in the node's copy (a trial's artifact, the sweep's
@@ -128,6 +129,12 @@ def _upload(path: Path, uri: str) -> None:
     fs, remote = _filesystem(uri)
     with open(path, "rb") as src, fs.open_output_stream(remote) as dst:
         shutil.copyfileobj(src, dst, 1 << 22)
+
+
+def _write_remote(uri: str, blob: bytes) -> None:
+    fs, remote = _filesystem(uri)
+    with fs.open_output_stream(remote) as dst:
+        dst.write(blob)
 
 
 def _exists(uri: str) -> bool:
@@ -290,9 +297,11 @@ class Storage:
         if self.remote:
             manifest = json.loads((local / MANIFEST).read_text())
             if not _exists(self.location(kind, key, MANIFEST)):  # another node may have finished first
+                own = {**manifest, "dir": f".by-{uuid.uuid4().hex}"}  # this writer's files, apart from any other's
                 for name in manifest["files"]:
-                    _upload(local / name, self.location(kind, key, name))
-                _upload(local / MANIFEST, self.location(kind, key, MANIFEST))
+                    _upload(local / name, self.location(kind, key, own["dir"], name))
+                blob = json.dumps(own).encode()
+                _write_remote(self.location(kind, key, MANIFEST), blob)
             evict()
         return local, False
 
@@ -395,9 +404,10 @@ def _download_entry(uri: str, local: Path, manifest: dict) -> None:
                       "that entry in storage and run again")
     local.parent.mkdir(parents=True, exist_ok=True)
     tmp = local.with_name(f".{key}.{uuid.uuid4().hex}.tmp")
+    where = f"{manifest['dir']}/" if manifest.get("dir") else ""  # the writer's own directory (older entries: none)
     try:
         for name, sha in manifest["files"].items():
-            _download(_join(uri, name), tmp / name, sha)
+            _download(_join(uri, f"{where}{name}"), tmp / name, sha)
         (tmp / MANIFEST).write_text(json.dumps(manifest))
         try:
             os.rename(tmp, local)

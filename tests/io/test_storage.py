@@ -3,6 +3,7 @@ the bucket, each node reading its own local copy, checked against the entry's ma
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,9 @@ def test_an_entry_built_on_one_node_is_reused_on_another_through_the_bucket(s3_s
     cache_a = node("a")
     entry_a, hit = Storage(where).entry("teachers", "k1", build)
     assert not hit and entry_a == cache_a / "s3" / "sweeps" / "entries" / "teachers" / "k1"
-    assert Storage(where).listdir("teachers", "k1") == [".complete", "sub", "weights.pt"]
+    (writer,) = [n for n in Storage(where).listdir("teachers", "k1") if n.startswith(".by-")]  # its files, under its own name
+    assert Storage(where).listdir("teachers", "k1") == [writer, ".complete"]
+    assert Storage(where).listdir("teachers", "k1", writer) == ["sub", "weights.pt"]
 
     cache_b = node("b")
     entry_b, hit = Storage(where).entry("teachers", "k1", build)
@@ -65,7 +68,8 @@ def test_fetch_downloads_once_per_node_and_refuses_content_that_does_not_match_t
     assert fetch(location) == local  # the node's copy is reused
 
     fs = pyarrow.fs.FileSystem.from_uri(location)[0]  # someone overwrites the object in the bucket
-    with fs.open_output_stream("sweeps/fetch/students/k2/student.pt") as f:
+    (writer,) = [n for n in store.listdir("students", "k2") if n.startswith(".by-")]
+    with fs.open_output_stream(f"sweeps/fetch/students/k2/{writer}/student.pt") as f:
         f.write(b"y" * 100)
     node("c")
     with pytest.raises(OSError, match="does not match its entry's manifest"):
@@ -168,3 +172,51 @@ def test_a_nodes_copies_stay_under_its_limit_least_recently_used_first_and_come_
     monkeypatch.setenv(CACHE_MAX_ENV, "lots")
     with pytest.raises(ValueError, match=r"\$ORCHESTRATOR_CACHE_MAX_GB = 'lots' is not a number of GB"):
         cache_limit()
+
+
+_BUILD_AT_ONCE = """
+import os, sys, time
+from pathlib import Path
+os.environ["ORCHESTRATOR_CACHE"] = sys.argv[2]
+from orchestrator.io.storage import Storage
+start = float(sys.argv[3])
+
+def build(d):
+    time.sleep(max(0.0, start - time.time()))  # both nodes built it, neither has uploaded yet
+    # what each node builds differs (think GPU kernels), and in sizes that make their uploads overtake each other:
+    # node a's first file is small and its second large, node b's the other way round
+    small, large = os.urandom(1000), os.urandom(30_000_000)
+    first, second = (small, large) if sys.argv[2].endswith("a") else (large, small)
+    (d / "1.bin").write_bytes(first)
+    (d / "2.bin").write_bytes(second)
+    (d / "writer.txt").write_text(sys.argv[2])
+
+entry, hit = Storage(sys.argv[1]).entry("students", "same", build)
+print(hit, (entry / "writer.txt").read_text())
+"""
+
+
+def test_two_nodes_building_one_entry_at_once_leave_one_whole_entry(s3_server, tmp_path):
+    """Two processes with caches of their own (two nodes) build the same entry at the same moment, each with other
+    bytes: both finish, and a third node reads one whole entry, every file from the same writer."""
+    import subprocess
+    import sys
+    import time
+
+    where = s3_server.format("race")
+    start = str(time.time() + 8)  # both processes imported and building by then
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILD_AT_ONCE, where, str(tmp_path / name), start], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy()) for name in ("a", "b")]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert [o[0].split()[0] for o in outs] == ["False", "False"]  # each built it (neither saw the other's manifest)
+    os.environ[CACHE_ENV] = str(tmp_path / "c")
+    try:
+        entry, hit = Storage(where).entry("students", "same", lambda d: pytest.fail("built a third time"))
+    finally:
+        del os.environ[CACHE_ENV]
+    assert hit
+    writer = (entry / "writer.txt").read_text()  # the files of one node, whole: each checked against its manifest
+    assert writer in (str(tmp_path / "a"), str(tmp_path / "b"))
+    built = Path(writer) / "s3" / "sweeps" / "race" / "students" / "same"
+    assert all((entry / n).read_bytes() == (built / n).read_bytes() for n in ("1.bin", "2.bin"))
