@@ -130,9 +130,14 @@ def test_a_storage_that_fills_mid_sweep_stops_it_in_one_line_and_resume_finishes
         filler = disk / "filler"
         try:
             harness.wait_for_text(proc, log, "[1/3]")
-            with open(filler, "wb") as f:  # every byte left
-                free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-                os.posix_fallocate(f.fileno(), 0, free)
+            with open(filler, "wb", buffering=0) as f:  # every byte left (the sweep writes meanwhile: until none is)
+                for size in (1 << 20, 1 << 12):
+                    block = bytes(size)
+                    try:
+                        while True:
+                            f.write(block)
+                    except OSError:
+                        pass
         finally:
             code = harness.finish(proc, 240)
         text = log.read_text()
