@@ -73,6 +73,7 @@ class SweepRun:
         self.ctx, self.task, self.started, self.slots, self.resume = ctx, task, started, slots, resume
         self.verbose = verbose  # Tune's own output too
         self.fresh_study = not resume  # the sweep's study is made now (a new sweep, or one stopped before its first trial)
+        self.recorder: Recorder | None = None  # made once the sweep's run is tracked
         self.previous, self.progress, self.tracker = list(previous or []), progress, tracker
         cfg = ctx.config
         self.stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -93,9 +94,10 @@ class SweepRun:
         try:
             return self._run()
         except Exception as e:
-            if not no_space(e) and not (hasattr(self, "recorder") and self.recorder.full):
+            full = self.recorder.full if self.recorder is not None else None  # a trial's write, or the sweep's own
+            if full is None and not no_space(e):
                 raise
-            cause = getattr(self, "recorder", None) and self.recorder.full or f"{type(e).__name__}: {e}"
+            cause = full or f"{type(e).__name__}: {e}"
             raise StorageFull(f"storage {self.ctx.storage.where} is full ({' '.join(str(cause).split())[:300]}); the trials that "
                               "ended are recorded; free space there, then finish the sweep with --resume "
                               f"{self.sweep_id}", sweep_id=self.sweep_id) from None

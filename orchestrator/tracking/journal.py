@@ -78,13 +78,23 @@ class Journal:
     def __init__(self, directory: Path, publish: Callable[[Path], Any] | None = None) -> None:
         self.directory, self._publish = Path(directory), publish
         self._lock = threading.Lock()  # Tune's callbacks and the driver's own thread both record
+        # (lines written, lines delivered, run ids) as its files hold them: read once, then kept by this, their one
+        # writer, so that a tracking call asks the journal without reading it
+        self._state: tuple[int, int, dict[str, str]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks, and the tracker's journal with them
-        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_state")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._lock, self._state = threading.Lock(), None
+
+    def _held(self) -> tuple[int, int, dict[str, str]]:
+        if self._state is None:
+            path = self.directory / IDS
+            ids = json.loads(path.read_text()) if path.is_file() else {}
+            self._state = (len(self.entries()), self.replayed(), ids)
+        return self._state
 
     # -- what it holds -----------------------------------------------------------------------------------------
     def entries(self) -> list[dict[str, Any]]:
@@ -101,11 +111,16 @@ class Journal:
         return self.entries()[self.replayed():]
 
     def ids(self) -> dict[str, str]:
-        path = self.directory / IDS
-        return json.loads(path.read_text()) if path.is_file() else {}
+        """A journaled run's key -> the run id it got when delivered."""
+        return self._held()[2]
+
+    def waiting(self) -> int:
+        """How many calls it holds that are not delivered yet."""
+        written, done, _ = self._held()
+        return written - done
 
     def __bool__(self) -> bool:  # it holds calls not yet delivered
-        return bool(self.pending())
+        return self.waiting() > 0
 
     # -- writing -----------------------------------------------------------------------------------------------
     def append(self, call: str, args: list[Any], kwargs: dict[str, Any] | None = None, files: list[str] | None = None) -> None:
@@ -113,7 +128,7 @@ class Journal:
         (the call logs them; they may be gone by the time it is delivered)."""
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True)
-            seq = len(self.entries())
+            seq, done, ids = self._held()
             args = list(args)
             for i in files or []:
                 args[i] = self._keep(Path(args[i]), seq)
@@ -121,6 +136,7 @@ class Journal:
             with open(self.directory / ENTRIES, "a") as f:
                 f.write(line + "\n")
                 f.flush()
+            self._state = (seq + 1, done, ids)
             self._published(self.directory / ENTRIES)
 
     def _keep(self, path: Path, seq: int) -> str:
@@ -145,7 +161,8 @@ class Journal:
         """Send the pending calls in order through `send(call, args, kwargs, ids)` (which returns the run id a
         create_run got, or None); stops at the first that raises (re-raised). Returns how many were delivered."""
         with self._lock:
-            done, ids = self.replayed(), self.ids()
+            written, done, ids = self._held()
+            ids = dict(ids)
             entries = self.entries()
             delivered = 0
             for entry in entries[done:]:
@@ -160,6 +177,7 @@ class Journal:
                 done += 1
                 delivered += 1
                 self._write(REPLAYED, str(done))
+                self._state = (written, done, ids)
             return delivered
 
     def _write(self, name: str, text: str) -> None:

@@ -106,7 +106,8 @@ class MlflowTracker(Tracker):
         in order; `files`: the positions in `args` of paths it logs (copied into the journal). Without one, a call
         that failed every try is a warning kept in `failures`."""
         if self.journal is not None:
-            args, kwargs = resolve(list(args), self.journal.ids()), resolve(kwargs, self.journal.ids())
+            ids = self.journal.ids()
+            args, kwargs = resolve(list(args), ids), resolve(kwargs, ids)
             if self.journal:  # earlier records wait there: this one goes after them
                 self._journal(name, args, kwargs, files)
                 self.flush()
@@ -161,7 +162,7 @@ class MlflowTracker(Tracker):
             self._last_flush = time.monotonic()
             if wait:
                 log.warning("MLflow at %s: %d journaled record(s) not delivered yet (%s)", self.uri,
-                            len(self.journal.pending()), type(e).__name__)
+                            self.journal.waiting(), type(e).__name__)
         finally:
             self.delivered += delivered
         if delivered and not self.journal:
@@ -169,7 +170,7 @@ class MlflowTracker(Tracker):
         return delivered
 
     def pending(self) -> int:
-        return len(self.journal.pending()) if self.journal is not None else 0
+        return self.journal.waiting() if self.journal is not None else 0
 
     def _replay_create_run(self, experiment_id: str, *, run_name: str, tags: dict[str, str]) -> str:
         """A journaled run: the run of its key when the store already holds it (the first try went through

@@ -8,6 +8,7 @@ requirements pinned to the installed versions. Trials off the front keep their `
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import pickle
@@ -45,14 +46,19 @@ def copy_package(into: Path) -> Path:
     return target
 
 
-def package_copy() -> Path:
-    """This package's copy for models' `code/` in the node cache (`code/<digest of its files>/orchestrator`):
-    made once per version of the package, by whichever process needs it first, and renamed into place whole."""
+@functools.lru_cache(maxsize=1)  # the package's files are read once per process, not per model logged
+def _package_digest() -> str:
     source = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for path in sorted(p for p in source.rglob("*.py") if "__pycache__" not in p.parts):
         digest.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes())
-    home = cache_root() / "code" / digest.hexdigest()[:16]
+    return digest.hexdigest()[:16]
+
+
+def package_copy() -> Path:
+    """This package's copy for models' `code/` in the node cache (`code/<digest of its files>/orchestrator`):
+    made once per version of the package, by whichever process needs it first, and renamed into place whole."""
+    home = cache_root() / "code" / _package_digest()
     if not (home / "orchestrator").is_dir():
         home.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{home.name}-", dir=home.parent))

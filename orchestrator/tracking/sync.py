@@ -42,10 +42,10 @@ def sync(sweep_id: str, *, storage: str | None = None, tracking_uri: str | None 
     files.pull_journal()
     journal = Journal(files.path(JOURNAL_DIR), publish=files.store.publish)
     uri = tracking_uri or config.get("tracking_uri") or default_tracking_uri(None)
-    if not journal.pending():
+    if not journal:
         return Synced(sweep_id, uri, 0, 0, str(journal.directory))
     with client_settings():
         tracker = MlflowTracker(uri, config.get("experiment") or config.get("name"), outage_s=float(config.get("tracking_retry_s", 180.0)))
         tracker.journal = journal
         delivered = tracker.flush(wait=True)
-    return Synced(sweep_id, uri, delivered, len(journal.pending()), str(journal.directory))
+    return Synced(sweep_id, uri, delivered, journal.waiting(), str(journal.directory))
