@@ -100,6 +100,7 @@ class Recorder(Callback):
             self.record(trial, Status.ERROR, None, "the trial ended without reporting its outcome")
         else:
             self.record(trial, outcome.status, outcome, None)
+        self.release(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         summary, path = trial_error(trial)
@@ -107,6 +108,20 @@ class Recorder(Callback):
             self.full = self.full or summary
             return
         self.record(trial, Status.ERROR, None, summary, path)
+        self.release(trial)
+
+    def release(self, trial: Any) -> None:
+        """Once a trial is recorded, what Tune keeps of it in the driver until the experiment ends is cut to what the
+        sweep reads back: Tune's running statistics of every number the trial reported (its config's included: about
+        30 KB a trial) are dropped, and its last result keeps its id and objectives (the outcome is in
+        `trials.jsonl`). A thousand-trial sweep's driver then grows by the trials' records, not by Tune's analysis.
+        A trial left unrecorded (no space) keeps everything: `Run._record_late` may still need its outcome."""
+        if trial.trial_id not in self.records:
+            return
+        meta = trial.run_metadata
+        keep = {"trial_id", "done", "training_iteration", *self.ctx.objectives.names}
+        meta.last_result = {k: v for k, v in meta.last_result.items() if k in keep}
+        meta.metric_analysis, meta.metric_n_steps = {}, {}
 
     def record(self, trial: Any, status: Status, outcome: TrialOutcome | None, error: str | None,
                error_file: str | None = None) -> TrialRecord:

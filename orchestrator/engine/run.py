@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 import yaml
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from orchestrator.config.params import CORE_PARAMS
 from orchestrator.core.environ import environ
@@ -48,6 +49,7 @@ from orchestrator.tracking.mlflow_store import MlflowTracker, client_settings
 from orchestrator.tracking.sweep_runs import SweepRuns, saved_view
 
 log = logging.getLogger("orchestrator")
+TUNE_STATE_EVERY_S = 10**9  # Tune's experiment state: written when Tune starts and when it ends, not in between
 
 
 def work_slot_seconds(end_times: list[float], start: float, stop: float, slots: int) -> float:
@@ -224,23 +226,27 @@ class SweepRun:
         searcher = make_searcher(ctx, self.files, None if self.fresh_study else self.resume)
         self.recorder.tell = searcher.tell
         limit = FailureLimit(self.recorder, cfg.max_failures)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=self.remaining, max_concurrent_trials=self.slots,
-                                        reuse_actors=True),  # a trial's driver process (torch imported, teacher files warm) serves the next
-            run_config=tune.RunConfig(name=f"{self.sweep_id}-resumed-{self.stamp}" if self.resume else self.sweep_id,
-                                      storage_path=ctx.storage.location("tune"), callbacks=[self.recorder], stop=limit,
-                                      verbose=1 if self.verbose else 0),
-        )
+        name = f"{self.sweep_id}-resumed-{self.stamp}" if self.resume else self.sweep_id
         self.tune_started = time.perf_counter()
         # Validation reports during distillation (and the result of a trial stopped early) hold no objectives, which
         # Tune's strict metric check refuses; the searcher and the recorder handle them. A failed trial's traceback
         # goes to its error.txt and tracked run, not to the console (the progress line has its cause). Tune's new output
         # engine prints its experiment banner at any verbosity; its old one, at verbosity 0, prints nothing.
+        # Tune's experiment state (every trial's JSON, kept in memory and written whole every ~10 s) restores a Tune run,
+        # which a sweep never does (--resume reads the sweep's own records): written once at the start and the end.
+        # Of Tune's own loggers only result.json per trial (TensorBoard's writers outlive their trials in the driver).
         stops = cfg.early_stopping.enabled or cfg.fidelity.enabled
         with environ(TUNE_DISABLE_STRICT_METRIC_CHECKING="1" if stops else None, TUNE_PRINT_ALL_TRIAL_ERRORS="0",
-                     RAY_AIR_NEW_OUTPUT=None if self.verbose else "0"), _quiet("ray.tune", not self.verbose):
+                     RAY_AIR_NEW_OUTPUT=None if self.verbose else "0", TUNE_GLOBAL_CHECKPOINT_S=str(TUNE_STATE_EVERY_S),
+                     TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"), _quiet("ray.tune", not self.verbose):
             if self.remaining:
+                tuner = tune.Tuner(
+                    trainable,
+                    tune_config=tune.TuneConfig(search_alg=searcher, num_samples=self.remaining, max_concurrent_trials=self.slots,
+                                                reuse_actors=True),  # a trial's driver process (torch imported, teacher files warm) serves the next
+                    run_config=tune.RunConfig(name=name, storage_path=ctx.storage.location("tune"),
+                                              callbacks=[self.recorder, JsonLoggerCallback()], stop=limit, verbose=1 if self.verbose else 0),
+                )
                 self._record_late(tuner.fit())
             else:
                 log.info("all %d trials of sweep %s have run; finishing it", cfg.trials, self.sweep_id)

@@ -115,6 +115,7 @@ class ConstrainedOptunaSearch(OptunaSearch):
                 ot_trial.set_constraint(name, value)
             self._fan_out(ot_trial, trial_id, outcome.tags.get(STUDENT_TAG))
         super().on_trial_complete(trial_id, result, error)
+        self._ot_trials.pop(trial_id, None)  # told: Ray's OptunaSearch would keep it for the whole sweep
 
     def _fan_out(self, ot_trial: optuna.Trial, trial_id: str, student_key: str | None) -> None:
         """The first trial of the sweep with its student (trained now, or reused from storage): `fanout - 1` trials

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service import utils as mlflow_service
 
 from orchestrator.core.environ import environ
 from orchestrator.tracking.base import RUNNING, RunInfo, Tracker, flatten
@@ -230,6 +231,9 @@ class MlflowTracker(Tracker):
 
     def end_run(self, run_id: str, status: str) -> None:
         self.call(f"end run {run_id} as {status}", "set_terminated", run_id, status)
+        # MLflow's client keeps the artifact repository of every run it logged a file to (about 5 KB each, up to 1,024
+        # runs): an ended run's is let go, or a long sweep's driver grows by it (one made again if the run logs more)
+        getattr(mlflow_service, "_artifact_repos_cache", {}).pop(run_id, None)
 
     def set_experiment_tag(self, key: str, value: str) -> None:
         self.call("save view (the runs table's)", "set_experiment_tag", self.experiment_id, key, value)

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+from ray.tune.experiment import Trial
 
 from orchestrator.config import load_config
 from orchestrator.engine.context import resolve
@@ -59,16 +60,19 @@ def sweep(tmp_path):
 def _run_trial(s, trial_id, *, metrics=None, status="COMPLETED", error=None):
     """One trial as Tune runs it: suggested, started, ended (the searcher hears first, then the callbacks)."""
     config = s.searcher.suggest(trial_id)
-    trial = SimpleNamespace(trial_id=trial_id, config=config, last_result=None, error_file=None)
+    trial = Trial("tune_trial", stub=True, config=config, trial_id=trial_id)  # Tune's own, as the callbacks get it
     s.recorder.on_trial_start(0, [], trial)
-    if error is not None:
+    if error is not None:  # it reported once (its config counted by Tune), then failed; a stub has no error file
+        trial.update_last_result({"trial_id": trial_id, "training_iteration": 1, "config": config})
+        trial = SimpleNamespace(trial_id=trial_id, config=config, run_metadata=trial.run_metadata)
         trial.error_file = str(s.tmp_path / f"{trial_id}.txt")
         (s.tmp_path / f"{trial_id}.txt").write_text(f"Traceback (most recent call last):\n  ...\n{error}\n")
         s.searcher.on_trial_complete(trial_id, None, error=True)
         s.recorder.on_trial_error(0, [], trial)
         return trial
     outcome = TrialOutcome(status=status, metrics=metrics or {}, stop_reason="dominated" if status == "STOPPED" else None)
-    trial.last_result = outcome.report(["accuracy", "size_mb"])
+    trial.update_last_result({**outcome.report(["accuracy", "size_mb"]), "trial_id": trial_id, "training_iteration": 1,
+                              "config": config, "time_total_s": 1.0})
     s.searcher.on_trial_complete(trial_id, trial.last_result)
     s.recorder.on_trial_complete(0, [], trial)
     return trial
@@ -99,6 +103,17 @@ def test_each_trial_is_recorded_then_told_then_tracked(sweep):
     assert sweep.recorder.hypervolumes == [(1, pytest.approx(0.32)), (2, pytest.approx(0.45)), (3, pytest.approx(0.45)),
                                            (4, pytest.approx(0.45))]
     assert sweep.files.read_front(["accuracy", "size_mb"]).tolist() == [[0.5, 0.1]]
+
+
+def test_what_tune_keeps_of_a_recorded_trial_is_its_id_and_objectives(sweep):
+    """Tune's running statistics of every number a trial reported stay in the driver until the sweep ends: once the
+    trial is recorded they are dropped, and its last result cut to its id and objectives (the 1,000-trial soak)."""
+    ended = _run_trial(sweep, "t1", metrics={"accuracy": 0.4, "size_mb": 0.2})
+    assert ended.run_metadata.metric_analysis == {} and ended.run_metadata.metric_n_steps == {}
+    assert ended.last_result == {"trial_id": "t1", "training_iteration": 1, "accuracy": 0.4, "size_mb": 0.2}
+    assert sweep.files.read_records()[0].outcome.metrics == {"accuracy": 0.4, "size_mb": 0.2}  # the outcome is recorded
+    failed = _run_trial(sweep, "t2", error="FloatingPointError: training diverged: loss nan")
+    assert failed.run_metadata.metric_analysis == {}
 
 
 def test_a_tracker_that_fails_loses_no_trial_from_the_record_or_the_study(sweep):
