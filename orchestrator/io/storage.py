@@ -231,8 +231,15 @@ class Storage:
         where = self.located(path)
         Path(path).unlink(missing_ok=True)
         if self.remote and _exists(where):
+            import pyarrow.fs
+
             fs, remote = _filesystem(where)
             fs.delete_file(remote)
+            # pyarrow leaves the "directory" of a bucket's last file there as an empty marker: a file published from
+            # a build's temporary directory (a teacher's init.pt) would leave that directory's name in the cache
+            parent = remote.rsplit("/", 1)[0]
+            if not fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True)):
+                fs.delete_dir(parent)
 
     def read_text(self, *parts: str) -> str | None:
         """The text of a (small) file in the storage, read there, not from the node's copy; None if absent."""

@@ -124,3 +124,49 @@ def test_a_ddp_sweep_on_s3_storage_across_nodes_that_share_no_disk(tmp_path, s3_
         assert len(optuna.load_study(study_name=first_id, storage=f"sqlite:///{study}").trials) == 3
     finally:
         cluster.shutdown()
+
+
+def test_two_sweeps_on_two_nodes_building_the_same_entries_at_once_both_finish_with_one_whole_entry_each(tmp_path, s3_server):
+    """Two sweeps of one configuration started at the same moment on one bucket, each on a node of its own (its own
+    Ray and cache): they build the same teacher, teacher outputs and students at once. Both finish with their trials,
+    and each entry in the bucket is one whole entry: a third node reads it (a hit, every file checked against the
+    manifest) and never builds it again."""
+    from orchestrator.engine.cluster import RAY_ENV
+    from orchestrator.io.records import TrialRecord, from_json
+    from orchestrator.io.storage import Cache
+
+    storage = s3_server.format("twosweeps")
+    procs = []
+    for node in ("a", "b"):
+        cwd = tmp_path / node
+        cwd.mkdir()
+        env = {**os.environ, **RAY_ENV, CACHE_ENV: str(tmp_path / "caches" / node)}
+        cmd = [sys.executable, "-m", "orchestrator", "sweep", str(SMOKE), "--trials", "2", "--storage", storage,
+               "--tracking-uri", f"sqlite:///{cwd / 'mlflow.db'}", "--set", "teacher.steps=1000"]  # long enough that both build it
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      start_new_session=True))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+
+    bucket = Storage(storage)
+    sweeps = bucket.listdir("sweeps")
+    assert len(sweeps) == 2
+    for sweep in sweeps:  # each sweep's own record: its two trials, completed
+        rows = [from_json(TrialRecord, line) for line in bucket.read_text("sweeps", sweep, "trials.jsonl").splitlines()]
+        assert [r.status.value for r in rows] == ["COMPLETED", "COMPLETED"]
+    os.environ[CACHE_ENV] = str(tmp_path / "caches" / "third")
+    try:
+        built = {kind.value: bucket.listdir(kind.value) for kind in Cache}
+        assert all(built[k] for k in ("teachers", "teacher_outputs", "students")), built
+        for kind, keys in built.items():
+            for key in keys:
+                entry, hit = Storage(storage).entry(kind, key, lambda d: pytest.fail(f"{kind}/{key} built again"))
+                assert hit and (entry / ".complete").exists()
+    finally:
+        del os.environ[CACHE_ENV]
+    hits = []  # whether each sweep found the teacher in the bucket, or built it
+    for node in ("a", "b"):
+        client = MlflowClient(f"sqlite:///{tmp_path / node / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("smoke").experiment_id
+        hits.append(client.search_runs([experiment], "tags.`orchestrator.role` = 'sweep'")[0].data.tags["teacher_cache_hit"])
+    assert hits == ["false", "false"]  # each built it: the two builds raced (their students may or may not have)

@@ -120,6 +120,7 @@ def test_a_one_off_file_is_read_from_a_private_copy_that_does_not_stay(s3_server
         assert path.read_bytes() == b"weights" and not path.is_relative_to(cache)
     assert not path.exists() and not cache.exists()  # nothing left on the worker's node
     store.discard(init)
+    assert store.listdir("students") == []  # nor in the bucket: not even the temporary directory's empty marker
 
 
 def test_a_storage_sent_to_another_node_keeps_its_copy_in_that_nodes_cache(tmp_path, monkeypatch):
