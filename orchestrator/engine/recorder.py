@@ -113,9 +113,9 @@ class Recorder(Callback):
     def release(self, trial: Any) -> None:
         """Once a trial is recorded, what Tune keeps of it in the driver until the experiment ends is cut to what the
         sweep reads back: Tune's running statistics of every number the trial reported (its config's included: about
-        30 KB a trial) are dropped, and its last result keeps its id and objectives (the outcome is in
+        17 KB a trial) are dropped, and its last result keeps its id and objectives (the outcome is in
         `trials.jsonl`). A thousand-trial sweep's driver then grows by the trials' records, not by Tune's analysis.
-        A trial left unrecorded (no space) keeps everything: `Run._record_late` may still need its outcome."""
+        A trial left unrecorded (no space) keeps everything: `SweepRun._record_late` may still need its outcome."""
         if trial.trial_id not in self.records:
             return
         meta = trial.run_metadata
