@@ -6,6 +6,12 @@ MLflow and trials.jsonl, none twice, nothing left RUNNING; the driver's resident
 the trials per minute.
 
     python bench/soak.py [--trials 1000] [--out bench/results/soak.json]
+    python bench/soak.py --bare [--trials 1000] [--out bench/results/soak_bare.json]
+
+`--bare` measures the floor the driver's memory stands on: a bare Ray Tune run in this process, a trainable
+that only reports two numbers, 4 trials at once, with the settings a sweep gives Tune (no TensorBoard or CSV
+loggers, the experiment state written at the start and the end), its RSS slope taken the same way; once as
+Tune keeps its trials, once with each ended trial cut as the sweep's recorder cuts it (`Recorder.release`).
 
 Not a test: its timings move with load.
 """
@@ -17,6 +23,7 @@ import json
 import platform
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -128,12 +135,67 @@ def run(trials: int, out: Path) -> dict:
     return result
 
 
+def bare(trials: int, release: bool) -> dict:
+    """The driver's RSS slope of a bare Tune run (see the module docstring)."""
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    samples: list[tuple[int, float]] = []
+
+    class Ended(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+            if release:  # as `Recorder.release`: Tune's statistics dropped, the last result cut to the id
+                meta = trial.run_metadata
+                meta.metric_analysis, meta.metric_n_steps, meta.last_result = {}, {}, {"trial_id": trial.trial_id}
+            samples.append((len(samples) + 1, psutil.Process().memory_info().rss / 1e6))
+
+    def trainable(config: dict) -> None:
+        tune.report({"accuracy": config["x"], "size_mb": 1.0})
+
+    from orchestrator.core.environ import environ
+    from orchestrator.engine.run import TUNE_STATE_EVERY_S
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="soak-bare-") as root, \
+            environ(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1", TUNE_GLOBAL_CHECKPOINT_S=str(TUNE_STATE_EVERY_S), RAY_AIR_NEW_OUTPUT="0"):
+        tune.Tuner(tune.with_resources(trainable, {"cpu": 0.01}), param_space={"x": tune.uniform(0, 1)},
+                   tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=4, reuse_actors=True),
+                   run_config=tune.RunConfig(storage_path=root, callbacks=[Ended(), JsonLoggerCallback()], verbose=0)).fit()
+    warm = [(n, rss) for n, rss in samples if n >= 150]
+    slope = float(np.polyfit([n for n, _ in warm], [r for _, r in warm], 1)[0] * 100)
+    return {"trials": trials, "release": release, "seconds": round(time.monotonic() - started, 1),
+            "driver_rss_mb_at_150_trials": round(warm[0][1], 1), "driver_rss_mb_last": round(samples[-1][1], 1),
+            "driver_rss_slope_mb_per_100_trials": round(slope, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=1000)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--bare", action="store_true", help="a bare Ray Tune run's memory slope instead (the floor)")
+    parser.add_argument("--variant", choices=["plain", "release"], help=argparse.SUPPRESS)  # one bare run, this process
     args = parser.parse_args()
-    run(args.trials, args.out)
+    if args.variant:
+        import ray
+
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        try:
+            print("RESULT " + json.dumps(bare(args.trials, release=args.variant == "release")))
+        finally:
+            ray.shutdown()
+        return
+    if not args.bare:
+        run(args.trials, args.out or ROOT / "bench" / "results" / "soak.json")
+        return
+    runs = []  # each in a process of its own: a run after another would reuse the memory the first one freed
+    for variant in ("plain", "release"):
+        done = subprocess.run([sys.executable, __file__, "--trials", str(args.trials), "--variant", variant],
+                              capture_output=True, text=True, check=True)
+        runs.append(json.loads(done.stdout.split("RESULT ", 1)[1].splitlines()[0]))
+    result = {"machine": f"{platform.machine()}, {psutil.cpu_count()} CPUs", "runs": runs}
+    out = args.out or ROOT / "bench" / "results" / "soak_bare.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
