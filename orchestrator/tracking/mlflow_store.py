@@ -231,7 +231,7 @@ class MlflowTracker(Tracker):
 
     def end_run(self, run_id: str, status: str) -> None:
         self.call(f"end run {run_id} as {status}", "set_terminated", run_id, status)
-        # MLflow's client keeps the artifact repository of every run it logged a file to (about 5 KB each, up to 1,024
+        # MLflow's client keeps the artifact repository of every run it logged a file to (about 4 KB each, up to 1,024
         # runs): an ended run's is let go, or a long sweep's driver grows by it (one made again if the run logs more)
         getattr(mlflow_service, "_artifact_repos_cache", {}).pop(run_id, None)
 
