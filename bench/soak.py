@@ -22,6 +22,7 @@ import argparse
 import json
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -130,6 +131,7 @@ def run(trials: int, out: Path) -> dict:
         }
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)  # the sweep's storage and MLflow store: about 200 MB
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return result
