@@ -159,7 +159,8 @@ def bare(trials: int, release: bool) -> dict:
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="soak-bare-") as root, \
-            environ(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1", TUNE_GLOBAL_CHECKPOINT_S=str(TUNE_STATE_EVERY_S), RAY_AIR_NEW_OUTPUT="0"):
+            environ(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1", TUNE_GLOBAL_CHECKPOINT_S=str(TUNE_STATE_EVERY_S),
+                    RAY_AIR_NEW_OUTPUT="0"):
         tune.Tuner(tune.with_resources(trainable, {"cpu": 0.01}), param_space={"x": tune.uniform(0, 1)},
                    tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=4, reuse_actors=True),
                    run_config=tune.RunConfig(storage_path=root, callbacks=[Ended(), JsonLoggerCallback()], verbose=0)).fit()

@@ -84,8 +84,8 @@ def start_ray(cfg: SweepConfig, address: str | None, *, ray_logs: bool) -> None:
 class RayletWatch:
     """The raylet of the Ray this process started, watched from a thread: when it ends (killed from outside, e.g. by
     another shell's `ray stop` that ends every Ray of the machine), the main thread is interrupted as by Ctrl-C, so
-    the sweep winds down while it still can (Ray's core worker would end the process within seconds of its next call to the dead raylet) and
-    `died` says what happened."""
+    the sweep winds down while it still can (Ray's core worker would end the process within seconds of its next
+    call to the dead raylet) and `died` says what happened."""
 
     def __init__(self) -> None:
         import ray
