@@ -14,8 +14,8 @@ from the same teacher, trained before any clock starts:
   (e) this product with `measure.isolation: reserve` (the service holding a core: the default before).
 Each product run starts from a storage holding only the teacher, its measurements and the data. Hypervolumes are over test
 accuracy, size and latency, with the teacher as reference. Also measured: one student distilled with the
-teacher live, from the default pool of teacher outputs and from a pool of 2,048 windows. Prints the figures
-and writes them as JSON. Not a test: the machine's load moves these numbers.
+teacher live, from the default pool of teacher outputs, from that pool computed in float32 and from a pool of 2,048
+windows. Prints the figures and writes them as JSON. Not a test: the machine's load moves these numbers.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from orchestrator.tasks import TrialParams
 from orchestrator.tasks.char_lm import CharData, CharLMTask, build_model
 from orchestrator.training.job import DistillJob
 from orchestrator.training.launch import run_distill
-from orchestrator.training.teacher_outputs import compute_teacher_outputs
+from orchestrator.training.teacher_outputs import compute_teacher_outputs, pool_precision
 
 
 def normalized_hv(points: list[tuple[float, float, float]], teacher: TeacherRecord) -> float:
@@ -150,7 +150,8 @@ def product(cfg: SweepConfig) -> tuple[list[tuple[float, tuple]], "orchestrator.
 
 def teacher_output_saving(cfg: SweepConfig, teacher: TeacherRecord, data_path: str, workdir: Path) -> dict:
     """One student (2 x 64, beta 0.5) distilled with the teacher live, from the default pool (as many windows as
-    it draws) and from a pool of 2,048 windows (the default before); one thread each. Validation and test accuracy."""
+    it draws, computed in `distill.pool_precision`'s choice here), from the same pool computed in float32, and from
+    a pool of 2,048 windows (the default before); one thread each. Validation and test accuracy."""
     data = CharData.load(data_path)
     task = CharLMTask(cfg.task)
     model_cfg = {"architecture": "gpt", "config": {"vocab_size": len(data.vocab), "context": cfg.task.context,
@@ -160,15 +161,21 @@ def teacher_output_saving(cfg: SweepConfig, teacher: TeacherRecord, data_path: s
                 weights=LossWeights(2.0, 0.5, 0.5), val_tokens=cfg.distill.val_tokens, threads=1)
     out: dict = {}
     jobs = {"live": DistillJob(teacher_path=teacher.path, teacher_outputs_path=None, **base)}
-    for name, blocks in (("pool_default", cfg.pool_examples), ("pool_2048", 2048)):
+    auto = pool_precision(cfg.distill.pool_precision, "cpu")  # what a sweep here computes its pool in
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(cfg.teacher.cpus_per_worker or 1))  # as the sweep builds it
+    for name, blocks, precision in (("pool_default", cfg.pool_examples, auto), ("pool_fp32", cfg.pool_examples, "fp32"),
+                                    ("pool_2048", 2048, auto)):
         t = time.perf_counter()
         pool = task.pool(data, blocks, torch.Generator().manual_seed(cfg.seed))
-        outputs = compute_teacher_outputs(load_frozen(teacher.path, task.build_model), *pool, hidden=True, top_k=None)
+        outputs = compute_teacher_outputs(load_frozen(teacher.path, task.build_model), *pool, hidden=True, top_k=None,
+                                          precision=precision)
         outputs.save(workdir / f"{name}.pt")
-        out[f"{name}_examples"] = blocks
+        out[f"{name}_examples"], out[f"{name}_precision"] = blocks, precision
         out[f"{name}_build_s"] = round(time.perf_counter() - t, 2)
         out[f"{name}_mb"] = round((workdir / f"{name}.pt").stat().st_size / 1e6, 1)
         jobs[name] = DistillJob(teacher_path=None, teacher_outputs_path=str(workdir / f"{name}.pt"), **base)
+    torch.set_num_threads(threads)
     ctx = resolve(cfg)
     for name, job in jobs.items():
         r = run_distill(job, name=name, storage_path=str(workdir), num_workers=1, use_gpu=False, cpus_per_worker=1,

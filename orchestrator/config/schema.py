@@ -64,6 +64,7 @@ class DistillConfig(Checked):
     teacher_outputs: Literal["cached", "live"] = "cached"  # cached: the teacher runs once per sweep over a pool of training windows; live: every step
     cache_blocks: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # examples in that pool (windows, for a language model); null: as many as the longest distillation draws (steps x batch_size x num_workers; a task with fewer training examples gives all of them). Students take its examples in a seeded random order, each once per pass
     top_k: int | None = _check(lambda v: v is None or v >= 1, "null or an integer >= 1", None)  # keep the teacher's k largest logits per position (null: all; for large vocabularies)
+    pool_precision: Literal["auto", "fp32", "bf16"] = "auto"  # the teacher's forward pass over that pool: bf16 under torch.autocast, or fp32; auto: bf16 where the device multiplies bfloat16 natively (a CUDA GPU that supports it, a CPU with AMX), else fp32. Stored as float16 either way
     student: str | None = None  # hf_causal_lm: a named Hugging Face config (hub id or local directory) for a randomly initialised student, instead of `params.layers` of the teacher's layers
     layer_map: tuple[tuple[int, int], ...] | None = None  # hidden-state term's [student layer, teacher layer] pairs (0-based; null: evenly spaced, last meets last)
     temperature_end: float | None = _check(lambda v: v is None or v > 0, "null or a number > 0", None)  # anneal T linearly from `params.temperature` to this over the steps (null: constant)

@@ -34,7 +34,7 @@ from orchestrator.io.storage import Cache, fetch
 from orchestrator.tasks.base import Task
 from orchestrator.training.job import DistillJob, DistillResult
 from orchestrator.training.launch import run_distill
-from orchestrator.training.teacher_outputs import compute_teacher_outputs
+from orchestrator.training.teacher_outputs import compute_teacher_outputs, pool_precision
 
 log = logging.getLogger("orchestrator")
 
@@ -53,6 +53,7 @@ class TeacherOutputsInfo:
     seconds: float  # time the teacher took to produce them when they were built
     size_bytes: int
     examples: int = 0  # in the pool
+    precision: str = "fp32"  # of the teacher's pass over the pool (`distill.pool_precision`)
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,15 @@ def prepared(ctx: SweepContext, task: Task) -> Iterator[Prepared]:
     steps = task.teacher_steps(ctx.config)
     log.info("teacher (task %s): %s ...", task.name, f"{steps} training steps" if steps else "as given")
     key, entry, hit = build_teacher(ctx, task, data)
-    service = start_service(ctx, task, data.path, ctx.storage.located(entry / ARTIFACT))
+    # its replicas start (a process each) while the teacher's measurements are read from storage, when they are
+    # there, and its outputs computed; a teacher measured now waits for them first
+    service = start_service(ctx, task, data.path, ctx.storage.located(entry / ARTIFACT), wait=False)
     try:
         teacher = measure_teacher(ctx, task, data, key, entry, hit, service)
         check_teacher(ctx, task, teacher, data)
         reference = reference_point(ctx.objectives, ctx.config.reference_point.values, teacher.metrics, source=ctx.config.source)
-        service.set_reference_ms(teacher.latency_ms)
         outputs = teacher_outputs(ctx, task, teacher, data) if ctx.config.distill.teacher_outputs == "cached" else None
+        service.ready().set_reference_ms(teacher.latency_ms)
         _log_teacher(ctx, task, teacher, outputs)
         yield Prepared(data, teacher, outputs, time.perf_counter() - started, service, service.where(), reference)
     finally:
@@ -144,7 +147,7 @@ def build_teacher(ctx: SweepContext, task: Task, data: PreparedData) -> tuple[st
 REFERENCE_FORMAT = 2  # part of the teacher measurements' key (2: the size is the artifact coded as the students' are)
 
 
-def measure_teacher(ctx: SweepContext, task: Task, data: PreparedData, key: str, entry: Path, hit: bool, service: Any) -> TeacherRecord:
+def measure_teacher(ctx: SweepContext, task: Task, data: PreparedData, key: str, entry: Path, hit: bool, service: Replicas) -> TeacherRecord:
     """The teacher measured like any student, its latency alone (it is the service's reference). The
     measurements are keyed by the weights and every setting they depend on (`measure.*`, the figures asked
     for, the task's evaluation settings), so a sweep that evaluates or times differently measures the cached
@@ -161,6 +164,7 @@ def measure_teacher(ctx: SweepContext, task: Task, data: PreparedData, key: str,
         # the size reference: the teacher's float32 artifact coded as every student's is (`export.entropy`), so an
         # untouched teacher is 100 % of itself; the plain one's bytes are kept beside it
         export(teacher, tmp / "reference.orc", meta=task.meta(loaded), entropy=cfg.export.entropy)
+        service.ready()
         result = measure_model(task, teacher, artifact, loaded, ctx, service=service, sized=tmp / "reference.orc")
         result.metrics["size_bytes_plain"] = float(fetch(artifact).stat().st_size)
         (tmp / "reference.orc").unlink()
@@ -213,8 +217,9 @@ def build_teacher_outputs(ctx: SweepContext, task: Task, teacher: TeacherRecord,
     cfg, d = ctx.config, ctx.config.distill
     hidden = cfg.params["beta"] != Fixed(0.0)
     layers = _kept_layers(cfg, task, teacher, data) if hidden else None
+    precision = pool_precision(d.pool_precision, device)
     key = content_key("teacher_outputs", teacher.key, cfg.pool_examples, cfg.seed, hidden, d.top_k, cfg.task.context,
-                      task.fingerprint(), layers)
+                      task.fingerprint(), layers, *([precision] if precision != "fp32" else []))  # fp32 keeps the keys it had
 
     def build(tmp: Path) -> None:
         t, threads = time.perf_counter(), torch.get_num_threads()
@@ -226,7 +231,7 @@ def build_teacher_outputs(ctx: SweepContext, task: Task, teacher: TeacherRecord,
             with torch.inference_mode():
                 width = model(inputs[:1].to(device))[0].shape[-1]
             top_k = d.top_k if d.top_k is not None and d.top_k < width else None  # k >= V: all logits
-            outputs = compute_teacher_outputs(model, inputs, targets, hidden=hidden, top_k=top_k, layers=layers)
+            outputs = compute_teacher_outputs(model, inputs, targets, hidden=hidden, top_k=top_k, layers=layers, precision=precision)
         finally:
             torch.set_num_threads(threads)
         outputs.save(tmp / "teacher_outputs.pt")
@@ -236,7 +241,7 @@ def build_teacher_outputs(ctx: SweepContext, task: Task, teacher: TeacherRecord,
     path = entry / "teacher_outputs.pt"
     record = from_json(TeacherOutputsRecord, (entry / "teacher_outputs.json").read_text())
     return TeacherOutputsInfo(key=key, path=ctx.storage.located(path), cache_hit=hit, seconds=record.seconds,
-                              size_bytes=path.stat().st_size, examples=record.examples)
+                              size_bytes=path.stat().st_size, examples=record.examples, precision=precision)
 
 
 def _kept_layers(cfg: SweepConfig, task: Task, teacher: TeacherRecord, data: PreparedData) -> tuple[int, ...] | None:
@@ -261,6 +266,6 @@ def _log_teacher(ctx: SweepContext, task: Task, teacher: TeacherRecord, outputs:
     log.info("teacher %s (%s%s): validation %s, %.3f MB, %.3f ms", teacher.key, "cache hit, reused" if teacher.cache_hit
              else "built now", again, held, teacher.size_bytes / 1e6, teacher.latency_ms)
     if outputs is not None:
-        log.info("teacher outputs %s (%s): a pool of %s, %.1f MB on disk (memory-mapped), %.1f s of teacher time%s", outputs.key,
+        log.info("teacher outputs %s (%s): a pool of %s, %.1f MB on disk (memory-mapped), %.1f s of teacher time in %s%s", outputs.key,
                  "cache hit, reused" if outputs.cache_hit else "computed now", task.units.count(outputs.examples, "example"),
-                 outputs.size_bytes / 1e6, outputs.seconds, " (saved)" if outputs.cache_hit else "")
+                 outputs.size_bytes / 1e6, outputs.seconds, outputs.precision, " (saved)" if outputs.cache_hit else "")

@@ -190,7 +190,8 @@ class SweepRun:
                 **({"register": cfg.register} if cfg.register else {}),
                 **({"warning": "; ".join(f"teacher: {w}" for w in teacher.warnings)} if teacher.warnings else {}),
                 **({"resumed": "true", "previous_trials": str(len(self.previous))} if self.resume else {}),
-                **({"teacher_outputs_key": outputs.key, "teacher_outputs_cache_hit": str(outputs.cache_hit).lower()} if outputs else {})}
+                **({"teacher_outputs_key": outputs.key, "teacher_outputs_cache_hit": str(outputs.cache_hit).lower(),
+                    "teacher_outputs_precision": outputs.precision} if outputs else {})}
 
     def _teacher_figures(self) -> dict[str, float]:
         """The teacher's measured figures (`teacher_<name>`), the hypervolume's reference point and the teacher outputs' cost."""

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from collections.abc import Mapping
@@ -225,9 +225,36 @@ class Replicas:
     measured on the first), so their figures compare on nodes of one type."""
 
     actors: tuple[Any, ...]
+    options: dict[str, Any] = field(default_factory=dict)  # what each replica asked Ray for
+    target: str = "local"  # `measure.target`
 
     def pick(self, artifact: str) -> Any:
         return self.actors[zlib.crc32(artifact.encode()) % len(self.actors)]
+
+    def ready(self) -> "Replicas":
+        """Wait until every replica is up; a one-line `RuntimeError` when they cannot start (see `start_service`)."""
+        import ray
+
+        try:
+            ray.get([a.where.remote() for a in self.actors], timeout=START_TIMEOUT_S)  # raises here if one cannot start
+        except ray.exceptions.ActorUnschedulableError:
+            for a in self.actors:
+                ray.kill(a)
+            raise RuntimeError(
+                f"the measurement service cannot run on this sweep's node (measure.target local) with "
+                f"{self.options['num_cpus']:g} CPUs{' and a GPU' if self.options['num_gpus'] else ''}: that node cannot hold them. "
+                "On a cluster, give a node type a custom resource (e.g. latency_target: 1) and set measure.target to its name"
+            ) from None
+        except ray.exceptions.GetTimeoutError:
+            for a in self.actors:
+                ray.kill(a)
+            wanted = {k: v for k, v in self.options.items() if k in ("num_cpus", "num_gpus", "resources")}
+            raise RuntimeError(
+                f"the measurement service could not get {wanted} {len(self.actors)} time(s) (measure.target {self.target!r}, "
+                f"measure.replicas {len(self.actors)}) within {START_TIMEOUT_S} s; free now: {ray.available_resources()}. Give the "
+                "cluster a node with them for each replica, or change `measure.*`"
+            ) from None
+        return self
 
     def set_reference_ms(self, ms: float) -> None:
         import ray
@@ -241,8 +268,9 @@ class Replicas:
         return ray.get([a.where.remote() for a in self.actors])
 
 
-def start_service(ctx: SweepContext, task: Task, data_path: str, reference_artifact: str) -> Replicas:
-    """Create the sweep's measurement service (its replicas) on its target and wait until every replica is up."""
+def start_service(ctx: SweepContext, task: Task, data_path: str, reference_artifact: str, *, wait: bool = True) -> Replicas:
+    """Create the sweep's measurement service (its replicas) on its target and (`wait`) wait until every replica
+    is up; without `wait`, they start (a process each) while the caller goes on, and `Replicas.ready` waits."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -257,24 +285,8 @@ def start_service(ctx: SweepContext, task: Task, data_path: str, reference_artif
     actors = tuple(ray.remote(MeasurementService).options(**options).remote(
         task, data_path, reference_artifact, m, cfg.figures_asked, ctx.objectives, ctx.encodings,
         cfg.export.fallback == "dequantized") for _ in range(m.replicas))
-    try:
-        ray.get([a.where.remote() for a in actors], timeout=START_TIMEOUT_S)  # raises here if one cannot start
-    except ray.exceptions.ActorUnschedulableError:
-        raise RuntimeError(
-            f"the measurement service cannot run on this sweep's node (measure.target local) with "
-            f"{options['num_cpus']:g} CPUs{' and a GPU' if m.device == 'cuda' else ''}: that node cannot hold them. On a "
-            "cluster, give a node type a custom resource (e.g. latency_target: 1) and set measure.target to its name"
-        ) from None
-    except ray.exceptions.GetTimeoutError:
-        for a in actors:
-            ray.kill(a)
-        wanted = {k: v for k, v in options.items() if k in ("num_cpus", "num_gpus", "resources")}
-        raise RuntimeError(
-            f"the measurement service could not get {wanted} {m.replicas} time(s) (measure.target {m.target!r}, "
-            f"measure.replicas {m.replicas}) within {START_TIMEOUT_S} s; free now: {ray.available_resources()}. Give the "
-            "cluster a node with them for each replica, or change `measure.*`"
-        ) from None
-    return Replicas(actors)
+    service = Replicas(actors, options, m.target)
+    return service.ready() if wait else service
 
 
 START_TIMEOUT_S = 300  # how long a sweep waits for its measurement service's resources

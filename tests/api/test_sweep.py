@@ -12,6 +12,7 @@ from orchestrator import ConfigError, Sweep, cli, load_model
 from orchestrator.core.measure import score_lm
 from orchestrator.core.pareto import pareto_mask
 from orchestrator.tasks.char_lm import CharData
+from orchestrator.training.teacher_outputs import pool_precision
 
 SMOKE = Path(__file__).parents[2] / "search_spaces" / "smoke.yaml"
 METRICS = ["accuracy", "perplexity", "test_accuracy", "test_perplexity", "eval_positions", "size_mb", "latency_ms", "latency_p95_ms", "params", "compression_ratio", "accuracy_retained"]
@@ -139,6 +140,7 @@ def test_second_sweep_reuses_the_teacher_through_the_cli(sweep, capsys):
     assert parents[0].data.tags["teacher_cache_hit"] == "true"
     assert parents[0].data.tags["teacher_outputs_cache_hit"] == "true"
     assert parents[1].data.tags["teacher_outputs_cache_hit"] == "false"
+    assert parents[1].data.tags["teacher_outputs_precision"] == pool_precision("auto", "cpu")  # bf16 on an AMX CPU
     assert parents[1].data.metrics["teacher_outputs_mb"] > 0
     assert parents[0].data.tags["teacher_key"] == parents[1].data.tags["teacher_key"]
     assert np.isclose(parents[0].data.metrics["teacher_accuracy"], result.teacher.accuracy)

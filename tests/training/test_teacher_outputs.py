@@ -77,3 +77,31 @@ def test_a_pool_keeps_only_the_teacher_layers_its_students_are_mapped_to():
     assert torch.equal(some.batch(rows, hidden_layers=[2])[4][0], every.batch(rows, hidden_layers=[2])[4][0])
     with pytest.raises(ValueError, match=r"keep the hidden states of teacher layers \[0, 2\], not \[1\]"):
         some.batch(rows, hidden_layers=[1, 2])
+
+
+def test_a_bf16_pool_is_the_teachers_forward_under_bfloat16_autocast_and_close_to_fp32():
+    teacher = _teacher()
+    train = torch.randint(20, (3000,), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
+    fp32 = _compute(teacher, train, blocks=40, seed=2, hidden=True, top_k=None)
+    bf16 = _compute(teacher, train, blocks=40, seed=2, hidden=True, top_k=None, precision="bf16")
+    assert torch.equal(bf16.inputs, fp32.inputs) and bf16.logits.dtype == bf16.hidden.dtype == torch.float16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, states = teacher(bf16.inputs, hidden=True)
+    assert torch.equal(bf16.logits, logits.to(torch.float16)) and torch.equal(bf16.hidden, torch.stack(states).to(torch.float16))
+    assert not torch.equal(bf16.logits, fp32.logits)  # it did run in bfloat16 ...
+    p, q = fp32.logits.float().softmax(-1), bf16.logits.float().softmax(-1)
+    assert (p - q).abs().sum(-1).max() / 2 < 0.02  # ... and says nearly what float32 says
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        _compute(teacher, train, blocks=4, seed=2, hidden=False, top_k=None, precision="fp16")
+
+
+def test_auto_pool_precision_is_bf16_only_where_the_device_multiplies_bfloat16_natively(monkeypatch):
+    from orchestrator.training import teacher_outputs as t
+
+    assert t.pool_precision("fp32", "cuda") == "fp32" and t.pool_precision("bf16", "cpu") == "bf16"
+    for amx, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(t.torch.cpu, "get_capabilities", lambda amx=amx: {"amx_bf16": amx, "avx512_bf16": True})
+        assert t.pool_precision("auto", "cpu") == want
+    for supported, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(t.torch.cuda, "is_bf16_supported", lambda s=supported: s)
+        assert t.pool_precision("auto", torch.device("cuda")) == want
