@@ -23,6 +23,7 @@ import torch
 import yaml
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
+from ray.tune.progress_reporter import TrialProgressCallback
 
 from orchestrator.config.params import CORE_PARAMS
 from orchestrator.core.environ import environ
@@ -246,7 +247,8 @@ class SweepRun:
                     tune_config=tune.TuneConfig(search_alg=searcher, num_samples=self.remaining, max_concurrent_trials=self.slots,
                                                 reuse_actors=True),  # a trial's driver process (torch imported, teacher files warm) serves the next
                     run_config=tune.RunConfig(name=name, storage_path=ctx.storage.location("tune"),
-                                              callbacks=[self.recorder, JsonLoggerCallback()], stop=limit, verbose=1 if self.verbose else 0),
+                                              callbacks=[self.recorder, JsonLoggerCallback(), *([] if self.verbose else [_Unprinted()])],
+                                              stop=limit, verbose=1 if self.verbose else 0),
                 )
                 self._record_late(tuner.fit())
             else:
@@ -331,6 +333,14 @@ class SweepRun:
             "stage_seconds": stage_seconds, "orchestration_overhead": overhead, "tail_idle_seconds": tune_seconds * self.slots - busy,
         })
         return wall, overhead
+
+
+class _Unprinted(TrialProgressCallback):
+    """Tune's old output engine's per-trial lines, not printed: in its place it would print "Trial ... completed. Last
+    result: ..." for every trial stopped early (`fidelity`, `early_stopping`) at any verbosity, 0 included."""
+
+    def _print(self, msg: str) -> None:
+        pass
 
 
 @contextlib.contextmanager

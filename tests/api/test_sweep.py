@@ -212,8 +212,9 @@ def test_constraints_keep_infeasible_trials_off_the_front_and_reach_the_sampler(
         assert told[round(acc, 9)] == {"min_accuracy": pytest.approx(0.99 - acc)}
 
 
-def test_early_stopping_stops_a_planted_dominated_trial_and_not_a_smaller_one(sweep):
+def test_early_stopping_stops_a_planted_dominated_trial_and_not_a_smaller_one(sweep, capfd):
     result, root, uri = sweep
+    capfd.readouterr()
     planted = [
         {"layers": 1, "width": 32, "lr": 1e-2},  # trains normally: the front
         {"layers": 2, "width": 64, "lr": 1e-7},  # bigger, slower and learns nothing: dominated
@@ -238,6 +239,7 @@ def test_early_stopping_stops_a_planted_dominated_trial_and_not_a_smaller_one(sw
     assert run.data.tags["early_stopped"] == "true" and run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(t.loc["1x8", "run_id"], "val_accuracy")][:3] == [10, 20, 30]
     assert client.get_run(early.run_id).data.metrics["trials_stopped_early"] == 1
+    assert "completed. Last result" not in capfd.readouterr().out  # Tune's own line for a trial stopped early: not printed
     sweep_id = client.get_run(early.run_id).data.tags["sweep_id"]
     study = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{root / 'runs' / 'sweeps' / sweep_id / 'optuna.db'}")
     assert sorted(s.state.name for s in study.trials) == ["COMPLETE", "COMPLETE", "PRUNED"]
