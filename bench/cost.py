@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
+from mlflow.tracking import MlflowClient
 
 import orchestrator
 from orchestrator.config import SweepConfig
@@ -201,6 +202,11 @@ VARIANTS = {  # the product's runs: overrides of the space's settings
 }
 
 
+# the sweep's own clock, logged on its MLflow run: before the trials (Ray, storage, MLflow), the teacher phase (the
+# pool of teacher outputs in it), Tune (its start, the trials, its end) and the whole sweep
+PHASES = ("setup_seconds", "teacher_seconds", "teacher_outputs_seconds", "trials_seconds", "wall_seconds")
+
+
 def fresh_storage(base: str, path: Path) -> Path:
     """A storage at `path` holding only `base`'s teacher, its measurements (one latency scale, the teacher's timing,
     for every run) and the data: nothing of another run is reused."""
@@ -271,6 +277,8 @@ def main() -> None:
                 "measure_pause_wait_s_median": round(float(done["measure_pause_wait_s"].median()), 3) if "measure_pause_wait_s" in done else None,
                 "trials_stopped": int((result.trials["status"] == "STOPPED").sum()),
             }
+            sweep_run = MlflowClient(run_cfg.tracking_uri).get_run(result.run_id).data.metrics  # where the wall time went
+            figures[name]["phases_s"] = {k: round(sweep_run[k], 1) for k in PHASES if k in sweep_run}
             if "diy_wall_s" in figures:
                 figures[name]["wall_ratio_vs_diy"] = round(figures["diy_wall_s"] / wall, 2)
                 figures[name]["hypervolume_vs_diy"] = round(figures[name]["test_hypervolume"] / figures["diy_test_hypervolume"], 3)
