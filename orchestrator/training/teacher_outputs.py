@@ -117,7 +117,8 @@ def pool_precision(setting: str, device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device.type == "cpu" and torch.cpu.get_capabilities().get("amx_bf16", False) else "fp32"
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # torch >= 2.8; an older one is taken for no AMX
+    return "bf16" if device.type == "cpu" and capabilities is not None and capabilities().get("amx_bf16", False) else "fp32"
 
 
 @torch.inference_mode()

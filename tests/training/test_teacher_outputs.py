@@ -102,6 +102,8 @@ def test_auto_pool_precision_is_bf16_only_where_the_device_multiplies_bfloat16_n
     for amx, want in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(t.torch.cpu, "get_capabilities", lambda amx=amx: {"amx_bf16": amx, "avx512_bf16": True})
         assert t.pool_precision("auto", "cpu") == want
+    monkeypatch.delattr(t.torch.cpu, "get_capabilities")  # a torch before 2.8 cannot say: float32
+    assert t.pool_precision("auto", "cpu") == "fp32"
     for supported, want in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(t.torch.cuda, "is_bf16_supported", lambda s=supported: s)
         assert t.pool_precision("auto", torch.device("cuda")) == want
