@@ -147,14 +147,14 @@ def bare(trials: int, release: bool) -> dict:
     class Ended(tune.Callback):
         def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
             if release:  # as `Recorder.release`: Tune's statistics dropped, the last result cut to the id
-                meta = trial.run_metadata
-                meta.metric_analysis, meta.metric_n_steps, meta.last_result = {}, {}, {"trial_id": trial.trial_id}
+                cut_tune_state(trial, {"trial_id"})
             samples.append((len(samples) + 1, psutil.Process().memory_info().rss / 1e6))
 
     def trainable(config: dict) -> None:
         tune.report({"accuracy": config["x"], "size_mb": 1.0})
 
     from orchestrator.core.environ import environ
+    from orchestrator.engine.recorder import cut_tune_state
     from orchestrator.engine.run import TUNE_STATE_EVERY_S
 
     started = time.monotonic()

@@ -49,6 +49,14 @@ def trial_error(trial: Any) -> tuple[str, str | None]:
     return summary.strip()[:5000], path
 
 
+def cut_tune_state(trial: Any, keep: set[str]) -> None:
+    """What Tune keeps of an ended `trial` in the driver, cut: its running statistics of every number reported
+    dropped, its last result reduced to the keys in `keep`."""
+    meta = trial.run_metadata
+    meta.last_result = {k: v for k, v in meta.last_result.items() if k in keep}
+    meta.metric_analysis, meta.metric_n_steps = {}, {}
+
+
 class Recorder(Callback):
     """Tune callback: records every trial (see the module docstring) and keeps the sweep's tally."""
 
@@ -116,12 +124,8 @@ class Recorder(Callback):
         17 KB a trial) are dropped, and its last result keeps its id and objectives (the outcome is in
         `trials.jsonl`). A thousand-trial sweep's driver then grows by the trials' records, not by Tune's analysis.
         A trial left unrecorded (no space) keeps everything: `SweepRun._record_late` may still need its outcome."""
-        if trial.trial_id not in self.records:
-            return
-        meta = trial.run_metadata
-        keep = {"trial_id", "done", "training_iteration", *self.ctx.objectives.names}
-        meta.last_result = {k: v for k, v in meta.last_result.items() if k in keep}
-        meta.metric_analysis, meta.metric_n_steps = {}, {}
+        if trial.trial_id in self.records:
+            cut_tune_state(trial, {"trial_id", "done", "training_iteration", *self.ctx.objectives.names})
 
     def record(self, trial: Any, status: Status, outcome: TrialOutcome | None, error: str | None,
                error_file: str | None = None) -> TrialRecord:
