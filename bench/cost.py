@@ -249,8 +249,9 @@ class CpuAccount:
     """Where a run's CPU time goes (Linux): every `every` seconds, each process's CPU time from /proc; at the end,
     the core-seconds the run used, by kind of process, and the machine's idle core-seconds. A process that started
     before counts from its first sample, one that starts after in full; one that ends between two samples loses
-    its last interval. Kinds: this process (the sweep's driver: Tune, MLflow, the pool of teacher outputs), the
-    trials' processes, the measurement service, Ray's own (its daemons, agents and idle workers), other."""
+    its last interval. Kinds: this process (the sweep's driver: Tune, MLflow, the pool of teacher outputs; the
+    sampling itself, a few ms each time, counts here too), the trials' processes, the measurement service, Ray's
+    own (its daemons, agents and idle workers), other."""
 
     def __init__(self, every: float = 0.5) -> None:
         self.every, self.tick = every, os.sysconf("SC_CLK_TCK")
