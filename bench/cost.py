@@ -359,6 +359,11 @@ def main() -> None:
     parser.add_argument("--isolation-check", action="store_true",
                         help="also run pause against reserve on the same 8 random configurations")
     args = parser.parse_args()
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants {','.join(unknown)}: no such run; choose among {', '.join(VARIANTS)}")
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: give 1 or more")
 
     with tempfile.TemporaryDirectory() as tmp:
         base = args.teacher_storage or f"{tmp}/teacher"
