@@ -106,7 +106,7 @@ def diy(cfg: SweepConfig, teacher: TeacherRecord, data_path: str, workdir: Path)
     task, ctx = CharLMTask(cfg.task), resolve(cfg)
     threads = os.cpu_count() or 1
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
-                                sampler=make_sampler(cfg.sampler, seed=cfg.seed if cfg.sampler_seed is None else cfg.sampler_seed, grid=searched_grid(cfg.params)))
+                                sampler=make_sampler(cfg.sampler, seed=cfg.search_seed, grid=searched_grid(cfg.params)))
     space = DefineByRun(cfg.params)
     events: list[tuple[float, tuple]] = []
     started = time.perf_counter()

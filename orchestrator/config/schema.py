@@ -263,6 +263,11 @@ class SweepConfig(Checked):
         return [name for name, spec in self.params.items() if not isinstance(spec, Fixed)]
 
     @property
+    def search_seed(self) -> int:
+        """The sampler's seed: `sampler_seed`, else `seed`."""
+        return self.seed if self.sampler_seed is None else self.sampler_seed
+
+    @property
     def pool_examples(self) -> int:
         """The teacher-output pool's size (`distill.cache_blocks`): as given, else what the longest distillation draws."""
         d = self.distill

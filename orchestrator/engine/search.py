@@ -139,7 +139,7 @@ def make_searcher(ctx: SweepContext, files: SweepFiles, resume: str | None) -> C
     optuna.load_study(study_name=<sweep id>, storage="sqlite:///<storage>/sweeps/<sweep id>/optuna.db")."""
     cfg = ctx.config
     study_url, sweep_id = files.study_url(cfg.study_storage), files.sweep_id
-    sampler_seed = cfg.seed if cfg.sampler_seed is None else cfg.sampler_seed
+    sampler_seed = cfg.search_seed
     if resume:  # a sampler's random state is not stored: a fresh stream, or it would redo the first trials
         sampler_seed += len(optuna.load_study(study_name=sweep_id, storage=study_url).trials)
     return ConstrainedOptunaSearch(
